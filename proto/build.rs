@@ -31,6 +31,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // RPCs a service does not implement yet answer UNIMPLEMENTED instead of failing to build.
+        .generate_default_stubs(true)
         .emit_rerun_if_changed(false)
         .compile_fds(fds)?;
     Ok(())

@@ -1,0 +1,196 @@
+//! Runs a set of gRPC services the way every CP-IS server runs them: on a caller-bound listener
+//! with TCP_NODELAY, beside gRPC health and reflection (v1 and v1alpha), and with a graceful
+//! drain on shutdown (NOT_SERVING first, then stop accepting, then a bounded wait).
+
+use std::{future::Future, time::Duration};
+
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+use tonic::transport::{Server, server::TcpIncoming};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+/// The standard services every CP-IS server runs beside its own.
+pub const STANDARD_SERVICES: &[&str] = &[
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// Drain and transport settings shared by both services' command lines.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServerOptions {
+    /// After a shutdown signal, how long to keep answering (health NOT_SERVING) before refusing
+    /// new connections, so load balancers stop routing here first. Keep it below the pod's
+    /// terminationGracePeriodSeconds minus --shutdown-grace.
+    #[arg(long, env = "CPIS_SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub shutdown_delay: Duration,
+
+    /// How long in-flight calls may take to finish once the server stops accepting; after this
+    /// the remaining calls are cut off.
+    #[arg(long, env = "CPIS_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Most concurrent calls on one connection (HTTP/2 streams served at once).
+    #[arg(long, env = "CPIS_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            shutdown_delay: Duration::ZERO,
+            shutdown_grace: Duration::from_secs(10),
+            max_concurrent_streams: 256,
+        }
+    }
+}
+
+/// Why a server stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The listener failed.
+    #[error("listener: {0}")]
+    Listener(#[from] std::io::Error),
+    /// The descriptor set for reflection could not be loaded (a build defect).
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Health status handle for a server's services, so readiness can follow dependencies.
+#[derive(Clone)]
+pub struct Health {
+    reporter: HealthReporter,
+    services: Vec<&'static str>,
+}
+
+impl Health {
+    /// Marks the whole server ("") and each of its services with `status`.
+    pub async fn set_all(&self, status: ServingStatus) {
+        self.reporter.set_service_status("", status).await;
+        for name in &self.services {
+            self.reporter.set_service_status(*name, status).await;
+        }
+    }
+}
+
+/// Serves `routes` plus health and reflection on `listener` until `shutdown` completes, then
+/// drains: health turns NOT_SERVING, the server keeps answering for `shutdown_delay`, stops
+/// accepting, and waits up to `shutdown_grace` for in-flight calls.
+///
+/// `services` are the fully qualified names health reports on. `ready` runs after the listener
+/// is up and before health turns SERVING (a service uses it to wait for its dependencies); if it
+/// fails, the server stays NOT_SERVING and the error is returned.
+pub async fn serve_grpc<R, E>(
+    routes: Routes,
+    services: &[&'static str],
+    listener: TcpListener,
+    options: &ServerOptions,
+    ready: R,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), E>
+where
+    R: Future<Output = Result<(), E>> + Send,
+    E: From<ServeError>,
+{
+    let local_addr = listener.local_addr().map_err(ServeError::from)?;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health {
+        reporter,
+        services: services.to_vec(),
+    };
+    health.set_all(ServingStatus::NotServing).await;
+
+    // grpcurl and grpcio-reflection speak only v1alpha; newer clients use v1. Serve both, each
+    // advertising exactly the services this server runs (the descriptor set holds them all).
+    let reflection = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .include_reflection_service(false)
+            .register_encoded_file_descriptor_set(cpis_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            );
+        for name in services.iter().chain(STANDARD_SERVICES) {
+            builder = builder.with_service_name(*name);
+        }
+        builder
+    };
+    let reflection_v1 = reflection().build_v1().map_err(ServeError::from)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(ServeError::from)?;
+
+    let routes = routes
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+
+    // Nagle's algorithm adds tens of milliseconds to small gRPC replies: turn it off.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let (stop_accepting, stop_accepting_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = Server::builder()
+        .max_concurrent_streams(Some(options.max_concurrent_streams))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, async {
+            // A dropped sender also means stop.
+            let _ = stop_accepting_rx.await;
+        });
+    tokio::pin!(server);
+
+    tracing::info!(addr = %local_addr, "listening");
+    // Readiness: the server already accepts connections (so health can be asked) but reports
+    // NOT_SERVING until its dependencies are ready.
+    tokio::pin!(ready);
+    tokio::pin!(shutdown);
+    tokio::select! {
+        result = &mut server => return result.map_err(|e| ServeError::from(e).into()),
+        readiness = &mut ready => readiness?,
+        () = &mut shutdown => {
+            let _ = stop_accepting.send(());
+            return drain(server, options.shutdown_grace).await;
+        }
+    }
+    health.set_all(ServingStatus::Serving).await;
+    tracing::info!(addr = %local_addr, "serving");
+
+    tokio::select! {
+        result = &mut server => return result.map_err(|e| ServeError::from(e).into()),
+        () = &mut shutdown => {}
+    }
+
+    health.set_all(ServingStatus::NotServing).await;
+    tracing::info!(
+        delay_ms = options.shutdown_delay.as_millis() as u64,
+        grace_ms = options.shutdown_grace.as_millis() as u64,
+        "draining"
+    );
+    // Keep answering (as NOT_SERVING) so balancers notice before connections are refused.
+    tokio::select! {
+        result = &mut server => return result.map_err(|e| ServeError::from(e).into()),
+        () = tokio::time::sleep(options.shutdown_delay) => {}
+    }
+    let _ = stop_accepting.send(());
+    drain(server, options.shutdown_grace).await
+}
+
+/// Waits up to `grace` for in-flight calls after the server stopped accepting.
+async fn drain<F, E>(server: F, grace: Duration) -> Result<(), E>
+where
+    F: Future<Output = Result<(), tonic::transport::Error>>,
+    E: From<ServeError>,
+{
+    match tokio::time::timeout(grace, server).await {
+        Ok(result) => {
+            tracing::info!("stopped");
+            result.map_err(|e| ServeError::from(e).into())
+        }
+        Err(_) => {
+            tracing::warn!(grace_ms = grace.as_millis() as u64, "drain grace expired; cutting off remaining calls");
+            Ok(())
+        }
+    }
+}

