@@ -189,7 +189,10 @@ where
             result.map_err(|e| ServeError::from(e).into())
         }
         Err(_) => {
-            tracing::warn!(grace_ms = grace.as_millis() as u64, "drain grace expired; cutting off remaining calls");
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "drain grace expired; cutting off remaining calls"
+            );
             Ok(())
         }
     }

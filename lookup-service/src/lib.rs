@@ -12,6 +12,7 @@ use std::future::Future;
 use cpis_proto::cpis::lookup::v1::lookup_service_server::LookupServiceServer;
 use cpis_proto::service_names;
 use tokio::net::TcpListener;
+use tracing::Instrument as _;
 
 pub use config::Config;
 pub use error::LookupError;
@@ -37,5 +38,7 @@ pub async fn serve(
         ready,
         shutdown,
     )
+    // Every log line of this server names it, so the dev stack's mixed output stays readable.
+    .instrument(tracing::info_span!("lookup"))
     .await
 }

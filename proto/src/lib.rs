@@ -9,7 +9,8 @@ pub use prost_types;
 pub use tonic;
 
 /// Encoded `FileDescriptorSet` of every contract and its imports, for tonic-reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cpis_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/cpis_descriptor.bin"));
 
 /// The `domain` every `google.rpc.ErrorInfo` from CP-IS carries.
 pub const ERROR_DOMAIN: &str = "cpis";
@@ -84,15 +85,18 @@ mod tests {
     fn error_reason_round_trips_through_error_info() {
         let reason = ErrorReason::NhsNumberInvalid;
         assert_eq!(reason.as_info_reason(), "NHS_NUMBER_INVALID");
-        assert_eq!(ErrorReason::from_info_reason("NHS_NUMBER_INVALID"), Some(reason));
+        assert_eq!(
+            ErrorReason::from_info_reason("NHS_NUMBER_INVALID"),
+            Some(reason)
+        );
         assert_eq!(ErrorReason::from_info_reason("NO_SUCH_REASON"), None);
     }
 
     #[test]
     fn descriptor_set_holds_every_service() {
         use prost::Message as _;
-        let fds = prost_types::FileDescriptorSet::decode(super::FILE_DESCRIPTOR_SET)
-            .unwrap_or_default();
+        let fds =
+            prost_types::FileDescriptorSet::decode(super::FILE_DESCRIPTOR_SET).unwrap_or_default();
         let services: Vec<String> = fds
             .file
             .iter()
@@ -108,7 +112,10 @@ mod tests {
             super::service_names::OPERATOR,
             super::service_names::LOOKUP,
         ] {
-            assert!(services.iter().any(|s| s == name), "{name} missing from {services:?}");
+            assert!(
+                services.iter().any(|s| s == name),
+                "{name} missing from {services:?}"
+            );
         }
     }
 }

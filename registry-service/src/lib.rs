@@ -12,11 +12,13 @@ pub mod operator;
 use std::future::Future;
 
 use cpis_proto::cpis::registry::v1::{
-    council_service_server::CouncilServiceServer, disclosure_service_server::DisclosureServiceServer,
+    council_service_server::CouncilServiceServer,
+    disclosure_service_server::DisclosureServiceServer,
     operator_service_server::OperatorServiceServer,
 };
 use cpis_proto::service_names;
 use tokio::net::TcpListener;
+use tracing::Instrument as _;
 
 pub use config::Config;
 pub use error::RegistryError;
@@ -38,7 +40,9 @@ pub async fn serve(
     let mut routes = tonic::service::RoutesBuilder::default();
     routes
         .add_service(CouncilServiceServer::new(council::CouncilApi::new()))
-        .add_service(DisclosureServiceServer::new(disclosure::DisclosureApi::new()))
+        .add_service(DisclosureServiceServer::new(
+            disclosure::DisclosureApi::new(),
+        ))
         .add_service(OperatorServiceServer::new(operator::OperatorApi::new()));
     let ready = async { Ok::<(), RegistryError>(()) };
     cpis_core::server::serve_grpc(
@@ -49,5 +53,7 @@ pub async fn serve(
         ready,
         shutdown,
     )
+    // Every log line of this server names it, so the dev stack's mixed output stays readable.
+    .instrument(tracing::info_span!("registry"))
     .await
 }

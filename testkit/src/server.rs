@@ -30,7 +30,9 @@ impl TestServer {
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: Display,
     {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
         let shutdown: Shutdown = Box::pin(async move {
@@ -66,11 +68,14 @@ impl TestServer {
     pub async fn wait_serving(&self, service: &str, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            if let Ok(channel) = Endpoint::from_shared(self.url()).expect("endpoint").connect().await
+            let channel = Endpoint::from_shared(self.url())
+                .expect("endpoint")
+                .connect()
+                .await;
+            if let Ok(channel) = channel
+                && health(channel, service).await == Some(ServingStatus::Serving)
             {
-                if health(channel, service).await == Some(ServingStatus::Serving) {
-                    return;
-                }
+                return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -135,7 +140,11 @@ pub async fn list_services_v1(channel: Channel) -> Vec<String> {
         .await
         .expect("reflection v1 call")
         .into_inner();
-    let response = stream.next().await.expect("a reflection answer").expect("reflection ok");
+    let response = stream
+        .next()
+        .await
+        .expect("a reflection answer")
+        .expect("reflection ok");
     match response.message_response {
         Some(MessageResponse::ListServicesResponse(list)) => {
             list.service.into_iter().map(|s| s.name).collect()
@@ -159,7 +168,11 @@ pub async fn list_services_v1alpha(channel: Channel) -> Vec<String> {
         .await
         .expect("reflection v1alpha call")
         .into_inner();
-    let response = stream.next().await.expect("a reflection answer").expect("reflection ok");
+    let response = stream
+        .next()
+        .await
+        .expect("a reflection answer")
+        .expect("reflection ok");
     match response.message_response {
         Some(MessageResponse::ListServicesResponse(list)) => {
             list.service.into_iter().map(|s| s.name).collect()
@@ -173,7 +186,10 @@ pub async fn list_services_v1alpha(channel: Channel) -> Vec<String> {
 /// health and reflection themselves).
 pub async fn assert_standard_surface(server: &TestServer, services: &[&str]) {
     let channel = server.channel().await;
-    assert_eq!(health(channel.clone(), "").await, Some(ServingStatus::Serving));
+    assert_eq!(
+        health(channel.clone(), "").await,
+        Some(ServingStatus::Serving)
+    );
     for service in services {
         assert_eq!(
             health(channel.clone(), service).await,
@@ -195,6 +211,9 @@ pub async fn assert_standard_surface(server: &TestServer, services: &[&str]) {
         let mut listed = listed;
         listed.sort();
         expected.sort_unstable();
-        assert_eq!(listed, expected, "reflection must list exactly the served services");
+        assert_eq!(
+            listed, expected,
+            "reflection must list exactly the served services"
+        );
     }
 }

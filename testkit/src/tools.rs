@@ -54,7 +54,12 @@ pub fn grpcurl() -> Option<PathBuf> {
 /// Runs `tests/python/client_check.py` (stubs generated from proto/ with grpcio-tools) against
 /// `addr`: health SERVING, reflection lists `services`, and `call` answers status `expect`.
 /// Returns false when the tools are missing outside CI (the test is skipped).
-pub fn python_client_check(addr: std::net::SocketAddr, services: &[&str], call: &str, expect: &str) -> bool {
+pub fn python_client_check(
+    addr: std::net::SocketAddr,
+    services: &[&str],
+    call: &str,
+    expect: &str,
+) -> bool {
     let Some(python) = python() else {
         return false;
     };

@@ -1,7 +1,9 @@
 //! The lookup service's standard surface: health, reflection, generated clients (Rust, Python,
 //! grpcurl) and the not-yet-implemented answer.
 
-use cpis_proto::cpis::lookup::v1::{LookupChildRequest, lookup_service_client::LookupServiceClient};
+use cpis_proto::cpis::lookup::v1::{
+    LookupChildRequest, lookup_service_client::LookupServiceClient,
+};
 use cpis_testkit::server::assert_standard_surface;
 use lookup_service::{Config, SERVICES};
 
@@ -41,9 +43,15 @@ async fn grpcurl_lists_lookup_services() {
         .await
         .expect("grpcurl task");
     if let Some(listed) = listed {
-        assert!(listed.iter().any(|s| s == "cpis.lookup.v1.LookupService"), "{listed:?}");
+        assert!(
+            listed.iter().any(|s| s == "cpis.lookup.v1.LookupService"),
+            "{listed:?}"
+        );
         // The edge must not advertise the registry's services.
-        assert!(!listed.iter().any(|s| s.starts_with("cpis.registry")), "{listed:?}");
+        assert!(
+            !listed.iter().any(|s| s.starts_with("cpis.registry")),
+            "{listed:?}"
+        );
     }
 }
 

@@ -47,7 +47,10 @@ async fn grpcurl_lists_registry_services() {
         .expect("grpcurl task");
     if let Some(listed) = listed {
         for service in SERVICES {
-            assert!(listed.iter().any(|s| s == service), "{service} not in {listed:?}");
+            assert!(
+                listed.iter().any(|s| s == service),
+                "{service} not in {listed:?}"
+            );
         }
     }
 }
@@ -69,7 +72,10 @@ async fn drain_reports_not_serving_then_stops() {
     config.server.shutdown_grace = Duration::from_secs(2);
     let mut server = start_registry(config).await;
     let channel = server.channel().await;
-    assert_eq!(health(channel.clone(), "").await, Some(ServingStatus::Serving));
+    assert_eq!(
+        health(channel.clone(), "").await,
+        Some(ServingStatus::Serving)
+    );
 
     server.begin_shutdown();
     // During the shutdown delay the server still answers, but as NOT_SERVING.
@@ -84,7 +90,10 @@ async fn drain_reports_not_serving_then_stops() {
         }
     }
     for service in SERVICES {
-        assert_eq!(health(channel.clone(), service).await, Some(ServingStatus::NotServing));
+        assert_eq!(
+            health(channel.clone(), service).await,
+            Some(ServingStatus::NotServing)
+        );
     }
     server.stop().await.expect("clean stop after drain");
 }

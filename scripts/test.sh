@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+#! The project's test command: installs what the tests need (third-party tools into .tools/,
+#! PostgreSQL if it is not running) and runs every test of the workspace.
+#! Extra arguments go to `cargo test` (for example a test name filter).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+bash scripts/tools.sh
+bash scripts/postgres.sh
+export CPIS_TOOLS="$ROOT/.tools"
+export CPIS_TEST_DATABASE_URL="${CPIS_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+
+cargo test --workspace --locked "$@"
