@@ -1,7 +1,10 @@
-//! What both CP-IS services share: server plumbing (health, reflection, graceful drain),
+//! What both CP-IS services share: the NHS number, gRPC status building, server plumbing (health, reflection, graceful drain),
 //! shutdown signals and structured logging.
 #![forbid(unsafe_code)]
 
+pub mod auth;
+pub mod nhs_number;
 pub mod server;
+pub mod status;
 pub mod shutdown;
 pub mod telemetry;

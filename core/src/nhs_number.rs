@@ -1,0 +1,137 @@
+//! The NHS number: 10 digits whose 10th is a Modulus 11 check digit (weights 10..2 over digits
+//! 1..9; check = 11 - (sum mod 11); 11 means 0; 10 means the number can never be valid).
+
+use std::fmt;
+
+/// A syntactically valid NHS number. Its `Debug` output is redacted so it cannot leak into logs
+/// by accident; `Display` (for storage and the wire) prints the 10 digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NhsNumber([u8; 10]);
+
+/// Why a string is not an NHS number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NhsNumberError {
+    /// Not exactly 10 ASCII digits (spaces are not accepted on the wire).
+    #[error("must be exactly 10 digits with no spaces")]
+    Format,
+    /// The Modulus 11 check digit does not match, or the check value is 10.
+    #[error("check digit is not valid")]
+    CheckDigit,
+    /// Passes the checksum but cannot be a real number (all one digit, such as 0000000000).
+    #[error("is not a plausible NHS number")]
+    Implausible,
+}
+
+impl NhsNumber {
+    /// Validates a 10-digit string.
+    pub fn parse(input: &str) -> Result<Self, NhsNumberError> {
+        let bytes = input.as_bytes();
+        if bytes.len() != 10 || !bytes.iter().all(u8::is_ascii_digit) {
+            return Err(NhsNumberError::Format);
+        }
+        let mut digits = [0u8; 10];
+        for (slot, byte) in digits.iter_mut().zip(bytes) {
+            *slot = byte - b'0';
+        }
+        let expected = check_digit(&digits).ok_or(NhsNumberError::CheckDigit)?;
+        if digits[9] != expected {
+            return Err(NhsNumberError::CheckDigit);
+        }
+        if digits.iter().all(|d| *d == digits[0]) {
+            return Err(NhsNumberError::Implausible);
+        }
+        Ok(Self(digits))
+    }
+
+    /// True for the test range 999 000 0000 – 999 999 9999 (valid checksums, never issued).
+    pub fn is_test_range(&self) -> bool {
+        self.0[..3] == [9, 9, 9]
+    }
+
+    /// The 10 digits as a string.
+    pub fn as_string(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// The Modulus 11 check digit of the first nine digits; `None` when it would be 10.
+pub fn check_digit(digits: &[u8; 10]) -> Option<u8> {
+    let sum: u32 = digits[..9]
+        .iter()
+        .zip((2..=10u32).rev())
+        .map(|(d, w)| u32::from(*d) * w)
+        .sum();
+    match 11 - (sum % 11) {
+        11 => Some(0),
+        10 => None,
+        // 1..=9 always fits in a u8.
+        check => u8::try_from(check).ok(),
+    }
+}
+
+impl fmt::Display for NhsNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for d in self.0 {
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for NhsNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the number itself: Debug output ends up in logs and panics.
+        f.write_str("NhsNumber(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for NhsNumber {
+    type Err = NhsNumberError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_fixtures() {
+        for valid in ["9990000018", "9990000026", "9990000034", "9434765919"] {
+            assert!(NhsNumber::parse(valid).is_ok(), "{valid}");
+        }
+        assert_eq!(NhsNumber::parse("9991234560"), Err(NhsNumberError::CheckDigit));
+    }
+
+    #[test]
+    fn format_boundaries() {
+        for bad in ["", "999000001", "99900000188", "999 000 0018", "999000001a", "９９９0000018"] {
+            assert_eq!(NhsNumber::parse(bad), Err(NhsNumberError::Format), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn check_value_ten_is_never_valid() {
+        // Digit 9 (weight 2) = 6 and the rest 0: sum 12, 12 mod 11 = 1, 11 - 1 = 10.
+        assert_eq!(check_digit(&[0, 0, 0, 0, 0, 0, 0, 0, 6, 0]), None);
+        for last in 0..=9 {
+            let candidate = format!("000000006{last}");
+            assert_eq!(NhsNumber::parse(&candidate), Err(NhsNumberError::CheckDigit), "{candidate}");
+        }
+    }
+
+    #[test]
+    fn repeated_digits_are_implausible() {
+        assert_eq!(NhsNumber::parse("0000000000"), Err(NhsNumberError::Implausible));
+        assert_eq!(NhsNumber::parse("1111111111"), Err(NhsNumberError::Implausible));
+    }
+
+    #[test]
+    fn debug_is_redacted() {
+        let n = NhsNumber::parse("9990000018").unwrap_or_else(|e| panic!("{e}"));
+        assert!(!format!("{n:?}").contains("999"));
+        assert_eq!(n.to_string(), "9990000018");
+        assert!(n.is_test_range());
+    }
+}
