@@ -1,12 +1,151 @@
 //! Registry configuration, from flags and environment variables (`CPIS_*`), parsed with clap so
-//! it is testable without touching the process environment.
+//! it is testable without touching the process environment (`Config::try_parse_from`).
 
-use cpis_core::server::ServerOptions;
+use std::{path::PathBuf, time::Duration};
+
+use clap::Parser;
+use cpis_core::{auth::TokenVerifier, server::ServerOptions};
+
+use crate::{clock::Clock, db::DatabaseUrl};
 
 /// Everything `serve` needs to run the registry.
-#[derive(Clone, Debug, Default, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct Config {
     /// Transport and drain settings.
     #[command(flatten)]
     pub server: ServerOptions,
+
+    /// Database: postgres://USER@HOST/DB (production) or sqlite://PATH. Default: SQLite at
+    /// DATA_DIR/registry.sqlite3.
+    #[arg(long, env = "CPIS_DATABASE_URL", hide_env_values = true, value_parser = parse_database_url)]
+    pub database_url: Option<DatabaseUrl>,
+
+    /// Directory for the embedded SQLite database.
+    #[arg(long, env = "CPIS_DATA_DIR", default_value = ".data")]
+    pub data_dir: PathBuf,
+
+    /// Most pooled database connections (PostgreSQL; SQLite uses one).
+    #[arg(long, env = "CPIS_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+
+    /// How long a call waits for a database connection before answering UNAVAILABLE.
+    #[arg(long, env = "CPIS_DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub db_acquire_timeout: Duration,
+
+    /// Apply pending migrations at start-up (development). In production run
+    /// `registry-service migrate` as a job before rollout instead.
+    #[arg(long, env = "CPIS_MIGRATE_ON_START")]
+    pub migrate_on_start: bool,
+
+    /// JWKS file with the public keys (ES256/RS256) that sign council and service tokens.
+    #[arg(long, env = "CPIS_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+
+    /// Expected `iss` of tokens.
+    #[arg(long, env = "CPIS_JWT_ISSUER", default_value = "cpis")]
+    pub jwt_issuer: String,
+
+    /// Expected `aud` of council tokens.
+    #[arg(long, env = "CPIS_JWT_AUDIENCE", default_value = "cpis-registry")]
+    pub jwt_audience: String,
+
+    /// Records per database transaction in bulk uploads.
+    #[arg(long, env = "CPIS_UPLOAD_CHUNK", default_value_t = 2000)]
+    pub upload_chunk: usize,
+
+    /// A verifier given directly (tests, the dev stack) instead of --jwks-file.
+    #[arg(skip)]
+    pub verifier: Option<TokenVerifier>,
+
+    /// The clock (tests inject a fixed one).
+    #[arg(skip)]
+    pub clock: Clock,
+}
+
+fn parse_database_url(value: &str) -> Result<DatabaseUrl, String> {
+    DatabaseUrl::parse(value).map_err(|e| e.to_string())
+}
+
+#[derive(Parser)]
+struct Standalone {
+    #[command(flatten)]
+    config: Config,
+}
+
+impl Config {
+    /// Parses flags (the first item is the program name); environment variables fill the rest.
+    pub fn try_parse_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Standalone::try_parse_from(args).map(|s| s.config)
+    }
+
+    /// Defaults, with the database and verifier a test or the dev stack supplies.
+    pub fn with(database_url: DatabaseUrl, verifier: TokenVerifier) -> Self {
+        Self {
+            server: ServerOptions::default(),
+            database_url: Some(database_url),
+            data_dir: PathBuf::from(".data"),
+            db_max_connections: 16,
+            db_acquire_timeout: Duration::from_secs(5),
+            migrate_on_start: true,
+            jwks_file: None,
+            jwt_issuer: "cpis".into(),
+            jwt_audience: "cpis-registry".into(),
+            upload_chunk: 2000,
+            verifier: Some(verifier),
+            clock: Clock::system(),
+        }
+    }
+
+    /// The database URL in effect.
+    pub fn effective_database_url(&self) -> DatabaseUrl {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| DatabaseUrl::Sqlite(self.data_dir.join("registry.sqlite3")))
+    }
+
+    /// The token verifier in effect: injected, or from the JWKS file.
+    pub fn token_verifier(&self) -> Result<TokenVerifier, crate::RegistryError> {
+        if let Some(verifier) = &self.verifier {
+            return Ok(verifier.clone());
+        }
+        let path = self.jwks_file.as_ref().ok_or_else(|| {
+            crate::RegistryError::Config("no token keys: set --jwks-file (CPIS_JWKS_FILE)".into())
+        })?;
+        TokenVerifier::from_jwks_file(path, &self.jwt_issuer, &self.jwt_audience)
+            .map_err(|e| crate::RegistryError::Config(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse_without_touching_the_environment() {
+        let config = Config::try_parse_from([
+            "registry",
+            "--database-url",
+            "postgres://cpis@db/cpis",
+            "--shutdown-grace",
+            "3s",
+            "--upload-chunk",
+            "500",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(config.database_url, Some(DatabaseUrl::Postgres(_))));
+        assert_eq!(config.server.shutdown_grace, Duration::from_secs(3));
+        assert_eq!(config.upload_chunk, 500);
+        // The password-bearing URL never shows in Debug output.
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("cpis@db"), "{shown}");
+    }
+
+    #[test]
+    fn bad_database_url_is_refused() {
+        assert!(Config::try_parse_from(["registry", "--database-url", "mysql://x"]).is_err());
+    }
 }

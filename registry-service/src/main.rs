@@ -31,6 +31,11 @@ enum Command {
         #[command(flatten)]
         config: registry_service::Config,
     },
+    /// Apply pending database migrations, then exit (a Kubernetes Job before rollout).
+    Migrate {
+        #[command(flatten)]
+        config: registry_service::Config,
+    },
 }
 
 #[tokio::main]
@@ -43,6 +48,13 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
             registry_service::serve(config, listener, cpis_core::shutdown::signal()).await?;
+        }
+        Command::Migrate { config } => {
+            let applied = registry_service::migrate(&config).await?;
+            tracing::info!(applied = applied.len(), "migrations applied");
+            for name in applied {
+                println!("applied {name}");
+            }
         }
     }
     Ok(())

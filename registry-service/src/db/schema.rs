@@ -48,9 +48,6 @@ diesel::table! {
     }
 }
 
-diesel::joinable!(child_records -> local_authorities (local_authority));
-diesel::joinable!(upload_batches -> local_authorities (local_authority));
-diesel::allow_tables_to_appear_in_same_query!(local_authorities, child_records, upload_batches);
 
 /// Every table, for the drift test.
 pub const TABLES: &[&str] = &["local_authorities", "child_records", "upload_batches"];
