@@ -13,6 +13,9 @@ const PROTOS: &[&str] = &[
     "cpis/registry/v1/disclosure.proto",
     "cpis/registry/v1/operator.proto",
     "cpis/lookup/v1/lookup.proto",
+    // Not imported by the contracts, but served by reflection so that tools such as grpcurl can
+    // decode the ErrorInfo and BadRequest details every error carries.
+    "google/rpc/error_details.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -40,7 +40,11 @@ impl AuthError {
 
     /// The UNAUTHENTICATED status for this refusal.
     pub fn to_status(&self) -> tonic::Status {
-        crate::status::with_reason(tonic::Code::Unauthenticated, self.reason(), self.to_string())
+        crate::status::with_reason(
+            tonic::Code::Unauthenticated,
+            self.reason(),
+            self.to_string(),
+        )
     }
 }
 
@@ -99,7 +103,11 @@ impl std::fmt::Debug for TokenVerifier {
 
 impl TokenVerifier {
     /// Reads a JWKS file.
-    pub fn from_jwks_file(path: &Path, issuer: &str, audience: &str) -> Result<Self, KeyConfigError> {
+    pub fn from_jwks_file(
+        path: &Path,
+        issuer: &str,
+        audience: &str,
+    ) -> Result<Self, KeyConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| KeyConfigError::Read {
             path: path.display().to_string(),
             source,
@@ -119,7 +127,9 @@ impl TokenVerifier {
             let algorithm = match (&jwk.common.key_algorithm, &jwk.algorithm) {
                 (Some(KeyAlgorithm::ES256), _) => Algorithm::ES256,
                 (Some(KeyAlgorithm::RS256), _) => Algorithm::RS256,
-                (None, jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_)) => Algorithm::ES256,
+                (None, jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_)) => {
+                    Algorithm::ES256
+                }
                 (None, jsonwebtoken::jwk::AlgorithmParameters::RSA(_)) => Algorithm::RS256,
                 // Other algorithms (HMAC shared secrets, EdDSA) are not accepted here.
                 _ => continue,
@@ -146,7 +156,10 @@ impl TokenVerifier {
     }
 
     /// Extracts and verifies the bearer token of a request, returning its claims.
-    pub fn verify_metadata<C: DeserializeOwned>(&self, metadata: &MetadataMap) -> Result<C, AuthError> {
+    pub fn verify_metadata<C: DeserializeOwned>(
+        &self,
+        metadata: &MetadataMap,
+    ) -> Result<C, AuthError> {
         let value = metadata.get("authorization").ok_or(AuthError::Missing)?;
         let value = value
             .to_str()
@@ -168,7 +181,9 @@ impl TokenVerifier {
         }
         .ok_or_else(|| AuthError::Invalid("unknown signing key".into()))?;
         if header.alg != key.algorithm {
-            return Err(AuthError::Invalid("algorithm does not match the key".into()));
+            return Err(AuthError::Invalid(
+                "algorithm does not match the key".into(),
+            ));
         }
         let mut validation = Validation::new(key.algorithm);
         validation.set_issuer(&[&self.issuer]);
@@ -186,7 +201,9 @@ impl TokenVerifier {
                 ErrorKind::MissingRequiredClaim(claim) => {
                     AuthError::Invalid(format!("missing claim {claim}"))
                 }
-                ErrorKind::Json(_) => AuthError::Invalid("claims do not have the expected shape".into()),
+                ErrorKind::Json(_) => {
+                    AuthError::Invalid("claims do not have the expected shape".into())
+                }
                 _ => AuthError::Invalid("token rejected".into()),
             })
     }
@@ -207,28 +224,41 @@ pub struct DevSigner {
 
 impl std::fmt::Debug for DevSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DevSigner").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("DevSigner")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
 impl DevSigner {
     /// Generates a new P-256 key pair.
     pub fn generate(issuer: &str, audience: &str) -> Result<Self, KeyConfigError> {
+        Self::from_pkcs8_pem(&Self::generate_pem()?, issuer, audience)
+    }
+
+    /// A new P-256 private key as PKCS#8 PEM, for a dev stack to keep on disk.
+    pub fn generate_pem() -> Result<Vec<u8>, KeyConfigError> {
         use p256::pkcs8::{EncodePrivateKey as _, LineEnding};
         let secret = p256::SecretKey::random(&mut rand_core::OsRng);
         let pem = secret
             .to_pkcs8_pem(LineEnding::LF)
             .map_err(|e| KeyConfigError::Key(e.to_string()))?;
-        Self::from_pkcs8_pem(pem.as_bytes(), issuer, audience)
+        Ok(pem.as_bytes().to_vec())
     }
 
     /// Loads a P-256 private key (PKCS#8 PEM), for a dev stack that keeps its keys across runs.
-    pub fn from_pkcs8_pem(pem: &[u8], issuer: &str, audience: &str) -> Result<Self, KeyConfigError> {
-        let encoding = EncodingKey::from_ec_pem(pem).map_err(|e| KeyConfigError::Key(e.to_string()))?;
+    pub fn from_pkcs8_pem(
+        pem: &[u8],
+        issuer: &str,
+        audience: &str,
+    ) -> Result<Self, KeyConfigError> {
+        let encoding =
+            EncodingKey::from_ec_pem(pem).map_err(|e| KeyConfigError::Key(e.to_string()))?;
         let mut jwk = Jwk::from_encoding_key(&encoding, Algorithm::ES256)
             .map_err(|e| KeyConfigError::Key(e.to_string()))?;
         // A stable key id derived from the public key, so restarts keep issued tokens valid.
-        let public = serde_json::to_vec(&jwk.algorithm).map_err(|e| KeyConfigError::Key(e.to_string()))?;
+        let public =
+            serde_json::to_vec(&jwk.algorithm).map_err(|e| KeyConfigError::Key(e.to_string()))?;
         let kid = format!("dev-{:016x}", fnv1a(&public));
         jwk.common.key_id = Some(kid.clone());
         Ok(Self {
@@ -251,7 +281,11 @@ impl DevSigner {
     }
 
     /// Signs `claims`, adding `iss`, `aud`, `iat` and `exp` (now + `ttl`) unless present.
-    pub fn mint(&self, claims: &serde_json::Value, ttl: std::time::Duration) -> Result<String, KeyConfigError> {
+    pub fn mint(
+        &self,
+        claims: &serde_json::Value,
+        ttl: std::time::Duration,
+    ) -> Result<String, KeyConfigError> {
         let now = chrono_now_secs();
         let mut body = serde_json::Map::new();
         body.insert("iss".into(), self.issuer.clone().into());
@@ -270,7 +304,8 @@ impl DevSigner {
     pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, KeyConfigError> {
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.encoding).map_err(|e| KeyConfigError::Key(e.to_string()))
+        jsonwebtoken::encode(&header, claims, &self.encoding)
+            .map_err(|e| KeyConfigError::Key(e.to_string()))
     }
 }
 

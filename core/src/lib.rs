@@ -5,6 +5,6 @@
 pub mod auth;
 pub mod nhs_number;
 pub mod server;
-pub mod status;
 pub mod shutdown;
+pub mod status;
 pub mod telemetry;

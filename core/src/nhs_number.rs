@@ -17,7 +17,8 @@ pub enum NhsNumberError {
     /// The Modulus 11 check digit does not match, or the check value is 10.
     #[error("check digit is not valid")]
     CheckDigit,
-    /// Passes the checksum but cannot be a real number (all one digit, such as 0000000000).
+    /// Passes the checksum but cannot be a real number (all one digit, such as 0000000000, or a
+    /// Scottish CHI-range number whose DDMMYY prefix is not a date).
     #[error("is not a plausible NHS number")]
     Implausible,
 }
@@ -37,7 +38,7 @@ impl NhsNumber {
         if digits[9] != expected {
             return Err(NhsNumberError::CheckDigit);
         }
-        if digits.iter().all(|d| *d == digits[0]) {
+        if digits.iter().all(|d| *d == digits[0]) || !plausible_chi(&digits) {
             return Err(NhsNumberError::Implausible);
         }
         Ok(Self(digits))
@@ -52,6 +53,27 @@ impl NhsNumber {
     pub fn as_string(&self) -> String {
         self.to_string()
     }
+}
+
+/// Numbers 010 000 0000 – 311 299 9999 are Scottish CHI numbers, whose first six digits are the
+/// date of birth as DDMMYY: one whose prefix is not a calendar date can never have been issued.
+/// (YY 00-68 are read as 20YY and 69-99 as 19YY, so February has 29 days when YY is a multiple
+/// of 4.)
+fn plausible_chi(digits: &[u8; 10]) -> bool {
+    let value = digits.iter().fold(0u64, |n, d| n * 10 + u64::from(*d));
+    if !(100_000_000..=3_112_999_999).contains(&value) {
+        return true;
+    }
+    let pair = |i: usize| digits[i] * 10 + digits[i + 1];
+    let (day, month, year) = (pair(0), pair(2), pair(4));
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if year % 4 == 0 => 29,
+        2 => 28,
+        _ => return false,
+    };
+    (1..=days_in_month).contains(&day)
 }
 
 /// The Modulus 11 check digit of the first nine digits; `None` when it would be 10.
@@ -101,13 +123,27 @@ mod tests {
         for valid in ["9990000018", "9990000026", "9990000034", "9434765919"] {
             assert!(NhsNumber::parse(valid).is_ok(), "{valid}");
         }
-        assert_eq!(NhsNumber::parse("9991234560"), Err(NhsNumberError::CheckDigit));
+        assert_eq!(
+            NhsNumber::parse("9991234560"),
+            Err(NhsNumberError::CheckDigit)
+        );
     }
 
     #[test]
     fn format_boundaries() {
-        for bad in ["", "999000001", "99900000188", "999 000 0018", "999000001a", "９９９0000018"] {
-            assert_eq!(NhsNumber::parse(bad), Err(NhsNumberError::Format), "{bad:?}");
+        for bad in [
+            "",
+            "999000001",
+            "99900000188",
+            "999 000 0018",
+            "999000001a",
+            "９９９0000018",
+        ] {
+            assert_eq!(
+                NhsNumber::parse(bad),
+                Err(NhsNumberError::Format),
+                "{bad:?}"
+            );
         }
     }
 
@@ -117,14 +153,53 @@ mod tests {
         assert_eq!(check_digit(&[0, 0, 0, 0, 0, 0, 0, 0, 6, 0]), None);
         for last in 0..=9 {
             let candidate = format!("000000006{last}");
-            assert_eq!(NhsNumber::parse(&candidate), Err(NhsNumberError::CheckDigit), "{candidate}");
+            assert_eq!(
+                NhsNumber::parse(&candidate),
+                Err(NhsNumberError::CheckDigit),
+                "{candidate}"
+            );
         }
     }
 
     #[test]
     fn repeated_digits_are_implausible() {
-        assert_eq!(NhsNumber::parse("0000000000"), Err(NhsNumberError::Implausible));
-        assert_eq!(NhsNumber::parse("1111111111"), Err(NhsNumberError::Implausible));
+        assert_eq!(
+            NhsNumber::parse("0000000000"),
+            Err(NhsNumberError::Implausible)
+        );
+        assert_eq!(
+            NhsNumber::parse("1111111111"),
+            Err(NhsNumberError::Implausible)
+        );
+    }
+
+    #[test]
+    fn chi_range_needs_a_date_prefix() {
+        // 0637172558 passes Modulus 11 but 06/37/17 is not a date.
+        assert_eq!(
+            NhsNumber::parse("0637172558"),
+            Err(NhsNumberError::Implausible)
+        );
+        // 29 February exists in YY = 04, not in YY = 05.
+        let with_check = |body: &str| {
+            let mut digits = [0u8; 10];
+            for (slot, b) in digits.iter_mut().zip(body.bytes()) {
+                *slot = b - b'0';
+            }
+            check_digit(&digits).map(|c| format!("{body}{c}"))
+        };
+        let leap = (0..1000)
+            .find_map(|n| with_check(&format!("290204{n:03}")))
+            .unwrap_or_default();
+        assert!(NhsNumber::parse(&leap).is_ok(), "{leap}");
+        let not_leap = (0..1000)
+            .find_map(|n| with_check(&format!("290205{n:03}")))
+            .unwrap_or_default();
+        assert_eq!(
+            NhsNumber::parse(&not_leap),
+            Err(NhsNumberError::Implausible),
+            "{not_leap}"
+        );
     }
 
     #[test]

@@ -19,7 +19,11 @@ pub struct FieldViolation {
 
 impl FieldViolation {
     /// Creates a violation.
-    pub fn new(field: impl Into<String>, reason: ErrorReason, description: impl Into<String>) -> Self {
+    pub fn new(
+        field: impl Into<String>,
+        reason: ErrorReason,
+        description: impl Into<String>,
+    ) -> Self {
         Self {
             field: field.into(),
             reason,
@@ -54,7 +58,14 @@ pub fn invalid_argument(violations: &[FieldViolation]) -> Status {
     }
     let message = violations
         .iter()
-        .map(|v| format!("{}: {} ({})", v.field, v.description, v.reason.as_info_reason()))
+        .map(|v| {
+            format!(
+                "{}: {} ({})",
+                v.field,
+                v.description,
+                v.reason.as_info_reason()
+            )
+        })
         .collect::<Vec<_>>()
         .join("; ");
     Status::with_error_details(Code::InvalidArgument, message, details)

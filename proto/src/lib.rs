@@ -21,6 +21,10 @@ pub mod google {
     pub mod r#type {
         include!(concat!(env!("OUT_DIR"), "/google.r#type.rs"));
     }
+    /// `google.rpc` error details (ErrorInfo, BadRequest, ...), as carried in error statuses.
+    pub mod rpc {
+        include!(concat!(env!("OUT_DIR"), "/google.rpc.rs"));
+    }
 }
 
 /// The CP-IS packages.

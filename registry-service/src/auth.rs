@@ -58,12 +58,20 @@ impl CouncilAuth {
 
     /// Verifies the caller, checks `scope`, and checks that `requested` (the request's
     /// `local_authority_ods_code`, empty meaning "mine") is the caller's own council.
-    pub fn authorize(&self, metadata: &MetadataMap, requested: &str, scope: Scope, rpc: &'static str) -> Result<Council, RegistryError> {
+    pub fn authorize(
+        &self,
+        metadata: &MetadataMap,
+        requested: &str,
+        scope: Scope,
+        rpc: &'static str,
+    ) -> Result<Council, RegistryError> {
         let claims: CouncilClaims = self.verifier.verify_metadata(metadata)?;
         let ods_code = claims
             .ods_code
             .filter(|code| is_ods_code(code))
-            .ok_or_else(|| cpis_core::auth::AuthError::Invalid("token names no valid ods_code".into()))?;
+            .ok_or_else(|| {
+                cpis_core::auth::AuthError::Invalid("token names no valid ods_code".into())
+            })?;
         if !requested.is_empty() && requested != ods_code {
             // A security event for the operator: who tried what, never whose child.
             tracing::warn!(

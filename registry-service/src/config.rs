@@ -136,7 +136,10 @@ mod tests {
             "500",
         ])
         .unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(config.database_url, Some(DatabaseUrl::Postgres(_))));
+        assert!(matches!(
+            config.database_url,
+            Some(DatabaseUrl::Postgres(_))
+        ));
         assert_eq!(config.server.shutdown_grace, Duration::from_secs(3));
         assert_eq!(config.upload_chunk, 500);
         // The password-bearing URL never shows in Debug output.

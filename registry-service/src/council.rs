@@ -1,18 +1,22 @@
 //! The registry's council-facing service: contact details, one-record writes and reads,
 //! listings and bulk uploads. Every call is authenticated and scoped to the caller's council.
-//! Notifications and access history (issue 5) still answer UNIMPLEMENTED.
+//! Notifications and access history (issue 5) authenticate and scope the caller, then answer
+//! UNIMPLEMENTED.
 
 use std::collections::HashSet;
 
 use cpis_core::status::FieldViolation;
 use cpis_proto::cpis::common::v1::{ErrorReason, LocalAuthority};
 use cpis_proto::cpis::registry::v1::{
-    BatchOutcome, BatchResult, DeleteChildRecordRequest, DeleteChildRecordResponse, GetBatchRequest,
-    GetBatchResponse, GetChildRecordRequest, GetChildRecordResponse, GetContactDetailsRequest,
-    GetContactDetailsResponse, ListChildRecordsRequest, ListChildRecordsResponse, PutChildRecordRequest,
-    PutChildRecordResponse, RecordRejection, RecordStateFilter, SetContactDetailsRequest,
-    SetContactDetailsResponse, UploadBatchRequest, UploadBatchResponse, council_service_server::CouncilService,
-    upload_batch_request::Item,
+    AcknowledgeNotificationsRequest, AcknowledgeNotificationsResponse, BatchOutcome, BatchResult,
+    DeleteChildRecordRequest, DeleteChildRecordResponse, GetBatchRequest, GetBatchResponse,
+    GetChildRecordRequest, GetChildRecordResponse, GetContactDetailsRequest,
+    GetContactDetailsResponse, ListAccessEventsRequest, ListAccessEventsResponse,
+    ListChildRecordsRequest, ListChildRecordsResponse, ListNotificationsRequest,
+    ListNotificationsResponse, PutChildRecordRequest, PutChildRecordResponse, RecordRejection,
+    RecordStateFilter, SetContactDetailsRequest, SetContactDetailsResponse,
+    SubscribeNotificationsRequest, SubscribeNotificationsResponse, UploadBatchRequest,
+    UploadBatchResponse, council_service_server::CouncilService, upload_batch_request::Item,
 };
 use prost::Message as _;
 use sha2::{Digest as _, Sha256};
@@ -20,9 +24,15 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{CouncilAuth, Scope};
 use crate::clock::Clock;
-use crate::db::{Database, models::{LocalAuthorityRow, NewLocalAuthority, UploadBatchRow}};
+use crate::db::{
+    Database,
+    models::{LocalAuthorityRow, NewLocalAuthority, UploadBatchRow},
+};
 use crate::error::RegistryError;
-use crate::record::{self, MAX_ORG_NAME, is_phone, micros_to_timestamp, parse_nhs_number, row_to_wire, validate_record};
+use crate::record::{
+    self, MAX_ORG_NAME, is_phone, micros_to_timestamp, parse_nhs_number, row_to_wire,
+    validate_record,
+};
 use crate::store::{self, StateFilter};
 
 /// Most records in one batch.
@@ -68,7 +78,11 @@ fn validate_contacts(la: &LocalAuthority) -> Vec<FieldViolation> {
     let mut violations = Vec::new();
     let name = la.name.trim();
     if name.is_empty() {
-        violations.push(FieldViolation::new("local_authority.name", ErrorReason::FieldRequired, "is required"));
+        violations.push(FieldViolation::new(
+            "local_authority.name",
+            ErrorReason::FieldRequired,
+            "is required",
+        ));
     } else if name.chars().count() > MAX_ORG_NAME {
         violations.push(FieldViolation::new(
             "local_authority.name",
@@ -76,7 +90,11 @@ fn validate_contacts(la: &LocalAuthority) -> Vec<FieldViolation> {
             format!("must be at most {MAX_ORG_NAME} characters"),
         ));
     } else if name.chars().any(char::is_control) {
-        violations.push(FieldViolation::new("local_authority.name", ErrorReason::FieldFormat, "must not contain control characters"));
+        violations.push(FieldViolation::new(
+            "local_authority.name",
+            ErrorReason::FieldFormat,
+            "must not contain control characters",
+        ));
     }
     let phone_rule = "must be 10 to 15 digits, optionally with spaces, hyphens and a leading +";
     if la.emergency_duty_phone.trim().is_empty() {
@@ -86,10 +104,18 @@ fn validate_contacts(la: &LocalAuthority) -> Vec<FieldViolation> {
             "is required: health must always have a 24/7 number to ring",
         ));
     } else if !is_phone(la.emergency_duty_phone.trim()) {
-        violations.push(FieldViolation::new("local_authority.emergency_duty_phone", ErrorReason::FieldFormat, phone_rule));
+        violations.push(FieldViolation::new(
+            "local_authority.emergency_duty_phone",
+            ErrorReason::FieldFormat,
+            phone_rule,
+        ));
     }
     if !la.office_hours_phone.trim().is_empty() && !is_phone(la.office_hours_phone.trim()) {
-        violations.push(FieldViolation::new("local_authority.office_hours_phone", ErrorReason::FieldFormat, phone_rule));
+        violations.push(FieldViolation::new(
+            "local_authority.office_hours_phone",
+            ErrorReason::FieldFormat,
+            phone_rule,
+        ));
     }
     violations
 }
@@ -121,7 +147,10 @@ fn decode_page_token(token: &str, filter: i32) -> Result<Option<String>, Registr
     };
     let rest = token.strip_prefix("r1:").ok_or_else(invalid)?;
     let (nhs, token_filter) = rest.split_once(':').ok_or_else(invalid)?;
-    if token_filter != filter.to_string() || nhs.len() != 10 || !nhs.bytes().all(|b| b.is_ascii_digit()) {
+    if token_filter != filter.to_string()
+        || nhs.len() != 10
+        || !nhs.bytes().all(|b| b.is_ascii_digit())
+    {
         return Err(invalid());
     }
     Ok(Some(nhs.to_owned()))
@@ -138,9 +167,21 @@ fn batch_outcome(accepted: u64, rejected: u64) -> BatchOutcome {
 #[tonic::async_trait]
 impl CouncilService for CouncilApi {
     #[tracing::instrument(skip_all, fields(rpc = "SetContactDetails"))]
-    async fn set_contact_details(&self, request: Request<SetContactDetailsRequest>) -> Result<Response<SetContactDetailsResponse>, Status> {
-        let la = request.get_ref().local_authority.clone().unwrap_or_default();
-        let council = self.auth.authorize(request.metadata(), &la.ods_code, Scope::Write, "SetContactDetails")?;
+    async fn set_contact_details(
+        &self,
+        request: Request<SetContactDetailsRequest>,
+    ) -> Result<Response<SetContactDetailsResponse>, Status> {
+        let la = request
+            .get_ref()
+            .local_authority
+            .clone()
+            .unwrap_or_default();
+        let council = self.auth.authorize(
+            request.metadata(),
+            &la.ods_code,
+            Scope::Write,
+            "SetContactDetails",
+        )?;
         let violations = validate_contacts(&la);
         if !violations.is_empty() {
             return Err(RegistryError::Invalid(violations).into());
@@ -149,10 +190,14 @@ impl CouncilService for CouncilApi {
             ods_code: council.ods_code.clone(),
             name: la.name.trim().to_owned(),
             emergency_duty_phone: la.emergency_duty_phone.trim().to_owned(),
-            office_hours_phone: Some(la.office_hours_phone.trim().to_owned()).filter(|p| !p.is_empty()),
+            office_hours_phone: Some(la.office_hours_phone.trim().to_owned())
+                .filter(|p| !p.is_empty()),
             update_time: self.clock.now_micros(),
         };
-        let stored = self.db.run(move |conn| store::upsert_contacts(conn, &row)).await?;
+        let stored = self
+            .db
+            .run(move |conn| store::upsert_contacts(conn, &row))
+            .await?;
         tracing::info!(la = %council.ods_code, "contact details set");
         Ok(Response::new(SetContactDetailsResponse {
             local_authority: Some(contacts_to_wire(stored)),
@@ -160,10 +205,21 @@ impl CouncilService for CouncilApi {
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "GetContactDetails"))]
-    async fn get_contact_details(&self, request: Request<GetContactDetailsRequest>) -> Result<Response<GetContactDetailsResponse>, Status> {
-        let council = self.auth.authorize(request.metadata(), &request.get_ref().local_authority_ods_code, Scope::Read, "GetContactDetails")?;
+    async fn get_contact_details(
+        &self,
+        request: Request<GetContactDetailsRequest>,
+    ) -> Result<Response<GetContactDetailsResponse>, Status> {
+        let council = self.auth.authorize(
+            request.metadata(),
+            &request.get_ref().local_authority_ods_code,
+            Scope::Read,
+            "GetContactDetails",
+        )?;
         let ods = council.ods_code.clone();
-        let row = self.db.run(move |conn| store::get_contacts(conn, &ods)).await?;
+        let row = self
+            .db
+            .run(move |conn| store::get_contacts(conn, &ods))
+            .await?;
         let row = row.ok_or_else(|| RegistryError::NotFound {
             reason: ErrorReason::ContactDetailsMissing,
             message: "no contact details have been set for this council".into(),
@@ -174,11 +230,24 @@ impl CouncilService for CouncilApi {
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "PutChildRecord"))]
-    async fn put_child_record(&self, request: Request<PutChildRecordRequest>) -> Result<Response<PutChildRecordResponse>, Status> {
-        let council = self.auth.authorize(request.metadata(), &request.get_ref().local_authority_ods_code, Scope::Write, "PutChildRecord")?;
+    async fn put_child_record(
+        &self,
+        request: Request<PutChildRecordRequest>,
+    ) -> Result<Response<PutChildRecordResponse>, Status> {
+        let council = self.auth.authorize(
+            request.metadata(),
+            &request.get_ref().local_authority_ods_code,
+            Scope::Write,
+            "PutChildRecord",
+        )?;
         let body = request.into_inner();
         let Some(wire) = body.record else {
-            return Err(RegistryError::Invalid(vec![FieldViolation::new("record", ErrorReason::FieldRequired, "is required")]).into());
+            return Err(RegistryError::Invalid(vec![FieldViolation::new(
+                "record",
+                ErrorReason::FieldRequired,
+                "is required",
+            )])
+            .into());
         };
         if let Some(expected) = body.expected_version
             && expected < 0
@@ -190,7 +259,8 @@ impl CouncilService for CouncilApi {
             )])
             .into());
         }
-        let record = validate_record(&wire, "record.", self.clock.today()).map_err(RegistryError::Invalid)?;
+        let record = validate_record(&wire, "record.", self.clock.today())
+            .map_err(RegistryError::Invalid)?;
         let now = self.clock.now_micros();
         let ods = council.ods_code.clone();
         let stored = self
@@ -205,13 +275,24 @@ impl CouncilService for CouncilApi {
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "GetChildRecord"))]
-    async fn get_child_record(&self, request: Request<GetChildRecordRequest>) -> Result<Response<GetChildRecordResponse>, Status> {
-        let council = self.auth.authorize(request.metadata(), &request.get_ref().local_authority_ods_code, Scope::Read, "GetChildRecord")?;
+    async fn get_child_record(
+        &self,
+        request: Request<GetChildRecordRequest>,
+    ) -> Result<Response<GetChildRecordResponse>, Status> {
+        let council = self.auth.authorize(
+            request.metadata(),
+            &request.get_ref().local_authority_ods_code,
+            Scope::Read,
+            "GetChildRecord",
+        )?;
         let nhs = parse_nhs_number(&request.get_ref().nhs_number, "nhs_number")
             .map_err(|v| RegistryError::Invalid(vec![v]))?
             .to_string();
         let ods = council.ods_code;
-        let row = self.db.run(move |conn| store::get_record(conn, &ods, &nhs)).await?;
+        let row = self
+            .db
+            .run(move |conn| store::get_record(conn, &ods, &nhs))
+            .await?;
         let row = row.ok_or_else(|| RegistryError::NotFound {
             reason: ErrorReason::RecordNotFound,
             message: "the council holds no record for this NHS number".into(),
@@ -222,15 +303,28 @@ impl CouncilService for CouncilApi {
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "ListChildRecords"))]
-    async fn list_child_records(&self, request: Request<ListChildRecordsRequest>) -> Result<Response<ListChildRecordsResponse>, Status> {
-        let council = self.auth.authorize(request.metadata(), &request.get_ref().local_authority_ods_code, Scope::Read, "ListChildRecords")?;
+    async fn list_child_records(
+        &self,
+        request: Request<ListChildRecordsRequest>,
+    ) -> Result<Response<ListChildRecordsResponse>, Status> {
+        let council = self.auth.authorize(
+            request.metadata(),
+            &request.get_ref().local_authority_ods_code,
+            Scope::Read,
+            "ListChildRecords",
+        )?;
         let body = request.into_inner();
         let filter = match RecordStateFilter::try_from(body.state) {
             Ok(RecordStateFilter::Unspecified) => StateFilter::All,
             Ok(RecordStateFilter::Active) => StateFilter::Active,
             Ok(RecordStateFilter::Ended) => StateFilter::Ended,
             Err(_) => {
-                return Err(RegistryError::Invalid(vec![FieldViolation::new("state", ErrorReason::FieldFormat, "is not a known filter")]).into());
+                return Err(RegistryError::Invalid(vec![FieldViolation::new(
+                    "state",
+                    ErrorReason::FieldFormat,
+                    "is not a known filter",
+                )])
+                .into());
             }
         };
         let limit = page_size(body.page_size)?;
@@ -239,7 +333,9 @@ impl CouncilService for CouncilApi {
         let ods = council.ods_code;
         let mut rows = self
             .db
-            .run(move |conn| store::list_records(conn, &ods, after.as_deref(), filter, today, limit + 1))
+            .run(move |conn| {
+                store::list_records(conn, &ods, after.as_deref(), filter, today, limit + 1)
+            })
             .await?;
         let more = usize::try_from(limit).is_ok_and(|l| rows.len() > l);
         rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
@@ -254,8 +350,16 @@ impl CouncilService for CouncilApi {
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "DeleteChildRecord"))]
-    async fn delete_child_record(&self, request: Request<DeleteChildRecordRequest>) -> Result<Response<DeleteChildRecordResponse>, Status> {
-        let council = self.auth.authorize(request.metadata(), &request.get_ref().local_authority_ods_code, Scope::Write, "DeleteChildRecord")?;
+    async fn delete_child_record(
+        &self,
+        request: Request<DeleteChildRecordRequest>,
+    ) -> Result<Response<DeleteChildRecordResponse>, Status> {
+        let council = self.auth.authorize(
+            request.metadata(),
+            &request.get_ref().local_authority_ods_code,
+            Scope::Write,
+            "DeleteChildRecord",
+        )?;
         let body = request.into_inner();
         let nhs = parse_nhs_number(&body.nhs_number, "nhs_number")
             .map_err(|v| RegistryError::Invalid(vec![v]))?
@@ -269,19 +373,36 @@ impl CouncilService for CouncilApi {
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "UploadBatch"))]
-    async fn upload_batch(&self, request: Request<Streaming<UploadBatchRequest>>) -> Result<Response<UploadBatchResponse>, Status> {
+    async fn upload_batch(
+        &self,
+        request: Request<Streaming<UploadBatchRequest>>,
+    ) -> Result<Response<UploadBatchResponse>, Status> {
         let metadata = request.metadata().clone();
         let mut stream = request.into_inner();
 
         let header = match stream.message().await? {
-            Some(UploadBatchRequest { item: Some(Item::Header(header)) }) => header,
-            _ => return Err(RegistryError::BatchMalformed("the first message must be the batch header".into()).into()),
+            Some(UploadBatchRequest {
+                item: Some(Item::Header(header)),
+            }) => header,
+            _ => {
+                return Err(RegistryError::BatchMalformed(
+                    "the first message must be the batch header".into(),
+                )
+                .into());
+            }
         };
-        let council = self.auth.authorize(&metadata, &header.local_authority_ods_code, Scope::Write, "UploadBatch")?;
+        let council = self.auth.authorize(
+            &metadata,
+            &header.local_authority_ods_code,
+            Scope::Write,
+            "UploadBatch",
+        )?;
         let batch_id = header.batch_id.clone();
         if batch_id.is_empty()
             || batch_id.len() > MAX_BATCH_ID
-            || !batch_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+            || !batch_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
         {
             return Err(RegistryError::BatchMalformed(format!(
                 "batch_id must be 1 to {MAX_BATCH_ID} letters, digits, '.', '_', ':' or '-'"
@@ -292,13 +413,19 @@ impl CouncilService for CouncilApi {
         let (previous, contacts) = {
             let (ods, batch_id) = (ods.clone(), batch_id.clone());
             self.db
-                .run(move |conn| Ok((store::get_batch(conn, &ods, &batch_id)?, store::get_contacts(conn, &ods)?)))
+                .run(move |conn| {
+                    Ok((
+                        store::get_batch(conn, &ods, &batch_id)?,
+                        store::get_contacts(conn, &ods)?,
+                    ))
+                })
                 .await?
         };
         if previous.is_none() && contacts.is_none() {
             return Err(RegistryError::FailedPrecondition {
                 reason: ErrorReason::ContactDetailsMissing,
-                message: "set the council's contact details (SetContactDetails) before uploading".into(),
+                message: "set the council's contact details (SetContactDetails) before uploading"
+                    .into(),
             }
             .into());
         }
@@ -314,13 +441,24 @@ impl CouncilService for CouncilApi {
             let wire = match message.item {
                 Some(Item::Record(record)) => record,
                 Some(Item::Header(_)) => {
-                    return Err(RegistryError::BatchMalformed("only the first message may be a header".into()).into());
+                    return Err(RegistryError::BatchMalformed(
+                        "only the first message may be a header".into(),
+                    )
+                    .into());
                 }
-                None => return Err(RegistryError::BatchMalformed("a message carries neither header nor record".into()).into()),
+                None => {
+                    return Err(RegistryError::BatchMalformed(
+                        "a message carries neither header nor record".into(),
+                    )
+                    .into());
+                }
             };
             received += 1;
             if received > MAX_BATCH_RECORDS {
-                return Err(RegistryError::BatchMalformed(format!("a batch holds at most {MAX_BATCH_RECORDS} records")).into());
+                return Err(RegistryError::BatchMalformed(format!(
+                    "a batch holds at most {MAX_BATCH_RECORDS} records"
+                ))
+                .into());
             }
             // Content digest: a retry with the same id must carry the same records.
             digest.update(wire.encoded_len().to_le_bytes());
@@ -365,8 +503,9 @@ impl CouncilService for CouncilApi {
             if previous.content_digest != content_digest {
                 return Err(RegistryError::BatchIdReused.into());
             }
-            let result = BatchResult::decode(previous.result.as_slice())
-                .map_err(|e| RegistryError::Internal(format!("stored batch result undecodable: {e}")))?;
+            let result = BatchResult::decode(previous.result.as_slice()).map_err(|e| {
+                RegistryError::Internal(format!("stored batch result undecodable: {e}"))
+            })?;
             tracing::info!(la = %ods, batch = %batch_id, "batch replayed");
             return Ok(Response::new(UploadBatchResponse {
                 result: Some(result),
@@ -385,7 +524,8 @@ impl CouncilService for CouncilApi {
             accepted_count: accepted,
             rejected_count: rejected,
             rejections,
-            expected_record_count_mismatch: header.expected_record_count != 0 && header.expected_record_count != received,
+            expected_record_count_mismatch: header.expected_record_count != 0
+                && header.expected_record_count != received,
             complete_time: Some(micros_to_timestamp(now)),
         };
         let row = UploadBatchRow {
@@ -405,7 +545,8 @@ impl CouncilService for CouncilApi {
         // If a concurrent upload of the same id completed first, answer with its outcome.
         let (result, replayed) = match stored {
             Some(first) if first.result != result.encode_to_vec() => (
-                BatchResult::decode(first.result.as_slice()).map_err(|e| RegistryError::Internal(e.to_string()))?,
+                BatchResult::decode(first.result.as_slice())
+                    .map_err(|e| RegistryError::Internal(e.to_string()))?,
                 true,
             ),
             _ => (result, false),
@@ -424,24 +565,111 @@ impl CouncilService for CouncilApi {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(rpc = "ListAccessEvents"))]
+    async fn list_access_events(
+        &self,
+        request: Request<ListAccessEventsRequest>,
+    ) -> Result<Response<ListAccessEventsResponse>, Status> {
+        self.auth.authorize(
+            request.metadata(),
+            &request.get_ref().local_authority_ods_code,
+            Scope::Read,
+            "ListAccessEvents",
+        )?;
+        Err(Status::unimplemented(
+            "access history is not implemented yet",
+        ))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "SubscribeNotifications"))]
+    async fn subscribe_notifications(
+        &self,
+        request: Request<SubscribeNotificationsRequest>,
+    ) -> Result<
+        Response<
+            futures::stream::BoxStream<'static, Result<SubscribeNotificationsResponse, Status>>,
+        >,
+        Status,
+    > {
+        self.auth.authorize(
+            request.metadata(),
+            &request.get_ref().local_authority_ods_code,
+            Scope::Read,
+            "SubscribeNotifications",
+        )?;
+        Err(Status::unimplemented(
+            "notifications are not implemented yet",
+        ))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "AcknowledgeNotifications"))]
+    async fn acknowledge_notifications(
+        &self,
+        request: Request<AcknowledgeNotificationsRequest>,
+    ) -> Result<Response<AcknowledgeNotificationsResponse>, Status> {
+        self.auth.authorize(
+            request.metadata(),
+            &request.get_ref().local_authority_ods_code,
+            Scope::Read,
+            "AcknowledgeNotifications",
+        )?;
+        Err(Status::unimplemented(
+            "notifications are not implemented yet",
+        ))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "ListNotifications"))]
+    async fn list_notifications(
+        &self,
+        request: Request<ListNotificationsRequest>,
+    ) -> Result<Response<ListNotificationsResponse>, Status> {
+        self.auth.authorize(
+            request.metadata(),
+            &request.get_ref().local_authority_ods_code,
+            Scope::Read,
+            "ListNotifications",
+        )?;
+        Err(Status::unimplemented(
+            "notifications are not implemented yet",
+        ))
+    }
+
     #[tracing::instrument(skip_all, fields(rpc = "GetBatch"))]
-    async fn get_batch(&self, request: Request<GetBatchRequest>) -> Result<Response<GetBatchResponse>, Status> {
-        let council = self.auth.authorize(request.metadata(), &request.get_ref().local_authority_ods_code, Scope::Read, "GetBatch")?;
+    async fn get_batch(
+        &self,
+        request: Request<GetBatchRequest>,
+    ) -> Result<Response<GetBatchResponse>, Status> {
+        let council = self.auth.authorize(
+            request.metadata(),
+            &request.get_ref().local_authority_ods_code,
+            Scope::Read,
+            "GetBatch",
+        )?;
         let batch_id = request.into_inner().batch_id;
         let ods = council.ods_code;
-        let row = self.db.run(move |conn| store::get_batch(conn, &ods, &batch_id)).await?;
+        let row = self
+            .db
+            .run(move |conn| store::get_batch(conn, &ods, &batch_id))
+            .await?;
         let row = row.ok_or_else(|| RegistryError::NotFound {
             reason: ErrorReason::Unspecified,
             message: "no completed batch with this id".into(),
         })?;
-        let result = BatchResult::decode(row.result.as_slice()).map_err(|e| RegistryError::Internal(e.to_string()))?;
-        Ok(Response::new(GetBatchResponse { result: Some(result) }))
+        let result = BatchResult::decode(row.result.as_slice())
+            .map_err(|e| RegistryError::Internal(e.to_string()))?;
+        Ok(Response::new(GetBatchResponse {
+            result: Some(result),
+        }))
     }
 }
 
 impl CouncilApi {
     /// Commits the pending chunk in one transaction.
-    async fn flush(&self, ods: &str, chunk: &mut Vec<record::ChildRecord>) -> Result<(), RegistryError> {
+    async fn flush(
+        &self,
+        ods: &str,
+        chunk: &mut Vec<record::ChildRecord>,
+    ) -> Result<(), RegistryError> {
         if chunk.is_empty() {
             return Ok(());
         }

@@ -99,19 +99,25 @@ impl From<RegistryError> for Status {
             RegistryError::PermissionDenied { reason, message } => {
                 with_reason(Code::PermissionDenied, reason, message)
             }
-            RegistryError::NotFound { reason, message } => with_reason(Code::NotFound, reason, message),
+            RegistryError::NotFound { reason, message } => {
+                with_reason(Code::NotFound, reason, message)
+            }
             RegistryError::FailedPrecondition { reason, message } => {
                 with_reason(Code::FailedPrecondition, reason, message)
             }
             e @ RegistryError::VersionConflict { .. } => {
                 with_reason(Code::Aborted, ErrorReason::VersionConflict, e.to_string())
             }
-            e @ RegistryError::BatchIdReused => {
-                with_reason(Code::AlreadyExists, ErrorReason::BatchIdReused, e.to_string())
-            }
-            e @ RegistryError::BatchMalformed(_) => {
-                with_reason(Code::InvalidArgument, ErrorReason::BatchMalformed, e.to_string())
-            }
+            e @ RegistryError::BatchIdReused => with_reason(
+                Code::AlreadyExists,
+                ErrorReason::BatchIdReused,
+                e.to_string(),
+            ),
+            e @ RegistryError::BatchMalformed(_) => with_reason(
+                Code::InvalidArgument,
+                ErrorReason::BatchMalformed,
+                e.to_string(),
+            ),
             RegistryError::Unavailable => with_reason(
                 Code::Unavailable,
                 ErrorReason::BackendUnavailable,

@@ -71,18 +71,26 @@ pub async fn serve(
     let mut routes = tonic::service::RoutesBuilder::default();
     routes
         .add_service(CouncilServiceServer::new(council))
-        .add_service(DisclosureServiceServer::new(disclosure::DisclosureApi::new()))
+        .add_service(DisclosureServiceServer::new(
+            disclosure::DisclosureApi::new(),
+        ))
         .add_service(OperatorServiceServer::new(operator::OperatorApi::new()));
     let engine = db.engine();
     let migrate_on_start = config.migrate_on_start;
     let ready = async move {
         if migrate_on_start {
             let applied = db.migrate().await?;
-            tracing::info!(engine, applied = applied.len(), "migrations applied at start-up");
+            tracing::info!(
+                engine,
+                applied = applied.len(),
+                "migrations applied at start-up"
+            );
         }
         let pending = db.pending_migrations().await?;
         if !pending.is_empty() {
-            return Err(RegistryError::SchemaBehind { pending: pending.len() });
+            return Err(RegistryError::SchemaBehind {
+                pending: pending.len(),
+            });
         }
         tracing::info!(engine, "database ready");
         Ok(())

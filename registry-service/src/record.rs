@@ -66,8 +66,11 @@ struct Violations<'a> {
 
 impl Violations<'_> {
     fn add(&mut self, field: &str, reason: ErrorReason, description: impl Into<String>) {
-        self.list
-            .push(FieldViolation::new(format!("{}{field}", self.prefix), reason, description));
+        self.list.push(FieldViolation::new(
+            format!("{}{field}", self.prefix),
+            reason,
+            description,
+        ));
     }
 }
 
@@ -97,7 +100,9 @@ pub fn is_phone(value: &str) -> bool {
     let body = value.strip_prefix('+').unwrap_or(value);
     let digits = body.bytes().filter(u8::is_ascii_digit).count();
     (10..=15).contains(&digits)
-        && body.bytes().all(|b| b.is_ascii_digit() || b == b' ' || b == b'-')
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b' ' || b == b'-')
         && value.len() <= 24
 }
 
@@ -110,9 +115,17 @@ fn check_text(v: &mut Violations<'_>, field: &str, value: &str, required: bool, 
         return;
     }
     if value.chars().count() > max {
-        v.add(field, ErrorReason::FieldTooLong, format!("must be at most {max} characters"));
+        v.add(
+            field,
+            ErrorReason::FieldTooLong,
+            format!("must be at most {max} characters"),
+        );
     } else if value.chars().any(char::is_control) {
-        v.add(field, ErrorReason::FieldFormat, "must not contain control characters");
+        v.add(
+            field,
+            ErrorReason::FieldFormat,
+            "must not contain control characters",
+        );
     }
 }
 
@@ -150,19 +163,40 @@ fn optional_date(v: &mut Violations<'_>, field: &str, date: Option<&Date>) -> Op
     let d = date?;
     let parsed = to_naive(d);
     if parsed.is_none() {
-        v.add(field, ErrorReason::FieldFormat, "must be a real calendar date with year, month and day set");
+        v.add(
+            field,
+            ErrorReason::FieldFormat,
+            "must be a real calendar date with year, month and day set",
+        );
     }
     parsed
 }
 
-fn period(v: &mut Violations<'_>, block: &str, wire: Option<&wire::PlanPeriod>, today: NaiveDate) -> Option<PlanPeriod> {
+fn period(
+    v: &mut Violations<'_>,
+    block: &str,
+    wire: Option<&wire::PlanPeriod>,
+    today: NaiveDate,
+) -> Option<PlanPeriod> {
     let Some(p) = wire else {
-        v.add(&format!("{block}.period"), ErrorReason::FieldRequired, "is required");
+        v.add(
+            &format!("{block}.period"),
+            ErrorReason::FieldRequired,
+            "is required",
+        );
         return None;
     };
-    let start = required_date(v, &format!("{block}.period.start_date"), p.start_date.as_ref());
+    let start = required_date(
+        v,
+        &format!("{block}.period.start_date"),
+        p.start_date.as_ref(),
+    );
     let end = optional_date(v, &format!("{block}.period.end_date"), p.end_date.as_ref());
-    let delete = optional_date(v, &format!("{block}.period.delete_date"), p.delete_date.as_ref());
+    let delete = optional_date(
+        v,
+        &format!("{block}.period.delete_date"),
+        p.delete_date.as_ref(),
+    );
     let start = start?;
     if start > today + Months::new(12) {
         v.add(
@@ -174,7 +208,11 @@ fn period(v: &mut Violations<'_>, block: &str, wire: Option<&wire::PlanPeriod>, 
     if let Some(end) = end
         && end < start
     {
-        v.add(&format!("{block}.period.end_date"), ErrorReason::DateOrder, "must not be before start_date");
+        v.add(
+            &format!("{block}.period.end_date"),
+            ErrorReason::DateOrder,
+            "must not be before start_date",
+        );
     }
     Some(PlanPeriod { start, end, delete })
 }
@@ -182,8 +220,15 @@ fn period(v: &mut Violations<'_>, block: &str, wire: Option<&wire::PlanPeriod>, 
 /// Validates a wire record against every rule of the contract. `prefix` is prepended to field
 /// paths ("record." for PutChildRecord, "" for a record in a batch). `today` is the registry's
 /// current date.
-pub fn validate_record(record: &wire::ChildRecord, prefix: &str, today: NaiveDate) -> Result<ChildRecord, Vec<FieldViolation>> {
-    let mut v = Violations { prefix, list: Vec::new() };
+pub fn validate_record(
+    record: &wire::ChildRecord,
+    prefix: &str,
+    today: NaiveDate,
+) -> Result<ChildRecord, Vec<FieldViolation>> {
+    let mut v = Violations {
+        prefix,
+        list: Vec::new(),
+    };
 
     let nhs_number = match parse_nhs_number(&record.nhs_number, &format!("{prefix}nhs_number")) {
         Ok(n) => Some(n),
@@ -192,7 +237,13 @@ pub fn validate_record(record: &wire::ChildRecord, prefix: &str, today: NaiveDat
             None
         }
     };
-    check_text(&mut v, "local_case_id", &record.local_case_id, false, MAX_CASE_ID);
+    check_text(
+        &mut v,
+        "local_case_id",
+        &record.local_case_id,
+        false,
+        MAX_CASE_ID,
+    );
     check_text(&mut v, "given_name", &record.given_name, true, MAX_NAME);
     check_text(&mut v, "family_name", &record.family_name, true, MAX_NAME);
 
@@ -200,7 +251,11 @@ pub fn validate_record(record: &wire::ChildRecord, prefix: &str, today: NaiveDat
     if let Some(dob) = dob
         && dob > today
     {
-        v.add("date_of_birth", ErrorReason::DateInFuture, "must not be in the future");
+        v.add(
+            "date_of_birth",
+            ErrorReason::DateInFuture,
+            "must not be in the future",
+        );
     }
 
     let cpp = record
@@ -211,19 +266,32 @@ pub fn validate_record(record: &wire::ChildRecord, prefix: &str, today: NaiveDat
         let p = period(&mut v, "looked_after_child", b.period.as_ref(), today);
         let basis = match LookedAfterLegalBasis::try_from(b.legal_basis) {
             Ok(LookedAfterLegalBasis::Unspecified) => {
-                v.add("looked_after_child.legal_basis", ErrorReason::FieldRequired, "is required (s31, s38 or s20)");
+                v.add(
+                    "looked_after_child.legal_basis",
+                    ErrorReason::FieldRequired,
+                    "is required (s31, s38 or s20)",
+                );
                 None
             }
             Ok(basis) => Some(basis),
             Err(_) => {
-                v.add("looked_after_child.legal_basis", ErrorReason::FieldFormat, "is not a known legal basis");
+                v.add(
+                    "looked_after_child.legal_basis",
+                    ErrorReason::FieldFormat,
+                    "is not a known legal basis",
+                );
                 None
             }
         };
         Some((p?, basis?))
     });
     let ucpp = record.unborn_child_protection_plan.as_ref().and_then(|b| {
-        let p = period(&mut v, "unborn_child_protection_plan", b.period.as_ref(), today);
+        let p = period(
+            &mut v,
+            "unborn_child_protection_plan",
+            b.period.as_ref(),
+            today,
+        );
         let edd = required_date(
             &mut v,
             "unborn_child_protection_plan.expected_delivery_date",
@@ -255,15 +323,29 @@ pub fn validate_record(record: &wire::ChildRecord, prefix: &str, today: NaiveDat
     // A child's plans: the person must be born by the plan's start and under 18 at it.
     if let Some(dob) = dob {
         let child_starts = [
-            ("child_protection_plan.period.start_date", cpp.map(|p| p.start)),
-            ("looked_after_child.period.start_date", lac.map(|(p, _)| p.start)),
+            (
+                "child_protection_plan.period.start_date",
+                cpp.map(|p| p.start),
+            ),
+            (
+                "looked_after_child.period.start_date",
+                lac.map(|(p, _)| p.start),
+            ),
         ];
         for (field, start) in child_starts {
             let Some(start) = start else { continue };
             if start < dob {
-                v.add(field, ErrorReason::DateOrder, "must not be before date_of_birth");
+                v.add(
+                    field,
+                    ErrorReason::DateOrder,
+                    "must not be before date_of_birth",
+                );
             } else if dob + Months::new(18 * 12) <= start {
-                v.add("date_of_birth", ErrorReason::DateOfBirthImplausible, "the child must be under 18 when the plan starts");
+                v.add(
+                    "date_of_birth",
+                    ErrorReason::DateOfBirthImplausible,
+                    "the child must be under 18 when the plan starts",
+                );
             }
         }
     }
@@ -311,10 +393,17 @@ impl ChildRecord {
             lac_end: days(self.looked_after_child.and_then(|(p, _)| p.end)),
             lac_delete: days(self.looked_after_child.and_then(|(p, _)| p.delete)),
             lac_legal_basis: self.looked_after_child.map(|(_, b)| b as i32),
-            ucpp_start: self.unborn_child_protection_plan.map(|(p, _)| to_days(p.start)),
+            ucpp_start: self
+                .unborn_child_protection_plan
+                .map(|(p, _)| to_days(p.start)),
             ucpp_end: days(self.unborn_child_protection_plan.and_then(|(p, _)| p.end)),
-            ucpp_delete: days(self.unborn_child_protection_plan.and_then(|(p, _)| p.delete)),
-            ucpp_expected_delivery: self.unborn_child_protection_plan.map(|(_, edd)| to_days(edd)),
+            ucpp_delete: days(
+                self.unborn_child_protection_plan
+                    .and_then(|(p, _)| p.delete),
+            ),
+            ucpp_expected_delivery: self
+                .unborn_child_protection_plan
+                .map(|(_, edd)| to_days(edd)),
         }
     }
 }
@@ -345,7 +434,10 @@ pub fn row_to_wire(row: &ChildRecordRow) -> wire::ChildRecord {
         }),
         unborn_child_protection_plan: row.ucpp_start.map(|s| wire::UnbornChildProtectionPlan {
             period: Some(wire_period(s, row.ucpp_end, row.ucpp_delete)),
-            expected_delivery_date: row.ucpp_expected_delivery.and_then(from_days).map(to_wire_date),
+            expected_delivery_date: row
+                .ucpp_expected_delivery
+                .and_then(from_days)
+                .map(to_wire_date),
         }),
         local_authority_ods_code: row.local_authority.clone(),
         version: row.version,

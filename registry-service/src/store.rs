@@ -6,7 +6,9 @@ use diesel::prelude::*;
 
 use crate::db::{
     DbConnection,
-    models::{ChildRecordRow, LocalAuthorityRow, NewChildRecord, NewLocalAuthority, UploadBatchRow},
+    models::{
+        ChildRecordRow, LocalAuthorityRow, NewChildRecord, NewLocalAuthority, UploadBatchRow,
+    },
     schema::{child_records, local_authorities, upload_batches},
 };
 use crate::error::RegistryError;
@@ -25,7 +27,10 @@ pub enum StateFilter {
 }
 
 /// Inserts or replaces a council's contact details.
-pub fn upsert_contacts(conn: &mut DbConnection, contacts: &NewLocalAuthority) -> Result<LocalAuthorityRow, RegistryError> {
+pub fn upsert_contacts(
+    conn: &mut DbConnection,
+    contacts: &NewLocalAuthority,
+) -> Result<LocalAuthorityRow, RegistryError> {
     conn.transaction(|conn| {
         let updated = diesel::update(local_authorities::table.find(&contacts.ods_code))
             .set(contacts)
@@ -44,7 +49,10 @@ pub fn upsert_contacts(conn: &mut DbConnection, contacts: &NewLocalAuthority) ->
 }
 
 /// A council's contact details, if set.
-pub fn get_contacts(conn: &mut DbConnection, ods_code: &str) -> Result<Option<LocalAuthorityRow>, RegistryError> {
+pub fn get_contacts(
+    conn: &mut DbConnection,
+    ods_code: &str,
+) -> Result<Option<LocalAuthorityRow>, RegistryError> {
     Ok(local_authorities::table
         .find(ods_code)
         .select(LocalAuthorityRow::as_select())
@@ -56,14 +64,19 @@ fn require_contacts(conn: &mut DbConnection, ods_code: &str) -> Result<(), Regis
     if get_contacts(conn, ods_code)?.is_none() {
         return Err(RegistryError::FailedPrecondition {
             reason: ErrorReason::ContactDetailsMissing,
-            message: "set the council's contact details (SetContactDetails) before storing records".into(),
+            message: "set the council's contact details (SetContactDetails) before storing records"
+                .into(),
         });
     }
     Ok(())
 }
 
 /// The council's record for an NHS number.
-pub fn get_record(conn: &mut DbConnection, ods_code: &str, nhs_number: &str) -> Result<Option<ChildRecordRow>, RegistryError> {
+pub fn get_record(
+    conn: &mut DbConnection,
+    ods_code: &str,
+    nhs_number: &str,
+) -> Result<Option<ChildRecordRow>, RegistryError> {
     Ok(child_records::table
         .filter(child_records::local_authority.eq(ods_code))
         .filter(child_records::nhs_number.eq(nhs_number))
@@ -102,8 +115,9 @@ pub fn put_record(
             return Err(RegistryError::VersionConflict { expected, actual });
         }
         upsert_one(conn, ods_code, record, existing, now)?;
-        let row = get_record(conn, ods_code, &nhs)?
-            .ok_or_else(|| RegistryError::Internal("record vanished inside its transaction".into()))?;
+        let row = get_record(conn, ods_code, &nhs)?.ok_or_else(|| {
+            RegistryError::Internal("record vanished inside its transaction".into())
+        })?;
         Ok(Stored {
             created: actual == 0,
             row,
@@ -161,7 +175,12 @@ fn upsert_one(
 /// Stores a chunk of validated records (distinct NHS numbers) in one transaction, in NHS-number
 /// order (sorted keys make SQLite's B-tree inserts several times faster). Returns how many
 /// records were created or changed.
-pub fn apply_chunk(conn: &mut DbConnection, ods_code: &str, chunk: &mut [ChildRecord], now: i64) -> Result<usize, RegistryError> {
+pub fn apply_chunk(
+    conn: &mut DbConnection,
+    ods_code: &str,
+    chunk: &mut [ChildRecord],
+    now: i64,
+) -> Result<usize, RegistryError> {
     chunk.sort_by_key(|r| r.nhs_number);
     conn.transaction(|conn| {
         require_contacts(conn, ods_code)?;
@@ -204,10 +223,17 @@ pub fn apply_chunk(conn: &mut DbConnection, ods_code: &str, chunk: &mut [ChildRe
 
 /// A multi-row INSERT. diesel's MultiBackend cannot express batch inserts, so dispatch to the
 /// concrete connection (inside the same transaction).
-fn insert_records(conn: &mut DbConnection, rows: &[NewChildRecord]) -> Result<usize, RegistryError> {
+fn insert_records(
+    conn: &mut DbConnection,
+    rows: &[NewChildRecord],
+) -> Result<usize, RegistryError> {
     let inserted = match conn {
-        DbConnection::Pg(c) => diesel::insert_into(child_records::table).values(rows).execute(c)?,
-        DbConnection::Sqlite(c) => diesel::insert_into(child_records::table).values(rows).execute(c)?,
+        DbConnection::Pg(c) => diesel::insert_into(child_records::table)
+            .values(rows)
+            .execute(c)?,
+        DbConnection::Sqlite(c) => diesel::insert_into(child_records::table)
+            .values(rows)
+            .execute(c)?,
     };
     Ok(inserted)
 }
@@ -250,12 +276,18 @@ pub fn list_records(
 }
 
 /// Removes a record; `expected_version` guards against removing a newer state.
-pub fn delete_record(conn: &mut DbConnection, ods_code: &str, nhs_number: &str, expected_version: Option<i64>) -> Result<(), RegistryError> {
+pub fn delete_record(
+    conn: &mut DbConnection,
+    ods_code: &str,
+    nhs_number: &str,
+    expected_version: Option<i64>,
+) -> Result<(), RegistryError> {
     conn.transaction(|conn| {
-        let existing = get_record(conn, ods_code, nhs_number)?.ok_or_else(|| RegistryError::NotFound {
-            reason: ErrorReason::RecordNotFound,
-            message: "the council holds no record for this NHS number".into(),
-        })?;
+        let existing =
+            get_record(conn, ods_code, nhs_number)?.ok_or_else(|| RegistryError::NotFound {
+                reason: ErrorReason::RecordNotFound,
+                message: "the council holds no record for this NHS number".into(),
+            })?;
         if let Some(expected) = expected_version
             && expected != existing.version
         {
@@ -264,13 +296,18 @@ pub fn delete_record(conn: &mut DbConnection, ods_code: &str, nhs_number: &str, 
                 actual: existing.version,
             });
         }
-        diesel::delete(child_records::table.filter(child_records::id.eq(existing.id))).execute(conn)?;
+        diesel::delete(child_records::table.filter(child_records::id.eq(existing.id)))
+            .execute(conn)?;
         Ok(())
     })
 }
 
 /// A completed batch's stored outcome.
-pub fn get_batch(conn: &mut DbConnection, ods_code: &str, batch_id: &str) -> Result<Option<UploadBatchRow>, RegistryError> {
+pub fn get_batch(
+    conn: &mut DbConnection,
+    ods_code: &str,
+    batch_id: &str,
+) -> Result<Option<UploadBatchRow>, RegistryError> {
     Ok(upload_batches::table
         .find((ods_code, batch_id))
         .select(UploadBatchRow::as_select())
@@ -281,9 +318,15 @@ pub fn get_batch(conn: &mut DbConnection, ods_code: &str, batch_id: &str) -> Res
 /// Records a completed batch. If a concurrent upload of the same id finished first, keeps the
 /// first outcome (the caller then reads it back).
 pub fn store_batch(conn: &mut DbConnection, row: &UploadBatchRow) -> Result<(), RegistryError> {
-    match diesel::insert_into(upload_batches::table).values(row).execute(conn) {
+    match diesel::insert_into(upload_batches::table)
+        .values(row)
+        .execute(conn)
+    {
         Ok(_) => Ok(()),
-        Err(diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)) => Ok(()),
+        Err(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        )) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test support: a failed expectation is a failed test
 
+pub mod db;
 pub mod server;
 pub mod tools;
 

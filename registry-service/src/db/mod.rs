@@ -45,7 +45,9 @@ impl DatabaseUrl {
             Ok(Self::Postgres(SecretString::from(url.to_owned())))
         } else if let Some(path) = url.strip_prefix("sqlite://") {
             if path.is_empty() {
-                return Err(RegistryError::Config("sqlite:// URL needs a file path".into()));
+                return Err(RegistryError::Config(
+                    "sqlite:// URL needs a file path".into(),
+                ));
             }
             Ok(Self::Sqlite(PathBuf::from(path)))
         } else {
@@ -77,7 +79,8 @@ impl ManageConnection for ConnectionManager {
     fn connect(&self) -> Result<DbConnection, r2d2::Error> {
         match &self.url {
             DatabaseUrl::Postgres(url) => {
-                let mut conn = PgConnection::establish(url.expose_secret()).map_err(r2d2::Error::ConnectionError)?;
+                let mut conn = PgConnection::establish(url.expose_secret())
+                    .map_err(r2d2::Error::ConnectionError)?;
                 // Bound every statement so a stuck query cannot hold a connection forever.
                 conn.batch_execute("SET statement_timeout = '60s'; SET lock_timeout = '10s'")
                     .map_err(r2d2::Error::QueryError)?;
@@ -85,7 +88,8 @@ impl ManageConnection for ConnectionManager {
             }
             DatabaseUrl::Sqlite(path) => {
                 let path = path.to_string_lossy();
-                let mut conn = SqliteConnection::establish(&path).map_err(r2d2::Error::ConnectionError)?;
+                let mut conn =
+                    SqliteConnection::establish(&path).map_err(r2d2::Error::ConnectionError)?;
                 // WAL for concurrent readers; foreign keys are off by default in SQLite;
                 // synchronous=FULL because an accepted record must survive a power cut.
                 conn.batch_execute(
@@ -99,7 +103,8 @@ impl ManageConnection for ConnectionManager {
     }
 
     fn is_valid(&self, conn: &mut DbConnection) -> Result<(), r2d2::Error> {
-        conn.batch_execute("SELECT 1").map_err(r2d2::Error::QueryError)
+        conn.batch_execute("SELECT 1")
+            .map_err(r2d2::Error::QueryError)
     }
 
     fn has_broken(&self, _conn: &mut DbConnection) -> bool {
@@ -125,7 +130,9 @@ pub struct Database {
 
 impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Database").field("engine", &self.engine).finish()
+        f.debug_struct("Database")
+            .field("engine", &self.engine)
+            .finish()
     }
 }
 
@@ -138,8 +145,9 @@ impl Database {
             && let Some(parent) = path.parent()
             && !parent.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| RegistryError::Config(format!("cannot create {}: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent).map_err(|e| {
+                RegistryError::Config(format!("cannot create {}: {e}", parent.display()))
+            })?;
         }
         // SQLite allows one writer at a time; one connection avoids SQLITE_BUSY upgrades and
         // keeps write order simple. Concurrency comes from short transactions.

@@ -48,6 +48,5 @@ diesel::table! {
     }
 }
 
-
 /// Every table, for the drift test.
 pub const TABLES: &[&str] = &["local_authorities", "child_records", "upload_batches"];

@@ -1,10 +1,179 @@
-//! Boots the registry through its own `serve` for a test.
+//! Boots the registry through its own `serve` on a fresh database, with a generated signing key,
+//! and builds authenticated requests for councils.
 
-use cpis_testkit::TestServer;
-use registry_service::Config;
+use std::time::Duration;
 
-/// Starts a registry with `config` and waits until it is SERVING.
-pub async fn start_registry(config: Config) -> TestServer {
-    TestServer::start(|listener, shutdown| registry_service::serve(config, listener, shutdown))
-        .await
+use cpis_core::auth::DevSigner;
+use cpis_proto::cpis::common::v1::{
+    ChildProtectionPlan, ChildRecord, LocalAuthority, LookedAfterChild, LookedAfterLegalBasis,
+    PlanPeriod, UnbornChildProtectionPlan,
+};
+use cpis_proto::cpis::registry::v1::{
+    SetContactDetailsRequest, council_service_client::CouncilServiceClient,
+};
+use cpis_proto::google::r#type::Date;
+use cpis_testkit::{
+    TestServer,
+    db::{Backend, TestDb},
+};
+use registry_service::{Config, db::DatabaseUrl};
+use tonic::{Request, transport::Channel};
+
+/// A running registry and what a test needs to talk to it.
+pub struct Registry {
+    pub server: TestServer,
+    pub signer: DevSigner,
+    pub db: TestDb,
+}
+
+/// The test signer's issuer and audience, matching the registry's defaults.
+pub fn signer() -> DevSigner {
+    DevSigner::generate("cpis", "cpis-registry").expect("generate key")
+}
+
+/// A config on `db` trusting `signer`.
+pub fn config(db: &TestDb, signer: &DevSigner) -> Config {
+    let url = DatabaseUrl::parse(&db.url).expect("test database url");
+    let mut config = Config::with(url, signer.verifier().expect("verifier"));
+    config.upload_chunk = 500;
+    config
+}
+
+impl Registry {
+    /// Starts a registry on a fresh database of `backend`; `None` when that backend is
+    /// unavailable outside CI.
+    pub async fn start(backend: Backend) -> Option<Self> {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// As `start`, letting the test adjust the config.
+    pub async fn start_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Option<Self> {
+        let db = TestDb::create(backend)?;
+        let signer = signer();
+        let mut config = config(&db, &signer);
+        adjust(&mut config);
+        let server = TestServer::start(|listener, shutdown| {
+            registry_service::serve(config, listener, shutdown)
+        })
+        .await;
+        Some(Self { server, signer, db })
+    }
+
+    /// A council client.
+    pub async fn client(&self) -> CouncilServiceClient<Channel> {
+        CouncilServiceClient::new(self.server.channel().await)
+            .max_decoding_message_size(64 * 1024 * 1024)
+    }
+
+    /// A token for council `ods` with `scope` (space-separated).
+    pub fn token(&self, ods: &str, scope: &str) -> String {
+        self.signer
+            .mint(&serde_json::json!({ "sub": format!("{ods}-system"), "ods_code": ods, "scope": scope }), Duration::from_secs(600))
+            .expect("mint")
+    }
+
+    /// `message` with council `ods`'s read+write bearer token.
+    pub fn as_council<T>(&self, ods: &str, message: T) -> Request<T> {
+        with_token(message, &self.token(ods, "read write"))
+    }
+
+    /// Sets contact details for `ods` so it may store records.
+    pub async fn register_council(&self, ods: &str) {
+        self.client()
+            .await
+            .set_contact_details(self.as_council(
+                ods,
+                SetContactDetailsRequest {
+                    local_authority: Some(LocalAuthority {
+                        ods_code: ods.into(),
+                        name: format!("Council {ods}"),
+                        emergency_duty_phone: "020 7946 0000".into(),
+                        office_hours_phone: "020 7946 0001".into(),
+                        update_time: None,
+                    }),
+                },
+            ))
+            .await
+            .expect("set contact details");
+    }
+}
+
+/// `message` with `authorization: Bearer token`.
+pub fn with_token<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii token"),
+    );
+    request
+}
+
+/// A calendar date.
+pub fn date(year: i32, month: i32, day: i32) -> Date {
+    Date { year, month, day }
+}
+
+/// Every valid NHS number of the test range, in order (999 000 0018, 999 000 0026, ...).
+pub fn nhs_numbers() -> impl Iterator<Item = String> {
+    (0..1_000_000u32).filter_map(|n| {
+        let body = format!("999{n:06}");
+        let sum: u32 = body
+            .bytes()
+            .zip((2..=10u32).rev())
+            .map(|(b, w)| u32::from(b - b'0') * w)
+            .sum();
+        match 11 - (sum % 11) {
+            10 => None,
+            11 => Some(format!("{body}0")),
+            check => Some(format!("{body}{check}")).filter(|n| n != "9999999999"),
+        }
+    })
+}
+
+/// The `i`-th valid test-range NHS number.
+pub fn nhs(i: usize) -> String {
+    nhs_numbers()
+        .nth(i)
+        .expect("test range holds enough numbers")
+}
+
+/// A valid record with a CPP for a child born 2020-05-01, plan from 2025-01-10.
+pub fn cpp_record(nhs_number: &str) -> ChildRecord {
+    ChildRecord {
+        nhs_number: nhs_number.into(),
+        local_case_id: format!("CASE-{nhs_number}"),
+        given_name: "Alex".into(),
+        family_name: "Example".into(),
+        date_of_birth: Some(date(2020, 5, 1)),
+        child_protection_plan: Some(ChildProtectionPlan {
+            period: Some(PlanPeriod {
+                start_date: Some(date(2025, 1, 10)),
+                end_date: None,
+                delete_date: None,
+            }),
+        }),
+        ..Default::default()
+    }
+}
+
+/// A valid record carrying all three blocks.
+pub fn full_record(nhs_number: &str) -> ChildRecord {
+    let mut record = cpp_record(nhs_number);
+    record.looked_after_child = Some(LookedAfterChild {
+        period: Some(PlanPeriod {
+            start_date: Some(date(2025, 3, 1)),
+            end_date: Some(date(2025, 9, 1)),
+            delete_date: None,
+        }),
+        legal_basis: LookedAfterLegalBasis::Section20VoluntaryAccommodation as i32,
+    });
+    record.unborn_child_protection_plan = Some(UnbornChildProtectionPlan {
+        period: Some(PlanPeriod {
+            start_date: Some(date(2025, 2, 1)),
+            end_date: None,
+            delete_date: None,
+        }),
+        expected_delivery_date: Some(date(2025, 8, 1)),
+    });
+    record
 }

@@ -1,5 +1,14 @@
-//! Integration tests of the registry: the real server on 127.0.0.1:0, through generated clients.
+//! Integration tests of the registry: the real server on 127.0.0.1:0 through generated clients,
+//! every behaviour on both SQLite and PostgreSQL (each test its own fresh database).
 #![allow(clippy::expect_used, clippy::unwrap_used)] // tests: a failed expectation is a failed test
 
+mod auth;
+mod bulk;
+mod contacts;
 mod harness;
+mod nhs_oracle;
+mod records;
+mod restart;
+mod schema_drift;
 mod surface;
+mod validation;

@@ -1,34 +1,41 @@
 //! The registry's standard surface: health, reflection, generated clients (Rust, Python,
-//! grpcurl), the not-yet-implemented answer, and a graceful drain.
+//! grpcurl), refusal without a token, and a graceful drain.
 
 use std::time::Duration;
 
 use cpis_proto::cpis::registry::v1::{
     GetContactDetailsRequest, council_service_client::CouncilServiceClient,
 };
+use cpis_testkit::db::Backend;
 use cpis_testkit::server::{assert_standard_surface, health};
-use registry_service::{Config, SERVICES};
+use registry_service::SERVICES;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::harness::start_registry;
+use crate::harness::Registry;
 
 #[tokio::test]
 async fn health_and_reflection_through_rust_clients() {
-    let server = start_registry(Config::default()).await;
+    let server = Registry::start(Backend::Sqlite)
+        .await
+        .expect("sqlite")
+        .server;
     assert_standard_surface(&server, SERVICES).await;
     server.stop().await.expect("clean stop");
 }
 
 #[tokio::test]
 async fn python_client_generated_from_proto_talks_to_registry() {
-    let server = start_registry(Config::default()).await;
+    let server = Registry::start(Backend::Sqlite)
+        .await
+        .expect("sqlite")
+        .server;
     let addr = server.addr;
     let checked = tokio::task::spawn_blocking(move || {
         cpis_testkit::tools::python_client_check(
             addr,
             SERVICES,
             "cpis.registry.v1.CouncilService/GetContactDetails",
-            "UNIMPLEMENTED",
+            "UNAUTHENTICATED",
         )
     })
     .await
@@ -40,7 +47,10 @@ async fn python_client_generated_from_proto_talks_to_registry() {
 
 #[tokio::test]
 async fn grpcurl_lists_registry_services() {
-    let server = start_registry(Config::default()).await;
+    let server = Registry::start(Backend::Sqlite)
+        .await
+        .expect("sqlite")
+        .server;
     let addr = server.addr;
     let listed = tokio::task::spawn_blocking(move || cpis_testkit::tools::grpcurl_list(addr))
         .await
@@ -56,21 +66,27 @@ async fn grpcurl_lists_registry_services() {
 }
 
 #[tokio::test]
-async fn unimplemented_rpcs_answer_unimplemented() {
-    let server = start_registry(Config::default()).await;
+async fn calls_without_a_token_are_unauthenticated() {
+    let server = Registry::start(Backend::Sqlite)
+        .await
+        .expect("sqlite")
+        .server;
     let status = CouncilServiceClient::new(server.channel().await)
         .get_contact_details(GetContactDetailsRequest::default())
         .await
-        .expect_err("not implemented yet");
-    assert_eq!(status.code(), tonic::Code::Unimplemented);
+        .expect_err("no token");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
 }
 
 #[tokio::test]
 async fn drain_reports_not_serving_then_stops() {
-    let mut config = Config::default();
-    config.server.shutdown_delay = Duration::from_millis(400);
-    config.server.shutdown_grace = Duration::from_secs(2);
-    let mut server = start_registry(config).await;
+    let registry = Registry::start_with(Backend::Sqlite, |config| {
+        config.server.shutdown_delay = Duration::from_millis(400);
+        config.server.shutdown_grace = Duration::from_secs(2);
+    })
+    .await
+    .expect("sqlite");
+    let mut server = registry.server;
     let channel = server.channel().await;
     assert_eq!(
         health(channel.clone(), "").await,
