@@ -2,6 +2,7 @@
 //! connection (and, where it says so, its own transaction) and speaks domain and row types only.
 
 use chrono::NaiveDate;
+use diesel::connection::SimpleConnection as _;
 use diesel::prelude::*;
 
 use crate::db::{
@@ -183,6 +184,12 @@ pub fn apply_chunk(
 ) -> Result<usize, RegistryError> {
     chunk.sort_by_key(|r| r.nhs_number);
     conn.transaction(|conn| {
+        if let DbConnection::Pg(pg) = conn {
+            // A prepared statement's generic plan, chosen while the table was small, keeps a
+            // sequential scan for `nhs_number = ANY($n)` as the table grows (measured: 30x
+            // slower by 40,000 rows). Plan this transaction's statements for their real values.
+            pg.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan")?;
+        }
         require_contacts(conn, ods_code)?;
         let numbers: Vec<String> = chunk.iter().map(|r| r.nhs_number.to_string()).collect();
         let mut existing: std::collections::HashMap<String, ChildRecordRow> = child_records::table
@@ -223,7 +230,7 @@ pub fn apply_chunk(
 
 /// A multi-row INSERT. diesel's MultiBackend cannot express batch inserts, so dispatch to the
 /// concrete connection (inside the same transaction).
-fn insert_records(
+pub fn insert_records(
     conn: &mut DbConnection,
     rows: &[NewChildRecord],
 ) -> Result<usize, RegistryError> {

@@ -306,9 +306,9 @@ async fn large_batch_in_chunks(backend: Backend) {
         return;
     };
     reg.register_council("AB1").await;
-    // 20,000 records through 500-record chunks, every 100th invalid.
+    // 100,000 records (the nightly-extract size) through 500-record chunks, every 100th invalid.
     let records: Vec<ChildRecord> = nhs_numbers()
-        .take(20_000)
+        .take(100_000)
         .enumerate()
         .map(|(i, n)| {
             let mut r = cpp_record(&n);
@@ -329,7 +329,7 @@ async fn large_batch_in_chunks(backend: Backend) {
             result.accepted_count,
             result.rejected_count
         ),
-        (20_000, 19_800, 200)
+        (100_000, 99_000, 1_000)
     );
     assert!(
         result
@@ -337,5 +337,5 @@ async fn large_batch_in_chunks(backend: Backend) {
             .iter()
             .all(|r| r.position % 100 == 0 && r.field == "given_name")
     );
-    assert_eq!(count_records(&reg, "AB1").await, 19_800);
+    assert_eq!(count_records(&reg, "AB1").await, 99_000);
 }

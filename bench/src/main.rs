@@ -1,0 +1,58 @@
+//! `cpis-bench`: the project's benchmark. Boots the real servers on 127.0.0.1:0 and measures
+//! them through generated clients, next to a floor measured in the same run on the same
+//! database, and prints each figure as a ratio to its floor (machines differ; ratios travel).
+//!
+//! `cargo run --release -p cpis-bench -- upload --records 100000 --backend both`
+#![forbid(unsafe_code)]
+
+mod upload;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// CP-IS benchmark.
+#[derive(Debug, Parser)]
+#[command(about)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+/// Which database engines to run on.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Backends {
+    Sqlite,
+    Postgres,
+    Both,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// A council's bulk upload through UploadBatch, against the database's own bulk insert.
+    Upload {
+        /// Records in the batch.
+        #[arg(long, default_value_t = 100_000)]
+        records: usize,
+        /// Engines.
+        #[arg(long, value_enum, default_value_t = Backends::Both)]
+        backend: Backends,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.scenario {
+        Scenario::Upload { records, backend } => {
+            use cpis_testkit::db::Backend;
+            let backends = match backend {
+                Backends::Sqlite => vec![Backend::Sqlite],
+                Backends::Postgres => vec![Backend::Postgres],
+                Backends::Both => vec![Backend::Sqlite, Backend::Postgres],
+            };
+            for backend in backends {
+                upload::run(backend, records).await?;
+            }
+        }
+    }
+    Ok(())
+}
