@@ -2,7 +2,12 @@
 //! all-in-one local stack (`cpis dev`): both services in one process on loopback.
 #![forbid(unsafe_code)]
 
-use std::{net::SocketAddr, path::PathBuf};
+mod tokens;
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use cpis_core::auth::DevSigner;
+use secrecy::SecretString;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -71,15 +76,30 @@ async fn dev(
 
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let signer = dev_signer(&data_dir)?;
-    let registry_config = registry_service::Config::with(
+    let pem = dev_signing_key(&data_dir)?;
+    let council_signer = DevSigner::from_pkcs8_pem(&pem, "cpis", "cpis-registry")?;
+    let nhs_signer = DevSigner::from_pkcs8_pem(&pem, "cpis", "cpis-lookup")?;
+    // The lookup service's credential for the registry: fresh each run, never on disk.
+    let disclosure_token = SecretString::from(random_hex());
+
+    let mut registry_config = registry_service::Config::with(
         registry_service::db::DatabaseUrl::Sqlite(data_dir.join("registry.sqlite3")),
-        signer.verifier()?,
+        council_signer.verifier()?,
     );
-    let council_token = signer.mint(
-        &serde_json::json!({ "sub": "dev-council", "ods_code": "DEV01", "scope": "read write" }),
-        std::time::Duration::from_secs(7 * 24 * 3600),
+    registry_config.disclosure_token = Some(disclosure_token.clone());
+    let lookup_config = lookup_service::Config::with(
+        format!("http://{registry_listen}"),
+        disclosure_token,
+        nhs_signer.verifier()?,
+    );
+    let week = Duration::from_secs(7 * 24 * 3600);
+    let council_token = council_signer.mint(&tokens::council("DEV01"), week)?;
+    let ed_token = nhs_signer.mint(
+        &tokens::clinician("B0107", "RDEV1", "EMERGENCY_DEPARTMENT"),
+        week,
     )?;
+    let gp_token = nhs_signer.mint(&tokens::clinician("B0170", "ADEV1", "GP_IN_HOURS"), week)?;
+    let nhs111_token = nhs_signer.mint(&tokens::nhs111_system(), week)?;
 
     let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
     let stopped = |stop: &tokio::sync::broadcast::Sender<()>| {
@@ -89,14 +109,21 @@ async fn dev(
         }
     };
     let registry_task = registry_service::serve(registry_config, registry, stopped(&stop));
-    let lookup_task =
-        lookup_service::serve(lookup_service::Config::default(), lookup, stopped(&stop));
+    let lookup_task = lookup_service::serve(lookup_config, lookup, stopped(&stop));
 
+    let r = registry_listen;
+    let l = lookup_listen;
     println!(
-        "\nCP-IS dev stack (data in {data})\n  registry (councils):  {registry_listen}\n  lookup (NHS):         {lookup_listen}\n\n\
-         A council token for DEV01 (read write, 7 days):\n  export CPIS_TOKEN={council_token}\n\n\
-         Try:\n  grpcurl -plaintext {registry_listen} list\n  grpcurl -plaintext {lookup_listen} list\n\
-         \x20 grpcurl -plaintext -H \"authorization: Bearer $CPIS_TOKEN\" -d \'{{\"local_authority\": {{\"name\": \"Dev Council\", \"emergency_duty_phone\": \"020 7946 0000\"}}}}\' {registry_listen} cpis.registry.v1.CouncilService/SetContactDetails\n\n\
+        "\nCP-IS dev stack (data in {data})\n  registry (councils):  {r}\n  lookup (NHS):         {l}\n\n\
+         Tokens (7 days):\n\
+         \x20 export COUNCIL_TOKEN={council_token}   # council DEV01, read write\n\
+         \x20 export ED_TOKEN={ed_token}   # ED clinician, B0107\n\
+         \x20 export GP_TOKEN={gp_token}   # GP in hours, B0170\n\
+         \x20 export NHS111_TOKEN={nhs111_token}   # NHS 111 system\n\n\
+         Try:\n  grpcurl -plaintext {r} list\n\
+         \x20 grpcurl -plaintext -H \"authorization: Bearer $COUNCIL_TOKEN\" -d '{{\"local_authority\": {{\"name\": \"Dev Council\", \"emergency_duty_phone\": \"020 7946 0000\"}}}}' {r} cpis.registry.v1.CouncilService/SetContactDetails\n\
+         \x20 grpcurl -plaintext -H \"authorization: Bearer $COUNCIL_TOKEN\" -d '{{\"record\": {{\"nhs_number\": \"9990000018\", \"given_name\": \"Alex\", \"family_name\": \"Example\", \"date_of_birth\": {{\"year\": 2019, \"month\": 4, \"day\": 2}}, \"child_protection_plan\": {{\"period\": {{\"start_date\": {{\"year\": 2025, \"month\": 1, \"day\": 10}}}}}}}}}}' {r} cpis.registry.v1.CouncilService/PutChildRecord\n\
+         \x20 grpcurl -plaintext -H \"authorization: Bearer $ED_TOKEN\" -d '{{\"nhs_number\": \"9990000018\", \"access_mode\": \"ACCESS_MODE_UNSCHEDULED\"}}' {l} cpis.lookup.v1.LookupService/LookupChild\n\n\
          Ctrl-C stops both.\n",
         data = data_dir.display()
     );
@@ -110,9 +137,16 @@ async fn dev(
     Ok(())
 }
 
-/// The dev stack's signing key, generated on first run and kept in the data directory so that
-/// tokens printed earlier stay valid across restarts.
-fn dev_signer(data_dir: &std::path::Path) -> anyhow::Result<cpis_core::auth::DevSigner> {
+/// 128 random bits as hex.
+fn random_hex() -> String {
+    use rand_core::RngCore as _;
+    let mut rng = rand_core::OsRng;
+    format!("{:016x}{:016x}", rng.next_u64(), rng.next_u64())
+}
+
+/// The dev stack's signing key (PKCS#8 PEM), generated on first run and kept in the data
+/// directory so that tokens printed earlier stay valid across restarts.
+fn dev_signing_key(data_dir: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     let path = data_dir.join("dev-signing-key.pem");
     let pem = match std::fs::read(&path) {
         Ok(pem) => pem,
@@ -123,9 +157,5 @@ fn dev_signer(data_dir: &std::path::Path) -> anyhow::Result<cpis_core::auth::Dev
             pem
         }
     };
-    Ok(cpis_core::auth::DevSigner::from_pkcs8_pem(
-        &pem,
-        "cpis",
-        "cpis-registry",
-    )?)
+    Ok(pem)
 }

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod deadline;
 pub mod nhs_number;
 pub mod server;
 pub mod shutdown;

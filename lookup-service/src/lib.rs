@@ -1,13 +1,15 @@
 //! The CP-IS lookup service: the NHS-facing edge (`cpis.lookup.v1.LookupService`). Stateless and
-//! without database credentials: it will authenticate NHS users, apply the role policy and ask
-//! the registry to disclose and record each access in one call.
+//! without database credentials: it authenticates NHS users, applies the role policy and asks the
+//! registry to disclose and record each access in one call.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod error;
+pub mod identity;
 pub mod lookup;
+pub mod policy;
 
-use std::future::Future;
+use std::{future::Future, time::Duration};
 
 use cpis_proto::cpis::lookup::v1::lookup_service_server::LookupServiceServer;
 use cpis_proto::service_names;
@@ -27,8 +29,28 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), LookupError> {
+    let verifier = config.token_verifier()?;
+    if config.registry_token.is_none() {
+        tracing::warn!("no --registry-token: the registry will refuse every disclosure");
+    }
+    // Connect lazily: the registry may start after us; each lookup fails fast (UNAVAILABLE)
+    // while it is unreachable.
+    let registry = tonic::transport::Endpoint::from_shared(config.registry_url.clone())
+        .map_err(|e| LookupError::Config(format!("registry url: {e}")))?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true)
+        .connect_lazy();
+    let api = lookup::LookupApi::new(
+        verifier,
+        config.policy.clone(),
+        registry,
+        config.registry_token.clone(),
+        config.registry_timeout,
+    );
     let mut routes = tonic::service::RoutesBuilder::default();
-    routes.add_service(LookupServiceServer::new(lookup::LookupApi::new()));
+    routes.add_service(LookupServiceServer::new(api));
     let ready = async { Ok::<(), LookupError>(()) };
     cpis_core::server::serve_grpc(
         routes.routes(),

@@ -1,18 +1,177 @@
-//! The NHS-facing lookup handler.
-//! RPCs not implemented yet answer UNIMPLEMENTED (the generated default).
+//! The NHS-facing lookup: authenticate the caller, apply the role policy, validate the NHS
+//! number, then make the single internal call that discloses and records the access, and return
+//! the minimal answer.
 
-use cpis_proto::cpis::lookup::v1::lookup_service_server::LookupService;
+use std::time::Duration;
+
+use cpis_core::{auth::TokenVerifier, status::FieldViolation};
+use cpis_proto::cpis::common::v1::{AccessMode, ErrorReason};
+use cpis_proto::cpis::lookup::v1::{
+    LookupChildRequest, LookupChildResponse, lookup_service_server::LookupService,
+};
+use cpis_proto::cpis::registry::v1::{
+    DiscloseRequest, disclosure_service_client::DisclosureServiceClient,
+};
+use secrecy::{ExposeSecret as _, SecretString};
+use tonic::{Code, Request, Response, Status, metadata::MetadataMap, transport::Channel};
+
+use crate::error::LookupError;
+use crate::identity::NhsClaims;
+use crate::policy::RolePolicy;
 
 /// Handler for `cpis.lookup.v1.LookupService`.
-#[derive(Debug, Default)]
-pub struct LookupApi {}
+#[derive(Clone)]
+pub struct LookupApi {
+    verifier: TokenVerifier,
+    policy: RolePolicy,
+    registry: DisclosureServiceClient<Channel>,
+    registry_token: Option<SecretString>,
+    registry_timeout: Duration,
+}
 
-impl LookupApi {
-    /// Creates the handler.
-    pub fn new() -> Self {
-        Self::default()
+impl std::fmt::Debug for LookupApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LookupApi")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
     }
 }
 
+impl LookupApi {
+    /// Creates the handler around a (lazily connecting) channel to the registry.
+    pub fn new(
+        verifier: TokenVerifier,
+        policy: RolePolicy,
+        registry: Channel,
+        registry_token: Option<SecretString>,
+        registry_timeout: Duration,
+    ) -> Self {
+        Self {
+            verifier,
+            policy,
+            registry: DisclosureServiceClient::new(registry),
+            registry_token,
+            registry_timeout,
+        }
+    }
+}
+
+/// The optional `x-request-id`: at most 128 printable ASCII characters.
+fn request_id(metadata: &MetadataMap) -> Result<String, LookupError> {
+    let Some(value) = metadata.get("x-request-id") else {
+        return Ok(String::new());
+    };
+    let text = value
+        .to_str()
+        .ok()
+        .filter(|v| v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            LookupError::Header(
+                "x-request-id must be at most 128 printable ASCII characters".into(),
+            )
+        })?;
+    Ok(text.to_owned())
+}
+
 #[tonic::async_trait]
-impl LookupService for LookupApi {}
+impl LookupService for LookupApi {
+    #[tracing::instrument(skip_all, fields(rpc = "LookupChild"))]
+    async fn lookup_child(
+        &self,
+        request: Request<LookupChildRequest>,
+    ) -> Result<Response<LookupChildResponse>, Status> {
+        let claims: NhsClaims = self
+            .verifier
+            .verify_metadata(request.metadata())
+            .map_err(LookupError::from)?;
+        let caller = claims.into_caller().map_err(LookupError::from)?;
+        let request_id = request_id(request.metadata())?;
+        let deadline = cpis_core::deadline::remaining(request.metadata());
+        let body = request.into_inner();
+
+        let mode = match AccessMode::try_from(body.access_mode) {
+            Ok(AccessMode::Unspecified) | Err(_) => {
+                return Err(LookupError::Invalid(vec![FieldViolation::new(
+                    "access_mode",
+                    ErrorReason::FieldRequired,
+                    "must be UNSCHEDULED or SCHEDULED_SILENT_READ",
+                )])
+                .into());
+            }
+            Ok(mode) => mode,
+        };
+        if let Err(why) = self
+            .policy
+            .decide(&caller.activity_codes, caller.care_setting, mode)
+        {
+            // Who was refused and why, never which child.
+            tracing::warn!(
+                target: "security",
+                org = caller.accessor.organisation.as_ref().map(|o| o.ods_code.as_str()).unwrap_or_default(),
+                setting = caller.care_setting.as_str_name(),
+                mode = mode.as_str_name(),
+                why,
+                "lookup refused"
+            );
+            return Err(LookupError::AccessDenied(why).into());
+        }
+        let nhs = cpis_core::nhs_number::NhsNumber::parse(&body.nhs_number).map_err(|e| {
+            LookupError::Invalid(vec![FieldViolation::new(
+                "nhs_number",
+                ErrorReason::NhsNumberInvalid,
+                e.to_string(),
+            )])
+        })?;
+
+        let mut outbound = Request::new(DiscloseRequest {
+            nhs_number: nhs.to_string(),
+            accessor: Some(caller.accessor),
+            access_mode: mode as i32,
+            request_id,
+        });
+        // Propagate the caller's deadline (never waiting longer than our own limit), so the
+        // registry rolls back rather than records an access nobody will see.
+        let budget = deadline.map_or(self.registry_timeout, |d| d.min(self.registry_timeout));
+        outbound.set_timeout(budget);
+        if let Some(token) = &self.registry_token
+            && let Ok(value) = format!("Bearer {}", token.expose_secret()).parse()
+        {
+            outbound.metadata_mut().insert("authorization", value);
+        }
+        let mut registry = self.registry.clone();
+        let call = registry.disclose(outbound);
+        let answer = match tokio::time::timeout(budget, call).await {
+            Err(_) => return Err(deadline_or_unavailable(deadline).into()),
+            Ok(Err(status)) => return Err(map_registry_status(&status, deadline).into()),
+            Ok(Ok(answer)) => answer.into_inner(),
+        };
+        tracing::info!(mode = mode.as_str_name(), councils = answer.alerts.len(), access_id = %answer.access_id, "lookup answered");
+        Ok(Response::new(LookupChildResponse {
+            alerts: answer.alerts,
+            recent_accesses: answer.recent_accesses,
+        }))
+    }
+}
+
+fn deadline_or_unavailable(deadline: Option<Duration>) -> LookupError {
+    match deadline {
+        Some(_) => LookupError::DeadlineExceeded,
+        None => LookupError::RegistryUnavailable(ErrorReason::BackendUnavailable),
+    }
+}
+
+/// The registry's answer as the NHS caller should see it: the caller's own faults pass through;
+/// everything else is "not recorded, nothing disclosed, retry".
+fn map_registry_status(status: &Status, deadline: Option<Duration>) -> LookupError {
+    match status.code() {
+        Code::DeadlineExceeded | Code::Cancelled => deadline_or_unavailable(deadline),
+        Code::Unavailable => LookupError::RegistryUnavailable(
+            cpis_core::status::reason_of(status).unwrap_or(ErrorReason::BackendUnavailable),
+        ),
+        code => {
+            // A misconfigured service credential or a defect: not the clinician's fault.
+            tracing::error!(code = ?code, "registry refused the disclosure");
+            LookupError::RegistryUnavailable(ErrorReason::BackendUnavailable)
+        }
+    }
+}

@@ -49,6 +49,11 @@ pub struct Config {
     #[arg(long, env = "CPIS_JWT_AUDIENCE", default_value = "cpis-registry")]
     pub jwt_audience: String,
 
+    /// The lookup service's credential for the internal disclosure service. Unset: every
+    /// disclosure is refused.
+    #[arg(long, env = "CPIS_DISCLOSURE_TOKEN", hide_env_values = true)]
+    pub disclosure_token: Option<secrecy::SecretString>,
+
     /// Records per database transaction in bulk uploads.
     #[arg(long, env = "CPIS_UPLOAD_CHUNK", default_value_t = 2000)]
     pub upload_chunk: usize,
@@ -95,6 +100,7 @@ impl Config {
             jwt_issuer: "cpis".into(),
             jwt_audience: "cpis-registry".into(),
             upload_chunk: 2000,
+            disclosure_token: None,
             verifier: Some(verifier),
             clock: Clock::system(),
         }

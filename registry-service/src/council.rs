@@ -1,12 +1,12 @@
 //! The registry's council-facing service: contact details, one-record writes and reads,
 //! listings and bulk uploads. Every call is authenticated and scoped to the caller's council.
-//! Notifications and access history (issue 5) authenticate and scope the caller, then answer
-//! UNIMPLEMENTED.
+//! Access history is served; notifications (issue 5) authenticate and scope the caller, then
+//! answer UNIMPLEMENTED.
 
 use std::collections::HashSet;
 
 use cpis_core::status::FieldViolation;
-use cpis_proto::cpis::common::v1::{ErrorReason, LocalAuthority};
+use cpis_proto::cpis::common::v1::{AccessEvent, ErrorReason, LocalAuthority};
 use cpis_proto::cpis::registry::v1::{
     AcknowledgeNotificationsRequest, AcknowledgeNotificationsResponse, BatchOutcome, BatchResult,
     DeleteChildRecordRequest, DeleteChildRecordResponse, GetBatchRequest, GetBatchResponse,
@@ -570,15 +570,60 @@ impl CouncilService for CouncilApi {
         &self,
         request: Request<ListAccessEventsRequest>,
     ) -> Result<Response<ListAccessEventsResponse>, Status> {
-        self.auth.authorize(
+        let council = self.auth.authorize(
             request.metadata(),
             &request.get_ref().local_authority_ods_code,
             Scope::Read,
             "ListAccessEvents",
         )?;
-        Err(Status::unimplemented(
-            "access history is not implemented yet",
-        ))
+        let body = request.into_inner();
+        let nhs = parse_nhs_number(&body.nhs_number, "nhs_number")
+            .map_err(|v| RegistryError::Invalid(vec![v]))?
+            .to_string();
+        let limit = page_size(body.page_size)?;
+        let before = match body.page_token.as_str() {
+            "" => None,
+            token => Some(
+                token
+                    .strip_prefix("a1:")
+                    .and_then(|id| id.parse::<i64>().ok())
+                    .ok_or_else(|| {
+                        RegistryError::Invalid(vec![FieldViolation::new(
+                            "page_token",
+                            ErrorReason::PageTokenInvalid,
+                            "is not a token this query issued",
+                        )])
+                    })?,
+            ),
+        };
+        let ods = council.ods_code;
+        let rows = self
+            .db
+            .run(move |conn| {
+                // A council sees the history only of numbers it holds a record for.
+                if store::get_record(conn, &ods, &nhs)?.is_none() {
+                    return Err(RegistryError::NotFound {
+                        reason: ErrorReason::RecordNotFound,
+                        message: "the council holds no record for this NHS number".into(),
+                    });
+                }
+                crate::disclosure_store::list_access_events(conn, &nhs, before, limit + 1)
+            })
+            .await?;
+        let more = usize::try_from(limit).is_ok_and(|l| rows.len() > l);
+        let page = &rows[..rows.len().min(usize::try_from(limit).unwrap_or(usize::MAX))];
+        let next_page_token = match (more, page.last()) {
+            (true, Some(last)) => format!("a1:{}", last.id),
+            _ => String::new(),
+        };
+        let access_events = page
+            .iter()
+            .filter_map(|row| AccessEvent::decode(row.event.as_slice()).ok())
+            .collect();
+        Ok(Response::new(ListAccessEventsResponse {
+            access_events,
+            next_page_token,
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "SubscribeNotifications"))]

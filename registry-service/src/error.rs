@@ -69,6 +69,9 @@ pub enum RegistryError {
     /// The batch stream is malformed.
     #[error("malformed batch: {0}")]
     BatchMalformed(String),
+    /// The caller's deadline passed before the work could commit; nothing was recorded.
+    #[error("deadline exceeded before the access could be recorded")]
+    DeadlineExceeded,
     /// The database could not be reached in time (pool timeout, connection lost).
     #[error("database unavailable")]
     Unavailable,
@@ -116,6 +119,11 @@ impl From<RegistryError> for Status {
             e @ RegistryError::BatchMalformed(_) => with_reason(
                 Code::InvalidArgument,
                 ErrorReason::BatchMalformed,
+                e.to_string(),
+            ),
+            e @ RegistryError::DeadlineExceeded => with_reason(
+                Code::DeadlineExceeded,
+                ErrorReason::AccessNotRecorded,
                 e.to_string(),
             ),
             RegistryError::Unavailable => with_reason(

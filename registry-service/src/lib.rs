@@ -9,10 +9,12 @@ pub mod config;
 pub mod council;
 pub mod db;
 pub mod disclosure;
+pub mod disclosure_store;
 pub mod error;
 pub mod operator;
 pub mod record;
 pub mod store;
+pub mod visibility;
 
 use std::future::Future;
 
@@ -72,7 +74,11 @@ pub async fn serve(
     routes
         .add_service(CouncilServiceServer::new(council))
         .add_service(DisclosureServiceServer::new(
-            disclosure::DisclosureApi::new(),
+            disclosure::DisclosureApi::new(
+                db.clone(),
+                config.clock.clone(),
+                config.disclosure_token.as_ref(),
+            ),
         ))
         .add_service(OperatorServiceServer::new(operator::OperatorApi::new()));
     let engine = db.engine();

@@ -3,9 +3,11 @@
 
 use diesel::prelude::*;
 
-use super::schema::{child_records, local_authorities, upload_batches};
+use super::schema::{
+    access_events, child_records, local_authorities, notifications, upload_batches,
+};
 
-/// A council's stored contact details.
+/// A council's stored contact details and notification cursors.
 #[derive(Clone, Debug, Queryable, Selectable)]
 #[diesel(table_name = local_authorities)]
 pub struct LocalAuthorityRow {
@@ -14,6 +16,8 @@ pub struct LocalAuthorityRow {
     pub emergency_duty_phone: String,
     pub office_hours_phone: Option<String>,
     pub update_time: i64,
+    pub last_notification_sequence: i64,
+    pub acknowledged_sequence: i64,
 }
 
 /// Contact details to insert or replace.
@@ -122,4 +126,43 @@ pub struct UploadBatchRow {
     pub content_digest: Vec<u8>,
     pub result: Vec<u8>,
     pub complete_time: i64,
+}
+
+/// A recorded access.
+#[derive(Clone, Debug, Queryable, Selectable)]
+#[diesel(table_name = access_events)]
+pub struct AccessEventRow {
+    pub id: i64,
+    pub access_id: String,
+    pub nhs_number: String,
+    pub access_time: i64,
+    pub access_mode: i32,
+    pub accessor_key: String,
+    pub organisation_ods_code: String,
+    pub care_setting: i32,
+    pub event: Vec<u8>,
+}
+
+/// An access to record.
+#[derive(Clone, Debug, Insertable)]
+#[diesel(table_name = access_events)]
+pub struct NewAccessEvent {
+    pub access_id: String,
+    pub nhs_number: String,
+    pub access_time: i64,
+    pub access_mode: i32,
+    pub accessor_key: String,
+    pub organisation_ods_code: String,
+    pub care_setting: i32,
+    pub event: Vec<u8>,
+}
+
+/// A queued council notification (the outbox).
+#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = notifications)]
+pub struct NotificationRow {
+    pub local_authority: String,
+    pub sequence: i64,
+    pub create_time: i64,
+    pub notification: Vec<u8>,
 }

@@ -9,6 +9,8 @@ diesel::table! {
         emergency_duty_phone -> Text,
         office_hours_phone -> Nullable<Text>,
         update_time -> BigInt,
+        last_notification_sequence -> BigInt,
+        acknowledged_sequence -> BigInt,
     }
 }
 
@@ -48,5 +50,34 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    access_events (id) {
+        id -> BigInt,
+        access_id -> Text,
+        nhs_number -> Text,
+        access_time -> BigInt,
+        access_mode -> Integer,
+        accessor_key -> Text,
+        organisation_ods_code -> Text,
+        care_setting -> Integer,
+        event -> Binary,
+    }
+}
+
+diesel::table! {
+    notifications (local_authority, sequence) {
+        local_authority -> Text,
+        sequence -> BigInt,
+        create_time -> BigInt,
+        notification -> Binary,
+    }
+}
+
 /// Every table, for the drift test.
-pub const TABLES: &[&str] = &["local_authorities", "child_records", "upload_batches"];
+pub const TABLES: &[&str] = &[
+    "local_authorities",
+    "child_records",
+    "upload_batches",
+    "access_events",
+    "notifications",
+];

@@ -50,6 +50,16 @@ fn declared() -> BTreeMap<String, Vec<String>> {
     )
     .to_string();
     map.insert("upload_batches".to_owned(), columns(&sql, "upload_batches"));
+    let sql = diesel::debug_query::<diesel::sqlite::Sqlite, _>(
+        &schema::access_events::table.select(schema::access_events::all_columns),
+    )
+    .to_string();
+    map.insert("access_events".to_owned(), columns(&sql, "access_events"));
+    let sql = diesel::debug_query::<diesel::sqlite::Sqlite, _>(
+        &schema::notifications::table.select(schema::notifications::all_columns),
+    )
+    .to_string();
+    map.insert("notifications".to_owned(), columns(&sql, "notifications"));
     assert_eq!(map.keys().cloned().collect::<Vec<_>>(), {
         let mut t: Vec<String> = schema::TABLES.iter().map(|s| (*s).to_owned()).collect();
         t.sort();
