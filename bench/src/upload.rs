@@ -12,6 +12,7 @@ use cpis_proto::cpis::registry::v1::{
     council_service_client::CouncilServiceClient, upload_batch_request::Item,
 };
 use cpis_proto::google::r#type::Date;
+use cpis_testkit::nhs::nhs_numbers;
 use cpis_testkit::{
     TestServer,
     db::{Backend, TestDb},
@@ -21,23 +22,6 @@ use registry_service::record::validate_record;
 use tonic::Request;
 
 const CHUNK: usize = 2000;
-
-/// Every valid test-range NHS number, in order.
-fn nhs_numbers() -> impl Iterator<Item = String> {
-    (0..1_000_000u32).filter_map(|n| {
-        let body = format!("999{n:06}");
-        let sum: u32 = body
-            .bytes()
-            .zip((2..=10u32).rev())
-            .map(|(b, w)| u32::from(b - b'0') * w)
-            .sum();
-        match 11 - (sum % 11) {
-            10 => None,
-            11 => Some(format!("{body}0")),
-            check => Some(format!("{body}{check}")).filter(|n| n != "9999999999"),
-        }
-    })
-}
 
 /// Records in a council's typical (unsorted) extract order.
 fn records(count: usize) -> Vec<ChildRecord> {

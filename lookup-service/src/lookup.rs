@@ -130,8 +130,12 @@ impl LookupService for LookupApi {
             request_id,
         });
         // Propagate the caller's deadline (never waiting longer than our own limit), so the
-        // registry rolls back rather than records an access nobody will see.
-        let budget = deadline.map_or(self.registry_timeout, |d| d.min(self.registry_timeout));
+        // registry rolls back rather than records an access nobody will see. Keep a margin
+        // (a tenth, at most 100 ms) so our answer reaches the caller before it gives up.
+        let budget = deadline.map_or(self.registry_timeout, |d| {
+            d.saturating_sub((d / 10).min(Duration::from_millis(100)))
+                .min(self.registry_timeout)
+        });
         outbound.set_timeout(budget);
         if let Some(token) = &self.registry_token
             && let Ok(value) = format!("Bearer {}", token.expose_secret()).parse()

@@ -13,8 +13,8 @@ use cpis_proto::cpis::registry::v1::{
     GetChildRecordRequest, GetChildRecordResponse, GetContactDetailsRequest,
     GetContactDetailsResponse, ListAccessEventsRequest, ListAccessEventsResponse,
     ListChildRecordsRequest, ListChildRecordsResponse, ListNotificationsRequest,
-    ListNotificationsResponse, PutChildRecordRequest, PutChildRecordResponse, RecordRejection,
-    RecordStateFilter, SetContactDetailsRequest, SetContactDetailsResponse,
+    ListNotificationsResponse, Notification, PutChildRecordRequest, PutChildRecordResponse,
+    RecordRejection, RecordStateFilter, SetContactDetailsRequest, SetContactDetailsResponse,
     SubscribeNotificationsRequest, SubscribeNotificationsResponse, UploadBatchRequest,
     UploadBatchResponse, council_service_server::CouncilService, upload_batch_request::Item,
 };
@@ -154,6 +154,13 @@ fn decode_page_token(token: &str, filter: i32) -> Result<Option<String>, Registr
         return Err(invalid());
     }
     Ok(Some(nhs.to_owned()))
+}
+
+fn sequence_not_issued() -> RegistryError {
+    RegistryError::OutOfRange {
+        reason: ErrorReason::SequenceNotIssued,
+        message: "that sequence number has not been issued yet".into(),
+    }
 }
 
 fn batch_outcome(accepted: u64, rejected: u64) -> BatchOutcome {
@@ -652,15 +659,23 @@ impl CouncilService for CouncilApi {
         &self,
         request: Request<AcknowledgeNotificationsRequest>,
     ) -> Result<Response<AcknowledgeNotificationsResponse>, Status> {
-        self.auth.authorize(
+        let council = self.auth.authorize(
             request.metadata(),
             &request.get_ref().local_authority_ods_code,
             Scope::Read,
             "AcknowledgeNotifications",
         )?;
-        Err(Status::unimplemented(
-            "notifications are not implemented yet",
-        ))
+        let sequence =
+            i64::try_from(request.get_ref().sequence).map_err(|_| sequence_not_issued())?;
+        let ods = council.ods_code;
+        let acknowledged = self
+            .db
+            .run(move |conn| crate::outbox::acknowledge(conn, &ods, sequence))
+            .await?
+            .ok_or_else(sequence_not_issued)?;
+        Ok(Response::new(AcknowledgeNotificationsResponse {
+            acknowledged_sequence: u64::try_from(acknowledged).unwrap_or_default(),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "ListNotifications"))]
@@ -668,15 +683,52 @@ impl CouncilService for CouncilApi {
         &self,
         request: Request<ListNotificationsRequest>,
     ) -> Result<Response<ListNotificationsResponse>, Status> {
-        self.auth.authorize(
+        let council = self.auth.authorize(
             request.metadata(),
             &request.get_ref().local_authority_ods_code,
             Scope::Read,
             "ListNotifications",
         )?;
-        Err(Status::unimplemented(
-            "notifications are not implemented yet",
-        ))
+        let body = request.into_inner();
+        let limit = page_size(body.page_size)?;
+        let after = match body.page_token.as_str() {
+            "" => i64::try_from(body.after_sequence).unwrap_or(i64::MAX),
+            token => token
+                .strip_prefix("n1:")
+                .and_then(|n| n.parse::<i64>().ok())
+                .ok_or_else(|| {
+                    RegistryError::Invalid(vec![FieldViolation::new(
+                        "page_token",
+                        ErrorReason::PageTokenInvalid,
+                        "is not a token this query issued",
+                    )])
+                })?,
+        };
+        let ods = council.ods_code;
+        let (rows, acknowledged) = self
+            .db
+            .run(move |conn| {
+                let rows = crate::outbox::list(conn, &ods, after, limit + 1)?;
+                let acknowledged =
+                    store::get_contacts(conn, &ods)?.map_or(0, |la| la.acknowledged_sequence);
+                Ok((rows, acknowledged))
+            })
+            .await?;
+        let more = usize::try_from(limit).is_ok_and(|l| rows.len() > l);
+        let page = &rows[..rows.len().min(usize::try_from(limit).unwrap_or(usize::MAX))];
+        let next_page_token = match (more, page.last()) {
+            (true, Some(last)) => format!("n1:{}", last.sequence),
+            _ => String::new(),
+        };
+        let notifications = page
+            .iter()
+            .filter_map(|row| Notification::decode(row.notification.as_slice()).ok())
+            .collect();
+        Ok(Response::new(ListNotificationsResponse {
+            notifications,
+            next_page_token,
+            acknowledged_sequence: u64::try_from(acknowledged).unwrap_or_default(),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "GetBatch"))]

@@ -55,6 +55,14 @@ pub enum RegistryError {
         /// Message for the caller.
         message: String,
     },
+    /// A sequence or position beyond what exists.
+    #[error("{message}")]
+    OutOfRange {
+        /// Stable reason.
+        reason: ErrorReason,
+        /// Message for the caller.
+        message: String,
+    },
     /// Optimistic concurrency conflict.
     #[error("record version is {actual}, not the expected {expected}")]
     VersionConflict {
@@ -107,6 +115,9 @@ impl From<RegistryError> for Status {
             }
             RegistryError::FailedPrecondition { reason, message } => {
                 with_reason(Code::FailedPrecondition, reason, message)
+            }
+            RegistryError::OutOfRange { reason, message } => {
+                with_reason(Code::OutOfRange, reason, message)
             }
             e @ RegistryError::VersionConflict { .. } => {
                 with_reason(Code::Aborted, ErrorReason::VersionConflict, e.to_string())

@@ -12,6 +12,7 @@ pub mod disclosure;
 pub mod disclosure_store;
 pub mod error;
 pub mod operator;
+pub mod outbox;
 pub mod record;
 pub mod store;
 pub mod visibility;

@@ -1,6 +1,9 @@
-//! Integration tests of the lookup service: the real server on 127.0.0.1:0, through generated
-//! clients.
+//! Integration tests of the lookup service in front of a real registry (SQLite and PostgreSQL),
+//! through generated clients.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // tests: a failed expectation is a failed test
 
+mod disclosure;
 mod harness;
+mod roles;
 mod surface;
+mod visibility;

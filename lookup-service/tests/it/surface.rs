@@ -1,43 +1,44 @@
 //! The lookup service's standard surface: health, reflection, generated clients (Rust, Python,
-//! grpcurl) and the not-yet-implemented answer.
+//! grpcurl) and refusal without a token.
 
 use cpis_proto::cpis::lookup::v1::{
     LookupChildRequest, lookup_service_client::LookupServiceClient,
 };
+use cpis_testkit::db::Backend;
 use cpis_testkit::server::assert_standard_surface;
-use lookup_service::{Config, SERVICES};
+use lookup_service::SERVICES;
 
-use crate::harness::start_lookup;
+use crate::harness::Stack;
 
 #[tokio::test]
 async fn health_and_reflection_through_rust_clients() {
-    let server = start_lookup(Config::default()).await;
-    assert_standard_surface(&server, SERVICES).await;
-    server.stop().await.expect("clean stop");
+    let stack = Stack::start(Backend::Sqlite).await.expect("sqlite");
+    let server = &stack.lookup;
+    assert_standard_surface(server, SERVICES).await;
 }
 
 #[tokio::test]
 async fn python_client_generated_from_proto_talks_to_lookup() {
-    let server = start_lookup(Config::default()).await;
+    let stack = Stack::start(Backend::Sqlite).await.expect("sqlite");
+    let server = &stack.lookup;
     let addr = server.addr;
     let checked = tokio::task::spawn_blocking(move || {
         cpis_testkit::tools::python_client_check(
             addr,
             SERVICES,
             "cpis.lookup.v1.LookupService/LookupChild",
-            "UNIMPLEMENTED",
+            "UNAUTHENTICATED",
         )
     })
     .await
     .expect("python check task");
-    if checked {
-        server.stop().await.expect("clean stop");
-    }
+    let _ = checked;
 }
 
 #[tokio::test]
 async fn grpcurl_lists_lookup_services() {
-    let server = start_lookup(Config::default()).await;
+    let stack = Stack::start(Backend::Sqlite).await.expect("sqlite");
+    let server = &stack.lookup;
     let addr = server.addr;
     let listed = tokio::task::spawn_blocking(move || cpis_testkit::tools::grpcurl_list(addr))
         .await
@@ -56,11 +57,11 @@ async fn grpcurl_lists_lookup_services() {
 }
 
 #[tokio::test]
-async fn unimplemented_rpcs_answer_unimplemented() {
-    let server = start_lookup(Config::default()).await;
-    let status = LookupServiceClient::new(server.channel().await)
+async fn lookups_without_a_token_are_unauthenticated() {
+    let stack = Stack::start(Backend::Sqlite).await.expect("sqlite");
+    let status = LookupServiceClient::new(stack.lookup.channel().await)
         .lookup_child(LookupChildRequest::default())
         .await
-        .expect_err("not implemented yet");
-    assert_eq!(status.code(), tonic::Code::Unimplemented);
+        .expect_err("no token");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
 }

@@ -113,29 +113,7 @@ pub fn date(year: i32, month: i32, day: i32) -> Date {
     Date { year, month, day }
 }
 
-/// Every valid NHS number of the test range, in order (999 000 0018, 999 000 0026, ...).
-pub fn nhs_numbers() -> impl Iterator<Item = String> {
-    (0..1_000_000u32).filter_map(|n| {
-        let body = format!("999{n:06}");
-        let sum: u32 = body
-            .bytes()
-            .zip((2..=10u32).rev())
-            .map(|(b, w)| u32::from(b - b'0') * w)
-            .sum();
-        match 11 - (sum % 11) {
-            10 => None,
-            11 => Some(format!("{body}0")),
-            check => Some(format!("{body}{check}")).filter(|n| n != "9999999999"),
-        }
-    })
-}
-
-/// The `i`-th valid test-range NHS number.
-pub fn nhs(i: usize) -> String {
-    nhs_numbers()
-        .nth(i)
-        .expect("test range holds enough numbers")
-}
+pub use cpis_testkit::nhs::{nhs, nhs_numbers};
 
 /// A valid record with a CPP for a child born 2020-05-01, plan from 2025-01-10.
 pub fn cpp_record(nhs_number: &str) -> ChildRecord {
