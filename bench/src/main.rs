@@ -5,6 +5,7 @@
 //! `cargo run --release -p cpis-bench -- upload --records 100000 --backend both`
 #![forbid(unsafe_code)]
 
+mod lookup;
 mod upload;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -36,6 +37,19 @@ enum Scenario {
         #[arg(long, value_enum, default_value_t = Backends::Both)]
         backend: Backends,
     },
+    /// Clinicians' lookups through the lookup service and the registry, against the same
+    /// server's health check and the engine's own read+insert transaction.
+    Lookup {
+        /// Lookups in total (bounded: the run stops after these).
+        #[arg(long, default_value_t = 20_000)]
+        calls: usize,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Engines.
+        #[arg(long, value_enum, default_value_t = Backends::Both)]
+        backend: Backends,
+    },
 }
 
 #[tokio::main]
@@ -43,16 +57,32 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.scenario {
         Scenario::Upload { records, backend } => {
-            use cpis_testkit::db::Backend;
-            let backends = match backend {
-                Backends::Sqlite => vec![Backend::Sqlite],
-                Backends::Postgres => vec![Backend::Postgres],
-                Backends::Both => vec![Backend::Sqlite, Backend::Postgres],
-            };
-            for backend in backends {
+            for backend in engines(backend) {
                 upload::run(backend, records).await?;
+            }
+        }
+        Scenario::Lookup {
+            calls,
+            concurrency,
+            backend,
+        } => {
+            anyhow::ensure!(
+                concurrency > 0 && calls >= concurrency,
+                "need at least one call per client"
+            );
+            for backend in engines(backend) {
+                lookup::run(backend, calls, concurrency).await?;
             }
         }
     }
     Ok(())
+}
+
+fn engines(choice: Backends) -> Vec<cpis_testkit::db::Backend> {
+    use cpis_testkit::db::Backend;
+    match choice {
+        Backends::Sqlite => vec![Backend::Sqlite],
+        Backends::Postgres => vec![Backend::Postgres],
+        Backends::Both => vec![Backend::Sqlite, Backend::Postgres],
+    }
 }

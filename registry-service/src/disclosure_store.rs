@@ -189,44 +189,17 @@ pub fn disclose(
             .execute(conn)?;
 
         let mut alerts = Vec::new();
-        let mut queued = Vec::new();
+        let mut holders = Vec::new();
         for (row, plans) in visible {
             let Some(council) = councils.get(&row.local_authority) else {
                 // A record always has its council (foreign key); skip rather than disclose a
                 // record without a number to ring.
                 continue;
             };
-            if request.mode == AccessMode::Unscheduled {
-                // Take the council's next sequence under its row lock: sequences follow commit
-                // order, so a subscriber never sees a gap that fills in later.
-                diesel::update(local_authorities::table.find(&council.ods_code))
-                    .set(
-                        local_authorities::last_notification_sequence
-                            .eq(local_authorities::last_notification_sequence + 1),
-                    )
-                    .execute(conn)?;
-                let sequence: i64 = local_authorities::table
-                    .find(&council.ods_code)
-                    .select(local_authorities::last_notification_sequence)
-                    .first(conn)?;
-                let notification = Notification {
-                    sequence: u64::try_from(sequence).unwrap_or_default(),
-                    create_time: Some(micros_to_timestamp(request.now)),
-                    kind: Some(notification::Kind::Access(AccessNotification {
-                        access_event: Some(event.clone()),
-                        local_case_id: row.local_case_id.clone().unwrap_or_default(),
-                    })),
-                };
-                diesel::insert_into(notifications::table)
-                    .values(NotificationRow {
-                        local_authority: council.ods_code.clone(),
-                        sequence,
-                        create_time: request.now,
-                        notification: notification.encode_to_vec(),
-                    })
-                    .execute(conn)?;
-                queued.push((council.ods_code.clone(), sequence));
-            }
+            holders.push((
+                council.ods_code.clone(),
+                row.local_case_id.clone().unwrap_or_default(),
+            ));
             alerts.push(CouncilAlert {
                 local_authority: Some(LocalAuthority {
                     ods_code: council.ods_code.clone(),
@@ -250,6 +223,43 @@ pub fn disclose(
                 .load(conn)?;
             collapse(&rows)
         };
+
+        // Notifications last: taking a council's next sequence locks its row until commit, so
+        // the lock is held for as short a time as possible.
+        let mut queued = Vec::new();
+        if request.mode == AccessMode::Unscheduled {
+            for (ods_code, local_case_id) in holders {
+                // Sequences follow commit order under the row lock, so a subscriber never sees
+                // a gap that fills in later.
+                diesel::update(local_authorities::table.find(&ods_code))
+                    .set(
+                        local_authorities::last_notification_sequence
+                            .eq(local_authorities::last_notification_sequence + 1),
+                    )
+                    .execute(conn)?;
+                let sequence: i64 = local_authorities::table
+                    .find(&ods_code)
+                    .select(local_authorities::last_notification_sequence)
+                    .first(conn)?;
+                let notification = Notification {
+                    sequence: u64::try_from(sequence).unwrap_or_default(),
+                    create_time: Some(micros_to_timestamp(request.now)),
+                    kind: Some(notification::Kind::Access(AccessNotification {
+                        access_event: Some(event.clone()),
+                        local_case_id,
+                    })),
+                };
+                diesel::insert_into(notifications::table)
+                    .values(NotificationRow {
+                        local_authority: ods_code.clone(),
+                        sequence,
+                        create_time: request.now,
+                        notification: notification.encode_to_vec(),
+                    })
+                    .execute(conn)?;
+                queued.push((ods_code, sequence));
+            }
+        }
 
         if request
             .deadline
@@ -285,4 +295,32 @@ pub fn list_access_events(
         query = query.filter(access_events::id.lt(before));
     }
     Ok(query.load(conn)?)
+}
+
+/// The database floor the benchmark compares a disclosure with: the engine's own point read of
+/// one NHS number's records and one access-event insert, in one transaction, through the same
+/// pool. No visibility rules, notifications or recent-access query.
+pub fn floor_read_and_insert(
+    conn: &mut DbConnection,
+    nhs_number: &str,
+) -> Result<usize, RegistryError> {
+    conn.transaction(|conn| {
+        let rows: Vec<ChildRecordRow> = child_records::table
+            .filter(child_records::nhs_number.eq(nhs_number))
+            .select(ChildRecordRow::as_select())
+            .load(conn)?;
+        diesel::insert_into(access_events::table)
+            .values(NewAccessEvent {
+                access_id: new_access_id(0),
+                nhs_number: nhs_number.to_owned(),
+                access_time: 0,
+                access_mode: AccessMode::ScheduledSilentRead as i32,
+                accessor_key: "floor".into(),
+                organisation_ods_code: "FLOOR".into(),
+                care_setting: 0,
+                event: Vec::new(),
+            })
+            .execute(conn)?;
+        Ok(rows.len())
+    })
 }

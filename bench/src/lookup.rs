@@ -1,0 +1,240 @@
+//! Lookup throughput and latency: concurrent clinicians' lookups through the lookup service and
+//! the registry's disclose-and-record transaction, against two floors measured in the same run:
+//! the same lookup server's gRPC health check (transport floor), and the engine's own point read
+//! plus insert in one transaction through the registry's pool (database floor).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use cpis_core::auth::DevSigner;
+use cpis_proto::cpis::common::v1::{
+    AccessMode, ChildProtectionPlan, ChildRecord, LocalAuthority, PlanPeriod,
+};
+use cpis_proto::cpis::lookup::v1::{
+    LookupChildRequest, lookup_service_client::LookupServiceClient,
+};
+use cpis_proto::cpis::registry::v1::{
+    BatchHeader, SetContactDetailsRequest, UploadBatchRequest,
+    council_service_client::CouncilServiceClient, upload_batch_request::Item,
+};
+use cpis_proto::google::r#type::Date;
+use cpis_testkit::{
+    TestServer,
+    db::{Backend, TestDb},
+    nhs::nhs_numbers,
+};
+use registry_service::db::{Database, DatabaseUrl, PoolOptions};
+use secrecy::SecretString;
+use tonic::{Request, metadata::MetadataValue, transport::Channel};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+/// Children on record.
+const CHILDREN: usize = 5_000;
+/// Councils holding them.
+const COUNCILS: usize = 20;
+
+fn bearer(token: &str) -> anyhow::Result<MetadataValue<tonic::metadata::Ascii>> {
+    Ok(format!("Bearer {token}").parse()?)
+}
+
+/// Latency percentiles and rate of `calls` operations run by `concurrency` workers.
+struct Measured {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+    errors: usize,
+}
+
+async fn drive<F, Fut>(calls: usize, concurrency: usize, op: F) -> Measured
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let op = Arc::new(op);
+    let started = Instant::now();
+    let per_worker = calls / concurrency;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|w| {
+            let op = op.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_worker);
+                let mut errors = 0;
+                for i in 0..per_worker {
+                    let t = Instant::now();
+                    if !op(w * per_worker + i).await {
+                        errors += 1;
+                    }
+                    latencies.push(t.elapsed());
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(calls);
+    let mut errors = 0;
+    for worker in workers {
+        if let Ok((latencies, e)) = worker.await {
+            all.extend(latencies);
+            errors += e;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let at = |q: f64| {
+        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Measured {
+        rate: all.len() as f64 / elapsed,
+        p50: at(0.50),
+        p99: at(0.99),
+        errors,
+    }
+}
+
+/// Runs the scenario on one engine and prints the figures.
+pub async fn run(backend: Backend, calls: usize, concurrency: usize) -> anyhow::Result<()> {
+    let test_db = TestDb::create(backend).context("database unavailable")?;
+    let council_signer = DevSigner::generate("cpis", "cpis-registry")?;
+    let nhs_signer = DevSigner::generate("cpis", "cpis-lookup")?;
+    let credential = SecretString::from("bench-credential".to_owned());
+    let mut registry_config = registry_service::Config::with(
+        DatabaseUrl::parse(&test_db.url)?,
+        council_signer.verifier()?,
+    );
+    registry_config.disclosure_token = Some(credential.clone());
+    let registry = TestServer::start(|l, s| registry_service::serve(registry_config, l, s)).await;
+    let lookup_config =
+        lookup_service::Config::with(registry.url(), credential, nhs_signer.verifier()?);
+    let lookup = TestServer::start(|l, s| lookup_service::serve(lookup_config, l, s)).await;
+
+    // CHILDREN records on CPP plans, spread over COUNCILS councils (each council's notification
+    // sequence is a serialisation point, as in real life where 152 councils share the load).
+    let numbers: Vec<String> = nhs_numbers().take(CHILDREN).collect();
+    let mut client = CouncilServiceClient::new(registry.channel().await);
+    for c in 0..COUNCILS {
+        let ods = format!("BEN{c:02}");
+        let council = bearer(&council_signer.mint(&serde_json::json!({"ods_code": ods, "scope": "read write"}), Duration::from_secs(3600))?)?;
+        let mut request = Request::new(SetContactDetailsRequest {
+            local_authority: Some(LocalAuthority { name: format!("Bench {c}"), emergency_duty_phone: "020 7946 0000".into(), ..Default::default() }),
+        });
+        request.metadata_mut().insert("authorization", council.clone());
+        client.set_contact_details(request).await?;
+        let mut messages = vec![UploadBatchRequest { item: Some(Item::Header(BatchHeader { batch_id: "seed".into(), ..Default::default() })) }];
+        messages.extend(numbers.iter().skip(c).step_by(COUNCILS).map(|n| UploadBatchRequest {
+            item: Some(Item::Record(ChildRecord {
+                nhs_number: n.clone(),
+                given_name: "Alex".into(),
+                family_name: "Example".into(),
+                date_of_birth: Some(Date { year: 2018, month: 3, day: 1 }),
+                child_protection_plan: Some(ChildProtectionPlan {
+                    period: Some(PlanPeriod { start_date: Some(Date { year: 2025, month: 1, day: 10 }), end_date: None, delete_date: None }),
+                }),
+                ..Default::default()
+            })),
+        }));
+        let mut request = Request::new(tokio_stream::iter(messages));
+        request.metadata_mut().insert("authorization", council);
+        client.upload_batch(request).await?;
+    }
+
+    // Transport floor: the same lookup server's health check, same concurrency and count.
+    let channel: Channel = lookup.channel().await;
+    let health_channel = channel.clone();
+    let health = drive(calls, concurrency, move |_| {
+        let mut client = HealthClient::new(health_channel.clone());
+        async move {
+            client
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+
+    // Database floor: a point read and an insert in one transaction, through the same pool kind.
+    let url = DatabaseUrl::parse(&test_db.url)?;
+    let db = Database::open(
+        url,
+        PoolOptions {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(10),
+        },
+    )?;
+    let floor_numbers = Arc::new(numbers.clone());
+    let database = drive(calls, concurrency, move |i| {
+        let db = db.clone();
+        let nhs = floor_numbers[i % floor_numbers.len()].clone();
+        async move {
+            db.run(move |conn| {
+                registry_service::disclosure_store::floor_read_and_insert(conn, &nhs)
+            })
+            .await
+            .is_ok()
+        }
+    })
+    .await;
+
+    // The real thing: unscheduled lookups by an ED clinician, spread over the children.
+    let ed = nhs_signer.mint(
+        &serde_json::json!({
+            "sub": "555021935107", "uid": "555021935107", "name": "Dr Bench", "selected_roleid": "r1",
+            "nhsid_nrbac_roles": [{"person_roleid": "r1", "org_code": "RBEN1", "role_code": "R8000", "role_name": "Clinician", "activity_codes": ["B0107"]}],
+            "org_name": "Bench Hospital", "care_setting": "EMERGENCY_DEPARTMENT"
+        }),
+        Duration::from_secs(3600),
+    )?;
+    let ed = bearer(&ed)?;
+    let lookup_numbers = Arc::new(numbers);
+    let lookups = drive(calls, concurrency, move |i| {
+        let mut client = LookupServiceClient::new(channel.clone());
+        let mut request = Request::new(LookupChildRequest {
+            nhs_number: lookup_numbers[i % lookup_numbers.len()].clone(),
+            access_mode: AccessMode::Unscheduled as i32,
+        });
+        request.metadata_mut().insert("authorization", ed.clone());
+        async move {
+            client
+                .lookup_child(request)
+                .await
+                .is_ok_and(|r| !r.into_inner().alerts.is_empty())
+        }
+    })
+    .await;
+
+    let engine = format!("{backend:?}").to_lowercase();
+    println!(
+        "lookup {engine}: {calls} lookups, {concurrency} concurrent: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, errors {}",
+        lookups.rate,
+        lookups.p50.as_secs_f64() * 1e3,
+        lookups.p99.as_secs_f64() * 1e3,
+        lookups.errors
+    );
+    println!(
+        "  floors: health check {:.0}/s (p50 {:.2} ms); {engine} read+insert transaction {:.0}/s (p50 {:.2} ms)",
+        health.rate,
+        health.p50.as_secs_f64() * 1e3,
+        database.rate,
+        database.p50.as_secs_f64() * 1e3
+    );
+    println!(
+        "  ratios: lookups/health {:.3}; lookups/database {:.2}",
+        lookups.rate / health.rate,
+        lookups.rate / database.rate
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "scenario": "lookup", "engine": engine, "calls": calls, "concurrency": concurrency,
+            "lookups_per_s": lookups.rate.round(), "p50_ms": lookups.p50.as_secs_f64() * 1e3, "p99_ms": lookups.p99.as_secs_f64() * 1e3,
+            "errors": lookups.errors, "health_per_s": health.rate.round(), "db_floor_per_s": database.rate.round(),
+            "ratio_health": lookups.rate / health.rate, "ratio_db": lookups.rate / database.rate
+        })
+    );
+    anyhow::ensure!(lookups.errors == 0, "{} lookups failed", lookups.errors);
+    Ok(())
+}
