@@ -116,25 +116,57 @@ pub async fn run(backend: Backend, calls: usize, concurrency: usize) -> anyhow::
     let mut client = CouncilServiceClient::new(registry.channel().await);
     for c in 0..COUNCILS {
         let ods = format!("BEN{c:02}");
-        let council = bearer(&council_signer.mint(&serde_json::json!({"ods_code": ods, "scope": "read write"}), Duration::from_secs(3600))?)?;
+        let council = bearer(&council_signer.mint(
+            &serde_json::json!({"ods_code": ods, "scope": "read write"}),
+            Duration::from_secs(3600),
+        )?)?;
         let mut request = Request::new(SetContactDetailsRequest {
-            local_authority: Some(LocalAuthority { name: format!("Bench {c}"), emergency_duty_phone: "020 7946 0000".into(), ..Default::default() }),
+            local_authority: Some(LocalAuthority {
+                name: format!("Bench {c}"),
+                emergency_duty_phone: "020 7946 0000".into(),
+                ..Default::default()
+            }),
         });
-        request.metadata_mut().insert("authorization", council.clone());
+        request
+            .metadata_mut()
+            .insert("authorization", council.clone());
         client.set_contact_details(request).await?;
-        let mut messages = vec![UploadBatchRequest { item: Some(Item::Header(BatchHeader { batch_id: "seed".into(), ..Default::default() })) }];
-        messages.extend(numbers.iter().skip(c).step_by(COUNCILS).map(|n| UploadBatchRequest {
-            item: Some(Item::Record(ChildRecord {
-                nhs_number: n.clone(),
-                given_name: "Alex".into(),
-                family_name: "Example".into(),
-                date_of_birth: Some(Date { year: 2018, month: 3, day: 1 }),
-                child_protection_plan: Some(ChildProtectionPlan {
-                    period: Some(PlanPeriod { start_date: Some(Date { year: 2025, month: 1, day: 10 }), end_date: None, delete_date: None }),
-                }),
+        let mut messages = vec![UploadBatchRequest {
+            item: Some(Item::Header(BatchHeader {
+                batch_id: "seed".into(),
                 ..Default::default()
             })),
-        }));
+        }];
+        messages.extend(
+            numbers
+                .iter()
+                .skip(c)
+                .step_by(COUNCILS)
+                .map(|n| UploadBatchRequest {
+                    item: Some(Item::Record(ChildRecord {
+                        nhs_number: n.clone(),
+                        given_name: "Alex".into(),
+                        family_name: "Example".into(),
+                        date_of_birth: Some(Date {
+                            year: 2018,
+                            month: 3,
+                            day: 1,
+                        }),
+                        child_protection_plan: Some(ChildProtectionPlan {
+                            period: Some(PlanPeriod {
+                                start_date: Some(Date {
+                                    year: 2025,
+                                    month: 1,
+                                    day: 10,
+                                }),
+                                end_date: None,
+                                delete_date: None,
+                            }),
+                        }),
+                        ..Default::default()
+                    })),
+                }),
+        );
         let mut request = Request::new(tokio_stream::iter(messages));
         request.metadata_mut().insert("authorization", council);
         client.upload_batch(request).await?;

@@ -56,6 +56,19 @@ impl CouncilAuth {
         Self { verifier }
     }
 
+    /// Verifies an operator: any valid token with scope "operator".
+    pub fn authorize_operator(&self, metadata: &MetadataMap) -> Result<(), RegistryError> {
+        let claims: CouncilClaims = self.verifier.verify_metadata(metadata)?;
+        if !claims.scope.split_whitespace().any(|s| s == "operator") {
+            return Err(RegistryError::PermissionDenied {
+                reason: ErrorReason::ScopeMissing,
+                message: "the credential lacks scope \"operator\"".into(),
+            });
+        }
+        tracing::info!(target: "security", subject = %claims.sub, "operator call");
+        Ok(())
+    }
+
     /// Verifies the caller, checks `scope`, and checks that `requested` (the request's
     /// `local_authority_ods_code`, empty meaning "mine") is the caller's own council.
     pub fn authorize(

@@ -58,6 +58,22 @@ pub struct Config {
     #[arg(long, env = "CPIS_UPLOAD_CHUNK", default_value_t = 2000)]
     pub upload_chunk: usize,
 
+    /// Notification subscribers poll the outbox this often when no wake-up arrives.
+    #[arg(long, env = "CPIS_NOTIFICATION_POLL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub notification_poll: Duration,
+
+    /// A subscriber that does not read for this long is cut off (RESOURCE_EXHAUSTED).
+    #[arg(long, env = "CPIS_SUBSCRIBER_SEND_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub subscriber_send_timeout: Duration,
+
+    /// Notifications buffered per subscriber.
+    #[arg(long, env = "CPIS_SUBSCRIBER_BUFFER", default_value_t = 64)]
+    pub subscriber_buffer: usize,
+
+    /// Idle subscribers get a heartbeat this often.
+    #[arg(long, env = "CPIS_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+
     /// A verifier given directly (tests, the dev stack) instead of --jwks-file.
     #[arg(skip)]
     pub verifier: Option<TokenVerifier>,
@@ -101,8 +117,22 @@ impl Config {
             jwt_audience: "cpis-registry".into(),
             upload_chunk: 2000,
             disclosure_token: None,
+            notification_poll: Duration::from_secs(1),
+            subscriber_send_timeout: Duration::from_secs(10),
+            subscriber_buffer: 64,
+            heartbeat_interval: Duration::from_secs(15),
             verifier: Some(verifier),
             clock: Clock::system(),
+        }
+    }
+
+    /// Subscriber settings.
+    pub fn subscription_options(&self) -> crate::subscription::SubscriptionOptions {
+        crate::subscription::SubscriptionOptions {
+            buffer: self.subscriber_buffer,
+            send_timeout: self.subscriber_send_timeout,
+            poll_interval: self.notification_poll,
+            heartbeat_interval: self.heartbeat_interval,
         }
     }
 

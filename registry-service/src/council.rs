@@ -30,10 +30,12 @@ use crate::db::{
 };
 use crate::error::RegistryError;
 use crate::record::{
-    self, MAX_ORG_NAME, is_phone, micros_to_timestamp, parse_nhs_number, row_to_wire,
-    validate_record,
+    MAX_ORG_NAME, is_phone, micros_to_timestamp, parse_nhs_number, row_to_wire, validate_record,
 };
 use crate::store::{self, StateFilter};
+use crate::subscription::SubscriptionOptions;
+use crate::wakeups::Wakeups;
+use tokio::sync::watch;
 
 /// Most records in one batch.
 pub const MAX_BATCH_RECORDS: u64 = 1_000_000;
@@ -50,16 +52,41 @@ pub struct CouncilApi {
     auth: CouncilAuth,
     clock: Clock,
     upload_chunk: usize,
+    wakeups: Wakeups,
+    shutdown: watch::Receiver<bool>,
+    subscription: SubscriptionOptions,
+}
+
+/// What the council API shares with the rest of the registry.
+#[derive(Clone, Debug)]
+pub struct CouncilDeps {
+    /// The database.
+    pub db: Database,
+    /// Council authentication.
+    pub auth: CouncilAuth,
+    /// The clock.
+    pub clock: Clock,
+    /// Records per bulk-upload transaction.
+    pub upload_chunk: usize,
+    /// Live wake-ups for subscribers.
+    pub wakeups: Wakeups,
+    /// Turns true when the server starts draining; subscribers end with SHUTTING_DOWN.
+    pub shutdown: watch::Receiver<bool>,
+    /// Subscriber buffering, polling and heartbeats.
+    pub subscription: SubscriptionOptions,
 }
 
 impl CouncilApi {
     /// Creates the handler.
-    pub fn new(db: Database, auth: CouncilAuth, clock: Clock, upload_chunk: usize) -> Self {
+    pub fn new(deps: CouncilDeps) -> Self {
         Self {
-            db,
-            auth,
-            clock,
-            upload_chunk: upload_chunk.max(1),
+            db: deps.db,
+            auth: deps.auth,
+            clock: deps.clock,
+            upload_chunk: deps.upload_chunk.max(1),
+            wakeups: deps.wakeups,
+            shutdown: deps.shutdown,
+            subscription: deps.subscription,
         }
     }
 }
@@ -483,7 +510,11 @@ impl CouncilService for CouncilApi {
                     replacement_nhs_number: String::new(),
                 }),
                 Ok(record) => {
-                    chunk.push(record);
+                    chunk.push(store::BatchRecord {
+                        position: received,
+                        local_case_id: wire.local_case_id.clone(),
+                        record,
+                    });
                     accepted += 1;
                 }
                 Err(violations) => {
@@ -501,7 +532,9 @@ impl CouncilService for CouncilApi {
                 }
             }
             if chunk.len() >= self.upload_chunk {
-                self.flush(&ods, &mut chunk).await?;
+                let refused = self.flush(&ods, &mut chunk).await?;
+                accepted -= u64::try_from(refused.len()).unwrap_or(0);
+                rejections.extend(refused);
             }
         }
         let content_digest = digest.finalize().to_vec();
@@ -519,7 +552,11 @@ impl CouncilService for CouncilApi {
                 replayed: true,
             }));
         }
-        self.flush(&ods, &mut chunk).await?;
+        let refused = self.flush(&ods, &mut chunk).await?;
+        accepted -= u64::try_from(refused.len()).unwrap_or(0);
+        rejections.extend(refused);
+        // Refusals found at commit time join the validation ones in position order.
+        rejections.sort_by_key(|r| r.position);
 
         let now = self.clock.now_micros();
         let rejected = u64::try_from(rejections.len()).unwrap_or(u64::MAX);
@@ -643,15 +680,37 @@ impl CouncilService for CouncilApi {
         >,
         Status,
     > {
-        self.auth.authorize(
+        let council = self.auth.authorize(
             request.metadata(),
             &request.get_ref().local_authority_ods_code,
             Scope::Read,
             "SubscribeNotifications",
         )?;
-        Err(Status::unimplemented(
-            "notifications are not implemented yet",
-        ))
+        let requested = request.get_ref().after_sequence;
+        let ods = council.ods_code.clone();
+        let (latest, acknowledged) = self
+            .db
+            .run(move |conn| crate::outbox::cursors(conn, &ods))
+            .await?;
+        let cursor = match requested {
+            None => acknowledged,
+            Some(after) => i64::try_from(after).map_err(|_| sequence_not_issued())?,
+        };
+        if cursor > latest {
+            return Err(sequence_not_issued().into());
+        }
+        tracing::info!(la = %council.ods_code, cursor, "subscriber connected");
+        let rx = crate::subscription::start(
+            self.db.clone(),
+            &self.wakeups,
+            self.shutdown.clone(),
+            self.subscription,
+            council.ods_code,
+            cursor,
+        );
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     #[tracing::instrument(skip_all, fields(rpc = "AcknowledgeNotifications"))]
@@ -761,20 +820,21 @@ impl CouncilService for CouncilApi {
 }
 
 impl CouncilApi {
-    /// Commits the pending chunk in one transaction.
+    /// Commits the pending chunk in one transaction; returns the records refused there (NHS
+    /// numbers the demographics feed marked inactive).
     async fn flush(
         &self,
         ods: &str,
-        chunk: &mut Vec<record::ChildRecord>,
-    ) -> Result<(), RegistryError> {
+        chunk: &mut Vec<store::BatchRecord>,
+    ) -> Result<Vec<RecordRejection>, RegistryError> {
         if chunk.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut records = std::mem::replace(chunk, Vec::with_capacity(self.upload_chunk));
         let ods = ods.to_owned();
         let now = self.clock.now_micros();
         self.db
-            .run(move |conn| store::apply_chunk(conn, &ods, &mut records, now).map(|_| ()))
+            .run(move |conn| store::apply_chunk(conn, &ods, &mut records, now))
             .await
     }
 }

@@ -20,6 +20,7 @@ use crate::db::Database;
 use crate::disclosure_store::{DisclosureRequest, disclose};
 use crate::error::RegistryError;
 use crate::record::{is_ods_code, parse_nhs_number};
+use crate::wakeups::Wakeups;
 
 /// Handler for `cpis.registry.v1.DisclosureService`.
 #[derive(Clone)]
@@ -28,6 +29,7 @@ pub struct DisclosureApi {
     clock: Clock,
     /// SHA-256 of the lookup service's token; `None` refuses every caller.
     credential: Option<[u8; 32]>,
+    wakeups: Wakeups,
 }
 
 impl std::fmt::Debug for DisclosureApi {
@@ -40,12 +42,13 @@ impl std::fmt::Debug for DisclosureApi {
 
 impl DisclosureApi {
     /// Creates the handler; `token` is the lookup service's credential.
-    pub fn new(db: Database, clock: Clock, token: Option<&SecretString>) -> Self {
+    pub fn new(db: Database, clock: Clock, token: Option<&SecretString>, wakeups: Wakeups) -> Self {
         let credential = token.map(|t| Sha256::digest(t.expose_secret().as_bytes()).into());
         Self {
             db,
             clock,
             credential,
+            wakeups,
         }
     }
 
@@ -206,6 +209,10 @@ impl DisclosureService for DisclosureApi {
                 }
                 other => other.into(),
             })?;
+        // Committed: wake this replica's subscribers now (other replicas hear the NOTIFY).
+        for (ods_code, _) in &disclosure.notifications {
+            self.wakeups.wake(ods_code);
+        }
         // Counts and the council codes only: never the NHS number.
         tracing::info!(
             mode = mode.as_str_name(),

@@ -11,14 +11,14 @@ use cpis_proto::cpis::common::v1::{
     AccessEvent, AccessMode, Accessor, CouncilAlert, LocalAuthority, Organisation, RecentAccess,
     accessor::Kind,
 };
-use cpis_proto::cpis::registry::v1::{AccessNotification, Notification, notification};
+use cpis_proto::cpis::registry::v1::{AccessNotification, notification};
 use diesel::prelude::*;
 use prost::Message as _;
 
 use crate::db::{
     DbConnection,
-    models::{AccessEventRow, ChildRecordRow, LocalAuthorityRow, NewAccessEvent, NotificationRow},
-    schema::{access_events, child_records, local_authorities, notifications},
+    models::{AccessEventRow, ChildRecordRow, LocalAuthorityRow, NewAccessEvent},
+    schema::{access_events, child_records, local_authorities},
 };
 use crate::error::RegistryError;
 use crate::record::micros_to_timestamp;
@@ -229,34 +229,11 @@ pub fn disclose(
         let mut queued = Vec::new();
         if request.mode == AccessMode::Unscheduled {
             for (ods_code, local_case_id) in holders {
-                // Sequences follow commit order under the row lock, so a subscriber never sees
-                // a gap that fills in later.
-                diesel::update(local_authorities::table.find(&ods_code))
-                    .set(
-                        local_authorities::last_notification_sequence
-                            .eq(local_authorities::last_notification_sequence + 1),
-                    )
-                    .execute(conn)?;
-                let sequence: i64 = local_authorities::table
-                    .find(&ods_code)
-                    .select(local_authorities::last_notification_sequence)
-                    .first(conn)?;
-                let notification = Notification {
-                    sequence: u64::try_from(sequence).unwrap_or_default(),
-                    create_time: Some(micros_to_timestamp(request.now)),
-                    kind: Some(notification::Kind::Access(AccessNotification {
-                        access_event: Some(event.clone()),
-                        local_case_id,
-                    })),
-                };
-                diesel::insert_into(notifications::table)
-                    .values(NotificationRow {
-                        local_authority: ods_code.clone(),
-                        sequence,
-                        create_time: request.now,
-                        notification: notification.encode_to_vec(),
-                    })
-                    .execute(conn)?;
+                let kind = notification::Kind::Access(AccessNotification {
+                    access_event: Some(event.clone()),
+                    local_case_id,
+                });
+                let sequence = crate::outbox::enqueue(conn, &ods_code, request.now, kind)?;
                 queued.push((ods_code, sequence));
             }
         }

@@ -11,11 +11,14 @@ pub mod db;
 pub mod disclosure;
 pub mod disclosure_store;
 pub mod error;
+pub mod nhs_status;
 pub mod operator;
 pub mod outbox;
 pub mod record;
 pub mod store;
+pub mod subscription;
 pub mod visibility;
+pub mod wakeups;
 
 use std::future::Future;
 
@@ -44,6 +47,48 @@ pub async fn migrate(config: &Config) -> Result<Vec<String>, RegistryError> {
     db.migrate().await
 }
 
+/// Imports an operator's NHS-number status file straight into the configured database (the
+/// same code path as `OperatorService.ImportNhsNumberStatusChanges`). Running servers pick the
+/// notifications up through PostgreSQL NOTIFY or their polling.
+pub async fn import_nhs_status(
+    config: &Config,
+    csv: &str,
+) -> Result<cpis_proto::cpis::registry::v1::ImportNhsNumberStatusChangesResponse, RegistryError> {
+    let db = open_database(config)?;
+    if !db.pending_migrations().await?.is_empty() {
+        return Err(RegistryError::SchemaBehind { pending: 1 });
+    }
+    let (changes, mut rejections) = nhs_status::parse_csv(csv);
+    let mut report = cpis_proto::cpis::registry::v1::ImportNhsNumberStatusChangesResponse {
+        received_count: u64::try_from(changes.len() + rejections.len()).unwrap_or(u64::MAX),
+        ..Default::default()
+    };
+    let mut valid = Vec::new();
+    for (line, change) in changes {
+        match nhs_status::validate(&change) {
+            Ok(change) => valid.push(change),
+            Err(violation) => rejections.push(cpis_proto::cpis::registry::v1::EntryRejection {
+                position: line,
+                reason: violation.reason as i32,
+                field: violation.field,
+                message: violation.description,
+            }),
+        }
+    }
+    let now = config.clock.now_micros();
+    for chunk in valid.chunks(500) {
+        let chunk = chunk.to_vec();
+        let applied = db
+            .run(move |conn| nhs_status::apply(conn, &chunk, now))
+            .await?;
+        report.applied_count += applied.applied;
+        report.notifications_queued += u64::try_from(applied.notified.len()).unwrap_or(u64::MAX);
+    }
+    rejections.sort_by_key(|r| r.position);
+    report.rejections = rejections;
+    Ok(report)
+}
+
 fn open_database(config: &Config) -> Result<db::Database, RegistryError> {
     db::Database::open(
         config.effective_database_url(),
@@ -65,12 +110,23 @@ pub async fn serve(
 ) -> Result<(), RegistryError> {
     let verifier = config.token_verifier()?;
     let db = open_database(&config)?;
-    let council = council::CouncilApi::new(
-        db.clone(),
-        auth::CouncilAuth::new(verifier),
-        config.clock.clone(),
-        config.upload_chunk,
-    );
+    let wakeups = wakeups::Wakeups::default();
+    // On PostgreSQL, other replicas' commits wake this replica's subscribers too.
+    let _listener = match config.effective_database_url() {
+        db::DatabaseUrl::Postgres(url) => Some(wakeups::spawn_pg_listener(url, wakeups.clone())),
+        db::DatabaseUrl::Sqlite(_) => None,
+    };
+    let (draining, draining_rx) = tokio::sync::watch::channel(false);
+    let council_auth = auth::CouncilAuth::new(verifier);
+    let council = council::CouncilApi::new(council::CouncilDeps {
+        db: db.clone(),
+        auth: council_auth.clone(),
+        clock: config.clock.clone(),
+        upload_chunk: config.upload_chunk,
+        wakeups: wakeups.clone(),
+        shutdown: draining_rx,
+        subscription: config.subscription_options(),
+    });
     let mut routes = tonic::service::RoutesBuilder::default();
     routes
         .add_service(CouncilServiceServer::new(council))
@@ -79,9 +135,15 @@ pub async fn serve(
                 db.clone(),
                 config.clock.clone(),
                 config.disclosure_token.as_ref(),
+                wakeups.clone(),
             ),
         ))
-        .add_service(OperatorServiceServer::new(operator::OperatorApi::new()));
+        .add_service(OperatorServiceServer::new(operator::OperatorApi::new(
+            db.clone(),
+            council_auth.clone(),
+            config.clock.clone(),
+            wakeups.clone(),
+        )));
     let engine = db.engine();
     let migrate_on_start = config.migrate_on_start;
     let ready = async move {
@@ -108,7 +170,11 @@ pub async fn serve(
         listener,
         &config.server,
         ready,
-        shutdown,
+        async move {
+            shutdown.await;
+            // Subscribers end first, telling councils to reconnect elsewhere.
+            let _ = draining.send(true);
+        },
     )
     // Every log line of this server names it, so the dev stack's mixed output stays readable.
     .instrument(tracing::info_span!("registry"))

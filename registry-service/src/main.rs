@@ -31,6 +31,15 @@ enum Command {
         #[command(flatten)]
         config: registry_service::Config,
     },
+    /// Import NHS-number status changes (the PDS stand-in feed) from a CSV file with header
+    /// `nhs_number,reason,replacement_nhs_number,effective_date`, notify the councils holding
+    /// each number, and refuse later writes to it. Exits 1 if any line was rejected.
+    ImportNhsStatus {
+        /// The CSV file.
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        config: registry_service::Config,
+    },
     /// Apply pending database migrations, then exit (a Kubernetes Job before rollout).
     Migrate {
         #[command(flatten)]
@@ -48,6 +57,27 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
             registry_service::serve(config, listener, cpis_core::shutdown::signal()).await?;
+        }
+        Command::ImportNhsStatus { file, config } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let report = registry_service::import_nhs_status(&config, &text).await?;
+            println!(
+                "{} changes read, {} applied, {} council notifications queued, {} lines rejected",
+                report.received_count,
+                report.applied_count,
+                report.notifications_queued,
+                report.rejections.len()
+            );
+            for rejection in &report.rejections {
+                println!(
+                    "line {}: {}: {}",
+                    rejection.position, rejection.field, rejection.message
+                );
+            }
+            if !report.rejections.is_empty() {
+                std::process::exit(1);
+            }
         }
         Command::Migrate { config } => {
             let applied = registry_service::migrate(&config).await?;

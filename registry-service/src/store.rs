@@ -5,12 +5,18 @@ use chrono::NaiveDate;
 use diesel::connection::SimpleConnection as _;
 use diesel::prelude::*;
 
+use std::collections::HashMap;
+
+use cpis_proto::cpis::common::v1::InactiveReason;
+use cpis_proto::cpis::registry::v1::RecordRejection;
+
 use crate::db::{
     DbConnection,
     models::{
-        ChildRecordRow, LocalAuthorityRow, NewChildRecord, NewLocalAuthority, UploadBatchRow,
+        ChildRecordRow, LocalAuthorityRow, NewChildRecord, NewLocalAuthority, NhsNumberStatusRow,
+        UploadBatchRow,
     },
-    schema::{child_records, local_authorities, upload_batches},
+    schema::{child_records, local_authorities, nhs_number_status, upload_batches},
 };
 use crate::error::RegistryError;
 use crate::record::{ChildRecord, to_days};
@@ -108,6 +114,7 @@ pub fn put_record(
     conn.transaction(|conn| {
         require_contacts(conn, ods_code)?;
         let nhs = record.nhs_number.to_string();
+        require_active(conn, &nhs)?;
         let existing = get_record(conn, ods_code, &nhs)?;
         let actual = existing.as_ref().map_or(0, |r| r.version);
         if let Some(expected) = expected_version
@@ -173,16 +180,71 @@ fn upsert_one(
     Ok(())
 }
 
+/// A validated record of a batch, with where it came from.
+#[derive(Debug)]
+pub struct BatchRecord {
+    /// 1-based position in the batch.
+    pub position: u64,
+    /// The council's case id, as sent.
+    pub local_case_id: String,
+    /// The record.
+    pub record: ChildRecord,
+}
+
+/// Why a number cannot take records: it is inactive (or superseded, with its replacement).
+pub fn inactive_reason(row: &NhsNumberStatusRow) -> (ErrorReason, &'static str) {
+    match InactiveReason::try_from(row.reason) {
+        Ok(InactiveReason::Superseded) => (
+            ErrorReason::SupersededNhsNumber,
+            "the NHS number has been superseded; send the record on its replacement number",
+        ),
+        _ => (
+            ErrorReason::NhsNumberInactive,
+            "the NHS number is no longer active",
+        ),
+    }
+}
+
+/// Status rows for `numbers` that the demographics feed marked inactive.
+fn inactive_numbers(
+    conn: &mut DbConnection,
+    numbers: &[String],
+) -> Result<HashMap<String, NhsNumberStatusRow>, RegistryError> {
+    Ok(nhs_number_status::table
+        .filter(nhs_number_status::nhs_number.eq_any(numbers))
+        .select(NhsNumberStatusRow::as_select())
+        .load(conn)?
+        .into_iter()
+        .map(|row| (row.nhs_number.clone(), row))
+        .collect())
+}
+
+/// Refuses a single write to an inactive number.
+fn require_active(conn: &mut DbConnection, nhs_number: &str) -> Result<(), RegistryError> {
+    let inactive = inactive_numbers(conn, &[nhs_number.to_owned()])?;
+    if let Some(row) = inactive.get(nhs_number) {
+        let (reason, message) = inactive_reason(row);
+        return Err(RegistryError::FailedPrecondition {
+            reason,
+            message: match &row.replacement_nhs_number {
+                Some(replacement) => format!("{message} ({replacement})"),
+                None => message.to_owned(),
+            },
+        });
+    }
+    Ok(())
+}
+
 /// Stores a chunk of validated records (distinct NHS numbers) in one transaction, in NHS-number
-/// order (sorted keys make SQLite's B-tree inserts several times faster). Returns how many
-/// records were created or changed.
+/// order (sorted keys make SQLite's B-tree inserts several times faster). Records on numbers
+/// the demographics feed marked inactive are not stored; their rejections are returned.
 pub fn apply_chunk(
     conn: &mut DbConnection,
     ods_code: &str,
-    chunk: &mut [ChildRecord],
+    chunk: &mut [BatchRecord],
     now: i64,
-) -> Result<usize, RegistryError> {
-    chunk.sort_by_key(|r| r.nhs_number);
+) -> Result<Vec<RecordRejection>, RegistryError> {
+    chunk.sort_by_key(|r| r.record.nhs_number);
     conn.transaction(|conn| {
         if let DbConnection::Pg(pg) = conn {
             // A prepared statement's generic plan, chosen while the table was small, keeps a
@@ -191,8 +253,12 @@ pub fn apply_chunk(
             pg.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan")?;
         }
         require_contacts(conn, ods_code)?;
-        let numbers: Vec<String> = chunk.iter().map(|r| r.nhs_number.to_string()).collect();
-        let mut existing: std::collections::HashMap<String, ChildRecordRow> = child_records::table
+        let numbers: Vec<String> = chunk
+            .iter()
+            .map(|r| r.record.nhs_number.to_string())
+            .collect();
+        let inactive = inactive_numbers(conn, &numbers)?;
+        let mut existing: HashMap<String, ChildRecordRow> = child_records::table
             .filter(child_records::local_authority.eq(ods_code))
             .filter(child_records::nhs_number.eq_any(&numbers))
             .select(ChildRecordRow::as_select())
@@ -201,30 +267,40 @@ pub fn apply_chunk(
             .map(|row| (row.nhs_number.clone(), row))
             .collect();
         let mut inserts = Vec::new();
-        let mut changed = 0;
-        for (record, nhs) in chunk.iter().zip(numbers) {
+        let mut rejections = Vec::new();
+        for (item, nhs) in chunk.iter().zip(numbers) {
+            if let Some(status) = inactive.get(&nhs) {
+                let (reason, message) = inactive_reason(status);
+                rejections.push(RecordRejection {
+                    position: item.position,
+                    local_case_id: item.local_case_id.clone(),
+                    reason: reason as i32,
+                    field: "nhs_number".into(),
+                    message: message.into(),
+                    replacement_nhs_number: status
+                        .replacement_nhs_number
+                        .clone()
+                        .unwrap_or_default(),
+                });
+                continue;
+            }
             match existing.remove(&nhs) {
                 None => inserts.push(NewChildRecord {
                     local_authority: ods_code.to_owned(),
                     nhs_number: nhs,
-                    content: record.content(),
+                    content: item.record.content(),
                     version: 1,
                     create_time: now,
                     update_time: now,
                 }),
-                Some(row) => {
-                    if row.content() != record.content() {
-                        changed += 1;
-                    }
-                    upsert_one(conn, ods_code, record, Some(row), now)?;
-                }
+                Some(row) => upsert_one(conn, ods_code, &item.record, Some(row), now)?,
             }
         }
         // Multi-row inserts, kept well under SQLite's bound-parameter limit (32,766).
         for rows in inserts.chunks(500) {
             insert_records(conn, rows)?;
         }
-        Ok(changed + inserts.len())
+        Ok(rejections)
     })
 }
 

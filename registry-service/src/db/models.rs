@@ -4,7 +4,8 @@
 use diesel::prelude::*;
 
 use super::schema::{
-    access_events, child_records, local_authorities, notifications, upload_batches,
+    access_events, child_records, local_authorities, nhs_number_status, notifications,
+    upload_batches,
 };
 
 /// A council's stored contact details and notification cursors.
@@ -165,4 +166,15 @@ pub struct NotificationRow {
     pub sequence: i64,
     pub create_time: i64,
     pub notification: Vec<u8>,
+}
+
+/// An NHS number the demographics service reports inactive.
+#[derive(Clone, Debug, PartialEq, Eq, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = nhs_number_status, treat_none_as_null = true)]
+pub struct NhsNumberStatusRow {
+    pub nhs_number: String,
+    pub reason: i32,
+    pub replacement_nhs_number: Option<String>,
+    pub effective_date: Option<i32>,
+    pub update_time: i64,
 }

@@ -73,6 +73,16 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    nhs_number_status (nhs_number) {
+        nhs_number -> Text,
+        reason -> Integer,
+        replacement_nhs_number -> Nullable<Text>,
+        effective_date -> Nullable<Integer>,
+        update_time -> BigInt,
+    }
+}
+
 /// Every table, for the drift test.
 pub const TABLES: &[&str] = &[
     "local_authorities",
@@ -80,4 +90,5 @@ pub const TABLES: &[&str] = &[
     "upload_batches",
     "access_events",
     "notifications",
+    "nhs_number_status",
 ];

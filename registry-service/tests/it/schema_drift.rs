@@ -60,6 +60,14 @@ fn declared() -> BTreeMap<String, Vec<String>> {
     )
     .to_string();
     map.insert("notifications".to_owned(), columns(&sql, "notifications"));
+    let sql = diesel::debug_query::<diesel::sqlite::Sqlite, _>(
+        &schema::nhs_number_status::table.select(schema::nhs_number_status::all_columns),
+    )
+    .to_string();
+    map.insert(
+        "nhs_number_status".to_owned(),
+        columns(&sql, "nhs_number_status"),
+    );
     assert_eq!(map.keys().cloned().collect::<Vec<_>>(), {
         let mut t: Vec<String> = schema::TABLES.iter().map(|s| (*s).to_owned()).collect();
         t.sort();

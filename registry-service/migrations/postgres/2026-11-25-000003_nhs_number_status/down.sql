@@ -1,0 +1,1 @@
+DROP TABLE nhs_number_status;

@@ -1,0 +1,168 @@
+//! A council's live notification stream: replay everything after the cursor from the outbox,
+//! then follow new notifications as wake-ups arrive (or, failing those, by polling). Delivery is
+//! at least once and in sequence order. Memory per subscriber is bounded by a small send buffer:
+//! a subscriber that stops reading is cut off with a clean error telling it to resume from its
+//! last acknowledged sequence.
+
+use std::time::Duration;
+
+use cpis_proto::cpis::common::v1::ErrorReason;
+use cpis_proto::cpis::registry::v1::{
+    Heartbeat, Notification, SubscribeNotificationsResponse,
+    subscribe_notifications_response::Event,
+};
+use prost::Message as _;
+use tokio::sync::{broadcast, mpsc, watch};
+use tonic::{Code, Status};
+
+use crate::db::Database;
+use crate::wakeups::Wakeups;
+
+/// Notifications read from the outbox per query.
+const PAGE: i64 = 256;
+
+/// Subscriber settings.
+#[derive(Clone, Copy, Debug)]
+pub struct SubscriptionOptions {
+    /// Messages buffered per subscriber before sending waits.
+    pub buffer: usize,
+    /// How long a send may wait for a subscriber that does not read before it is cut off.
+    pub send_timeout: Duration,
+    /// Polling interval when no wake-up arrives (the fallback for lost wake-ups).
+    pub poll_interval: Duration,
+    /// A heartbeat is sent after this long without a notification.
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for SubscriptionOptions {
+    fn default() -> Self {
+        Self {
+            buffer: 64,
+            send_timeout: Duration::from_secs(10),
+            poll_interval: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_secs(15),
+        }
+    }
+}
+
+type Outgoing = mpsc::Sender<Result<SubscribeNotificationsResponse, Status>>;
+
+/// Why the delivery loop ended.
+enum End {
+    /// The subscriber hung up.
+    Gone,
+    /// The subscriber is cut off with this status.
+    Error(Status),
+}
+
+/// Starts streaming council `ods_code`'s notifications after `cursor`.
+pub fn start(
+    db: Database,
+    wakeups: &Wakeups,
+    shutdown: watch::Receiver<bool>,
+    options: SubscriptionOptions,
+    ods_code: String,
+    cursor: i64,
+) -> mpsc::Receiver<Result<SubscribeNotificationsResponse, Status>> {
+    let (tx, rx) = mpsc::channel(options.buffer.max(1));
+    // Subscribe to wake-ups before the first read, so a commit between the read and the wait
+    // still wakes us.
+    let wake = wakeups.subscribe();
+    tokio::spawn(async move {
+        let ended = deliver(&db, wake, shutdown, options, &ods_code, cursor, &tx).await;
+        if let End::Error(status) = ended {
+            // Best effort: the subscriber may already be gone.
+            let _ = tx.try_send(Err(status));
+        }
+        tracing::info!(la = %ods_code, "subscriber disconnected");
+    });
+    rx
+}
+
+async fn send(tx: &Outgoing, event: Event, options: &SubscriptionOptions) -> Result<(), End> {
+    let message = SubscribeNotificationsResponse { event: Some(event) };
+    match tokio::time::timeout(options.send_timeout, tx.send(Ok(message))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(End::Gone),
+        Err(_) => Err(End::Error(cpis_core::status::with_reason(
+            Code::ResourceExhausted,
+            ErrorReason::SubscriberTooSlow,
+            "the subscriber is not reading; reconnect from the last acknowledged sequence",
+        ))),
+    }
+}
+
+async fn deliver(
+    db: &Database,
+    mut wake: broadcast::Receiver<String>,
+    mut shutdown: watch::Receiver<bool>,
+    options: SubscriptionOptions,
+    ods_code: &str,
+    mut cursor: i64,
+    tx: &Outgoing,
+) -> End {
+    let mut last_sent = tokio::time::Instant::now();
+    loop {
+        // Replay (or catch up) from the outbox, a page at a time.
+        let ods = ods_code.to_owned();
+        let rows = match db
+            .run(move |conn| crate::outbox::list(conn, &ods, cursor, PAGE))
+            .await
+        {
+            Ok(rows) => rows,
+            Err(error) => return End::Error(error.into()),
+        };
+        let full_page = i64::try_from(rows.len()).is_ok_and(|n| n == PAGE);
+        for row in rows {
+            cursor = row.sequence;
+            match Notification::decode(row.notification.as_slice()) {
+                Ok(notification) => {
+                    if let Err(end) = send(tx, Event::Notification(notification), &options).await {
+                        return end;
+                    }
+                    last_sent = tokio::time::Instant::now();
+                }
+                Err(error) => {
+                    tracing::error!(la = %ods_code, sequence = row.sequence, %error, "undecodable notification skipped");
+                }
+            }
+        }
+        if full_page {
+            continue;
+        }
+
+        // Wait for a wake-up for this council, the poll interval, a heartbeat or shutdown.
+        let heartbeat_at = last_sent + options.heartbeat_interval;
+        let poll_at = tokio::time::Instant::now() + options.poll_interval;
+        loop {
+            tokio::select! {
+                woken = wake.recv() => match woken {
+                    Ok(code) if code == ods_code => break,
+                    Ok(_) => {}
+                    // Missed some wake-ups: just read the outbox again.
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return End::Gone,
+                },
+                () = tokio::time::sleep_until(poll_at) => break,
+                () = tokio::time::sleep_until(heartbeat_at) => {
+                    let latest = u64::try_from(cursor).unwrap_or_default();
+                    if let Err(end) = send(tx, Event::Heartbeat(Heartbeat { latest_sequence: latest }), &options).await {
+                        return end;
+                    }
+                    last_sent = tokio::time::Instant::now();
+                    break;
+                }
+                () = tx.closed() => return End::Gone,
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        return End::Error(cpis_core::status::with_reason(
+                            Code::Unavailable,
+                            ErrorReason::ShuttingDown,
+                            "the registry is shutting down; reconnect from the last acknowledged sequence",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
