@@ -64,7 +64,9 @@ pub fn start(
     ods_code: String,
     cursor: i64,
 ) -> mpsc::Receiver<Result<SubscribeNotificationsResponse, Status>> {
-    let (tx, rx) = mpsc::channel(options.buffer.max(1));
+    // One slot more than the buffer: notifications never take the last one, so the status
+    // that ends a stalled subscription always fits.
+    let (tx, rx) = mpsc::channel(options.buffer.max(1) + 1);
     // Subscribe to wake-ups before the first read, so a commit between the read and the wait
     // still wakes us.
     let wake = wakeups.subscribe();
@@ -81,8 +83,14 @@ pub fn start(
 
 async fn send(tx: &Outgoing, event: Event, options: &SubscriptionOptions) -> Result<(), End> {
     let message = SubscribeNotificationsResponse { event: Some(event) };
-    match tokio::time::timeout(options.send_timeout, tx.send(Ok(message))).await {
-        Ok(Ok(())) => Ok(()),
+    // Wait for two free slots, use one: the last slot stays free for a closing status.
+    match tokio::time::timeout(options.send_timeout, tx.reserve_many(2)).await {
+        Ok(Ok(mut permits)) => {
+            if let Some(permit) = permits.next() {
+                permit.send(Ok(message));
+            }
+            Ok(())
+        }
         Ok(Err(_)) => Err(End::Gone),
         Err(_) => Err(End::Error(cpis_core::status::with_reason(
             Code::ResourceExhausted,

@@ -49,6 +49,20 @@ impl TestServer {
         server
     }
 
+    /// A handle on a server that runs elsewhere (another process): it can be reached, not
+    /// stopped.
+    pub fn attach(url: &str) -> Self {
+        let addr = url
+            .trim_start_matches("http://")
+            .parse()
+            .expect("http://IP:PORT");
+        Self {
+            addr,
+            shutdown: None,
+            handle: None,
+        }
+    }
+
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)

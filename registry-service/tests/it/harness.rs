@@ -36,8 +36,12 @@ pub fn config(db: &TestDb, signer: &DevSigner) -> Config {
     let url = DatabaseUrl::parse(&db.url).expect("test database url");
     let mut config = Config::with(url, signer.verifier().expect("verifier"));
     config.upload_chunk = 500;
+    config.disclosure_token = Some(secrecy::SecretString::from(DISCLOSURE_TOKEN.to_owned()));
     config
 }
+
+/// The credential tests present to the disclosure service, as the lookup service would.
+pub const DISCLOSURE_TOKEN: &str = "test-disclosure-credential";
 
 impl Registry {
     /// Starts a registry on a fresh database of `backend`; `None` when that backend is
@@ -154,4 +158,114 @@ pub fn full_record(nhs_number: &str) -> ChildRecord {
         expected_delivery_date: Some(date(2025, 8, 1)),
     });
     record
+}
+
+/// An ED clinician's accessor, as the lookup service would send it.
+pub fn ed_clinician(user_id: &str) -> cpis_proto::cpis::common::v1::Accessor {
+    use cpis_proto::cpis::common::v1::{
+        Accessor, CareSetting, Organisation, PersonAccessor, accessor::Kind,
+    };
+    Accessor {
+        kind: Some(Kind::Person(PersonAccessor {
+            user_id: user_id.into(),
+            name: "Dr Test".into(),
+            role_profile_id: "role-1".into(),
+            job_role_code: "R8000".into(),
+            job_role_name: "Clinical Practitioner".into(),
+            activity_codes: vec!["B0107".into()],
+        })),
+        organisation: Some(Organisation {
+            ods_code: "RXX01".into(),
+            name: "Test Hospital".into(),
+        }),
+        care_setting: CareSetting::EmergencyDepartment as i32,
+    }
+}
+
+impl Registry {
+    /// Discloses `nhs_number` as the lookup service would (one access, recorded).
+    pub async fn disclose(
+        &self,
+        nhs_number: &str,
+        mode: cpis_proto::cpis::common::v1::AccessMode,
+    ) -> cpis_proto::cpis::registry::v1::DiscloseResponse {
+        disclose_at(&self.server, nhs_number, mode).await
+    }
+
+    /// A notification subscription for council `ods` after `after` (None: the stored cursor).
+    pub async fn subscribe(
+        &self,
+        ods: &str,
+        after: Option<u64>,
+    ) -> Result<
+        tonic::Streaming<cpis_proto::cpis::registry::v1::SubscribeNotificationsResponse>,
+        tonic::Status,
+    > {
+        subscribe_at(&self.server, &self.token(ods, "read"), after).await
+    }
+}
+
+/// Discloses through the disclosure service of `server`.
+pub async fn disclose_at(
+    server: &TestServer,
+    nhs_number: &str,
+    mode: cpis_proto::cpis::common::v1::AccessMode,
+) -> cpis_proto::cpis::registry::v1::DiscloseResponse {
+    use cpis_proto::cpis::registry::v1::{
+        DiscloseRequest, disclosure_service_client::DisclosureServiceClient,
+    };
+    DisclosureServiceClient::new(server.channel().await)
+        .disclose(with_token(
+            DiscloseRequest {
+                nhs_number: nhs_number.into(),
+                accessor: Some(ed_clinician("555000000001")),
+                access_mode: mode as i32,
+                request_id: "req-1".into(),
+            },
+            DISCLOSURE_TOKEN,
+        ))
+        .await
+        .expect("disclose")
+        .into_inner()
+}
+
+/// Subscribes on `server` with `token`.
+pub async fn subscribe_at(
+    server: &TestServer,
+    token: &str,
+    after: Option<u64>,
+) -> Result<
+    tonic::Streaming<cpis_proto::cpis::registry::v1::SubscribeNotificationsResponse>,
+    tonic::Status,
+> {
+    use cpis_proto::cpis::registry::v1::SubscribeNotificationsRequest;
+    CouncilServiceClient::new(server.channel().await)
+        .subscribe_notifications(with_token(
+            SubscribeNotificationsRequest {
+                local_authority_ods_code: String::new(),
+                after_sequence: after,
+            },
+            token,
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The next notification's sequence on `stream`, skipping heartbeats; panics after `limit`.
+pub async fn next_sequence(
+    stream: &mut tonic::Streaming<cpis_proto::cpis::registry::v1::SubscribeNotificationsResponse>,
+    limit: Duration,
+) -> cpis_proto::cpis::registry::v1::Notification {
+    use cpis_proto::cpis::registry::v1::subscribe_notifications_response::Event;
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let message = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .expect("a notification in time")
+            .expect("stream ok")
+            .expect("stream open");
+        if let Some(Event::Notification(n)) = message.event {
+            return n;
+        }
+    }
 }

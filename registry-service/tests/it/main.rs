@@ -5,8 +5,10 @@
 mod auth;
 mod bulk;
 mod contacts;
+mod crash;
 mod harness;
 mod nhs_oracle;
+mod notifications;
 mod records;
 mod restart;
 mod schema_drift;

@@ -1,0 +1,163 @@
+//! `kill -9` of a registry process and a restart lose nothing committed: records, access events
+//! and queued notifications all survive, in order, on both engines.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use cpis_proto::cpis::common::v1::AccessMode;
+use cpis_proto::cpis::registry::v1::{
+    DiscloseRequest, ListAccessEventsRequest, PutChildRecordRequest,
+    council_service_client::CouncilServiceClient,
+    disclosure_service_client::DisclosureServiceClient,
+};
+use cpis_testkit::{both_backends, db::Backend, db::TestDb, server::health};
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::harness::{
+    DISCLOSURE_TOKEN, cpp_record, ed_clinician, next_sequence, nhs, signer, subscribe_at,
+    with_token,
+};
+
+both_backends!(kill_9_loses_nothing_committed);
+
+struct Process {
+    child: Child,
+    url: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+async fn spawn(db: &TestDb, jwks: &std::path::Path) -> Process {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_registry-service"))
+        .arg("serve")
+        .env("CPIS_REGISTRY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("CPIS_DATABASE_URL", &db.url)
+        .env("CPIS_JWKS_FILE", jwks)
+        .env("CPIS_MIGRATE_ON_START", "true")
+        .env("CPIS_DISCLOSURE_TOKEN", DISCLOSURE_TOKEN)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn registry-service");
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(channel) = Endpoint::from_shared(url.clone())
+            .expect("url")
+            .connect()
+            .await
+            && health(channel, "").await == Some(ServingStatus::Serving)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "registry process did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Process { child, url }
+}
+
+async fn channel(url: &str) -> Channel {
+    Endpoint::from_shared(url.to_owned())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+async fn kill_9_loses_nothing_committed(backend: Backend) {
+    let Some(db) = TestDb::create(backend) else {
+        return;
+    };
+    let signer = signer();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, serde_json::to_vec(signer.jwks()).expect("jwks")).expect("write jwks");
+    let token = signer
+        .mint(
+            &serde_json::json!({"ods_code": "AB1", "scope": "read write"}),
+            Duration::from_secs(600),
+        )
+        .expect("mint");
+
+    let mut first = spawn(&db, &jwks).await;
+    let mut council = CouncilServiceClient::new(channel(&first.url).await);
+    council
+        .set_contact_details(with_token(
+            cpis_proto::cpis::registry::v1::SetContactDetailsRequest {
+                local_authority: Some(cpis_proto::cpis::common::v1::LocalAuthority {
+                    name: "Council AB1".into(),
+                    emergency_duty_phone: "020 7946 0000".into(),
+                    ..Default::default()
+                }),
+            },
+            &token,
+        ))
+        .await
+        .expect("contacts");
+    council
+        .put_child_record(with_token(
+            PutChildRecordRequest {
+                record: Some(cpp_record(&nhs(0))),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .expect("put");
+    let mut disclosure = DisclosureServiceClient::new(channel(&first.url).await);
+    for _ in 0..5 {
+        disclosure
+            .disclose(with_token(
+                DiscloseRequest {
+                    nhs_number: nhs(0),
+                    accessor: Some(ed_clinician("555000000001")),
+                    access_mode: AccessMode::Unscheduled as i32,
+                    request_id: String::new(),
+                },
+                DISCLOSURE_TOKEN,
+            ))
+            .await
+            .expect("disclose");
+    }
+    // SIGKILL: no drain, no shutdown hooks.
+    first.child.kill().expect("kill -9");
+    first.child.wait().expect("reaped");
+
+    let mut second = spawn(&db, &jwks).await;
+    let probe = cpis_testkit::TestServer::attach(&second.url);
+    let mut stream = subscribe_at(&probe, &token, Some(0))
+        .await
+        .expect("subscribe after restart");
+    for expected in 1..=5 {
+        assert_eq!(
+            next_sequence(&mut stream, Duration::from_secs(5))
+                .await
+                .sequence,
+            expected
+        );
+    }
+    let events = CouncilServiceClient::new(channel(&second.url).await)
+        .list_access_events(with_token(
+            ListAccessEventsRequest {
+                nhs_number: nhs(0),
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .expect("history")
+        .into_inner();
+    assert_eq!(events.access_events.len(), 5);
+    second.child.kill().expect("stop");
+    second.child.wait().expect("reaped");
+}
