@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod lookup;
+mod notify;
 mod upload;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -37,6 +38,13 @@ enum Scenario {
         #[arg(long, value_enum, default_value_t = Backends::Both)]
         backend: Backends,
     },
+    /// Notification latency from a disclosure's commit to a live subscriber, on one node and
+    /// across two registries sharing PostgreSQL.
+    Notify {
+        /// Notifications to measure (one after another).
+        #[arg(long, default_value_t = 500)]
+        count: usize,
+    },
     /// Clinicians' lookups through the lookup service and the registry, against the same
     /// server's health check and the engine's own read+insert transaction.
     Lookup {
@@ -60,6 +68,12 @@ async fn main() -> anyhow::Result<()> {
             for backend in engines(backend) {
                 upload::run(backend, records).await?;
             }
+        }
+        Scenario::Notify { count } => {
+            use cpis_testkit::db::Backend;
+            notify::run(Backend::Sqlite, count, false).await?;
+            notify::run(Backend::Postgres, count, false).await?;
+            notify::run(Backend::Postgres, count, true).await?;
         }
         Scenario::Lookup {
             calls,
