@@ -1,44 +1,188 @@
-//! Claims for development tokens: a council, a clinician (modelled on an NHS CIS2 ID token with
-//! a selected role and its activity codes), and a system such as NHS 111 with a responsible
-//! person. Signed by the dev stack's key; never accepted by a production deployment's JWKS.
+//! Development tokens: a council, a clinician (modelled on an NHS CIS2 ID token with a selected
+//! role and its activity codes) and a system such as NHS 111 with a responsible person, signed
+//! by the dev stack's key (kept in its data directory). `cpis token …` prints one; `cpis dev`
+//! prints a ready set. A production deployment's JWKS never holds this key.
 
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use cpis_core::auth::DevSigner;
 use serde_json::{Value, json};
 
-/// A council with read and write scopes.
-pub fn council(ods_code: &str) -> Value {
-    json!({ "sub": format!("{ods_code}-case-system"), "ods_code": ods_code, "scope": "read write" })
+/// Issuer of dev tokens (the services' default `--jwt-issuer`).
+pub const ISSUER: &str = "cpis";
+/// Audience of council tokens (the registry's default `--jwt-audience`).
+pub const REGISTRY_AUDIENCE: &str = "cpis-registry";
+/// Audience of NHS tokens (the lookup service's default `--jwt-audience`).
+pub const LOOKUP_AUDIENCE: &str = "cpis-lookup";
+
+/// A council with the given scopes (space-separated: read, write, operator).
+pub fn council(ods_code: &str, scope: &str) -> Value {
+    json!({ "sub": format!("{ods_code}-case-system"), "ods_code": ods_code, "scope": scope })
 }
 
-/// A clinician whose selected role carries `activity_code`, at organisation `org_code`, in a
-/// care setting (a `CareSetting` name without its prefix).
-pub fn clinician(activity_code: &str, org_code: &str, care_setting: &str) -> Value {
+/// Who a clinician token names, and where they work.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClinicianArgs {
+    /// The selected role's activity code: B0107 (unscheduled, notifies the council) or B0170
+    /// (scheduled silent read).
+    #[arg(long, default_value = "B0107")]
+    pub activity: String,
+    /// The organisation's ODS code.
+    #[arg(long, default_value = "RDEV1")]
+    pub org: String,
+    /// The organisation's name.
+    #[arg(long, default_value = "Devtown General Hospital")]
+    pub org_name: String,
+    /// The care setting, a `CareSetting` name without its prefix (EMERGENCY_DEPARTMENT,
+    /// MATERNITY_UNIT, GP_IN_HOURS, …).
+    #[arg(long, default_value = "EMERGENCY_DEPARTMENT")]
+    pub setting: String,
+    /// The user's name.
+    #[arg(long, default_value = "Dr Sam Dev")]
+    pub name: String,
+    /// The user's id (CIS2 UUID).
+    #[arg(long, default_value = "555021935107")]
+    pub user_id: String,
+    /// The job role name.
+    #[arg(long, default_value = "Clinical Practitioner Access Role")]
+    pub role_name: String,
+}
+
+/// A clinician whose selected role carries one activity code.
+pub fn clinician(who: &ClinicianArgs) -> Value {
     json!({
-        "sub": "555021935107",
-        "uid": "555021935107",
-        "name": "Dr Sam Dev",
+        "sub": who.user_id,
+        "uid": who.user_id,
+        "name": who.name,
         "selected_roleid": "dev-role-1",
         "nhsid_nrbac_roles": [{
             "person_roleid": "dev-role-1",
-            "org_code": org_code,
+            "org_code": who.org,
             "role_code": "R8000",
-            "role_name": "Clinical Practitioner Access Role",
-            "activity_codes": [activity_code]
+            "role_name": who.role_name,
+            "activity_codes": [who.activity]
         }],
-        "org_name": format!("Dev organisation {org_code}"),
-        "care_setting": care_setting
+        "org_name": who.org_name,
+        "care_setting": who.setting
     })
 }
 
-/// An NHS 111 system acting for a named responsible person.
-pub fn nhs111_system() -> Value {
+/// Which system a system token names.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SystemArgs {
+    /// The system's id.
+    #[arg(long, default_value = "nhs111-dev-system")]
+    pub system_id: String,
+    /// The system's name.
+    #[arg(long, default_value = "NHS 111 Clinical Assessment Service (dev)")]
+    pub system_name: String,
+    /// The organisation's ODS code.
+    #[arg(long, default_value = "NHS111")]
+    pub org: String,
+    /// The organisation's name.
+    #[arg(long, default_value = "NHS 111 (dev)")]
+    pub org_name: String,
+    /// The care setting the system serves.
+    #[arg(long, default_value = "NHS_111")]
+    pub setting: String,
+    /// The activity code the system holds.
+    #[arg(long, default_value = "B0107")]
+    pub activity: String,
+    /// The named responsible person.
+    #[arg(long, default_value = "Pat Responsible")]
+    pub responsible_person: String,
+}
+
+/// A system acting for a named responsible person.
+pub fn system(what: &SystemArgs) -> Value {
     json!({
-        "sub": "nhs111-dev-system",
-        "system_id": "nhs111-dev-system",
-        "system_name": "NHS 111 Clinical Assessment Service (dev)",
-        "org_code": "NHS111",
-        "org_name": "NHS 111 (dev)",
-        "care_setting": "NHS_111",
-        "activity_codes": ["B0107"],
-        "responsible_person": { "uid": "555021935999", "name": "Pat Responsible", "role_code": "R8000", "role_name": "Clinical Lead" }
+        "sub": what.system_id,
+        "system_id": what.system_id,
+        "system_name": what.system_name,
+        "org_code": what.org,
+        "org_name": what.org_name,
+        "care_setting": what.setting,
+        "activity_codes": [what.activity],
+        "responsible_person": {
+            "uid": "555021935999", "name": what.responsible_person,
+            "role_code": "R8000", "role_name": "Clinical Lead"
+        }
     })
+}
+
+/// `cpis token` arguments.
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    pub kind: TokenKind,
+    /// The dev stack's data directory, which holds its signing key (created if absent).
+    #[arg(long, env = "CPIS_DATA_DIR", default_value = ".data/dev", global = true)]
+    pub data_dir: PathBuf,
+    /// How long the token is valid.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration, global = true)]
+    pub ttl: Duration,
+}
+
+/// Whose token.
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenKind {
+    /// A council's case system (for the registry).
+    Council {
+        /// The council's ODS code.
+        ods_code: String,
+        /// Space-separated scopes: read, write, operator.
+        #[arg(long, default_value = "read write")]
+        scope: String,
+    },
+    /// A clinician with a CIS2-style role (for the lookup service).
+    Clinician(ClinicianArgs),
+    /// A system such as NHS 111 acting for a responsible person (for the lookup service).
+    System(SystemArgs),
+}
+
+/// Prints one token.
+pub fn run(args: TokenArgs) -> anyhow::Result<u8> {
+    let pem = dev_signing_key(&args.data_dir)?;
+    let (claims, audience) = match &args.kind {
+        TokenKind::Council { ods_code, scope } => (council(ods_code, scope), REGISTRY_AUDIENCE),
+        TokenKind::Clinician(who) => (clinician(who), LOOKUP_AUDIENCE),
+        TokenKind::System(what) => (system(what), LOOKUP_AUDIENCE),
+    };
+    let signer = DevSigner::from_pkcs8_pem(&pem, ISSUER, audience)?;
+    println!("{}", signer.mint(&claims, args.ttl)?);
+    Ok(0)
+}
+
+/// The dev stack's signing key (PKCS#8 PEM), generated on first use and kept in the data
+/// directory so that tokens printed earlier stay valid across restarts.
+pub fn dev_signing_key(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let path = data_dir.join("dev-signing-key.pem");
+    match std::fs::read(&path) {
+        Ok(pem) => Ok(pem),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let pem = DevSigner::generate_pem()?;
+            write_private(&path, &pem)?;
+            Ok(pem)
+        }
+        Err(error) => Err(error).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Writes a private key readable by its owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(bytes)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }

@@ -1,0 +1,192 @@
+//! Talking to the services: a channel with the caller's bearer token on every call, and the
+//! one-line rendering of a gRPC error (code, reason, field, message) that every command prints.
+
+use std::time::Duration;
+
+use cpis_proto::cpis::lookup::v1::lookup_service_client::LookupServiceClient;
+use cpis_proto::cpis::registry::v1::council_service_client::CouncilServiceClient;
+use secrecy::{ExposeSecret as _, SecretString};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+use tonic_types::StatusExt as _;
+
+/// What a command failed on; printed on one line, and decides the exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The service answered with an error.
+    #[error("{}", describe(.0))]
+    Rpc(Box<Status>),
+    /// The service could not be reached.
+    #[error("cannot reach {url}: {message}")]
+    Connect {
+        /// Where.
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// Anything else (bad arguments, files).
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<Status> for CliError {
+    fn from(status: Status) -> Self {
+        Self::Rpc(Box::new(status))
+    }
+}
+
+impl From<std::io::Error> for CliError {
+    fn from(error: std::io::Error) -> Self {
+        Self::Other(error.to_string())
+    }
+}
+
+/// `PERMISSION_DENIED WRONG_LOCAL_AUTHORITY: message` or, with a field,
+/// `INVALID_ARGUMENT NHS_NUMBER_INVALID field=record.nhs_number: message`.
+pub fn describe(status: &Status) -> String {
+    let code = code_name(status.code());
+    let reason = status
+        .get_details_error_info()
+        .map(|info| info.reason)
+        .filter(|r| !r.is_empty());
+    let fields: Vec<String> = status
+        .get_details_bad_request()
+        .map(|br| br.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default();
+    let mut line = code.to_owned();
+    if let Some(reason) = reason {
+        line.push(' ');
+        line.push_str(&reason);
+    }
+    if !fields.is_empty() {
+        line.push_str(" field=");
+        line.push_str(&fields.join(","));
+    }
+    line.push_str(": ");
+    line.push_str(status.message());
+    line
+}
+
+/// The canonical upper-case name of a gRPC code, as the gRPC specification spells it.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Adds `authorization: Bearer …` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// Where the registry is and the council's credential, shared by every council command.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CouncilArgs {
+    /// The registry's council-facing address.
+    #[arg(long, env = "CPIS_REGISTRY_URL", default_value = "http://127.0.0.1:50051")]
+    pub registry_url: String,
+    /// The council's bearer token (from the council's identity provider, or `cpis token council`).
+    #[arg(long, env = "CPIS_COUNCIL_TOKEN", hide_env_values = true)]
+    pub token: Option<SecretString>,
+}
+
+impl CouncilArgs {
+    /// A connected council client.
+    pub async fn client(
+        &self,
+    ) -> Result<CouncilServiceClient<InterceptedService<Channel, Bearer>>, CliError> {
+        council(&self.registry_url, self.token.as_ref()).await
+    }
+}
+
+/// Connects to `url` (http://HOST:PORT) within a few seconds.
+pub async fn connect(url: &str) -> Result<Channel, CliError> {
+    let connect_error = |message: String| CliError::Connect {
+        url: url.to_owned(),
+        message,
+    };
+    Endpoint::from_shared(url.to_owned())
+        .map_err(|e| connect_error(e.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| connect_error(source_chain(&e)))
+}
+
+/// A bearer interceptor for `token`; an empty token sends none (the server then answers
+/// UNAUTHENTICATED TOKEN_MISSING, which is the clearest message).
+pub fn bearer(token: Option<&SecretString>) -> Result<Bearer, CliError> {
+    let Some(token) = token.filter(|t| !t.expose_secret().trim().is_empty()) else {
+        return Ok(Bearer(None));
+    };
+    let value = format!("Bearer {}", token.expose_secret().trim())
+        .parse::<MetadataValue<Ascii>>()
+        .map_err(|_| CliError::Other("the token holds characters a header cannot carry".into()))?;
+    Ok(Bearer(Some(value)))
+}
+
+/// A council client on `url` with `token`.
+pub async fn council(
+    url: &str,
+    token: Option<&SecretString>,
+) -> Result<CouncilServiceClient<InterceptedService<Channel, Bearer>>, CliError> {
+    let channel = connect(url).await?;
+    Ok(CouncilServiceClient::with_interceptor(
+        channel,
+        bearer(token)?,
+    ))
+}
+
+/// A lookup client on `url` with `token`.
+pub async fn lookup(
+    url: &str,
+    token: Option<&SecretString>,
+) -> Result<LookupServiceClient<InterceptedService<Channel, Bearer>>, CliError> {
+    let channel = connect(url).await?;
+    Ok(LookupServiceClient::with_interceptor(
+        channel,
+        bearer(token)?,
+    ))
+}
+
+/// An error with its causes, for transport errors whose top line says little.
+pub fn source_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,518 @@
+//! A council's extract file, as `cpis upload` reads it: CSV with a header row, or NDJSON (one
+//! JSON object per line), with the same flat column names. Each row becomes one `ChildRecord`
+//! or a `MalformedRow` naming its line; the server remains the judge of everything else (NHS
+//! number checksum, date rules, plan rules), so this module only parses shapes.
+
+use std::io::{BufRead, Read};
+
+use cpis_proto::cpis::common::v1::{
+    ChildProtectionPlan, ChildRecord, LookedAfterChild, LookedAfterLegalBasis, PlanPeriod,
+    UnbornChildProtectionPlan,
+};
+use cpis_proto::google::r#type::Date;
+
+/// Every column an extract may carry, in the documented order (README, "cpis upload").
+pub const COLUMNS: [&str; 16] = [
+    "nhs_number",
+    "local_case_id",
+    "given_name",
+    "family_name",
+    "date_of_birth",
+    "cpp_start_date",
+    "cpp_end_date",
+    "cpp_delete_date",
+    "lac_start_date",
+    "lac_end_date",
+    "lac_delete_date",
+    "lac_legal_basis",
+    "ucpp_start_date",
+    "ucpp_end_date",
+    "ucpp_delete_date",
+    "ucpp_expected_delivery_date",
+];
+
+/// The extract's format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Comma-separated values with a header row naming the columns.
+    Csv,
+    /// One JSON object per line with the same names as the CSV columns.
+    Ndjson,
+}
+
+impl Format {
+    /// Guesses from the file name: `.ndjson`/`.jsonl`/`.json` are NDJSON, anything else CSV.
+    pub fn from_path(path: &std::path::Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(ext)
+                if ["ndjson", "jsonl", "json"]
+                    .iter()
+                    .any(|known| ext.eq_ignore_ascii_case(known)) =>
+            {
+                Self::Ndjson
+            }
+            _ => Self::Csv,
+        }
+    }
+}
+
+/// A row the tool could not turn into a record; it is reported and never sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MalformedRow {
+    /// 1-based line of the file (the CSV header is line 1).
+    pub line: u64,
+    /// The row's case id, when it could be read.
+    pub local_case_id: String,
+    /// A `cpis.common.v1.ErrorReason` name without its prefix.
+    pub reason: &'static str,
+    /// The column at fault, empty for the row as a whole.
+    pub field: String,
+    /// What is wrong, for a person.
+    pub message: String,
+}
+
+/// One row of the extract: a record to send, or why not.
+#[derive(Debug)]
+pub enum Row {
+    /// A well-formed row, with its line.
+    Record {
+        /// 1-based line of the file.
+        line: u64,
+        /// The record.
+        record: Box<ChildRecord>,
+    },
+    /// A row that cannot be sent.
+    Malformed(MalformedRow),
+}
+
+/// Why the file as a whole cannot be read (the upload does not start).
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    /// The CSV header is missing or names unknown columns.
+    #[error("{0}")]
+    Header(String),
+    /// The file could not be read.
+    #[error("cannot read the extract: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The named cells of one row, in `COLUMNS` order; empty means absent.
+type Cells = [String; COLUMNS.len()];
+
+fn column(cells: &Cells, name: &str) -> String {
+    COLUMNS
+        .iter()
+        .position(|c| *c == name)
+        .and_then(|i| cells.get(i))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Reads rows from a CSV or NDJSON source, one at a time (bounded memory whatever the size).
+pub fn rows<R: Read + Send + 'static>(
+    source: R,
+    format: Format,
+) -> Result<Box<dyn Iterator<Item = Result<Row, ExtractError>> + Send>, ExtractError> {
+    match format {
+        Format::Csv => csv_rows(source),
+        Format::Ndjson => Ok(Box::new(ndjson_rows(std::io::BufReader::new(source)))),
+    }
+}
+
+fn csv_rows<R: Read + Send + 'static>(
+    source: R,
+) -> Result<Box<dyn Iterator<Item = Result<Row, ExtractError>> + Send>, ExtractError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .has_headers(true)
+        .from_reader(source);
+    let header = reader
+        .byte_headers()
+        .map_err(|e| ExtractError::Header(format!("cannot read the CSV header: {e}")))?
+        .clone();
+    if header.is_empty() || header.iter().all(<[u8]>::is_empty) {
+        return Err(ExtractError::Header(
+            "the CSV file has no header row; the first line must name the columns".into(),
+        ));
+    }
+    // Where each header column lands in `Cells`; an unknown column is refused up front, since a
+    // misspelt plan column would otherwise silently drop a child's plan.
+    let mut slots = Vec::with_capacity(header.len());
+    for name in header.iter() {
+        let name = String::from_utf8_lossy(name).trim().to_ascii_lowercase();
+        let name = name.trim_start_matches('\u{feff}').to_owned();
+        let slot = COLUMNS.iter().position(|c| *c == name).ok_or_else(|| {
+            ExtractError::Header(format!(
+                "unknown column {name:?} in the CSV header; known columns: {}",
+                COLUMNS.join(",")
+            ))
+        })?;
+        if slots.contains(&slot) {
+            return Err(ExtractError::Header(format!(
+                "column {name:?} appears twice in the CSV header"
+            )));
+        }
+        slots.push(slot);
+    }
+    if !slots.contains(&0) {
+        return Err(ExtractError::Header(
+            "the CSV header has no nhs_number column".into(),
+        ));
+    }
+    let width = slots.len();
+    let iter = reader.into_byte_records().map(move |result| {
+        let record = match result {
+            Ok(record) => record,
+            Err(error) => {
+                let line = error.position().map_or(0, csv::Position::line);
+                return match error.kind() {
+                    csv::ErrorKind::Io(_) => Err(ExtractError::Io(std::io::Error::other(
+                        error.to_string(),
+                    ))),
+                    _ => Ok(Row::Malformed(MalformedRow {
+                        line,
+                        local_case_id: String::new(),
+                        reason: "BATCH_MALFORMED",
+                        field: String::new(),
+                        message: format!("not a valid CSV row: {error}"),
+                    })),
+                };
+            }
+        };
+        let line = record.position().map_or(0, csv::Position::line);
+        let mut cells: Cells = Default::default();
+        let mut bad_utf8 = None;
+        for (slot, value) in slots.iter().zip(record.iter()) {
+            match std::str::from_utf8(value) {
+                Ok(text) => cells[*slot] = text.to_owned(),
+                Err(_) => bad_utf8 = Some(COLUMNS[*slot]),
+            }
+        }
+        let local_case_id = column(&cells, "local_case_id");
+        if record.len() != width {
+            return Ok(Row::Malformed(MalformedRow {
+                line,
+                local_case_id,
+                reason: "BATCH_MALFORMED",
+                field: String::new(),
+                message: format!(
+                    "expected {width} fields as in the header, found {}",
+                    record.len()
+                ),
+            }));
+        }
+        if let Some(field) = bad_utf8 {
+            return Ok(Row::Malformed(MalformedRow {
+                line,
+                local_case_id,
+                reason: "FIELD_FORMAT",
+                field: field.into(),
+                message: "is not valid UTF-8".into(),
+            }));
+        }
+        Ok(row_from_cells(line, &cells))
+    });
+    Ok(Box::new(iter))
+}
+
+/// The NDJSON shape: the CSV columns as string members; unknown members are refused.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonRow {
+    nhs_number: Option<String>,
+    local_case_id: Option<String>,
+    given_name: Option<String>,
+    family_name: Option<String>,
+    date_of_birth: Option<String>,
+    cpp_start_date: Option<String>,
+    cpp_end_date: Option<String>,
+    cpp_delete_date: Option<String>,
+    lac_start_date: Option<String>,
+    lac_end_date: Option<String>,
+    lac_delete_date: Option<String>,
+    lac_legal_basis: Option<String>,
+    ucpp_start_date: Option<String>,
+    ucpp_end_date: Option<String>,
+    ucpp_delete_date: Option<String>,
+    ucpp_expected_delivery_date: Option<String>,
+}
+
+impl JsonRow {
+    fn into_cells(self) -> Cells {
+        [
+            self.nhs_number,
+            self.local_case_id,
+            self.given_name,
+            self.family_name,
+            self.date_of_birth,
+            self.cpp_start_date,
+            self.cpp_end_date,
+            self.cpp_delete_date,
+            self.lac_start_date,
+            self.lac_end_date,
+            self.lac_delete_date,
+            self.lac_legal_basis,
+            self.ucpp_start_date,
+            self.ucpp_end_date,
+            self.ucpp_delete_date,
+            self.ucpp_expected_delivery_date,
+        ]
+        .map(Option::unwrap_or_default)
+    }
+}
+
+fn ndjson_rows<R: BufRead + Send + 'static>(
+    source: R,
+) -> impl Iterator<Item = Result<Row, ExtractError>> + Send {
+    source
+        .split(b'\n')
+        .enumerate()
+        .filter_map(|(index, line)| {
+            let number = index as u64 + 1;
+            let bytes = match line {
+                Ok(bytes) => bytes,
+                Err(error) => return Some(Err(ExtractError::Io(error))),
+            };
+            let Ok(text) = std::str::from_utf8(&bytes) else {
+                return Some(Ok(Row::Malformed(MalformedRow {
+                    line: number,
+                    local_case_id: String::new(),
+                    reason: "BATCH_MALFORMED",
+                    field: String::new(),
+                    message: "is not valid UTF-8".into(),
+                })));
+            };
+            let text = text.trim();
+            if text.is_empty() {
+                return None;
+            }
+            Some(Ok(match serde_json::from_str::<JsonRow>(text) {
+                Ok(row) => row_from_cells(number, &row.into_cells()),
+                Err(error) => Row::Malformed(MalformedRow {
+                    line: number,
+                    local_case_id: String::new(),
+                    reason: "BATCH_MALFORMED",
+                    field: String::new(),
+                    message: format!("not a valid JSON object of string members: {error}"),
+                }),
+            }))
+        })
+}
+
+/// Turns named cells into a record, or says which cell cannot be read.
+fn row_from_cells(line: u64, cells: &Cells) -> Row {
+    let local_case_id = column(cells, "local_case_id");
+    match record_from_cells(cells) {
+        Ok(record) => Row::Record {
+            line,
+            record: Box::new(record),
+        },
+        Err((field, message)) => Row::Malformed(MalformedRow {
+            line,
+            local_case_id,
+            reason: "FIELD_FORMAT",
+            field: field.into(),
+            message,
+        }),
+    }
+}
+
+type CellError = (&'static str, String);
+
+fn record_from_cells(cells: &Cells) -> Result<ChildRecord, CellError> {
+    let date = |name: &'static str| -> Result<Option<Date>, CellError> {
+        let text = column(cells, name);
+        if text.is_empty() {
+            return Ok(None);
+        }
+        parse_date(&text)
+            .map(Some)
+            .ok_or((name, format!("{text:?} is not a date in the form YYYY-MM-DD")))
+    };
+    let period = |start: &'static str,
+                  end: &'static str,
+                  delete: &'static str|
+     -> Result<Option<PlanPeriod>, CellError> {
+        let period = PlanPeriod {
+            start_date: date(start)?,
+            end_date: date(end)?,
+            delete_date: date(delete)?,
+        };
+        Ok((period != PlanPeriod::default()).then_some(period))
+    };
+
+    let cpp = period("cpp_start_date", "cpp_end_date", "cpp_delete_date")?;
+    let lac_period = period("lac_start_date", "lac_end_date", "lac_delete_date")?;
+    let legal_basis_text = column(cells, "lac_legal_basis");
+    let legal_basis = if legal_basis_text.is_empty() {
+        LookedAfterLegalBasis::Unspecified
+    } else {
+        parse_legal_basis(&legal_basis_text).ok_or((
+            "lac_legal_basis",
+            format!("{legal_basis_text:?} is not one of s31, s38, s20"),
+        ))?
+    };
+    let ucpp_period = period(
+        "ucpp_start_date",
+        "ucpp_end_date",
+        "ucpp_delete_date",
+    )?;
+    let expected_delivery = date("ucpp_expected_delivery_date")?;
+
+    let looked_after_child = (lac_period.is_some()
+        || legal_basis != LookedAfterLegalBasis::Unspecified)
+        .then(|| LookedAfterChild {
+            period: Some(lac_period.unwrap_or_default()),
+            legal_basis: legal_basis as i32,
+        });
+    let unborn_child_protection_plan =
+        (ucpp_period.is_some() || expected_delivery.is_some()).then(|| UnbornChildProtectionPlan {
+            period: Some(ucpp_period.unwrap_or_default()),
+            expected_delivery_date: expected_delivery,
+        });
+
+    Ok(ChildRecord {
+        nhs_number: column(cells, "nhs_number").replace(' ', ""),
+        local_case_id: column(cells, "local_case_id"),
+        given_name: column(cells, "given_name"),
+        family_name: column(cells, "family_name"),
+        date_of_birth: date("date_of_birth")?,
+        child_protection_plan: cpp.map(|period| ChildProtectionPlan {
+            period: Some(period),
+        }),
+        looked_after_child,
+        unborn_child_protection_plan,
+        ..ChildRecord::default()
+    })
+}
+
+/// `YYYY-MM-DD` into a `google.type.Date`; the calendar check is the registry's (it names the
+/// field in its answer), so 2025-02-30 passes here and is rejected there.
+pub fn parse_date(text: &str) -> Option<Date> {
+    let mut parts = text.split('-');
+    let (year, month, day) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some()
+        || year.len() != 4
+        || month.len() != 2
+        || day.len() != 2
+        || ![year, month, day]
+            .iter()
+            .all(|p| p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return None;
+    }
+    Some(Date {
+        year: year.parse().ok()?,
+        month: month.parse().ok()?,
+        day: day.parse().ok()?,
+    })
+}
+
+/// `s31`, `s38`, `s20` (any case, "section 31" too) into the contract's legal basis.
+fn parse_legal_basis(text: &str) -> Option<LookedAfterLegalBasis> {
+    let digits: String = text.chars().filter(char::is_ascii_digit).collect();
+    match digits.as_str() {
+        "31" => Some(LookedAfterLegalBasis::Section31CareOrder),
+        "38" => Some(LookedAfterLegalBasis::Section38InterimCareOrder),
+        "20" => Some(LookedAfterLegalBasis::Section20VoluntaryAccommodation),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(text: &str, format: Format) -> Vec<Row> {
+        rows(std::io::Cursor::new(text.to_owned()), format)
+            .map(|it| it.filter_map(Result::ok).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn csv_columns_in_any_order_and_blocks_from_present_cells() {
+        let rows = collect(
+            "local_case_id,nhs_number,lac_start_date,lac_legal_basis,given_name\n\
+             C1,9990000018,2025-01-02,S20,Alex\n",
+            Format::Csv,
+        );
+        let [Row::Record { line, record }] = rows.as_slice() else {
+            panic!("one record expected: {rows:?}");
+        };
+        assert_eq!(*line, 2);
+        assert_eq!(record.nhs_number, "9990000018");
+        assert_eq!(record.local_case_id, "C1");
+        let lac = record.looked_after_child.unwrap_or_default();
+        assert_eq!(
+            lac.legal_basis,
+            LookedAfterLegalBasis::Section20VoluntaryAccommodation as i32
+        );
+        assert_eq!(
+            lac.period.and_then(|p| p.start_date),
+            Some(Date {
+                year: 2025,
+                month: 1,
+                day: 2
+            })
+        );
+        assert!(record.child_protection_plan.is_none());
+        assert!(record.unborn_child_protection_plan.is_none());
+    }
+
+    #[test]
+    fn malformed_rows_name_their_line_and_field() {
+        let rows = collect(
+            "nhs_number,local_case_id,cpp_start_date\n\
+             9990000018,C1,2025-01-02\n\
+             9990000026,C2,02/01/2025\n\
+             9990000034,C3\n",
+            Format::Csv,
+        );
+        assert_eq!(rows.len(), 3);
+        let Row::Malformed(bad_date) = &rows[1] else {
+            panic!("{rows:?}")
+        };
+        assert_eq!(
+            (bad_date.line, bad_date.field.as_str(), bad_date.reason),
+            (3, "cpp_start_date", "FIELD_FORMAT")
+        );
+        assert_eq!(bad_date.local_case_id, "C2");
+        let Row::Malformed(short) = &rows[2] else {
+            panic!("{rows:?}")
+        };
+        assert_eq!((short.line, short.reason), (4, "BATCH_MALFORMED"));
+    }
+
+    #[test]
+    fn unknown_or_missing_columns_refuse_the_file() {
+        for header in ["nhs_number,cpp_start\n", "local_case_id\n", "\n"] {
+            assert!(
+                rows(std::io::Cursor::new(header.to_owned()), Format::Csv).is_err(),
+                "{header:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ndjson_rows_and_bad_json() {
+        let rows = collect(
+            "{\"nhs_number\":\"9990000018\",\"ucpp_start_date\":\"2026-01-01\",\"ucpp_expected_delivery_date\":\"2026-06-01\"}\n\
+             \n\
+             {\"nhs_number\":\"9990000026\",\"bogus\":\"x\"}\n\
+             not json\n",
+            Format::Ndjson,
+        );
+        assert_eq!(rows.len(), 3);
+        assert!(matches!(&rows[0], Row::Record { line: 1, record } if record.unborn_child_protection_plan.is_some()));
+        assert!(matches!(&rows[1], Row::Malformed(m) if m.line == 3));
+        assert!(matches!(&rows[2], Row::Malformed(m) if m.line == 4));
+    }
+
+    #[test]
+    fn dates_are_strict_in_shape() {
+        assert!(parse_date("2025-01-02").is_some());
+        for bad in ["2025-1-02", "25-01-02", "2025-01-02-", "2025/01/02", "", "2025-0a-02"] {
+            assert!(parse_date(bad).is_none(), "{bad}");
+        }
+    }
+}

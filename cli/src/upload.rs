@@ -1,0 +1,417 @@
+//! `cpis upload FILE`: streams a council's extract through `CouncilService.UploadBatch` with a
+//! progress bar, then writes a rejection report (one line per rejected or malformed row, by the
+//! file's line number) and prints a summary. The batch id defaults to a digest of the file, so
+//! re-running the same file is a safe replay that changes nothing.
+
+use std::io::{BufReader, Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cpis_proto::cpis::common::v1::ErrorReason;
+use cpis_proto::cpis::registry::v1::{
+    BatchHeader, BatchOutcome, UploadBatchRequest, UploadBatchResponse, upload_batch_request::Item,
+};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc;
+
+use crate::client::{CliError, CouncilArgs};
+use crate::extract::{self, Format, MalformedRow, Row};
+
+/// Exit code when the upload completed but some rows were rejected or malformed.
+pub const EXIT_REJECTED: u8 = 3;
+
+/// `cpis upload` arguments.
+#[derive(Debug, clap::Args)]
+pub struct UploadArgs {
+    /// The extract: CSV with a header row, or NDJSON (`.ndjson`, `.jsonl`).
+    pub file: PathBuf,
+    /// The file's format; guessed from its extension when absent.
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// The batch id (the idempotency key). Default: `sha256-` and a digest of the file, so the
+    /// same file always makes the same batch and re-running it is a replay.
+    #[arg(long)]
+    pub batch_id: Option<String>,
+    /// The council's file sequence number, recorded for reconciliation.
+    #[arg(long, default_value_t = 0)]
+    pub sequence: u64,
+    /// Where to write the rejection report (CSV). Default: FILE.rejections.csv.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Do not draw the progress bar (it is drawn on a terminal only, on standard error).
+    #[arg(long)]
+    pub no_progress: bool,
+    #[command(flatten)]
+    pub council: CouncilArgs,
+}
+
+/// A line of the rejection report.
+#[derive(Debug)]
+struct ReportLine {
+    line: u64,
+    local_case_id: String,
+    reason: String,
+    field: String,
+    message: String,
+    replacement_nhs_number: String,
+}
+
+/// What the file looked like before sending: its digest and how many rows it holds.
+struct Survey {
+    digest: String,
+    rows: u64,
+}
+
+/// Reads the file once for its SHA-256 and its line count (for the progress bar's ETA).
+fn survey(path: &Path) -> Result<Survey, CliError> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| CliError::Other(format!("cannot open {}: {e}", path.display())))?;
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let mut hasher = Sha256::new();
+    let mut lines = 0u64;
+    let mut last = b'\n';
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        let chunk = &buf[..n];
+        hasher.update(chunk);
+        lines += chunk.iter().filter(|b| **b == b'\n').count() as u64;
+        last = chunk[n - 1];
+    }
+    if last != b'\n' {
+        lines += 1;
+    }
+    let digest = hasher
+        .finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(Survey {
+        digest,
+        rows: lines,
+    })
+}
+
+/// What reading the file produced, besides the records sent.
+struct ReadOutcome {
+    /// The file line of each record sent, in send order (position p is `lines[p - 1]`).
+    lines: Vec<u64>,
+    malformed: Vec<MalformedRow>,
+    rows: u64,
+}
+
+/// Runs the upload; returns the process exit code.
+pub async fn run(args: UploadArgs, json_output: bool) -> Result<u8, CliError> {
+    let started = Instant::now();
+    let format = args
+        .format
+        .unwrap_or_else(|| Format::from_path(&args.file));
+    let path = args.file.clone();
+    let surveyed = tokio::task::spawn_blocking(move || survey(&path))
+        .await
+        .map_err(|e| CliError::Other(e.to_string()))??;
+    let batch_id = args
+        .batch_id
+        .clone()
+        .unwrap_or_else(|| format!("sha256-{}", surveyed.digest));
+    let expected_rows = match format {
+        Format::Csv => surveyed.rows.saturating_sub(1),
+        Format::Ndjson => surveyed.rows,
+    };
+
+    let file = std::fs::File::open(&args.file)
+        .map_err(|e| CliError::Other(format!("cannot open {}: {e}", args.file.display())))?;
+    let rows = extract::rows(BufReader::with_capacity(1 << 16, file), format)
+        .map_err(|e| CliError::Other(format!("{}: {e}", args.file.display())))?;
+
+    let progress = if args.no_progress || json_output {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::with_draw_target(Some(expected_rows), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {elapsed_precise} [{wide_bar}] {human_pos}/{human_len} rows  {per_sec}  ETA {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    };
+
+    let mut client = args.council.client().await?;
+    let (tx, rx) = mpsc::channel::<UploadBatchRequest>(512);
+    let header = UploadBatchRequest {
+        item: Some(Item::Header(BatchHeader {
+            batch_id: batch_id.clone(),
+            sequence_number: args.sequence,
+            ..BatchHeader::default()
+        })),
+    };
+    tx.send(header)
+        .await
+        .map_err(|_| CliError::Other("upload stream closed before it started".into()))?;
+
+    // The file is read on a blocking thread and handed over through a bounded channel, so memory
+    // stays flat however large the extract is and a slow registry slows the reader. If the file
+    // cannot be read to its end, the call is cancelled rather than ended: the registry then
+    // records no outcome for this batch id, and a retry of the whole file is accepted.
+    let (abort_tx, abort_rx) = tokio::sync::oneshot::channel::<CliError>();
+    let (aborted_tx, aborted_rx) = tokio::sync::oneshot::channel::<()>();
+    let reader_progress = progress.clone();
+    let reader = tokio::task::spawn_blocking(move || -> ReadOutcome {
+        let mut outcome = ReadOutcome {
+            lines: Vec::new(),
+            malformed: Vec::new(),
+            rows: 0,
+        };
+        for row in rows {
+            let row = match row {
+                Ok(row) => row,
+                Err(error) => {
+                    let _ = abort_tx.send(CliError::Other(error.to_string()));
+                    // Keep the stream open until the call is cancelled.
+                    let _ = aborted_rx.blocking_recv();
+                    drop(tx);
+                    return outcome;
+                }
+            };
+            outcome.rows += 1;
+            reader_progress.inc(1);
+            match row {
+                Row::Record { line, record } => {
+                    outcome.lines.push(line);
+                    let request = UploadBatchRequest {
+                        item: Some(Item::Record(*record)),
+                    };
+                    if tx.blocking_send(request).is_err() {
+                        // The call ended early (its error is reported by the caller).
+                        break;
+                    }
+                }
+                Row::Malformed(bad) => outcome.malformed.push(bad),
+            }
+        }
+        outcome
+    });
+
+    let call = client.upload_batch(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let response = tokio::select! {
+        response = call => response,
+        Ok(error) = abort_rx => {
+            progress.finish_and_clear();
+            let _ = aborted_tx.send(());
+            return Err(error);
+        }
+    };
+    let read = reader
+        .await
+        .map_err(|e| CliError::Other(e.to_string()))?;
+    progress.finish_and_clear();
+    let response: UploadBatchResponse = response?.into_inner();
+    let result = response.result.unwrap_or_default();
+
+    let mut report: Vec<ReportLine> = read
+        .malformed
+        .into_iter()
+        .map(|m| ReportLine {
+            line: m.line,
+            local_case_id: m.local_case_id,
+            reason: m.reason.to_owned(),
+            field: m.field,
+            message: m.message,
+            replacement_nhs_number: String::new(),
+        })
+        .collect();
+    let malformed_count = report.len() as u64;
+    for rejection in &result.rejections {
+        let line = usize::try_from(rejection.position)
+            .ok()
+            .and_then(|p| p.checked_sub(1))
+            .and_then(|i| read.lines.get(i))
+            .copied()
+            .unwrap_or(0);
+        let reason = ErrorReason::try_from(rejection.reason)
+            .map(ErrorReason::as_info_reason)
+            .unwrap_or("UNSPECIFIED");
+        report.push(ReportLine {
+            line,
+            local_case_id: rejection.local_case_id.clone(),
+            reason: reason.to_owned(),
+            field: rejection.field.clone(),
+            message: rejection.message.clone(),
+            replacement_nhs_number: rejection.replacement_nhs_number.clone(),
+        });
+    }
+    report.sort_by_key(|r| r.line);
+
+    let report_path = args.report.clone().unwrap_or_else(|| {
+        let mut name = args.file.clone().into_os_string();
+        name.push(".rejections.csv");
+        PathBuf::from(name)
+    });
+    write_report(&report_path, &report)?;
+
+    let elapsed = started.elapsed();
+    let outcome = BatchOutcome::try_from(result.outcome)
+        .map(|o| {
+            o.as_str_name()
+                .trim_start_matches("BATCH_OUTCOME_")
+                .to_owned()
+        })
+        .unwrap_or_else(|_| "UNSPECIFIED".into());
+    let rate = if elapsed.as_secs_f64() > 0.0 {
+        read.rows as f64 / elapsed.as_secs_f64()
+    } else {
+        0.0
+    };
+    let rejected_rows = report.len() as u64;
+    if json_output {
+        let summary = json!({
+            "batch_id": result.batch_id,
+            "sequence_number": result.sequence_number,
+            "outcome": outcome,
+            "replayed": response.replayed,
+            "rows_read": read.rows,
+            "records_sent": read.lines.len(),
+            "received": result.received_count,
+            "accepted": result.accepted_count,
+            "rejected": result.rejected_count,
+            "malformed": malformed_count,
+            "report": report_path.display().to_string(),
+            "report_rows": rejected_rows,
+            "seconds": elapsed.as_secs_f64(),
+        });
+        println!("{summary}");
+    } else {
+        println!(
+            "batch {} (sequence {}): {outcome}{}",
+            result.batch_id,
+            result.sequence_number,
+            if response.replayed {
+                " (already uploaded: this is its first outcome; nothing changed)"
+            } else {
+                ""
+            }
+        );
+        println!(
+            "  rows read {}  sent {}  accepted {}  rejected by the registry {}  malformed (not sent) {}",
+            read.rows,
+            read.lines.len(),
+            result.accepted_count,
+            result.rejected_count,
+            malformed_count
+        );
+        println!(
+            "  rejection report: {} ({rejected_rows} rows)",
+            report_path.display()
+        );
+        println!("  {:.1} s, {:.0} rows/s", elapsed.as_secs_f64(), rate);
+    }
+    Ok(if rejected_rows == 0 { 0 } else { EXIT_REJECTED })
+}
+
+/// Writes the report as CSV with a header; always written, so an old report never outlives a
+/// clean run.
+fn write_report(path: &Path, lines: &[ReportLine]) -> Result<(), CliError> {
+    let file = std::fs::File::create(path)
+        .map_err(|e| CliError::Other(format!("cannot write {}: {e}", path.display())))?;
+    let mut writer = csv::Writer::from_writer(std::io::BufWriter::new(file));
+    let io = |e: csv::Error| CliError::Other(format!("cannot write {}: {e}", path.display()));
+    writer
+        .write_record([
+            "line",
+            "local_case_id",
+            "reason",
+            "field",
+            "message",
+            "replacement_nhs_number",
+        ])
+        .map_err(io)?;
+    for line in lines {
+        writer
+            .write_record([
+                line.line.to_string().as_str(),
+                &line.local_case_id,
+                &line.reason,
+                &line.field,
+                &line.message,
+                &line.replacement_nhs_number,
+            ])
+            .map_err(io)?;
+    }
+    let mut inner = writer
+        .into_inner()
+        .map_err(|e| CliError::Other(format!("cannot write {}: {e}", path.display())))?;
+    inner.flush()?;
+    Ok(())
+}
+
+/// Reads a report back (for tests and scripts): (line, reason, field) per row.
+#[cfg(test)]
+fn read_report(path: &Path) -> Vec<(u64, String, String)> {
+    use std::io::BufRead as _;
+    let file = std::fs::File::open(path).map(BufReader::new);
+    file.map(|f| {
+        f.lines()
+            .skip(1)
+            .map_while(Result::ok)
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split(',').collect();
+                Some((
+                    cells.first()?.parse().ok()?,
+                    (*cells.get(2)?).to_owned(),
+                    (*cells.get(3)?).to_owned(),
+                ))
+            })
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn survey_counts_lines_with_or_without_a_final_newline() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let a = dir.path().join("a.csv");
+        std::fs::write(&a, "h\n1\n2\n").unwrap_or_else(|e| panic!("{e}"));
+        let b = dir.path().join("b.csv");
+        std::fs::write(&b, "h\n1\n2").unwrap_or_else(|e| panic!("{e}"));
+        let (sa, sb) = (survey(&a).ok(), survey(&b).ok());
+        assert_eq!(sa.as_ref().map(|s| s.rows), Some(3));
+        assert_eq!(sb.as_ref().map(|s| s.rows), Some(3));
+        assert_ne!(sa.map(|s| s.digest), sb.map(|s| s.digest));
+    }
+
+    #[test]
+    fn report_round_trips() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("r.csv");
+        let lines = [ReportLine {
+            line: 7,
+            local_case_id: "C7".into(),
+            reason: "NHS_NUMBER_INVALID".into(),
+            field: "record.nhs_number".into(),
+            message: "check digit is not valid".into(),
+            replacement_nhs_number: String::new(),
+        }];
+        write_report(&path, &lines).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            read_report(&path),
+            vec![(
+                7,
+                "NHS_NUMBER_INVALID".to_owned(),
+                "record.nhs_number".to_owned()
+            )]
+        );
+    }
+}
