@@ -112,10 +112,20 @@ impl tonic::service::Interceptor for Bearer {
 #[derive(Debug, Clone, clap::Args)]
 pub struct CouncilArgs {
     /// The registry's council-facing address.
-    #[arg(long, env = "CPIS_REGISTRY_URL", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "CPIS_REGISTRY_URL",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
     pub registry_url: String,
     /// The council's bearer token (from the council's identity provider, or `cpis token council`).
-    #[arg(long, env = "CPIS_COUNCIL_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "CPIS_COUNCIL_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
     pub token: Option<SecretString>,
 }
 

@@ -39,27 +39,31 @@ pub enum ContactsAction {
 pub async fn run(args: ContactsArgs, json_output: bool) -> Result<u8, CliError> {
     let mut client = args.council.client().await?;
     let la = match args.action.unwrap_or(ContactsAction::Get) {
-        ContactsAction::Get => client
-            .get_contact_details(GetContactDetailsRequest::default())
-            .await?
-            .into_inner()
-            .local_authority,
+        ContactsAction::Get => {
+            client
+                .get_contact_details(GetContactDetailsRequest::default())
+                .await?
+                .into_inner()
+                .local_authority
+        }
         ContactsAction::Set {
             name,
             emergency_duty_phone,
             office_hours_phone,
-        } => client
-            .set_contact_details(SetContactDetailsRequest {
-                local_authority: Some(LocalAuthority {
-                    name,
-                    emergency_duty_phone,
-                    office_hours_phone,
-                    ..LocalAuthority::default()
-                }),
-            })
-            .await?
-            .into_inner()
-            .local_authority,
+        } => {
+            client
+                .set_contact_details(SetContactDetailsRequest {
+                    local_authority: Some(LocalAuthority {
+                        name,
+                        emergency_duty_phone,
+                        office_hours_phone,
+                        ..LocalAuthority::default()
+                    }),
+                })
+                .await?
+                .into_inner()
+                .local_authority
+        }
     }
     .unwrap_or_default();
     if json_output {

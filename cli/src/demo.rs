@@ -49,7 +49,9 @@ pub fn test_nhs_number(i: usize) -> String {
             }
             let check = cpis_core::nhs_number::check_digit(&digits)?;
             let number = format!("{body}{check}");
-            cpis_core::nhs_number::NhsNumber::parse(&number).ok().map(|_| number)
+            cpis_core::nhs_number::NhsNumber::parse(&number)
+                .ok()
+                .map(|_| number)
         })
         .nth(i)
         .unwrap_or_default()
@@ -276,7 +278,11 @@ mod tests {
     fn every_plan_type_is_in_the_demo() {
         let today = NaiveDate::from_ymd_opt(2026, 11, 25).unwrap_or_default();
         let (records, guide) = records(today);
-        assert!(records.iter().any(|(_, r)| r.child_protection_plan.is_some()));
+        assert!(
+            records
+                .iter()
+                .any(|(_, r)| r.child_protection_plan.is_some())
+        );
         assert!(records.iter().any(|(_, r)| r.looked_after_child.is_some()));
         assert!(
             records

@@ -94,11 +94,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
         registry,
         stopped(&stop),
     ));
-    let lookup_task = tokio::spawn(lookup_service::serve(
-        lookup_config,
-        lookup,
-        stopped(&stop),
-    ));
+    let lookup_task = tokio::spawn(lookup_service::serve(lookup_config, lookup, stopped(&stop)));
 
     let ready = async {
         wait_serving(registry_addr).await?;
@@ -123,7 +119,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
     let week = Duration::from_secs(7 * 24 * 3600);
     let dev_tokens = DevTokens {
         council: council_signer.mint(&tokens::council("DEV01", "read write"), week)?,
-        ed: nhs_signer.mint(&tokens::clinician(&clinician("B0107", "EMERGENCY_DEPARTMENT")), week)?,
+        ed: nhs_signer.mint(
+            &tokens::clinician(&clinician("B0107", "EMERGENCY_DEPARTMENT")),
+            week,
+        )?,
         gp: nhs_signer.mint(
             &tokens::clinician(&ClinicianArgs {
                 org: "ADEV1".into(),
@@ -147,7 +146,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
         let _ = stop.send(());
     };
     let (registry_result, lookup_result, ()) = tokio::join!(registry_task, lookup_task, signal);
-    registry_result.context("registry task")?.context("registry")?;
+    registry_result
+        .context("registry task")?
+        .context("registry")?;
     lookup_result.context("lookup task")?.context("lookup")?;
     Ok(0)
 }
@@ -181,7 +182,9 @@ async fn wait_serving(addr: SocketAddr) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let status = async {
-            let channel = crate::client::connect(&format!("http://{addr}")).await.ok()?;
+            let channel = crate::client::connect(&format!("http://{addr}"))
+                .await
+                .ok()?;
             let answer = HealthClient::new(channel)
                 .check(HealthCheckRequest::default())
                 .await
@@ -258,7 +261,9 @@ fn print_guide(
             "existing data kept".to_owned()
         }
     ));
-    out.push_str("\nDemo councils: DEV01 Devtown, DEV02 Sampleshire, DEV03 Exampleton. Demo NHS numbers:\n");
+    out.push_str(
+        "\nDemo councils: DEV01 Devtown, DEV02 Sampleshire, DEV03 Exampleton. Demo NHS numbers:\n",
+    );
     for child in &children {
         out.push_str(&format!("  {}  {}\n", child.nhs_number, child.shows));
     }

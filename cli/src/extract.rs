@@ -166,9 +166,9 @@ fn csv_rows<R: Read + Send + 'static>(
             Err(error) => {
                 let line = error.position().map_or(0, csv::Position::line);
                 return match error.kind() {
-                    csv::ErrorKind::Io(_) => Err(ExtractError::Io(std::io::Error::other(
-                        error.to_string(),
-                    ))),
+                    csv::ErrorKind::Io(_) => {
+                        Err(ExtractError::Io(std::io::Error::other(error.to_string())))
+                    }
                     _ => Ok(Row::Malformed(MalformedRow {
                         line,
                         local_case_id: String::new(),
@@ -264,39 +264,36 @@ impl JsonRow {
 fn ndjson_rows<R: BufRead + Send + 'static>(
     source: R,
 ) -> impl Iterator<Item = Result<Row, ExtractError>> + Send {
-    source
-        .split(b'\n')
-        .enumerate()
-        .filter_map(|(index, line)| {
-            let number = index as u64 + 1;
-            let bytes = match line {
-                Ok(bytes) => bytes,
-                Err(error) => return Some(Err(ExtractError::Io(error))),
-            };
-            let Ok(text) = std::str::from_utf8(&bytes) else {
-                return Some(Ok(Row::Malformed(MalformedRow {
-                    line: number,
-                    local_case_id: String::new(),
-                    reason: "BATCH_MALFORMED",
-                    field: String::new(),
-                    message: "is not valid UTF-8".into(),
-                })));
-            };
-            let text = text.trim();
-            if text.is_empty() {
-                return None;
-            }
-            Some(Ok(match serde_json::from_str::<JsonRow>(text) {
-                Ok(row) => row_from_cells(number, &row.into_cells()),
-                Err(error) => Row::Malformed(MalformedRow {
-                    line: number,
-                    local_case_id: String::new(),
-                    reason: "BATCH_MALFORMED",
-                    field: String::new(),
-                    message: format!("not a valid JSON object of string members: {error}"),
-                }),
-            }))
-        })
+    source.split(b'\n').enumerate().filter_map(|(index, line)| {
+        let number = index as u64 + 1;
+        let bytes = match line {
+            Ok(bytes) => bytes,
+            Err(error) => return Some(Err(ExtractError::Io(error))),
+        };
+        let Ok(text) = std::str::from_utf8(&bytes) else {
+            return Some(Ok(Row::Malformed(MalformedRow {
+                line: number,
+                local_case_id: String::new(),
+                reason: "BATCH_MALFORMED",
+                field: String::new(),
+                message: "is not valid UTF-8".into(),
+            })));
+        };
+        let text = text.trim();
+        if text.is_empty() {
+            return None;
+        }
+        Some(Ok(match serde_json::from_str::<JsonRow>(text) {
+            Ok(row) => row_from_cells(number, &row.into_cells()),
+            Err(error) => Row::Malformed(MalformedRow {
+                line: number,
+                local_case_id: String::new(),
+                reason: "BATCH_MALFORMED",
+                field: String::new(),
+                message: format!("not a valid JSON object of string members: {error}"),
+            }),
+        }))
+    })
 }
 
 /// Turns named cells into a record, or says which cell cannot be read.
@@ -325,9 +322,10 @@ fn record_from_cells(cells: &Cells) -> Result<ChildRecord, CellError> {
         if text.is_empty() {
             return Ok(None);
         }
-        parse_date(&text)
-            .map(Some)
-            .ok_or((name, format!("{text:?} is not a date in the form YYYY-MM-DD")))
+        parse_date(&text).map(Some).ok_or((
+            name,
+            format!("{text:?} is not a date in the form YYYY-MM-DD"),
+        ))
     };
     let period = |start: &'static str,
                   end: &'static str,
@@ -352,11 +350,7 @@ fn record_from_cells(cells: &Cells) -> Result<ChildRecord, CellError> {
             format!("{legal_basis_text:?} is not one of s31, s38, s20"),
         ))?
     };
-    let ucpp_period = period(
-        "ucpp_start_date",
-        "ucpp_end_date",
-        "ucpp_delete_date",
-    )?;
+    let ucpp_period = period("ucpp_start_date", "ucpp_end_date", "ucpp_delete_date")?;
     let expected_delivery = date("ucpp_expected_delivery_date")?;
 
     let looked_after_child = (lac_period.is_some()
@@ -503,7 +497,9 @@ mod tests {
             Format::Ndjson,
         );
         assert_eq!(rows.len(), 3);
-        assert!(matches!(&rows[0], Row::Record { line: 1, record } if record.unborn_child_protection_plan.is_some()));
+        assert!(
+            matches!(&rows[0], Row::Record { line: 1, record } if record.unborn_child_protection_plan.is_some())
+        );
         assert!(matches!(&rows[1], Row::Malformed(m) if m.line == 3));
         assert!(matches!(&rows[2], Row::Malformed(m) if m.line == 4));
     }
@@ -511,7 +507,14 @@ mod tests {
     #[test]
     fn dates_are_strict_in_shape() {
         assert!(parse_date("2025-01-02").is_some());
-        for bad in ["2025-1-02", "25-01-02", "2025-01-02-", "2025/01/02", "", "2025-0a-02"] {
+        for bad in [
+            "2025-1-02",
+            "25-01-02",
+            "2025-01-02-",
+            "2025/01/02",
+            "",
+            "2025-0a-02",
+        ] {
             assert!(parse_date(bad).is_none(), "{bad}");
         }
     }

@@ -20,7 +20,11 @@ pub struct LookupArgs {
     #[arg(long)]
     pub scheduled: bool,
     /// The lookup service's address.
-    #[arg(long, env = "CPIS_LOOKUP_URL", default_value = "http://127.0.0.1:50052")]
+    #[arg(
+        long,
+        env = "CPIS_LOOKUP_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
     pub lookup_url: String,
     /// The clinician's or system's bearer token (CIS2-style; `cpis token clinician` in dev).
     #[arg(long, env = "CPIS_NHS_TOKEN", hide_env_values = true)]

@@ -230,7 +230,10 @@ fn print_notification(notification: &Notification, json_output: bool) {
                 inactive_reason(inactive.reason),
             );
         }
-        None => println!("#{} {when} (a kind this tool does not know)", notification.sequence),
+        None => println!(
+            "#{} {when} (a kind this tool does not know)",
+            notification.sequence
+        ),
     }
 }
 

@@ -118,7 +118,12 @@ pub struct TokenArgs {
     #[command(subcommand)]
     pub kind: TokenKind,
     /// The dev stack's data directory, which holds its signing key (created if absent).
-    #[arg(long, env = "CPIS_DATA_DIR", default_value = ".data/dev", global = true)]
+    #[arg(
+        long,
+        env = "CPIS_DATA_DIR",
+        default_value = ".data/dev",
+        global = true
+    )]
     pub data_dir: PathBuf,
     /// How long the token is valid.
     #[arg(long, default_value = "7d", value_parser = humantime::parse_duration, global = true)]

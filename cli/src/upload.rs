@@ -109,9 +109,7 @@ struct ReadOutcome {
 /// Runs the upload; returns the process exit code.
 pub async fn run(args: UploadArgs, json_output: bool) -> Result<u8, CliError> {
     let started = Instant::now();
-    let format = args
-        .format
-        .unwrap_or_else(|| Format::from_path(&args.file));
+    let format = args.format.unwrap_or_else(|| Format::from_path(&args.file));
     let path = args.file.clone();
     let surveyed = tokio::task::spawn_blocking(move || survey(&path))
         .await
@@ -210,9 +208,7 @@ pub async fn run(args: UploadArgs, json_output: bool) -> Result<u8, CliError> {
             return Err(error);
         }
     };
-    let read = reader
-        .await
-        .map_err(|e| CliError::Other(e.to_string()))?;
+    let read = reader.await.map_err(|e| CliError::Other(e.to_string()))?;
     progress.finish_and_clear();
     let response: UploadBatchResponse = response?.into_inner();
     let result = response.result.unwrap_or_default();

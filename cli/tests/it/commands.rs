@@ -1,0 +1,321 @@
+//! `cpis contacts`, `cpis token`, `cpis lookup` and `cpis notifications` against a running dev
+//! stack: results for people and for scripts, and errors on one line with code, reason, field.
+
+use std::time::Duration;
+
+use crate::harness::{DevStack, nhs};
+
+#[test]
+fn contacts_get_set_and_validation() {
+    let stack = DevStack::start();
+    let get = stack.council(&["contacts"]);
+    assert_eq!(get.code, 0, "{get:?}");
+    assert!(
+        get.stdout.contains("Devtown Borough Council [DEV01]"),
+        "{get:?}"
+    );
+    assert!(get.stdout.contains("020 7946 0000"), "{get:?}");
+
+    let set = stack.council(&[
+        "contacts",
+        "set",
+        "--json",
+        "--name",
+        "Devtown Children's Services",
+        "--emergency-duty-phone",
+        "020 7946 0500",
+        "--office-hours-phone",
+        "020 7946 0501",
+    ]);
+    assert_eq!(set.code, 0, "{set:?}");
+    let la = set.json_lines().pop().unwrap();
+    assert_eq!(la["ods_code"], "DEV01");
+    assert_eq!(la["office_hours_phone"], "020 7946 0501");
+    let seen = stack.ed_lookup(&nhs(0));
+    assert_eq!(
+        seen["alerts"][0]["local_authority"]["name"],
+        "Devtown Children's Services"
+    );
+
+    let bad = stack.council(&[
+        "contacts",
+        "set",
+        "--name",
+        "Devtown",
+        "--emergency-duty-phone",
+        "123",
+    ]);
+    assert_eq!(bad.code, 1);
+    assert_eq!(bad.stdout, "");
+    let lines: Vec<&str> = bad.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{bad:?}");
+    assert!(
+        lines[0].starts_with(
+            "error: INVALID_ARGUMENT FIELD_FORMAT field=local_authority.emergency_duty_phone: "
+        ),
+        "{bad:?}"
+    );
+    // Nothing changed.
+    let after = stack
+        .council(&["contacts", "--json"])
+        .json_lines()
+        .pop()
+        .unwrap();
+    assert_eq!(after["emergency_duty_phone"], "020 7946 0500");
+
+    let anonymous = stack.run(&["contacts"]);
+    assert_eq!(anonymous.code, 1);
+    assert!(
+        anonymous
+            .stderr
+            .starts_with("error: UNAUTHENTICATED TOKEN_MISSING"),
+        "{anonymous:?}"
+    );
+}
+
+#[test]
+fn tokens_from_cpis_token_are_accepted_and_checked() {
+    let stack = DevStack::start();
+    let data = stack.data_dir();
+    let data = data.to_str().unwrap();
+    let token = |args: &[&str]| {
+        let mut all = vec!["token"];
+        all.extend_from_slice(args);
+        all.extend(["--data-dir", data]);
+        let out = stack.run(&all);
+        assert_eq!(out.code, 0, "{out:?}");
+        out.stdout.trim().to_owned()
+    };
+
+    // Another council sees its own contact details.
+    let dev02 = token(&["council", "DEV02"]);
+    let contacts = stack.run(&["contacts", "--json", "--token", &dev02]);
+    assert_eq!(contacts.json_lines().pop().unwrap()["ods_code"], "DEV02");
+
+    // A read-only council token cannot write.
+    let read_only = token(&["council", "DEV02", "--scope", "read"]);
+    let write = stack.run(&[
+        "contacts",
+        "set",
+        "--name",
+        "X",
+        "--emergency-duty-phone",
+        "0117 496 0999",
+        "--token",
+        &read_only,
+    ]);
+    assert_eq!(write.code, 1);
+    assert!(
+        write
+            .stderr
+            .starts_with("error: PERMISSION_DENIED SCOPE_MISSING"),
+        "{write:?}"
+    );
+
+    // A maternity clinician (B0107) sees the unborn child's plan on the mother's number.
+    let midwife = token(&[
+        "clinician",
+        "--setting",
+        "MATERNITY_UNIT",
+        "--org",
+        "RMAT1",
+        "--name",
+        "Midwife Kim",
+    ]);
+    let unborn = stack.run(&["lookup", &nhs(3), "--json", "--token", &midwife]);
+    assert_eq!(unborn.code, 0, "{unborn:?}");
+    let answer = unborn.json_lines().pop().unwrap();
+    assert_eq!(
+        answer["alerts"][0]["plans"][0]["plan_type"],
+        "UNBORN_CHILD_PROTECTION_PLAN"
+    );
+    assert_eq!(answer["recent_accesses"][0]["accessor_name"], "Midwife Kim");
+    assert_eq!(
+        answer["recent_accesses"][0]["care_setting"],
+        "MATERNITY_UNIT"
+    );
+
+    // A B0170 (scheduled) role cannot claim an unscheduled access.
+    let scheduled = token(&[
+        "clinician",
+        "--activity",
+        "B0170",
+        "--setting",
+        "GP_IN_HOURS",
+    ]);
+    let refused = stack.run(&["lookup", &nhs(0), "--token", &scheduled]);
+    assert_eq!(refused.code, 1);
+    assert!(
+        refused
+            .stderr
+            .starts_with("error: PERMISSION_DENIED ACCESS_DENIED"),
+        "{refused:?}"
+    );
+    let silent = stack.run(&["lookup", &nhs(0), "--scheduled", "--token", &scheduled]);
+    assert_eq!(silent.code, 0, "{silent:?}");
+    assert!(
+        silent.stdout.contains("SCHEDULED_SILENT_READ"),
+        "{silent:?}"
+    );
+
+    // A system token (NHS 111 acting for a responsible person).
+    let system = token(&["system", "--responsible-person", "Dr On Call"]);
+    let by_system = stack.run(&["lookup", &nhs(1), "--json", "--token", &system]);
+    assert_eq!(by_system.code, 0, "{by_system:?}");
+    assert_eq!(
+        by_system.json_lines().pop().unwrap()["recent_accesses"][0]["accessor_name"],
+        "Dr On Call"
+    );
+
+    // A token signed by another dev stack's key is refused.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let foreign = stack.run(&[
+        "token",
+        "council",
+        "DEV01",
+        "--data-dir",
+        elsewhere.path().to_str().unwrap(),
+    ]);
+    let refused = stack.run(&["contacts", "--token", foreign.stdout.trim()]);
+    assert_eq!(refused.code, 1);
+    assert!(
+        refused
+            .stderr
+            .starts_with("error: UNAUTHENTICATED TOKEN_INVALID"),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn lookup_reports_bad_numbers_and_empty_answers() {
+    let stack = DevStack::start();
+    let bad = stack.run(&["lookup", "9991234560", "--token", &stack.ed_token]);
+    assert_eq!(bad.code, 1);
+    let lines: Vec<&str> = bad.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{bad:?}");
+    assert!(
+        lines[0].starts_with("error: INVALID_ARGUMENT NHS_NUMBER_INVALID field=nhs_number: "),
+        "{bad:?}"
+    );
+    let none = stack.run(&["lookup", &nhs(6), "--token", &stack.ed_token]);
+    assert_eq!(none.code, 0, "{none:?}");
+    assert!(none.stdout.contains("no CP-IS record"), "{none:?}");
+
+    let unreachable = crate::harness::run_in(
+        stack.dir.path(),
+        &[
+            "lookup",
+            &nhs(0),
+            "--lookup-url",
+            "http://127.0.0.1:1",
+            "--token",
+            "x",
+        ],
+        &[],
+    );
+    assert_eq!(unreachable.code, 1);
+    assert!(
+        unreachable
+            .stderr
+            .starts_with("error: cannot reach http://127.0.0.1:1"),
+        "{unreachable:?}"
+    );
+}
+
+/// Sequences of the JSON notifications a command printed.
+fn sequences(out: &crate::harness::Output) -> Vec<u64> {
+    out.json_lines()
+        .iter()
+        .map(|n| n["sequence"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn notifications_watch_acknowledges_and_resumes() {
+    let stack = DevStack::start();
+    // Three unscheduled accesses to DEV01 children, one silent read (no notification).
+    for i in [0, 1, 2] {
+        stack.ed_lookup(&nhs(i));
+    }
+    let silent = stack.run(&["lookup", &nhs(0), "--scheduled", "--token", &stack.gp_token]);
+    assert_eq!(silent.code, 0, "{silent:?}");
+
+    let first = stack.council(&["notifications", "watch", "--count", "2", "--json"]);
+    assert_eq!(first.code, 0, "{first:?}");
+    assert_eq!(sequences(&first), [1, 2]);
+    let n = &first.json_lines()[0];
+    assert_eq!(n["kind"], "access");
+    assert_eq!(n["local_case_id"], "DT-1001");
+    assert_eq!(n["access_event"]["nhs_number"], nhs(0));
+    assert_eq!(
+        n["access_event"]["accessor"]["organisation"]["ods_code"],
+        "RDEV1"
+    );
+    assert_eq!(
+        n["access_event"]["accessor"]["care_setting"],
+        "EMERGENCY_DEPARTMENT"
+    );
+
+    // The next watch resumes after the last acknowledged one.
+    let second = stack.council(&["notifications", "watch", "--count", "1", "--json"]);
+    assert_eq!(sequences(&second), [3]);
+
+    // Live: a watcher waiting before the access gets it.
+    let live = stack.spawn(&[
+        "notifications",
+        "watch",
+        "--count",
+        "1",
+        "--json",
+        "--token",
+        &stack.council_token,
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    stack.ed_lookup(&nhs(1));
+    let live = live.finish();
+    assert_eq!(live.code, 0, "{live:?}");
+    assert_eq!(sequences(&live), [4]);
+
+    // --no-ack leaves the cursor; list shows everything and the cursor.
+    stack.ed_lookup(&nhs(0));
+    let peek = stack.council(&[
+        "notifications",
+        "watch",
+        "--count",
+        "1",
+        "--no-ack",
+        "--json",
+    ]);
+    assert_eq!(sequences(&peek), [5]);
+    let again = stack.council(&["notifications", "watch", "--count", "1", "--json"]);
+    assert_eq!(
+        sequences(&again),
+        [5],
+        "not acknowledged, so delivered again"
+    );
+    let list = stack.council(&["notifications", "list"]);
+    assert_eq!(list.code, 0, "{list:?}");
+    assert_eq!(
+        list.stdout.lines().filter(|l| l.starts_with('#')).count(),
+        5
+    );
+    assert!(list.stdout.contains("acknowledged up to 5"), "{list:?}");
+
+    // Another council sees none of DEV01's.
+    let dev03 = stack.run(&[
+        "token",
+        "council",
+        "DEV03",
+        "--data-dir",
+        stack.data_dir().to_str().unwrap(),
+    ]);
+    let theirs = stack.run(&[
+        "notifications",
+        "list",
+        "--json",
+        "--token",
+        dev03.stdout.trim(),
+    ]);
+    assert_eq!(theirs.code, 0, "{theirs:?}");
+    assert!(theirs.json_lines().is_empty(), "{theirs:?}");
+}

@@ -1,0 +1,192 @@
+//! `cpis dev`: demo data on first start, a guide whose commands work, a clean Ctrl-C, and a
+//! second start that keeps the data.
+
+use crate::harness::{DevStack, nhs};
+
+fn councils(answer: &serde_json::Value) -> Vec<String> {
+    let mut codes: Vec<String> = answer["alerts"]
+        .as_array()
+        .expect("alerts")
+        .iter()
+        .map(|a| {
+            a["local_authority"]["ods_code"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    codes.sort();
+    codes
+}
+
+fn plans(answer: &serde_json::Value) -> Vec<String> {
+    let mut plans: Vec<String> = answer["alerts"]
+        .as_array()
+        .expect("alerts")
+        .iter()
+        .flat_map(|a| a["plans"].as_array().unwrap().clone())
+        .map(|p| p["plan_type"].as_str().unwrap().to_owned())
+        .collect();
+    plans.sort();
+    plans
+}
+
+#[test]
+fn demo_data_shows_every_plan_type_and_the_visibility_rules() {
+    let stack = DevStack::start();
+    let cpp = stack.ed_lookup(&nhs(0));
+    assert_eq!(councils(&cpp), ["DEV01"]);
+    assert_eq!(plans(&cpp), ["CHILD_PROTECTION_PLAN"]);
+    let la = &cpp["alerts"][0]["local_authority"];
+    assert_eq!(la["name"], "Devtown Borough Council");
+    assert_eq!(la["emergency_duty_phone"], "020 7946 0000");
+
+    let lac = stack.ed_lookup(&nhs(1));
+    assert_eq!(plans(&lac), ["LOOKED_AFTER_CHILD"]);
+    assert_eq!(
+        lac["alerts"][0]["plans"][0]["legal_basis"],
+        "SECTION_31_CARE_ORDER"
+    );
+
+    let two = stack.ed_lookup(&nhs(2));
+    assert_eq!(councils(&two), ["DEV01", "DEV02"]);
+
+    let unborn = stack.ed_lookup(&nhs(3));
+    assert_eq!(plans(&unborn), ["UNBORN_CHILD_PROTECTION_PLAN"]);
+    assert_ne!(
+        unborn["alerts"][0]["plans"][0]["expected_delivery_date"],
+        ""
+    );
+
+    let ended_recently = stack.ed_lookup(&nhs(4));
+    assert_eq!(councils(&ended_recently), ["DEV02"]);
+    assert_ne!(ended_recently["alerts"][0]["plans"][0]["end_date"], "");
+
+    for hidden in [nhs(5), nhs(6)] {
+        let answer = stack.ed_lookup(&hidden);
+        assert!(answer["alerts"].as_array().unwrap().is_empty(), "{answer}");
+    }
+}
+
+#[test]
+fn guide_prints_addresses_tokens_and_commands() {
+    let stack = DevStack::start();
+    let guide = stack.guide();
+    for expected in [
+        format!("export CPIS_REGISTRY_URL={}", stack.registry_url),
+        format!("export CPIS_LOOKUP_URL={}", stack.lookup_url),
+        format!("export COUNCIL_TOKEN={}", stack.council_token),
+        format!("export ED_TOKEN={}", stack.ed_token),
+        format!("export GP_TOKEN={}", stack.gp_token),
+        format!("export NHS111_TOKEN={}", stack.nhs111_token),
+        "lookup 9990000018 --token \"$ED_TOKEN\"".to_owned(),
+        "notifications watch".to_owned(),
+        "upload examples/data/extract.csv".to_owned(),
+        "grpcurl -plaintext".to_owned(),
+        "examples/python/council_client.py".to_owned(),
+        "demo data written for 3 councils".to_owned(),
+    ] {
+        assert!(
+            guide.contains(&expected),
+            "guide lacks {expected:?}:\n{guide}"
+        );
+    }
+    // The printed cpis commands, run as printed (with the exported variables).
+    let exe = crate::harness::cpis();
+    let vars = [
+        ("COUNCIL_TOKEN", stack.council_token.as_str()),
+        ("ED_TOKEN", stack.ed_token.as_str()),
+        ("GP_TOKEN", stack.gp_token.as_str()),
+        ("NHS111_TOKEN", stack.nhs111_token.as_str()),
+        ("CPIS_REGISTRY_URL", stack.registry_url.as_str()),
+        ("CPIS_LOOKUP_URL", stack.lookup_url.as_str()),
+    ];
+    let repo = cpis_testkit::tools::repo_root();
+    let mut ran = 0;
+    for line in guide.lines().filter(|l| {
+        (l.starts_with('/') || l.starts_with("./"))
+            && (l.contains(" lookup ") || l.contains(" contacts "))
+    }) {
+        // `./target/…/cpis ARGS`: the binary is the one under test; expand "$VAR" from `vars`.
+        let args: Vec<String> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|word| {
+                let bare = word.trim_matches('"');
+                vars.iter()
+                    .find(|(k, _)| bare == format!("${k}"))
+                    .map_or_else(|| bare.to_owned(), |(_, v)| (*v).to_owned())
+            })
+            .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = crate::harness::run_in(&repo, &args, &vars);
+        assert_eq!(out.code, 0, "{line}: {out:?} (binary {exe})");
+        ran += 1;
+    }
+    assert!(
+        ran >= 4,
+        "the guide printed {ran} cpis lookup/contacts commands"
+    );
+}
+
+#[test]
+fn ctrl_c_stops_cleanly_and_a_second_start_keeps_the_data() {
+    let stack = DevStack::start();
+    // A change made during the first run: new contact details and an access.
+    let set = stack.council(&[
+        "contacts",
+        "set",
+        "--name",
+        "Devtown Council (renamed)",
+        "--emergency-duty-phone",
+        "020 7946 0999",
+    ]);
+    assert_eq!(set.code, 0, "{set:?}");
+    let first = stack.ed_lookup(&nhs(0));
+    assert_eq!(first["recent_accesses"].as_array().unwrap().len(), 1);
+    let council_token = stack.council_token.clone();
+
+    let dir = stack.restartable();
+    let stack = DevStack::start_in(dir);
+    assert!(
+        stack.guide().contains("existing data kept"),
+        "{}",
+        stack.guide()
+    );
+    // Tokens printed by the first run still work (the signing key is kept).
+    let contacts = stack.run(&["contacts", "--json", "--token", &council_token]);
+    assert_eq!(contacts.code, 0, "{contacts:?}");
+    let la = contacts.json_lines().pop().unwrap();
+    assert_eq!(la["name"], "Devtown Council (renamed)");
+    // The first run's access is still in the history, beside a new one from NHS 111.
+    let second = stack.run(&["lookup", &nhs(0), "--json", "--token", &stack.nhs111_token]);
+    assert_eq!(second.code, 0, "{second:?}");
+    let second = second.json_lines().pop().unwrap();
+    let names: Vec<&str> = second["recent_accesses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["accessor_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Pat Responsible", "Dr Sam Dev"]);
+    assert_eq!(councils(&second), ["DEV01"]);
+}
+
+#[test]
+fn dev_refuses_a_non_loopback_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = crate::harness::run_in(
+        dir.path(),
+        &[
+            "dev",
+            "--registry-listen",
+            "0.0.0.0:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("loopback"), "{out:?}");
+}
