@@ -18,7 +18,7 @@ mod upload;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use cpis_core::telemetry::{LogFormat, init_logging};
+use cpis_core::telemetry::{LogFormat, init_cli_logging};
 
 /// CP-IS command-line tool.
 #[derive(Debug, Parser)]
@@ -55,7 +55,13 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The dev stack logs its services' work; the client commands only say what went wrong.
+    let level = if matches!(cli.command, Command::Dev(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    init_cli_logging(cli.log_format, level);
     let json = cli.json;
     let result: Result<u8, String> = match cli.command {
         Command::Dev(args) => dev::run(args).await.map_err(|e| format!("{e:#}")),

@@ -205,15 +205,17 @@ fn print_notification(notification: &Notification, json_output: bool) {
     let when = render::timestamp(notification.create_time.as_ref());
     match &notification.kind {
         Some(Kind::Access(access)) => {
+            // The access time is what a social worker acts on; the queueing time is the same
+            // transaction's and is in the JSON form.
             let event = access.access_event.clone().unwrap_or_default();
             println!(
-                "#{} {when} ACCESS case {} nhs {}: {} ({}) at {}",
+                "#{} {} ACCESS case {} nhs {}: {}, {}",
                 notification.sequence,
+                render::timestamp(event.access_time.as_ref()),
                 or_dash(&access.local_case_id),
                 event.nhs_number,
                 render::accessor_line(event.accessor.as_ref()),
                 render::access_mode(event.access_mode),
-                render::timestamp(event.access_time.as_ref()),
             );
         }
         Some(Kind::InactiveNhsNumber(inactive)) => {

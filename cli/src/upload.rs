@@ -132,13 +132,18 @@ pub async fn run(args: UploadArgs, json_output: bool) -> Result<u8, CliError> {
         ProgressBar::hidden()
     } else {
         let bar = ProgressBar::with_draw_target(Some(expected_rows), ProgressDrawTarget::stderr());
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} {elapsed_precise} [{wide_bar}] {human_pos}/{human_len} rows  {per_sec}  ETA {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
+        let style = ProgressStyle::with_template(
+            "{spinner} {elapsed_precise} [{wide_bar}] {human_pos}/{human_len} rows  {rate}  ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key(
+            "rate",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0} rows/s", state.per_sec());
+            },
+        )
+        .progress_chars("=> ");
+        bar.set_style(style);
         bar.enable_steady_tick(Duration::from_millis(200));
         bar
     };

@@ -16,16 +16,51 @@ pub enum LogFormat {
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing), so
 /// tests and the all-in-one dev command can share it.
 pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    init(
+        format,
+        "info",
+        std::io::stdout().is_terminal(),
+        std::io::stdout,
+    );
+}
+
+/// The same for a command-line tool whose standard output is its result (a guide, a report,
+/// JSON for scripts): logs go to standard error, at `default_level` unless `RUST_LOG` says.
+pub fn init_cli_logging(format: LogFormat, default_level: &str) {
+    use std::io::IsTerminal as _;
+    init(
+        format,
+        default_level,
+        std::io::stderr().is_terminal(),
+        std::io::stderr,
+    );
+}
+
+/// Colours only on a terminal: escape codes in a file or a log collector are noise.
+fn init<W>(format: LogFormat, default_level: &str, ansi: bool, writer: W)
+where
+    W: for<'w> fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
-        LogFormat::Text => registry.with(fmt::layer().with_target(true)).try_init(),
+        LogFormat::Text => registry
+            .with(
+                fmt::layer()
+                    .with_target(true)
+                    .with_ansi(ansi)
+                    .with_writer(writer),
+            )
+            .try_init(),
         LogFormat::Json => registry
             .with(
                 fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_current_span(false),
+                    .with_current_span(false)
+                    .with_writer(writer),
             )
             .try_init(),
     };

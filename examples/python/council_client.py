@@ -138,12 +138,13 @@ def upload(stub, metadata, path: pathlib.Path, batch_id: str | None) -> int:
     outcome = council_pb2.BatchOutcome.Name(result.outcome).removeprefix("BATCH_OUTCOME_")
     print(f"batch {result.batch_id}: {outcome}{' (replayed)' if answer.replayed else ''}")
     print(f"  accepted {result.accepted_count}  rejected {result.rejected_count}  malformed {len(malformed)}")
-    for line, case_id, message in malformed:
-        print(f"  line {line} case {case_id or '-'}: MALFORMED {message}")
+    report = [(line, f"  line {line} case {case_id or '-'}: MALFORMED {message}") for line, case_id, message in malformed]
     for rej in result.rejections:
         reason = errors_pb2.ErrorReason.Name(rej.reason).removeprefix("ERROR_REASON_")
         line = lines[rej.position - 1] if 0 < rej.position <= len(lines) else 0
-        print(f"  line {line} case {rej.local_case_id or '-'}: {reason} {rej.field}: {rej.message}")
+        report.append((line, f"  line {line} case {rej.local_case_id or '-'}: {reason} {rej.field}: {rej.message}"))
+    for _, text in sorted(report):
+        print(text)
     return 3 if (result.rejected_count or malformed) else 0
 
 
