@@ -319,3 +319,29 @@ fn notifications_watch_acknowledges_and_resumes() {
     assert_eq!(theirs.code, 0, "{theirs:?}");
     assert!(theirs.json_lines().is_empty(), "{theirs:?}");
 }
+
+#[test]
+fn watch_survives_a_registry_restart_without_a_gap() {
+    let (registry, lookup) = (crate::harness::free_addr(), crate::harness::free_addr());
+    let stack = DevStack::start_on(tempfile::tempdir().unwrap(), &registry, &lookup);
+    let watcher = stack.spawn(&[
+        "notifications",
+        "watch",
+        "--count",
+        "3",
+        "--json",
+        "--token",
+        &stack.council_token,
+    ]);
+    stack.ed_lookup(&nhs(0));
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Ctrl-C the whole stack, then bring it back on the same addresses and data.
+    let dir = stack.restartable();
+    let stack = DevStack::start_on(dir, &registry, &lookup);
+    stack.ed_lookup(&nhs(1));
+    stack.ed_lookup(&nhs(2));
+    let out = watcher.finish();
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(sequences(&out), [1, 2, 3], "{out:?}");
+}

@@ -47,8 +47,13 @@ impl DevStack {
         Self::start_in(tempfile::tempdir().expect("tempdir"))
     }
 
-    /// Starts a dev stack on `dir` (which may hold an earlier run's data).
+    /// Starts a dev stack on `dir` (which may hold an earlier run's data), on free ports.
     pub fn start_in(dir: tempfile::TempDir) -> Self {
+        Self::start_on(dir, "127.0.0.1:0", "127.0.0.1:0")
+    }
+
+    /// Starts a dev stack on `dir` listening on the given addresses.
+    pub fn start_on(dir: tempfile::TempDir, registry: &str, lookup: &str) -> Self {
         let ready = dir.path().join("ready.json");
         let _ = std::fs::remove_file(&ready);
         let run = std::fs::read_dir(dir.path())
@@ -61,9 +66,9 @@ impl DevStack {
             .args([
                 "dev",
                 "--registry-listen",
-                "127.0.0.1:0",
+                registry,
                 "--lookup-listen",
-                "127.0.0.1:0",
+                lookup,
             ])
             .arg("--data-dir")
             .arg(dir.path().join("data"))
@@ -262,6 +267,12 @@ pub fn spawn_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Running {
         err,
         started: Instant::now(),
     }
+}
+
+/// A loopback address with a port that was free a moment ago (for a restart on the same port).
+pub fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").to_string()
 }
 
 /// The `i`-th valid test-range NHS number.
