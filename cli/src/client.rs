@@ -51,10 +51,7 @@ pub fn describe(status: &Status) -> String {
         .get_details_error_info()
         .map(|info| info.reason)
         .filter(|r| !r.is_empty());
-    let fields: Vec<String> = status
-        .get_details_bad_request()
-        .map(|br| br.field_violations.into_iter().map(|v| v.field).collect())
-        .unwrap_or_default();
+    let fields = cpis_core::status::violated_fields(status);
     let mut line = code.to_owned();
     if let Some(reason) = reason {
         line.push(' ');

@@ -40,20 +40,9 @@ pub const COUNCILS: [(&str, &str, &str, &str); 3] = [
 
 /// The `i`-th valid NHS number of the test range.
 pub fn test_nhs_number(i: usize) -> String {
-    (0..1_000_000u32)
-        .filter_map(|n| {
-            let body = format!("999{n:06}");
-            let mut digits = [0u8; 10];
-            for (slot, b) in digits.iter_mut().zip(body.bytes()) {
-                *slot = b - b'0';
-            }
-            let check = cpis_core::nhs_number::check_digit(&digits)?;
-            let number = format!("{body}{check}");
-            cpis_core::nhs_number::NhsNumber::parse(&number)
-                .ok()
-                .map(|_| number)
-        })
+    cpis_core::nhs_number::test_range()
         .nth(i)
+        .map(|n| n.to_string())
         .unwrap_or_default()
 }
 
@@ -84,7 +73,7 @@ fn period(start: NaiveDate, end: Option<NaiveDate>) -> Option<PlanPeriod> {
 }
 
 /// The demo children and which council holds each record, relative to `today`.
-pub fn records(today: NaiveDate) -> (Vec<(&'static str, ChildRecord)>, Vec<DemoChild>) {
+pub fn records(today: NaiveDate) -> Vec<(&'static str, ChildRecord)> {
     let ago = |days: u64| today.checked_sub_days(Days::new(days)).unwrap_or(today);
     let ahead = |days: u64| today.checked_add_days(Days::new(days)).unwrap_or(today);
     let child = |i: usize, case: &str, given: &str, family: &str, age_days: u64| ChildRecord {
@@ -106,7 +95,7 @@ pub fn records(today: NaiveDate) -> (Vec<(&'static str, ChildRecord)>, Vec<DemoC
             legal_basis: basis as i32,
         })
     };
-    let records = vec![
+    vec![
         (
             "DEV01",
             ChildRecord {
@@ -162,8 +151,12 @@ pub fn records(today: NaiveDate) -> (Vec<(&'static str, ChildRecord)>, Vec<DemoC
                 ..child(5, "EC-3002", "Casey", "Past", 8 * 365)
             },
         ),
-    ];
-    let guide = vec![
+    ]
+}
+
+/// What each demo NHS number shows a clinician, for the printed guide.
+pub fn guide() -> Vec<DemoChild> {
+    vec![
         DemoChild {
             nhs_number: test_nhs_number(0),
             shows: "child protection plan, Devtown",
@@ -192,14 +185,13 @@ pub fn records(today: NaiveDate) -> (Vec<(&'static str, ChildRecord)>, Vec<DemoC
             nhs_number: test_nhs_number(6),
             shows: "no record: nothing shown",
         },
-    ];
-    (records, guide)
+    ]
 }
 
 /// Writes the demo dataset through the registry at `url`, once per council: a council that
 /// already has contact details is left as it is. Returns how many councils were seeded.
 pub async fn seed(url: &str, signer: &DevSigner) -> Result<usize, CliError> {
-    let (records, _) = records(Utc::now().date_naive());
+    let records = records(Utc::now().date_naive());
     let mut seeded = 0;
     for (ods, name, edt, office) in COUNCILS {
         let token = signer
@@ -277,7 +269,7 @@ mod tests {
     #[test]
     fn every_plan_type_is_in_the_demo() {
         let today = NaiveDate::from_ymd_opt(2026, 11, 25).unwrap_or_default();
-        let (records, guide) = records(today);
+        let records = records(today);
         assert!(
             records
                 .iter()
@@ -289,6 +281,6 @@ mod tests {
                 .iter()
                 .any(|(_, r)| r.unborn_child_protection_plan.is_some())
         );
-        assert_eq!(guide.len(), 7);
+        assert_eq!(guide().len(), 7);
     }
 }

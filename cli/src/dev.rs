@@ -119,21 +119,20 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
     let week = Duration::from_secs(7 * 24 * 3600);
     let dev_tokens = DevTokens {
         council: council_signer.mint(&tokens::council("DEV01", "read write"), week)?,
-        ed: nhs_signer.mint(
-            &tokens::clinician(&clinician("B0107", "EMERGENCY_DEPARTMENT")),
-            week,
-        )?,
+        ed: nhs_signer.mint(&tokens::clinician(&ClinicianArgs::default()), week)?,
         gp: nhs_signer.mint(
             &tokens::clinician(&ClinicianArgs {
                 org: "ADEV1".into(),
                 org_name: "Devtown Health Centre".into(),
                 name: "Dr Lee Practice".into(),
                 user_id: "555021935170".into(),
-                ..clinician("B0170", "GP_IN_HOURS")
+                activity: "B0170".into(),
+                setting: "GP_IN_HOURS".into(),
+                ..ClinicianArgs::default()
             }),
             week,
         )?,
-        nhs111: nhs_signer.mint(&tokens::system(&default_system()), week)?,
+        nhs111: nhs_signer.mint(&tokens::system(&SystemArgs::default()), week)?,
     };
     if let Some(path) = &args.ready_file {
         write_ready_file(path, registry_addr, lookup_addr, &dev_tokens)?;
@@ -151,30 +150,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
         .context("registry")?;
     lookup_result.context("lookup task")?.context("lookup")?;
     Ok(0)
-}
-
-fn clinician(activity: &str, setting: &str) -> ClinicianArgs {
-    ClinicianArgs {
-        activity: activity.into(),
-        org: "RDEV1".into(),
-        org_name: "Devtown General Hospital".into(),
-        setting: setting.into(),
-        name: "Dr Sam Dev".into(),
-        user_id: "555021935107".into(),
-        role_name: "Clinical Practitioner Access Role".into(),
-    }
-}
-
-fn default_system() -> SystemArgs {
-    SystemArgs {
-        system_id: "nhs111-dev-system".into(),
-        system_name: "NHS 111 Clinical Assessment Service (dev)".into(),
-        org: "NHS111".into(),
-        org_name: "NHS 111 (dev)".into(),
-        setting: "NHS_111".into(),
-        activity: "B0107".into(),
-        responsible_person: "Pat Responsible".into(),
-    }
 }
 
 /// Waits (at most 30 s) until the server at `addr` reports SERVING.
@@ -246,7 +221,7 @@ fn print_guide(
     tokens: &DevTokens,
 ) {
     let cpis = cpis_command();
-    let (_, children) = demo::records(chrono::Utc::now().date_naive());
+    let children = demo::guide();
     let first = children
         .first()
         .map(|c| c.nhs_number.clone())

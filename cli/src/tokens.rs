@@ -50,6 +50,31 @@ pub struct ClinicianArgs {
     pub role_name: String,
 }
 
+/// Parses no arguments into `T`, so its defaults are the `default_value`s above and live in
+/// one place.
+fn clap_defaults<T: clap::Args>() -> T {
+    #[derive(clap::Parser)]
+    struct Only<T: clap::Args> {
+        #[command(flatten)]
+        args: T,
+    }
+    <Only<T> as clap::Parser>::parse_from(["cpis"]).args
+}
+
+impl Default for ClinicianArgs {
+    /// The dev ED clinician: B0107 at Devtown General Hospital's emergency department.
+    fn default() -> Self {
+        clap_defaults()
+    }
+}
+
+impl Default for SystemArgs {
+    /// The dev NHS 111 system.
+    fn default() -> Self {
+        clap_defaults()
+    }
+}
+
 /// A clinician whose selected role carries one activity code.
 pub fn clinician(who: &ClinicianArgs) -> Value {
     json!({
@@ -190,4 +215,23 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     file.write_all(bytes)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_come_from_the_flags() {
+        let ed = ClinicianArgs::default();
+        assert_eq!(
+            (ed.activity.as_str(), ed.setting.as_str(), ed.org.as_str()),
+            ("B0107", "EMERGENCY_DEPARTMENT", "RDEV1")
+        );
+        let system = SystemArgs::default();
+        assert_eq!(
+            (system.setting.as_str(), system.activity.as_str()),
+            ("NHS_111", "B0107")
+        );
+    }
 }

@@ -354,26 +354,17 @@ fn write_report(path: &Path, lines: &[ReportLine]) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Reads a report back (for tests and scripts): (line, reason, field) per row.
+/// Reads a report back (for tests): (line, reason, field) per row.
 #[cfg(test)]
 fn read_report(path: &Path) -> Vec<(u64, String, String)> {
-    use std::io::BufRead as _;
-    let file = std::fs::File::open(path).map(BufReader::new);
-    file.map(|f| {
-        f.lines()
-            .skip(1)
-            .map_while(Result::ok)
-            .filter_map(|l| {
-                let cells: Vec<&str> = l.split(',').collect();
-                Some((
-                    cells.first()?.parse().ok()?,
-                    (*cells.get(2)?).to_owned(),
-                    (*cells.get(3)?).to_owned(),
-                ))
-            })
-            .collect()
-    })
-    .unwrap_or_default()
+    let Ok(mut reader) = csv::Reader::from_path(path) else {
+        return Vec::new();
+    };
+    reader
+        .records()
+        .map_while(Result::ok)
+        .map(|r| (r[0].parse().unwrap_or(0), r[2].to_owned(), r[3].to_owned()))
+        .collect()
 }
 
 #[cfg(test)]

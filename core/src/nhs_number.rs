@@ -91,6 +91,24 @@ pub fn check_digit(digits: &[u8; 10]) -> Option<u8> {
     }
 }
 
+/// Every valid NHS number of the test range 999 000 0000 – 999 999 9999 (valid checksums,
+/// never issued), in order: 999 000 0018, 999 000 0026, ... For fixtures, demo data and load.
+pub fn test_range() -> impl Iterator<Item = NhsNumber> {
+    (0..1_000_000u32).filter_map(|n| {
+        let mut digits = [9, 9, 9, 0, 0, 0, 0, 0, 0, 0];
+        let mut rest = n;
+        for slot in digits[3..9].iter_mut().rev() {
+            // rest % 10 is always a single digit.
+            *slot = u8::try_from(rest % 10).unwrap_or(0);
+            rest /= 10;
+        }
+        digits[9] = check_digit(&digits)?;
+        // Drops 999 999 9999 (all one digit), as `parse` does.
+        let number = NhsNumber(digits);
+        (!digits.iter().all(|d| *d == 9)).then_some(number)
+    })
+}
+
 impl fmt::Display for NhsNumber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for d in self.0 {
@@ -117,6 +135,23 @@ impl std::str::FromStr for NhsNumber {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_range_yields_only_valid_test_numbers_in_order() {
+        let first: Vec<String> = test_range().take(3).map(|n| n.to_string()).collect();
+        assert_eq!(first, ["9990000018", "9990000026", "9990000034"]);
+        let mut previous = 0u64;
+        for number in test_range().step_by(997) {
+            let text = number.to_string();
+            assert_eq!(NhsNumber::parse(&text), Ok(number));
+            assert!(number.is_test_range());
+            let value: u64 = text.parse().unwrap_or_default();
+            assert!(value > previous);
+            previous = value;
+        }
+        assert_eq!(test_range().last().map(|n| n.is_test_range()), Some(true));
+        assert!(!test_range().any(|n| n.to_string() == "9999999999"));
+    }
 
     #[test]
     fn domain_fixtures() {
