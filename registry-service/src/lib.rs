@@ -31,7 +31,9 @@ use cpis_proto::service_names;
 use tokio::net::TcpListener;
 use tracing::Instrument as _;
 
+pub use clock::Clock;
 pub use config::Config;
+pub use db::DatabaseUrl;
 pub use error::RegistryError;
 
 /// The services this server registers, as health and reflection name them.
