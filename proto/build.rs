@@ -34,8 +34,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        // RPCs a service does not implement yet answer UNIMPLEMENTED instead of failing to build.
-        .generate_default_stubs(true)
+        // No default stubs: an RPC a service forgets to implement is a compile error, not a
+        // silent UNIMPLEMENTED.
+        .generate_default_stubs(false)
         .emit_rerun_if_changed(false)
         .compile_fds(fds)?;
     Ok(())

@@ -1,10 +1,12 @@
-//! What both CP-IS services share: the NHS number, gRPC status building, server plumbing (health, reflection, graceful drain),
+//! What both CP-IS services share: the validated seam (NHS number, ODS code, accessor), gRPC status building, server plumbing (health, reflection, graceful drain),
 //! shutdown signals and structured logging.
 #![forbid(unsafe_code)]
 
+pub mod accessor;
 pub mod auth;
 pub mod deadline;
 pub mod nhs_number;
+pub mod ods;
 pub mod server;
 pub mod shutdown;
 pub mod status;

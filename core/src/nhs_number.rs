@@ -3,6 +3,10 @@
 
 use std::fmt;
 
+use cpis_proto::cpis::common::v1::ErrorReason;
+
+use crate::status::FieldViolation;
+
 /// A syntactically valid NHS number. Its `Debug` output is redacted so it cannot leak into logs
 /// by accident; `Display` (for storage and the wire) prints the 10 digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -15,7 +19,7 @@ pub enum NhsNumberError {
     #[error("must be exactly 10 digits with no spaces")]
     Format,
     /// The Modulus 11 check digit does not match, or the check value is 10.
-    #[error("check digit is not valid")]
+    #[error("Modulus 11 check digit is not valid")]
     CheckDigit,
     /// Passes the checksum but cannot be a real number (all one digit, such as 0000000000, or a
     /// Scottish CHI-range number whose DDMMYY prefix is not a date).
@@ -49,9 +53,9 @@ impl NhsNumber {
         self.0[..3] == [9, 9, 9]
     }
 
-    /// The 10 digits as a string.
-    pub fn as_string(&self) -> String {
-        self.to_string()
+    /// Validates the request field `field`: the one set of texts both services answer with.
+    pub fn parse_field(value: &str, field: &str) -> Result<Self, FieldViolation> {
+        Self::parse(value).map_err(|e| FieldViolation::new(field, ErrorReason::NhsNumberInvalid, e.to_string()))
     }
 }
 

@@ -127,8 +127,8 @@ impl Config {
     }
 
     /// Subscriber settings.
-    pub fn subscription_options(&self) -> crate::subscription::SubscriptionOptions {
-        crate::subscription::SubscriptionOptions {
+    pub(crate) fn subscription_options(&self) -> crate::notify::subscription::SubscriptionOptions {
+        crate::notify::subscription::SubscriptionOptions {
             buffer: self.subscriber_buffer,
             send_timeout: self.subscriber_send_timeout,
             poll_interval: self.notification_poll,

@@ -1,9 +1,12 @@
-//! The registry's error type and its one closed mapping to gRPC status codes. Handlers return
-//! `RegistryError`; only this file decides what a caller sees.
+//! The registry's error type and its one closed mapping to gRPC status codes. Every layer returns
+//! `RegistryError` in domain terms (a record not found, a number inactive, the database down);
+//! only this file decides which code, reason and message a caller sees.
 
 use cpis_core::{auth::AuthError, server::ServeError, status::FieldViolation};
 use cpis_proto::cpis::common::v1::ErrorReason;
 use tonic::{Code, Status};
+
+use crate::domain::nhs_status::Inactive;
 
 /// Everything that can stop the registry or fail one of its calls.
 #[derive(Debug, thiserror::Error)]
@@ -31,38 +34,35 @@ pub enum RegistryError {
     /// The caller is not authenticated.
     #[error(transparent)]
     Unauthenticated(#[from] AuthError),
-    /// The caller is known but not allowed.
-    #[error("{message}")]
-    PermissionDenied {
-        /// Stable reason.
-        reason: ErrorReason,
-        /// Message for the caller.
-        message: String,
+    /// The request names another council's data.
+    #[error("the request names another council's data")]
+    WrongCouncil,
+    /// The credential lacks the scope the call needs.
+    #[error("the credential lacks scope \"{0}\"")]
+    ScopeMissing(&'static str),
+    /// The council has set no contact details.
+    #[error("no contact details have been set for this council")]
+    ContactsNotSet,
+    /// A write needs the council's contact details first.
+    #[error("set the council's contact details (SetContactDetails) before storing records")]
+    ContactsRequired,
+    /// The council holds no record for the NHS number.
+    #[error("the council holds no record for this NHS number")]
+    RecordNotFound,
+    /// No completed batch with this id.
+    #[error("no completed batch with this id")]
+    BatchNotFound,
+    /// The NHS number is inactive (or superseded): it takes no more records.
+    #[error("{}", Inactive::from(.reason).message())]
+    NhsNumberInactive {
+        /// Why the number is inactive.
+        reason: cpis_proto::cpis::common::v1::InactiveReason,
+        /// The number to use instead (superseded only).
+        replacement: Option<String>,
     },
-    /// Something the request names does not exist.
-    #[error("{message}")]
-    NotFound {
-        /// Stable reason.
-        reason: ErrorReason,
-        /// Message for the caller.
-        message: String,
-    },
-    /// The system is not in a state that allows the call.
-    #[error("{message}")]
-    FailedPrecondition {
-        /// Stable reason.
-        reason: ErrorReason,
-        /// Message for the caller.
-        message: String,
-    },
-    /// A sequence or position beyond what exists.
-    #[error("{message}")]
-    OutOfRange {
-        /// Stable reason.
-        reason: ErrorReason,
-        /// Message for the caller.
-        message: String,
-    },
+    /// A notification sequence beyond what was issued.
+    #[error("that sequence number has not been issued yet")]
+    SequenceNotIssued,
     /// Optimistic concurrency conflict.
     #[error("record version is {actual}, not the expected {expected}")]
     VersionConflict {
@@ -77,26 +77,108 @@ pub enum RegistryError {
     /// The batch stream is malformed.
     #[error("malformed batch: {0}")]
     BatchMalformed(String),
+    /// A notification subscriber stopped reading.
+    #[error("the subscriber is not reading; reconnect from the last acknowledged sequence")]
+    SubscriberTooSlow,
+    /// The server is draining.
+    #[error("the registry is shutting down; reconnect from the last acknowledged sequence")]
+    ShuttingDown,
     /// The caller's deadline passed before the work could commit; nothing was recorded.
     #[error("deadline exceeded before the access could be recorded")]
     DeadlineExceeded,
+    /// A disclosure whose access could not be recorded: nothing was disclosed.
+    #[error("access not recorded: {0}")]
+    AccessNotRecorded(Box<RegistryError>),
     /// The database could not be reached in time (pool timeout, connection lost).
     #[error("database unavailable")]
     Unavailable,
     /// A database error that is not the caller's fault.
     #[error("database error: {}", describe_database_error(.0))]
     Database(#[from] diesel::result::Error),
+    /// A stored row that does not decode (named by table and row key, never by its data).
+    #[error("corrupt row in {table} ({key})")]
+    CorruptRow {
+        /// The table.
+        table: &'static str,
+        /// The row's key (an id or sequence; never child data).
+        key: String,
+    },
     /// A defect; logged with context, answered generically.
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 impl RegistryError {
-    /// Shorthand for a refused cross-council access.
-    pub fn wrong_council() -> Self {
-        Self::PermissionDenied {
-            reason: ErrorReason::WrongLocalAuthority,
-            message: "the request names another council's data".into(),
+    /// One invalid field.
+    pub fn invalid(
+        field: impl Into<String>,
+        reason: ErrorReason,
+        description: impl Into<String>,
+    ) -> Self {
+        Self::Invalid(vec![FieldViolation::new(field, reason, description)])
+    }
+
+    /// A required field is missing.
+    pub fn required(field: impl Into<String>) -> Self {
+        Self::invalid(field, ErrorReason::FieldRequired, "is required")
+    }
+
+    /// A page token this query did not issue.
+    pub fn bad_page_token() -> Self {
+        Self::invalid(
+            "page_token",
+            ErrorReason::PageTokenInvalid,
+            "is not a token this query issued",
+        )
+    }
+
+    /// A stored row that does not decode: logged here, once, by table and key (no data).
+    pub fn corrupt(table: &'static str, key: impl ToString) -> Self {
+        let key = key.to_string();
+        tracing::error!(table, key = %key, "stored row does not decode");
+        Self::CorruptRow { table, key }
+    }
+
+    /// Wraps a failure of the disclose-and-record transaction: when it is the infrastructure's
+    /// (database, pool, defect), nothing was disclosed and the caller may retry; the caller's own
+    /// faults pass through unchanged.
+    pub fn access_not_recorded(self) -> Self {
+        match self {
+            e @ (Self::Database(_) | Self::Unavailable | Self::Internal(_) | Self::CorruptRow { .. }) => {
+                Self::AccessNotRecorded(Box::new(e))
+            }
+            other => other,
+        }
+    }
+
+    /// The reason an inactive number is refused with: superseded (use the replacement) or
+    /// inactive.
+    pub(crate) fn reason_inactive(inactive: &Inactive) -> ErrorReason {
+        if inactive.is_superseded() {
+            ErrorReason::SupersededNhsNumber
+        } else {
+            ErrorReason::NhsNumberInactive
+        }
+    }
+
+    /// True when the database connection was lost (the call may be retried).
+    fn is_connection_lost(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind as K, Error as E};
+        matches!(
+            self,
+            Self::Database(E::DatabaseError(
+                K::ClosedConnection | K::UnableToSendCommand,
+                _
+            ))
+        )
+    }
+}
+
+impl From<Inactive> for RegistryError {
+    fn from(inactive: Inactive) -> Self {
+        Self::NhsNumberInactive {
+            reason: inactive.reason,
+            replacement: inactive.replacement,
         }
     }
 }
@@ -104,59 +186,59 @@ impl RegistryError {
 impl From<RegistryError> for Status {
     fn from(error: RegistryError) -> Self {
         use cpis_core::status::{invalid_argument, with_reason};
-        match error {
-            RegistryError::Invalid(violations) => invalid_argument(&violations),
-            RegistryError::Unauthenticated(auth) => auth.to_status(),
-            RegistryError::PermissionDenied { reason, message } => {
-                with_reason(Code::PermissionDenied, reason, message)
+        use ErrorReason as R;
+        let message = error.to_string();
+        let (code, reason) = match &error {
+            RegistryError::Invalid(violations) => return invalid_argument(violations),
+            RegistryError::Unauthenticated(auth) => return auth.to_status(),
+            RegistryError::WrongCouncil => (Code::PermissionDenied, R::WrongLocalAuthority),
+            RegistryError::ScopeMissing(_) => (Code::PermissionDenied, R::ScopeMissing),
+            RegistryError::ContactsNotSet => (Code::NotFound, R::ContactDetailsMissing),
+            RegistryError::ContactsRequired => {
+                (Code::FailedPrecondition, R::ContactDetailsMissing)
             }
-            RegistryError::NotFound { reason, message } => {
-                with_reason(Code::NotFound, reason, message)
+            RegistryError::RecordNotFound => (Code::NotFound, R::RecordNotFound),
+            RegistryError::BatchNotFound => (Code::NotFound, R::BatchNotFound),
+            RegistryError::NhsNumberInactive {
+                reason,
+                replacement,
+            } => {
+                let reason = RegistryError::reason_inactive(&Inactive::from(reason));
+                let message = match replacement {
+                    Some(replacement) => format!("{message} ({replacement})"),
+                    None => message,
+                };
+                return with_reason(Code::FailedPrecondition, reason, message);
             }
-            RegistryError::FailedPrecondition { reason, message } => {
-                with_reason(Code::FailedPrecondition, reason, message)
+            RegistryError::SequenceNotIssued => (Code::OutOfRange, R::SequenceNotIssued),
+            RegistryError::VersionConflict { .. } => (Code::Aborted, R::VersionConflict),
+            RegistryError::BatchIdReused => (Code::AlreadyExists, R::BatchIdReused),
+            RegistryError::BatchMalformed(_) => (Code::InvalidArgument, R::BatchMalformed),
+            RegistryError::SubscriberTooSlow => (Code::ResourceExhausted, R::SubscriberTooSlow),
+            RegistryError::ShuttingDown => (Code::Unavailable, R::ShuttingDown),
+            RegistryError::DeadlineExceeded => (Code::DeadlineExceeded, R::AccessNotRecorded),
+            RegistryError::AccessNotRecorded(cause) => {
+                tracing::error!(error = %cause, "access not recorded; nothing disclosed");
+                return with_reason(
+                    Code::Unavailable,
+                    R::AccessNotRecorded,
+                    "the access could not be recorded, so nothing was disclosed; retry",
+                );
             }
-            RegistryError::OutOfRange { reason, message } => {
-                with_reason(Code::OutOfRange, reason, message)
+            e if matches!(e, RegistryError::Unavailable) || e.is_connection_lost() => {
+                return with_reason(
+                    Code::Unavailable,
+                    R::BackendUnavailable,
+                    "the registry database is unavailable; retry",
+                );
             }
-            e @ RegistryError::VersionConflict { .. } => {
-                with_reason(Code::Aborted, ErrorReason::VersionConflict, e.to_string())
-            }
-            e @ RegistryError::BatchIdReused => with_reason(
-                Code::AlreadyExists,
-                ErrorReason::BatchIdReused,
-                e.to_string(),
-            ),
-            e @ RegistryError::BatchMalformed(_) => with_reason(
-                Code::InvalidArgument,
-                ErrorReason::BatchMalformed,
-                e.to_string(),
-            ),
-            e @ RegistryError::DeadlineExceeded => with_reason(
-                Code::DeadlineExceeded,
-                ErrorReason::AccessNotRecorded,
-                e.to_string(),
-            ),
-            RegistryError::Unavailable => with_reason(
-                Code::Unavailable,
-                ErrorReason::BackendUnavailable,
-                "the registry database is unavailable; retry",
-            ),
-            RegistryError::Database(diesel::result::Error::DatabaseError(
-                diesel::result::DatabaseErrorKind::ClosedConnection
-                | diesel::result::DatabaseErrorKind::UnableToSendCommand,
-                _,
-            )) => with_reason(
-                Code::Unavailable,
-                ErrorReason::BackendUnavailable,
-                "the registry database is unavailable; retry",
-            ),
             other => {
                 // Not the caller's fault and not for the caller to see: log it, answer generically.
                 tracing::error!(error = %other, "internal error");
-                Status::internal("internal error")
+                return with_reason(Code::Internal, R::Internal, "internal error");
             }
-        }
+        };
+        with_reason(code, reason, message)
     }
 }
 

@@ -1,32 +1,42 @@
-//! The CP-IS registry: the system of record. Serves councils (`cpis.registry.v1.CouncilService`),
-//! the lookup service's internal disclosure call (`DisclosureService`) and operators
-//! (`OperatorService`). It alone will own the database.
+//! The CP-IS registry: the system of record. It serves councils (`cpis.registry.v1.
+//! CouncilService`), the lookup service's internal disclosure call (`DisclosureService`) and
+//! operators (`OperatorService`), and it alone owns the database.
+//!
+//! # Layout
+//! The layers depend one way, top to bottom:
+//!
+//! - [`serve`] (here) wires the pieces together; `main.rs` only parses flags and calls it.
+//! - `api/`: the gRPC edge. An interceptor per service authenticates the caller and puts it in
+//!   the request's extensions (`api::auth`); handlers convert wire messages into domain types
+//!   (`api::convert`), call the database layer, and return `RegistryError`, whose one mapping to
+//!   gRPC codes lives in `error.rs`. Council calls: `api::council`, `api::upload`,
+//!   `api::notifications`; the lookup service's: `api::disclosure`; operators': `api::operator`.
+//!   Page tokens are sealed in `api::paging`.
+//! - `domain/`: what the registry holds and the rules over it, with no gRPC or SQL: records and
+//!   plans (`domain::record`), contacts, the care-setting visibility rules
+//!   (`domain::visibility`), access-history collapsing, NHS-number status, checked dates.
+//! - `db/`: all SQL. One diesel code path for both engines; every PostgreSQL/SQLite difference
+//!   is in `db::dialect`; rows and their conversion to domain types in `db::models`.
+//! - `notify/`: notifications in motion. `notify::Notifier` owns both halves of a notifying
+//!   write (the outbox insert inside the transaction, the wake-up after commit) and the
+//!   subscriber streams; the PostgreSQL LISTEN/NOTIFY transport is `notify::pg_listener`.
+//!
+//! Validated types shared with the lookup service (`NhsNumber`, `OdsCode`, `ValidAccessor`) come
+//! from `cpis_core`, so both services refuse the same input with the same words.
 #![forbid(unsafe_code)]
 
-pub mod auth;
-pub mod clock;
-pub mod config;
-pub mod council;
-pub mod db;
-pub mod disclosure;
-pub mod disclosure_store;
-pub mod error;
-pub mod nhs_status;
-pub mod operator;
-pub mod outbox;
-pub mod record;
-pub mod store;
-pub mod subscription;
-pub mod visibility;
-pub mod wakeups;
+mod api;
+mod clock;
+mod config;
+mod db;
+mod domain;
+mod error;
+mod notify;
 
 use std::future::Future;
+use std::sync::Arc;
 
-use cpis_proto::cpis::registry::v1::{
-    council_service_server::CouncilServiceServer,
-    disclosure_service_server::DisclosureServiceServer,
-    operator_service_server::OperatorServiceServer,
-};
+use cpis_proto::cpis::registry::v1::ImportNhsNumberStatusChangesResponse;
 use cpis_proto::service_names;
 use tokio::net::TcpListener;
 use tracing::Instrument as _;
@@ -45,50 +55,45 @@ pub const SERVICES: &[&str] = &[
 
 /// Opens the configured database and applies pending migrations (`registry-service migrate`).
 pub async fn migrate(config: &Config) -> Result<Vec<String>, RegistryError> {
-    let db = open_database(config)?;
-    db.migrate().await
+    open_database(config)?.migrate().await
 }
 
-/// Imports an operator's NHS-number status file straight into the configured database (the
-/// same code path as `OperatorService.ImportNhsNumberStatusChanges`). Running servers pick the
-/// notifications up through PostgreSQL NOTIFY or their polling.
+/// Imports an operator's NHS-number status CSV file straight into the configured database,
+/// through the same code as `OperatorService.ImportNhsNumberStatusChanges`. Running servers pick
+/// the notifications up through PostgreSQL NOTIFY or their polling.
 pub async fn import_nhs_status(
     config: &Config,
     csv: &str,
-) -> Result<cpis_proto::cpis::registry::v1::ImportNhsNumberStatusChangesResponse, RegistryError> {
+) -> Result<ImportNhsNumberStatusChangesResponse, RegistryError> {
     let db = open_database(config)?;
-    if !db.pending_migrations().await?.is_empty() {
-        return Err(RegistryError::SchemaBehind { pending: 1 });
+    let pending = db.pending_migrations().await?;
+    if !pending.is_empty() {
+        return Err(RegistryError::SchemaBehind {
+            pending: pending.len(),
+        });
     }
-    let (changes, mut rejections) = nhs_status::parse_csv(csv);
-    let mut report = cpis_proto::cpis::registry::v1::ImportNhsNumberStatusChangesResponse {
-        received_count: u64::try_from(changes.len() + rejections.len()).unwrap_or(u64::MAX),
-        ..Default::default()
-    };
-    let mut valid = Vec::new();
-    for (line, change) in changes {
-        match nhs_status::validate(&change) {
-            Ok(change) => valid.push(change),
-            Err(violation) => rejections.push(cpis_proto::cpis::registry::v1::EntryRejection {
-                position: line,
-                reason: violation.reason as i32,
-                field: violation.field,
-                message: violation.description,
-            }),
+    let notifier = notify::Notifier::default();
+    let mut import = api::operator::Import::new(&db, &notifier, config.clock.now_micros());
+    match api::operator::parse_csv(csv) {
+        Ok(lines) => {
+            for (line, entry) in lines {
+                import.add(line, entry).await?;
+            }
+            import.finish().await
+        }
+        Err(header) => {
+            let mut report = import.finish().await?;
+            report.rejections.push(
+                cpis_proto::cpis::registry::v1::EntryRejection {
+                    position: 1,
+                    reason: header.reason as i32,
+                    field: header.field,
+                    message: header.description,
+                },
+            );
+            Ok(report)
         }
     }
-    let now = config.clock.now_micros();
-    for chunk in valid.chunks(500) {
-        let chunk = chunk.to_vec();
-        let applied = db
-            .run(move |conn| nhs_status::apply(conn, &chunk, now))
-            .await?;
-        report.applied_count += applied.applied;
-        report.notifications_queued += u64::try_from(applied.notified.len()).unwrap_or(u64::MAX);
-    }
-    rejections.sort_by_key(|r| r.position);
-    report.rejections = rejections;
-    Ok(report)
 }
 
 fn open_database(config: &Config) -> Result<db::Database, RegistryError> {
@@ -112,40 +117,22 @@ pub async fn serve(
 ) -> Result<(), RegistryError> {
     let verifier = config.token_verifier()?;
     let db = open_database(&config)?;
-    let wakeups = wakeups::Wakeups::default();
+    let notifier = notify::Notifier::default();
     // On PostgreSQL, other replicas' commits wake this replica's subscribers too.
     let _listener = match config.effective_database_url() {
-        db::DatabaseUrl::Postgres(url) => Some(wakeups::spawn_pg_listener(url, wakeups.clone())),
-        db::DatabaseUrl::Sqlite(_) => None,
+        DatabaseUrl::Postgres(url) => Some(notifier.listen(url)),
+        DatabaseUrl::Sqlite(_) => None,
     };
     let (draining, draining_rx) = tokio::sync::watch::channel(false);
-    let council_auth = auth::CouncilAuth::new(verifier);
-    let council = council::CouncilApi::new(council::CouncilDeps {
-        db: db.clone(),
-        auth: council_auth.clone(),
-        clock: config.clock.clone(),
-        upload_chunk: config.upload_chunk,
-        wakeups: wakeups.clone(),
-        shutdown: draining_rx,
-        subscription: config.subscription_options(),
-    });
-    let mut routes = tonic::service::RoutesBuilder::default();
-    routes
-        .add_service(CouncilServiceServer::new(council))
-        .add_service(DisclosureServiceServer::new(
-            disclosure::DisclosureApi::new(
-                db.clone(),
-                config.clock.clone(),
-                config.disclosure_token.as_ref(),
-                wakeups.clone(),
-            ),
-        ))
-        .add_service(OperatorServiceServer::new(operator::OperatorApi::new(
-            db.clone(),
-            council_auth.clone(),
-            config.clock.clone(),
-            wakeups.clone(),
-        )));
+    let registry = Arc::new(api::Registry::new(
+        db.clone(),
+        config.clock.clone(),
+        notifier,
+        config.upload_chunk,
+        config.subscription_options(),
+        draining_rx,
+    ));
+    let routes = api::routes(registry, verifier, config.disclosure_token.as_ref());
     let engine = db.engine();
     let migrate_on_start = config.migrate_on_start;
     let ready = async move {
@@ -167,7 +154,7 @@ pub async fn serve(
         Ok(())
     };
     cpis_core::server::serve_grpc(
-        routes.routes(),
+        routes,
         SERVICES,
         listener,
         &config.server,

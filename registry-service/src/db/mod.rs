@@ -2,26 +2,29 @@
 //! (production), an r2d2 pool with timeouts, embedded per-backend migrations, and `run`, which
 //! keeps blocking database work off the async runtime's worker threads.
 
-pub mod models;
-pub mod schema;
+pub(crate) mod dialect;
+pub(crate) mod disclosure;
+pub(crate) mod keys;
+pub(crate) mod models;
+pub(crate) mod nhs_status;
+pub(crate) mod outbox;
+pub(crate) mod records;
+pub(crate) mod schema;
+#[cfg(test)]
+mod schema_drift;
 
 use std::{path::PathBuf, time::Duration};
 
 use diesel::connection::SimpleConnection as _;
-use diesel::prelude::*;
 use diesel::r2d2::{self, ManageConnection};
 use diesel::{pg::PgConnection, sqlite::SqliteConnection};
-use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
-use secrecy::{ExposeSecret as _, SecretString};
+use secrecy::SecretString;
 
 use crate::error::RegistryError;
 
-const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
-const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
-
 /// A connection to either backend; diesel queries written once run on both.
 #[derive(diesel::MultiConnection)]
-pub enum DbConnection {
+pub(crate) enum DbConnection {
     /// PostgreSQL (production).
     Pg(PgConnection),
     /// SQLite (embedded default).
@@ -66,9 +69,9 @@ impl DatabaseUrl {
     }
 }
 
-/// Opens connections for the pool, configured per backend.
+/// Opens connections for the pool, configured per backend (`dialect::connect`).
 #[derive(Debug)]
-pub struct ConnectionManager {
+pub(crate) struct ConnectionManager {
     url: DatabaseUrl,
 }
 
@@ -77,29 +80,7 @@ impl ManageConnection for ConnectionManager {
     type Error = r2d2::Error;
 
     fn connect(&self) -> Result<DbConnection, r2d2::Error> {
-        match &self.url {
-            DatabaseUrl::Postgres(url) => {
-                let mut conn = PgConnection::establish(url.expose_secret())
-                    .map_err(r2d2::Error::ConnectionError)?;
-                // Bound every statement so a stuck query cannot hold a connection forever.
-                conn.batch_execute("SET statement_timeout = '60s'; SET lock_timeout = '10s'")
-                    .map_err(r2d2::Error::QueryError)?;
-                Ok(DbConnection::Pg(conn))
-            }
-            DatabaseUrl::Sqlite(path) => {
-                let path = path.to_string_lossy();
-                let mut conn =
-                    SqliteConnection::establish(&path).map_err(r2d2::Error::ConnectionError)?;
-                // WAL for concurrent readers; foreign keys are off by default in SQLite;
-                // synchronous=FULL because an accepted record must survive a power cut.
-                conn.batch_execute(
-                    "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON; \
-                     PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;",
-                )
-                .map_err(r2d2::Error::QueryError)?;
-                Ok(DbConnection::Sqlite(conn))
-            }
-        }
+        dialect::connect(&self.url)
     }
 
     fn is_valid(&self, conn: &mut DbConnection) -> Result<(), r2d2::Error> {
@@ -114,7 +95,7 @@ impl ManageConnection for ConnectionManager {
 
 /// Pool settings.
 #[derive(Clone, Copy, Debug)]
-pub struct PoolOptions {
+pub(crate) struct PoolOptions {
     /// Most connections (PostgreSQL). SQLite always uses one writer connection.
     pub max_connections: u32,
     /// How long a call waits for a connection before answering UNAVAILABLE.
@@ -123,7 +104,7 @@ pub struct PoolOptions {
 
 /// The registry's database handle; cheap to clone.
 #[derive(Clone)]
-pub struct Database {
+pub(crate) struct Database {
     pool: r2d2::Pool<ConnectionManager>,
     engine: &'static str,
 }
@@ -187,33 +168,11 @@ impl Database {
 
     /// Names of migrations not yet applied.
     pub async fn pending_migrations(&self) -> Result<Vec<String>, RegistryError> {
-        self.run(|conn| {
-            let pending = match conn {
-                DbConnection::Pg(c) => c
-                    .pending_migrations(POSTGRES_MIGRATIONS)
-                    .map(|list| list.iter().map(|m| m.name().to_string()).collect()),
-                DbConnection::Sqlite(c) => c
-                    .pending_migrations(SQLITE_MIGRATIONS)
-                    .map(|list| list.iter().map(|m| m.name().to_string()).collect()),
-            };
-            pending.map_err(|e| RegistryError::Migration(e.to_string()))
-        })
-        .await
+        self.run(dialect::pending_migrations).await
     }
 
     /// Applies every pending migration; returns the names applied.
     pub async fn migrate(&self) -> Result<Vec<String>, RegistryError> {
-        self.run(|conn| {
-            let applied = match conn {
-                DbConnection::Pg(c) => c
-                    .run_pending_migrations(POSTGRES_MIGRATIONS)
-                    .map(|list| list.iter().map(ToString::to_string).collect()),
-                DbConnection::Sqlite(c) => c
-                    .run_pending_migrations(SQLITE_MIGRATIONS)
-                    .map(|list| list.iter().map(ToString::to_string).collect()),
-            };
-            applied.map_err(|e| RegistryError::Migration(e.to_string()))
-        })
-        .await
+        self.run(dialect::run_migrations).await
     }
 }

@@ -1,30 +1,56 @@
-//! Database rows: read structs (`…Row`) and write structs (`New…`), separate from the wire types
-//! and the validated domain types.
+//! Database rows — read structs (`…Row`) and write structs (`New…`) — and their conversion to
+//! and from the domain types. A stored row that does not convert is corrupt: it is reported by
+//! table and key through `RegistryError::corrupt`, never with its data.
 
+use cpis_core::{nhs_number::NhsNumber, ods::OdsCode};
+use cpis_proto::cpis::common::v1::{InactiveReason, LookedAfterLegalBasis};
 use diesel::prelude::*;
 
 use super::schema::{
     access_events, child_records, local_authorities, nhs_number_status, notifications,
-    upload_batches,
+    registry_keys, upload_batches,
 };
+use crate::domain::contacts::{Contacts, Council};
+use crate::domain::dates::{from_days, to_days};
+use crate::domain::nhs_status::Inactive;
+use crate::domain::record::{ChildRecord, LookedAfter, PlanPeriod, StoredRecord, UnbornPlan};
+use crate::error::RegistryError;
 
 /// A council's stored contact details and notification cursors.
 #[derive(Clone, Debug, Queryable, Selectable)]
 #[diesel(table_name = local_authorities)]
-pub struct LocalAuthorityRow {
+pub(crate) struct LocalAuthorityRow {
     pub ods_code: String,
     pub name: String,
     pub emergency_duty_phone: String,
     pub office_hours_phone: Option<String>,
     pub update_time: i64,
-    pub last_notification_sequence: i64,
     pub acknowledged_sequence: i64,
+}
+
+impl TryFrom<LocalAuthorityRow> for Council {
+    type Error = RegistryError;
+
+    fn try_from(row: LocalAuthorityRow) -> Result<Self, RegistryError> {
+        let ods_code = OdsCode::parse(&row.ods_code)
+            .map_err(|_| RegistryError::corrupt("local_authorities", "ods_code"))?;
+        Ok(Self {
+            ods_code,
+            contacts: Contacts {
+                name: row.name,
+                emergency_duty_phone: row.emergency_duty_phone,
+                office_hours_phone: row.office_hours_phone,
+            },
+            update_time: row.update_time,
+            acknowledged_sequence: row.acknowledged_sequence,
+        })
+    }
 }
 
 /// Contact details to insert or replace.
 #[derive(Clone, Debug, Insertable, AsChangeset)]
 #[diesel(table_name = local_authorities, treat_none_as_null = true)]
-pub struct NewLocalAuthority {
+pub(crate) struct NewLocalAuthority {
     pub ods_code: String,
     pub name: String,
     pub emergency_duty_phone: String,
@@ -32,83 +58,46 @@ pub struct NewLocalAuthority {
     pub update_time: i64,
 }
 
-/// A stored child record. Dates are days since 1970-01-01; instants are microseconds since the
-/// Unix epoch.
-#[derive(Clone, Debug, Queryable, Selectable)]
-#[diesel(table_name = child_records)]
-pub struct ChildRecordRow {
-    pub id: i64,
-    pub local_authority: String,
-    pub nhs_number: String,
-    pub local_case_id: Option<String>,
-    pub given_name: String,
-    pub family_name: String,
-    pub date_of_birth: i32,
-    pub cpp_start: Option<i32>,
-    pub cpp_end: Option<i32>,
-    pub cpp_delete: Option<i32>,
-    pub lac_start: Option<i32>,
-    pub lac_end: Option<i32>,
-    pub lac_delete: Option<i32>,
-    pub lac_legal_basis: Option<i32>,
-    pub ucpp_start: Option<i32>,
-    pub ucpp_end: Option<i32>,
-    pub ucpp_delete: Option<i32>,
-    pub ucpp_expected_delivery: Option<i32>,
-    pub version: i64,
-    pub create_time: i64,
-    pub update_time: i64,
-}
-
-/// The council-controlled content of a record: what a put writes and what decides whether a
-/// put changed anything.
-#[derive(Clone, Debug, PartialEq, Eq, Insertable, AsChangeset)]
-#[diesel(table_name = child_records, treat_none_as_null = true)]
-pub struct RecordContent {
-    pub local_case_id: Option<String>,
-    pub given_name: String,
-    pub family_name: String,
-    pub date_of_birth: i32,
-    pub cpp_start: Option<i32>,
-    pub cpp_end: Option<i32>,
-    pub cpp_delete: Option<i32>,
-    pub lac_start: Option<i32>,
-    pub lac_end: Option<i32>,
-    pub lac_delete: Option<i32>,
-    pub lac_legal_basis: Option<i32>,
-    pub ucpp_start: Option<i32>,
-    pub ucpp_end: Option<i32>,
-    pub ucpp_delete: Option<i32>,
-    pub ucpp_expected_delivery: Option<i32>,
-}
-
-impl ChildRecordRow {
-    /// The council-controlled content, for change detection.
-    pub fn content(&self) -> RecordContent {
-        RecordContent {
-            local_case_id: self.local_case_id.clone(),
-            given_name: self.given_name.clone(),
-            family_name: self.family_name.clone(),
-            date_of_birth: self.date_of_birth,
-            cpp_start: self.cpp_start,
-            cpp_end: self.cpp_end,
-            cpp_delete: self.cpp_delete,
-            lac_start: self.lac_start,
-            lac_end: self.lac_end,
-            lac_delete: self.lac_delete,
-            lac_legal_basis: self.lac_legal_basis,
-            ucpp_start: self.ucpp_start,
-            ucpp_end: self.ucpp_end,
-            ucpp_delete: self.ucpp_delete,
-            ucpp_expected_delivery: self.ucpp_expected_delivery,
+impl NewLocalAuthority {
+    /// The row for `contacts` of council `ods_code`, as of `now`.
+    pub fn new(ods_code: &OdsCode, contacts: &Contacts, now: i64) -> Self {
+        Self {
+            ods_code: ods_code.to_string(),
+            name: contacts.name.clone(),
+            emergency_duty_phone: contacts.emergency_duty_phone.clone(),
+            office_hours_phone: contacts.office_hours_phone.clone(),
+            update_time: now,
         }
     }
 }
 
-/// A new record: key, content and bookkeeping.
-#[derive(Clone, Debug, Insertable)]
+/// The council-controlled content of a record: what a put writes and what decides whether a put
+/// changed anything. Dates are days since 1970-01-01.
+#[derive(Clone, Debug, PartialEq, Eq, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = child_records, treat_none_as_null = true)]
+pub(crate) struct RecordContent {
+    pub local_case_id: Option<String>,
+    pub given_name: String,
+    pub family_name: String,
+    pub date_of_birth: i32,
+    pub cpp_start: Option<i32>,
+    pub cpp_end: Option<i32>,
+    pub cpp_delete: Option<i32>,
+    pub lac_start: Option<i32>,
+    pub lac_end: Option<i32>,
+    pub lac_delete: Option<i32>,
+    pub lac_legal_basis: Option<i32>,
+    pub ucpp_start: Option<i32>,
+    pub ucpp_end: Option<i32>,
+    pub ucpp_delete: Option<i32>,
+    pub ucpp_expected_delivery: Option<i32>,
+}
+
+/// A stored child record; instants are microseconds since the Unix epoch.
+#[derive(Clone, Debug, Queryable, Selectable)]
 #[diesel(table_name = child_records)]
-pub struct NewChildRecord {
+pub(crate) struct ChildRecordRow {
+    pub id: i64,
     pub local_authority: String,
     pub nhs_number: String,
     #[diesel(embed)]
@@ -118,10 +107,120 @@ pub struct NewChildRecord {
     pub update_time: i64,
 }
 
+/// A new record: key, content and bookkeeping.
+#[derive(Clone, Debug, Insertable)]
+#[diesel(table_name = child_records)]
+pub(crate) struct NewChildRecord {
+    pub local_authority: String,
+    pub nhs_number: String,
+    #[diesel(embed)]
+    pub content: RecordContent,
+    pub version: i64,
+    pub create_time: i64,
+    pub update_time: i64,
+}
+
+impl NewChildRecord {
+    /// A first version of `record` for council `ods_code`.
+    pub fn new(ods_code: &OdsCode, record: &ChildRecord, now: i64) -> Self {
+        Self {
+            local_authority: ods_code.to_string(),
+            nhs_number: record.nhs_number.to_string(),
+            content: RecordContent::from(record),
+            version: 1,
+            create_time: now,
+            update_time: now,
+        }
+    }
+}
+
+impl From<&ChildRecord> for RecordContent {
+    fn from(record: &ChildRecord) -> Self {
+        let days = |d: Option<chrono::NaiveDate>| d.map(to_days);
+        let cpp = record.child_protection_plan;
+        let lac = record.looked_after_child;
+        let ucpp = record.unborn_child_protection_plan;
+        Self {
+            local_case_id: record.local_case_id.clone(),
+            given_name: record.given_name.clone(),
+            family_name: record.family_name.clone(),
+            date_of_birth: to_days(record.date_of_birth),
+            cpp_start: cpp.map(|p| to_days(p.start)),
+            cpp_end: days(cpp.and_then(|p| p.end)),
+            cpp_delete: days(cpp.and_then(|p| p.delete)),
+            lac_start: lac.map(|l| to_days(l.period.start)),
+            lac_end: days(lac.and_then(|l| l.period.end)),
+            lac_delete: days(lac.and_then(|l| l.period.delete)),
+            lac_legal_basis: lac.map(|l| l.legal_basis as i32),
+            ucpp_start: ucpp.map(|u| to_days(u.period.start)),
+            ucpp_end: days(ucpp.and_then(|u| u.period.end)),
+            ucpp_delete: days(ucpp.and_then(|u| u.period.delete)),
+            ucpp_expected_delivery: ucpp.map(|u| to_days(u.expected_delivery)),
+        }
+    }
+}
+
+impl TryFrom<ChildRecordRow> for StoredRecord {
+    type Error = RegistryError;
+
+    fn try_from(row: ChildRecordRow) -> Result<Self, RegistryError> {
+        let id = row.id;
+        let corrupt = || RegistryError::corrupt("child_records", id);
+        let c = &row.content;
+        let date = |d: i32| from_days(d).ok_or_else(corrupt);
+        let optional = |d: Option<i32>| d.map(date).transpose();
+        let period = |start: Option<i32>, end: Option<i32>, delete: Option<i32>| {
+            start
+                .map(|start| {
+                    Ok::<_, RegistryError>(PlanPeriod {
+                        start: date(start)?,
+                        end: optional(end)?,
+                        delete: optional(delete)?,
+                    })
+                })
+                .transpose()
+        };
+        let looked_after_child = match period(c.lac_start, c.lac_end, c.lac_delete)? {
+            None => None,
+            Some(period) => Some(LookedAfter {
+                period,
+                legal_basis: c
+                    .lac_legal_basis
+                    .and_then(|b| LookedAfterLegalBasis::try_from(b).ok())
+                    .ok_or_else(corrupt)?,
+            }),
+        };
+        let unborn_child_protection_plan = match period(c.ucpp_start, c.ucpp_end, c.ucpp_delete)? {
+            None => None,
+            Some(period) => Some(UnbornPlan {
+                period,
+                expected_delivery: c.ucpp_expected_delivery.map(date).ok_or_else(corrupt)??,
+            }),
+        };
+        let record = ChildRecord {
+            nhs_number: NhsNumber::parse(&row.nhs_number).map_err(|_| corrupt())?,
+            local_case_id: c.local_case_id.clone(),
+            given_name: c.given_name.clone(),
+            family_name: c.family_name.clone(),
+            date_of_birth: date(c.date_of_birth)?,
+            child_protection_plan: period(c.cpp_start, c.cpp_end, c.cpp_delete)?,
+            looked_after_child,
+            unborn_child_protection_plan,
+        };
+        Ok(Self {
+            local_authority: OdsCode::parse(&row.local_authority).map_err(|_| corrupt())?,
+            record,
+            version: row.version,
+            create_time: row.create_time,
+            update_time: row.update_time,
+        })
+    }
+}
+
 /// A completed upload batch, kept for idempotent retries.
 #[derive(Clone, Debug, Queryable, Selectable, Insertable)]
 #[diesel(table_name = upload_batches)]
-pub struct UploadBatchRow {
+pub(crate) struct UploadBatchRow {
     pub local_authority: String,
     pub batch_id: String,
     pub content_digest: Vec<u8>,
@@ -129,25 +228,21 @@ pub struct UploadBatchRow {
     pub complete_time: i64,
 }
 
-/// A recorded access.
+/// A recorded access: the event as encoded `cpis.common.v1.AccessEvent`, with the columns
+/// queries filter and collapse on.
 #[derive(Clone, Debug, Queryable, Selectable)]
 #[diesel(table_name = access_events)]
-pub struct AccessEventRow {
+pub(crate) struct AccessEventRow {
     pub id: i64,
-    pub access_id: String,
-    pub nhs_number: String,
     pub access_time: i64,
-    pub access_mode: i32,
     pub accessor_key: String,
-    pub organisation_ods_code: String,
-    pub care_setting: i32,
     pub event: Vec<u8>,
 }
 
 /// An access to record.
 #[derive(Clone, Debug, Insertable)]
 #[diesel(table_name = access_events)]
-pub struct NewAccessEvent {
+pub(crate) struct NewAccessEvent {
     pub access_id: String,
     pub nhs_number: String,
     pub access_time: i64,
@@ -158,10 +253,10 @@ pub struct NewAccessEvent {
     pub event: Vec<u8>,
 }
 
-/// A queued council notification (the outbox).
+/// A queued council notification (the outbox), as encoded `cpis.registry.v1.Notification`.
 #[derive(Clone, Debug, Queryable, Selectable, Insertable)]
 #[diesel(table_name = notifications)]
-pub struct NotificationRow {
+pub(crate) struct NotificationRow {
     pub local_authority: String,
     pub sequence: i64,
     pub create_time: i64,
@@ -171,10 +266,38 @@ pub struct NotificationRow {
 /// An NHS number the demographics service reports inactive.
 #[derive(Clone, Debug, PartialEq, Eq, Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = nhs_number_status, treat_none_as_null = true)]
-pub struct NhsNumberStatusRow {
+pub(crate) struct NhsNumberStatusRow {
     pub nhs_number: String,
     pub reason: i32,
     pub replacement_nhs_number: Option<String>,
     pub effective_date: Option<i32>,
     pub update_time: i64,
+}
+
+impl From<&NhsNumberStatusRow> for Inactive {
+    fn from(row: &NhsNumberStatusRow) -> Self {
+        Self {
+            // An unknown stored reason still means inactive: refuse rather than accept.
+            reason: InactiveReason::try_from(row.reason).unwrap_or(InactiveReason::Unspecified),
+            replacement: row.replacement_nhs_number.clone(),
+        }
+    }
+}
+
+/// A key the registry generated for itself.
+#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = registry_keys)]
+pub(crate) struct RegistryKeyRow {
+    pub name: String,
+    pub key_material: Vec<u8>,
+    pub create_time: i64,
+}
+
+/// Decodes a stored protobuf column; a failure is a corrupt row of `table` at `key`.
+pub(crate) fn decode<M: prost::Message + Default>(
+    bytes: &[u8],
+    table: &'static str,
+    key: impl ToString,
+) -> Result<M, RegistryError> {
+    M::decode(bytes).map_err(|_| RegistryError::corrupt(table, key))
 }

@@ -83,12 +83,22 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    registry_keys (name) {
+        name -> Text,
+        key_material -> Binary,
+        create_time -> BigInt,
+    }
+}
+
 /// Every table, for the drift test.
-pub const TABLES: &[&str] = &[
+#[cfg(test)]
+pub(crate) const TABLES: &[&str] = &[
     "local_authorities",
     "child_records",
     "upload_batches",
     "access_events",
     "notifications",
     "nhs_number_status",
+    "registry_keys",
 ];

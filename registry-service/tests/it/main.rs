@@ -11,6 +11,5 @@ mod nhs_oracle;
 mod notifications;
 mod records;
 mod restart;
-mod schema_drift;
 mod surface;
 mod validation;

@@ -1,62 +1,23 @@
-//! Validated domain types for what councils send — `ChildRecord`, `PlanPeriod`, contact
-//! details — converted from the wire with every rule of the contract, and to and from database
-//! rows. Wire types stop at the handler; these are what the rest of the registry uses.
+//! Wire messages to domain types and back, at the edge: a council's record is validated
+//! against every rule of the contract into a `ChildRecord` (each problem a field violation with
+//! a stable reason), and stored records, councils, visible plans and accesses become the
+//! messages callers receive. Adding a field to the lookup answer means a domain field
+//! (`domain::visibility::VisiblePlan`) and its line in `disclosed_plan` here.
 
-use chrono::{Datelike as _, Months, NaiveDate};
-use cpis_core::{
-    nhs_number::{NhsNumber, NhsNumberError},
-    status::FieldViolation,
+use chrono::NaiveDate;
+use cpis_core::{nhs_number::NhsNumber, status::FieldViolation};
+use cpis_proto::cpis::common::v1::{
+    self as wire, AccessEvent, DisclosedPlan, ErrorReason, LocalAuthority, LookedAfterLegalBasis,
+    Organisation, RecentAccess, accessor::Kind,
 };
-use cpis_proto::cpis::common::v1::{self as wire, ErrorReason, LookedAfterLegalBasis};
 use cpis_proto::google::r#type::Date;
 
-use crate::db::models::{ChildRecordRow, RecordContent};
-
-/// Longest given or family name.
-pub const MAX_NAME: usize = 100;
-/// Longest council case id.
-pub const MAX_CASE_ID: usize = 64;
-/// Longest council or organisation name.
-pub const MAX_ORG_NAME: usize = 200;
-
-/// A plan's dates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PlanPeriod {
-    /// Start date.
-    pub start: NaiveDate,
-    /// End date, if any.
-    pub end: Option<NaiveDate>,
-    /// Delete (withdrawn in error) date, if any.
-    pub delete: Option<NaiveDate>,
-}
-
-impl PlanPeriod {
-    /// True while the plan has not ended and is not withdrawn, as of `today`.
-    pub fn is_active(&self, today: NaiveDate) -> bool {
-        self.end.is_none_or(|end| end >= today) && self.delete.is_none_or(|delete| delete > today)
-    }
-}
-
-/// A validated council record for one NHS number.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChildRecord {
-    /// The NHS number the record is held on.
-    pub nhs_number: NhsNumber,
-    /// The council's case id.
-    pub local_case_id: Option<String>,
-    /// Given name(s).
-    pub given_name: String,
-    /// Family name.
-    pub family_name: String,
-    /// Date of birth (the mother's for a UCPP-only record).
-    pub date_of_birth: NaiveDate,
-    /// CPP block.
-    pub child_protection_plan: Option<PlanPeriod>,
-    /// LAC block and its legal basis.
-    pub looked_after_child: Option<(PlanPeriod, LookedAfterLegalBasis)>,
-    /// UCPP block and its expected delivery date.
-    pub unborn_child_protection_plan: Option<(PlanPeriod, NaiveDate)>,
-}
+use crate::domain::contacts::Council;
+use crate::domain::dates::{plus_months, timestamp, ymd};
+use crate::domain::record::{
+    ChildRecord, LookedAfter, MAX_CASE_ID, MAX_NAME, PlanPeriod, StoredRecord, UnbornPlan,
+};
+use crate::domain::visibility::VisiblePlan;
 
 /// Collects violations with a common field-path prefix ("record." for a put, "" in a batch).
 struct Violations<'a> {
@@ -72,38 +33,6 @@ impl Violations<'_> {
             description,
         ));
     }
-}
-
-/// Validates an NHS number field, naming `field` in the violation.
-pub fn parse_nhs_number(value: &str, field: &str) -> Result<NhsNumber, FieldViolation> {
-    NhsNumber::parse(value).map_err(|e| {
-        let description = match e {
-            NhsNumberError::Format => "must be exactly 10 digits with no spaces",
-            NhsNumberError::CheckDigit => "Modulus 11 check digit is not valid",
-            NhsNumberError::Implausible => "is not a plausible NHS number",
-        };
-        FieldViolation::new(field, ErrorReason::NhsNumberInvalid, description)
-    })
-}
-
-/// Validates an ODS code: 3 to 10 upper-case letters and digits.
-pub fn is_ods_code(value: &str) -> bool {
-    (3..=10).contains(&value.len())
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
-}
-
-/// Validates a UK phone number as the contract describes it: digits with optional spaces and
-/// hyphens, an optional leading '+', 10 to 15 digits.
-pub fn is_phone(value: &str) -> bool {
-    let body = value.strip_prefix('+').unwrap_or(value);
-    let digits = body.bytes().filter(u8::is_ascii_digit).count();
-    (10..=15).contains(&digits)
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_digit() || b == b' ' || b == b'-')
-        && value.len() <= 24
 }
 
 /// Text fields: bounded, no control characters.
@@ -130,7 +59,7 @@ fn check_text(v: &mut Violations<'_>, field: &str, value: &str, required: bool, 
 }
 
 /// Converts a google.type.Date with year, month and day all set.
-pub fn to_naive(date: &Date) -> Option<NaiveDate> {
+pub(crate) fn to_naive(date: &Date) -> Option<NaiveDate> {
     let month = u32::try_from(date.month).ok()?;
     let day = u32::try_from(date.day).ok()?;
     if date.year < 1 {
@@ -140,12 +69,13 @@ pub fn to_naive(date: &Date) -> Option<NaiveDate> {
 }
 
 /// The wire form of a date.
-pub fn to_wire_date(date: NaiveDate) -> Date {
+pub(crate) fn to_wire_date(date: NaiveDate) -> Date {
+    let (year, month, day) = ymd(date);
+    // month is 1..=12 and day 1..=31: both fit an i32.
     Date {
-        year: date.year(),
-        // month() is 1..=12 and day() 1..=31: both fit an i32.
-        month: i32::try_from(date.month()).unwrap_or_default(),
-        day: i32::try_from(date.day()).unwrap_or_default(),
+        year,
+        month: i32::try_from(month).unwrap_or_default(),
+        day: i32::try_from(day).unwrap_or_default(),
     }
 }
 
@@ -198,7 +128,7 @@ fn period(
         p.delete_date.as_ref(),
     );
     let start = start?;
-    if start > today + Months::new(12) {
+    if plus_months(today, 12).is_some_and(|limit| start > limit) {
         v.add(
             &format!("{block}.period.start_date"),
             ErrorReason::DateInFuture,
@@ -220,7 +150,7 @@ fn period(
 /// Validates a wire record against every rule of the contract. `prefix` is prepended to field
 /// paths ("record." for PutChildRecord, "" for a record in a batch). `today` is the registry's
 /// current date.
-pub fn validate_record(
+pub(crate) fn validate_record(
     record: &wire::ChildRecord,
     prefix: &str,
     today: NaiveDate,
@@ -230,7 +160,7 @@ pub fn validate_record(
         list: Vec::new(),
     };
 
-    let nhs_number = match parse_nhs_number(&record.nhs_number, &format!("{prefix}nhs_number")) {
+    let nhs_number = match NhsNumber::parse_field(&record.nhs_number, &format!("{prefix}nhs_number")) {
         Ok(n) => Some(n),
         Err(violation) => {
             v.list.push(violation);
@@ -283,7 +213,10 @@ pub fn validate_record(
                 None
             }
         };
-        Some((p?, basis?))
+        Some(LookedAfter {
+            period: p?,
+            legal_basis: basis?,
+        })
     });
     let ucpp = record.unborn_child_protection_plan.as_ref().and_then(|b| {
         let p = period(
@@ -298,7 +231,7 @@ pub fn validate_record(
             b.expected_delivery_date.as_ref(),
         );
         if let (Some(p), Some(edd)) = (p, edd)
-            && (edd < p.start || edd > p.start + Months::new(10))
+            && (edd < p.start || plus_months(p.start, 10).is_some_and(|limit| edd > limit))
         {
             v.add(
                 "unborn_child_protection_plan.expected_delivery_date",
@@ -306,7 +239,10 @@ pub fn validate_record(
                 "must be on or after the plan's start and within 10 months of it",
             );
         }
-        Some((p?, edd?))
+        Some(UnbornPlan {
+            period: p?,
+            expected_delivery: edd?,
+        })
     });
 
     if record.child_protection_plan.is_none()
@@ -329,7 +265,7 @@ pub fn validate_record(
             ),
             (
                 "looked_after_child.period.start_date",
-                lac.map(|(p, _)| p.start),
+                lac.map(|l| l.period.start),
             ),
         ];
         for (field, start) in child_starts {
@@ -340,7 +276,7 @@ pub fn validate_record(
                     ErrorReason::DateOrder,
                     "must not be before date_of_birth",
                 );
-            } else if dob + Months::new(18 * 12) <= start {
+            } else if plus_months(dob, 18 * 12).is_some_and(|adult| adult <= start) {
                 v.add(
                     "date_of_birth",
                     ErrorReason::DateOfBirthImplausible,
@@ -365,91 +301,92 @@ pub fn validate_record(
     }
 }
 
-const UNIX_EPOCH_DAYS_FROM_CE: i32 = 719_163;
-
-/// Days since 1970-01-01, as stored.
-pub fn to_days(date: NaiveDate) -> i32 {
-    date.num_days_from_ce() - UNIX_EPOCH_DAYS_FROM_CE
-}
-
-/// The date `days` after 1970-01-01; `None` if out of range (a corrupt row).
-pub fn from_days(days: i32) -> Option<NaiveDate> {
-    NaiveDate::from_num_days_from_ce_opt(days.checked_add(UNIX_EPOCH_DAYS_FROM_CE)?)
-}
-
-impl ChildRecord {
-    /// The stored content.
-    pub fn content(&self) -> RecordContent {
-        let days = |d: Option<NaiveDate>| d.map(to_days);
-        RecordContent {
-            local_case_id: self.local_case_id.clone(),
-            given_name: self.given_name.clone(),
-            family_name: self.family_name.clone(),
-            date_of_birth: to_days(self.date_of_birth),
-            cpp_start: self.child_protection_plan.map(|p| to_days(p.start)),
-            cpp_end: days(self.child_protection_plan.and_then(|p| p.end)),
-            cpp_delete: days(self.child_protection_plan.and_then(|p| p.delete)),
-            lac_start: self.looked_after_child.map(|(p, _)| to_days(p.start)),
-            lac_end: days(self.looked_after_child.and_then(|(p, _)| p.end)),
-            lac_delete: days(self.looked_after_child.and_then(|(p, _)| p.delete)),
-            lac_legal_basis: self.looked_after_child.map(|(_, b)| b as i32),
-            ucpp_start: self
-                .unborn_child_protection_plan
-                .map(|(p, _)| to_days(p.start)),
-            ucpp_end: days(self.unborn_child_protection_plan.and_then(|(p, _)| p.end)),
-            ucpp_delete: days(
-                self.unborn_child_protection_plan
-                    .and_then(|(p, _)| p.delete),
-            ),
-            ucpp_expected_delivery: self
-                .unborn_child_protection_plan
-                .map(|(_, edd)| to_days(edd)),
-        }
-    }
-}
-
-fn wire_period(start: i32, end: Option<i32>, delete: Option<i32>) -> wire::PlanPeriod {
-    let date = |d: i32| from_days(d).map(to_wire_date);
+fn wire_period(period: &PlanPeriod) -> wire::PlanPeriod {
     wire::PlanPeriod {
-        start_date: date(start),
-        end_date: end.and_then(date),
-        delete_date: delete.and_then(date),
+        start_date: Some(to_wire_date(period.start)),
+        end_date: period.end.map(to_wire_date),
+        delete_date: period.delete.map(to_wire_date),
     }
 }
 
-/// A stored row as the council sees it (delete dates included).
-pub fn row_to_wire(row: &ChildRecordRow) -> wire::ChildRecord {
+/// A stored record as its council sees it (delete dates included).
+pub(crate) fn record_to_wire(stored: &StoredRecord) -> wire::ChildRecord {
+    let record = &stored.record;
     wire::ChildRecord {
-        nhs_number: row.nhs_number.clone(),
-        local_case_id: row.local_case_id.clone().unwrap_or_default(),
-        given_name: row.given_name.clone(),
-        family_name: row.family_name.clone(),
-        date_of_birth: from_days(row.date_of_birth).map(to_wire_date),
-        child_protection_plan: row.cpp_start.map(|s| wire::ChildProtectionPlan {
-            period: Some(wire_period(s, row.cpp_end, row.cpp_delete)),
+        nhs_number: record.nhs_number.to_string(),
+        local_case_id: record.local_case_id.clone().unwrap_or_default(),
+        given_name: record.given_name.clone(),
+        family_name: record.family_name.clone(),
+        date_of_birth: Some(to_wire_date(record.date_of_birth)),
+        child_protection_plan: record
+            .child_protection_plan
+            .map(|p| wire::ChildProtectionPlan {
+                period: Some(wire_period(&p)),
+            }),
+        looked_after_child: record.looked_after_child.map(|l| wire::LookedAfterChild {
+            period: Some(wire_period(&l.period)),
+            legal_basis: l.legal_basis as i32,
         }),
-        looked_after_child: row.lac_start.map(|s| wire::LookedAfterChild {
-            period: Some(wire_period(s, row.lac_end, row.lac_delete)),
-            legal_basis: row.lac_legal_basis.unwrap_or_default(),
+        unborn_child_protection_plan: record.unborn_child_protection_plan.map(|u| {
+            wire::UnbornChildProtectionPlan {
+                period: Some(wire_period(&u.period)),
+                expected_delivery_date: Some(to_wire_date(u.expected_delivery)),
+            }
         }),
-        unborn_child_protection_plan: row.ucpp_start.map(|s| wire::UnbornChildProtectionPlan {
-            period: Some(wire_period(s, row.ucpp_end, row.ucpp_delete)),
-            expected_delivery_date: row
-                .ucpp_expected_delivery
-                .and_then(from_days)
-                .map(to_wire_date),
-        }),
-        local_authority_ods_code: row.local_authority.clone(),
-        version: row.version,
-        create_time: Some(micros_to_timestamp(row.create_time)),
-        update_time: Some(micros_to_timestamp(row.update_time)),
+        local_authority_ods_code: stored.local_authority.to_string(),
+        version: stored.version,
+        create_time: Some(timestamp(stored.create_time)),
+        update_time: Some(timestamp(stored.update_time)),
     }
 }
 
-/// Microseconds since the Unix epoch, as stored.
-pub fn micros_to_timestamp(t: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.div_euclid(1_000_000),
-        nanos: i32::try_from(t.rem_euclid(1_000_000) * 1000).unwrap_or_default(),
+/// A council's contact details on the wire; `update_time` only for the council itself.
+pub(crate) fn council_to_wire(council: &Council, with_update_time: bool) -> LocalAuthority {
+    LocalAuthority {
+        ods_code: council.ods_code.to_string(),
+        name: council.contacts.name.clone(),
+        emergency_duty_phone: council.contacts.emergency_duty_phone.clone(),
+        office_hours_phone: council
+            .contacts
+            .office_hours_phone
+            .clone()
+            .unwrap_or_default(),
+        update_time: with_update_time.then(|| timestamp(council.update_time)),
+    }
+}
+
+/// A plan as health sees it.
+pub(crate) fn disclosed_plan(plan: &VisiblePlan) -> DisclosedPlan {
+    DisclosedPlan {
+        plan_type: plan.plan_type as i32,
+        start_date: Some(to_wire_date(plan.start)),
+        end_date: plan.end.map(to_wire_date),
+        legal_basis: plan.legal_basis.map_or(0, |b: LookedAfterLegalBasis| b as i32),
+        expected_delivery_date: plan.expected_delivery.map(to_wire_date),
+    }
+}
+
+/// A recorded access as health sees it: when, where, who and their role.
+pub(crate) fn recent_access(event: &AccessEvent) -> RecentAccess {
+    let accessor = event.accessor.clone().unwrap_or_default();
+    let (name, role) = match &accessor.kind {
+        Some(Kind::Person(p)) => (p.name.clone(), p.job_role_name.clone()),
+        Some(Kind::System(s)) => s
+            .responsible_person
+            .as_ref()
+            .map(|p| (p.name.clone(), p.job_role_name.clone()))
+            .unwrap_or_default(),
+        None => (String::new(), String::new()),
+    };
+    RecentAccess {
+        access_time: event.access_time,
+        organisation: accessor.organisation.map(|o| Organisation {
+            ods_code: o.ods_code,
+            name: o.name,
+        }),
+        care_setting: accessor.care_setting,
+        accessor_name: name,
+        job_role_name: role,
+        access_mode: event.access_mode,
     }
 }

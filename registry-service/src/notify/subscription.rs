@@ -6,17 +6,16 @@
 
 use std::time::Duration;
 
-use cpis_proto::cpis::common::v1::ErrorReason;
+use cpis_core::ods::OdsCode;
 use cpis_proto::cpis::registry::v1::{
-    Heartbeat, Notification, SubscribeNotificationsResponse,
-    subscribe_notifications_response::Event,
+    Heartbeat, SubscribeNotificationsResponse, subscribe_notifications_response::Event,
 };
-use prost::Message as _;
 use tokio::sync::{broadcast, mpsc, watch};
-use tonic::{Code, Status};
+use tonic::Status;
 
-use crate::db::Database;
-use crate::wakeups::Wakeups;
+use crate::db::{Database, outbox};
+use crate::error::RegistryError;
+use crate::notify::Notifier;
 
 /// Notifications read from the outbox per query.
 const PAGE: i64 = 256;
@@ -51,17 +50,17 @@ type Outgoing = mpsc::Sender<Result<SubscribeNotificationsResponse, Status>>;
 enum End {
     /// The subscriber hung up.
     Gone,
-    /// The subscriber is cut off with this status.
-    Error(Status),
+    /// The subscriber is cut off with this error.
+    Error(RegistryError),
 }
 
 /// Starts streaming council `ods_code`'s notifications after `cursor`.
-pub fn start(
+pub(crate) fn start(
     db: Database,
-    wakeups: &Wakeups,
+    notifier: &Notifier,
     shutdown: watch::Receiver<bool>,
     options: SubscriptionOptions,
-    ods_code: String,
+    ods_code: OdsCode,
     cursor: i64,
 ) -> mpsc::Receiver<Result<SubscribeNotificationsResponse, Status>> {
     // One slot more than the buffer: notifications never take the last one, so the status
@@ -69,12 +68,12 @@ pub fn start(
     let (tx, rx) = mpsc::channel(options.buffer.max(1) + 1);
     // Subscribe to wake-ups before the first read, so a commit between the read and the wait
     // still wakes us.
-    let wake = wakeups.subscribe();
+    let wake = notifier.subscribe();
     tokio::spawn(async move {
         let ended = deliver(&db, wake, shutdown, options, &ods_code, cursor, &tx).await;
         if let End::Error(status) = ended {
             // Best effort: the subscriber may already be gone.
-            let _ = tx.try_send(Err(status));
+            let _ = tx.try_send(Err(status.into()));
         }
         tracing::info!(la = %ods_code, "subscriber disconnected");
     });
@@ -92,48 +91,37 @@ async fn send(tx: &Outgoing, event: Event, options: &SubscriptionOptions) -> Res
             Ok(())
         }
         Ok(Err(_)) => Err(End::Gone),
-        Err(_) => Err(End::Error(cpis_core::status::with_reason(
-            Code::ResourceExhausted,
-            ErrorReason::SubscriberTooSlow,
-            "the subscriber is not reading; reconnect from the last acknowledged sequence",
-        ))),
+        Err(_) => Err(End::Error(RegistryError::SubscriberTooSlow)),
     }
 }
 
 async fn deliver(
     db: &Database,
-    mut wake: broadcast::Receiver<String>,
+    mut wake: broadcast::Receiver<OdsCode>,
     mut shutdown: watch::Receiver<bool>,
     options: SubscriptionOptions,
-    ods_code: &str,
+    ods_code: &OdsCode,
     mut cursor: i64,
     tx: &Outgoing,
 ) -> End {
     let mut last_sent = tokio::time::Instant::now();
     loop {
         // Replay (or catch up) from the outbox, a page at a time.
-        let ods = ods_code.to_owned();
-        let rows = match db
-            .run(move |conn| crate::outbox::list(conn, &ods, cursor, PAGE))
+        let ods = ods_code.clone();
+        let page = match db
+            .run(move |conn| outbox::list(conn, &ods, cursor, PAGE))
             .await
         {
-            Ok(rows) => rows,
-            Err(error) => return End::Error(error.into()),
+            Ok(page) => page,
+            Err(error) => return End::Error(error),
         };
-        let full_page = i64::try_from(rows.len()).is_ok_and(|n| n == PAGE);
-        for row in rows {
-            cursor = row.sequence;
-            match Notification::decode(row.notification.as_slice()) {
-                Ok(notification) => {
-                    if let Err(end) = send(tx, Event::Notification(notification), &options).await {
-                        return end;
-                    }
-                    last_sent = tokio::time::Instant::now();
-                }
-                Err(error) => {
-                    tracing::error!(la = %ods_code, sequence = row.sequence, %error, "undecodable notification skipped");
-                }
+        let full_page = i64::try_from(page.len()).is_ok_and(|n| n == PAGE);
+        for notification in page {
+            cursor = i64::try_from(notification.sequence).unwrap_or(cursor);
+            if let Err(end) = send(tx, Event::Notification(notification), &options).await {
+                return end;
             }
+            last_sent = tokio::time::Instant::now();
         }
         if full_page {
             continue;
@@ -145,7 +133,7 @@ async fn deliver(
         loop {
             tokio::select! {
                 woken = wake.recv() => match woken {
-                    Ok(code) if code == ods_code => break,
+                    Ok(code) if code == *ods_code => break,
                     Ok(_) => {}
                     // Missed some wake-ups: just read the outbox again.
                     Err(broadcast::error::RecvError::Lagged(_)) => break,
@@ -163,11 +151,7 @@ async fn deliver(
                 () = tx.closed() => return End::Gone,
                 changed = shutdown.changed() => {
                     if changed.is_err() || *shutdown.borrow() {
-                        return End::Error(cpis_core::status::with_reason(
-                            Code::Unavailable,
-                            ErrorReason::ShuttingDown,
-                            "the registry is shutting down; reconnect from the last acknowledged sequence",
-                        ));
+                        return End::Error(RegistryError::ShuttingDown);
                     }
                 }
             }

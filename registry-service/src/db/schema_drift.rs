@@ -1,5 +1,7 @@
 //! The one diesel schema (`db/schema.rs`) must match both backends' migrated databases, and a
-//! server must refuse to start on a schema that is behind.
+//! server must refuse to start on a schema that is behind. (A unit test: it reads the schema,
+//! which is private to the crate.)
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests: a failed expectation is a failed test
 
 use std::collections::BTreeMap;
 
@@ -9,10 +11,16 @@ use cpis_testkit::{
 };
 use diesel::prelude::*;
 use diesel::sql_types::{Integer, Text};
-use registry_service::db::{DbConnection, schema};
-use registry_service::{RegistryError, db::Database};
+use super::{Database, DbConnection, PoolOptions, schema};
+use crate::{Config, DatabaseUrl, RegistryError};
 
-use crate::harness::{config, signer};
+fn config(test_db: &TestDb) -> Config {
+    let signer = cpis_core::auth::DevSigner::generate("cpis", "cpis-registry").expect("key");
+    Config::with(
+        DatabaseUrl::parse(&test_db.url).expect("url"),
+        signer.verifier().expect("verifier"),
+    )
+}
 
 both_backends!(
     schema_matches_migrated_database,
@@ -32,41 +40,23 @@ fn declared() -> BTreeMap<String, Vec<String>> {
             .collect()
     }
     let mut map = BTreeMap::new();
-    let sql = diesel::debug_query::<diesel::sqlite::Sqlite, _>(
-        &schema::local_authorities::table.select(schema::local_authorities::all_columns),
-    )
-    .to_string();
-    map.insert(
-        "local_authorities".to_owned(),
-        columns(&sql, "local_authorities"),
-    );
-    let sql = diesel::debug_query::<diesel::sqlite::Sqlite, _>(
-        &schema::child_records::table.select(schema::child_records::all_columns),
-    )
-    .to_string();
-    map.insert("child_records".to_owned(), columns(&sql, "child_records"));
-    let sql = diesel::debug_query::<diesel::sqlite::Sqlite, _>(
-        &schema::upload_batches::table.select(schema::upload_batches::all_columns),
-    )
-    .to_string();
-    map.insert("upload_batches".to_owned(), columns(&sql, "upload_batches"));
-    let sql = diesel::debug_query::<diesel::sqlite::Sqlite, _>(
-        &schema::access_events::table.select(schema::access_events::all_columns),
-    )
-    .to_string();
-    map.insert("access_events".to_owned(), columns(&sql, "access_events"));
-    let sql = diesel::debug_query::<diesel::sqlite::Sqlite, _>(
-        &schema::notifications::table.select(schema::notifications::all_columns),
-    )
-    .to_string();
-    map.insert("notifications".to_owned(), columns(&sql, "notifications"));
-    let sql = diesel::debug_query::<diesel::sqlite::Sqlite, _>(
-        &schema::nhs_number_status::table.select(schema::nhs_number_status::all_columns),
-    )
-    .to_string();
-    map.insert(
-        "nhs_number_status".to_owned(),
-        columns(&sql, "nhs_number_status"),
+    macro_rules! declare {
+        ($($table:ident),*) => {$(
+            let sql = diesel::debug_query::<diesel::sqlite::Sqlite, _>(
+                &schema::$table::table.select(schema::$table::all_columns),
+            )
+            .to_string();
+            map.insert(stringify!($table).to_owned(), columns(&sql, stringify!($table)));
+        )*};
+    }
+    declare!(
+        local_authorities,
+        child_records,
+        upload_batches,
+        access_events,
+        notifications,
+        nhs_number_status,
+        registry_keys
     );
     assert_eq!(map.keys().cloned().collect::<Vec<_>>(), {
         let mut t: Vec<String> = schema::TABLES.iter().map(|s| (*s).to_owned()).collect();
@@ -116,11 +106,11 @@ async fn schema_matches_migrated_database(backend: Backend) {
     let Some(test_db) = TestDb::create(backend) else {
         return;
     };
-    let cfg = config(&test_db, &signer());
-    let applied = registry_service::migrate(&cfg).await.expect("migrate");
+    let cfg = config(&test_db);
+    let applied = crate::migrate(&cfg).await.expect("migrate");
     assert!(!applied.is_empty());
     assert!(
-        registry_service::migrate(&cfg)
+        crate::migrate(&cfg)
             .await
             .expect("again")
             .is_empty(),
@@ -128,7 +118,7 @@ async fn schema_matches_migrated_database(backend: Backend) {
     );
     let db = Database::open(
         cfg.effective_database_url(),
-        registry_service::db::PoolOptions {
+        PoolOptions {
             max_connections: 1,
             acquire_timeout: std::time::Duration::from_secs(5),
         },
@@ -154,14 +144,14 @@ async fn refuses_to_start_on_a_schema_behind(backend: Backend) {
     let Some(test_db) = TestDb::create(backend) else {
         return;
     };
-    let mut cfg = config(&test_db, &signer());
+    let mut cfg = config(&test_db);
     cfg.migrate_on_start = false;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let result = tokio::time::timeout(
         std::time::Duration::from_secs(20),
-        registry_service::serve(cfg, listener, std::future::pending()),
+        crate::serve(cfg, listener, std::future::pending()),
     )
     .await
     .expect("serve returns instead of serving");

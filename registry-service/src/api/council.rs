@@ -1,0 +1,278 @@
+//! `cpis.registry.v1.CouncilService`: contact details, one-record writes and reads, listings,
+//! access history and batch outcomes here; bulk uploads in `upload`, notifications in
+//! `notifications`. Every call is scoped to the caller's own council (`auth::council`).
+
+use std::sync::Arc;
+
+use cpis_core::nhs_number::NhsNumber;
+use cpis_proto::cpis::registry::v1::{
+    AcknowledgeNotificationsRequest, AcknowledgeNotificationsResponse, BatchResult,
+    DeleteChildRecordRequest, DeleteChildRecordResponse, GetBatchRequest, GetBatchResponse,
+    GetChildRecordRequest, GetChildRecordResponse, GetContactDetailsRequest,
+    GetContactDetailsResponse, ListAccessEventsRequest, ListAccessEventsResponse,
+    ListChildRecordsRequest, ListChildRecordsResponse, ListNotificationsRequest,
+    ListNotificationsResponse, PutChildRecordRequest, PutChildRecordResponse, RecordStateFilter,
+    SetContactDetailsRequest, SetContactDetailsResponse, SubscribeNotificationsRequest,
+    SubscribeNotificationsResponse, UploadBatchRequest, UploadBatchResponse,
+    council_service_server::CouncilService,
+};
+use cpis_proto::cpis::common::v1::ErrorReason;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::Registry;
+use super::auth::council;
+use super::convert::{council_to_wire, record_to_wire, validate_record};
+use super::paging::{Query, page_size, split_page};
+use crate::db::models::decode;
+use crate::db::records::{self, StateFilter};
+use crate::db::disclosure::list_access_events;
+use crate::domain::contacts::Contacts;
+use crate::error::RegistryError;
+
+/// Handler for `cpis.registry.v1.CouncilService`.
+#[derive(Clone, Debug)]
+pub(crate) struct CouncilApi(pub Arc<Registry>);
+
+type Answer<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl CouncilService for CouncilApi {
+    #[tracing::instrument(skip_all, fields(rpc = "SetContactDetails"))]
+    async fn set_contact_details(
+        &self,
+        request: Request<SetContactDetailsRequest>,
+    ) -> Answer<SetContactDetailsResponse> {
+        let ods = council(&request)?;
+        let la = request.into_inner().local_authority.unwrap_or_default();
+        let contacts = Contacts::parse(
+            "local_authority",
+            &la.name,
+            &la.emergency_duty_phone,
+            &la.office_hours_phone,
+        )
+        .map_err(RegistryError::Invalid)?;
+        let now = self.0.clock.now_micros();
+        let stored = {
+            let ods = ods.clone();
+            self.0
+                .db
+                .run(move |conn| records::upsert_contacts(conn, &ods, &contacts, now))
+                .await?
+        };
+        tracing::info!(la = %ods, "contact details set");
+        Ok(Response::new(SetContactDetailsResponse {
+            local_authority: Some(council_to_wire(&stored, true)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "GetContactDetails"))]
+    async fn get_contact_details(
+        &self,
+        request: Request<GetContactDetailsRequest>,
+    ) -> Answer<GetContactDetailsResponse> {
+        let ods = council(&request)?;
+        let stored = self
+            .0
+            .db
+            .run(move |conn| records::get_council(conn, &ods))
+            .await?
+            .ok_or(RegistryError::ContactsNotSet)?;
+        Ok(Response::new(GetContactDetailsResponse {
+            local_authority: Some(council_to_wire(&stored, true)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "PutChildRecord"))]
+    async fn put_child_record(
+        &self,
+        request: Request<PutChildRecordRequest>,
+    ) -> Answer<PutChildRecordResponse> {
+        let ods = council(&request)?;
+        let body = request.into_inner();
+        let wire = body.record.ok_or_else(|| RegistryError::required("record"))?;
+        if body.expected_version.is_some_and(|v| v < 0) {
+            return Err(RegistryError::invalid(
+                "expected_version",
+                ErrorReason::FieldFormat,
+                "must not be negative",
+            )
+            .into());
+        }
+        let record = validate_record(&wire, "record.", self.0.clock.today())
+            .map_err(RegistryError::Invalid)?;
+        let now = self.0.clock.now_micros();
+        let stored = {
+            let ods = ods.clone();
+            self.0
+                .db
+                .run(move |conn| records::put_record(conn, &ods, &record, body.expected_version, now))
+                .await?
+        };
+        tracing::info!(la = %ods, created = stored.created, version = stored.record.version, "record stored");
+        Ok(Response::new(PutChildRecordResponse {
+            record: Some(record_to_wire(&stored.record)),
+            created: stored.created,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "GetChildRecord"))]
+    async fn get_child_record(
+        &self,
+        request: Request<GetChildRecordRequest>,
+    ) -> Answer<GetChildRecordResponse> {
+        let ods = council(&request)?;
+        let nhs = NhsNumber::parse_field(&request.get_ref().nhs_number, "nhs_number")
+            .map_err(|v| RegistryError::Invalid(vec![v]))?;
+        let stored = self
+            .0
+            .db
+            .run(move |conn| records::get_record(conn, &ods, &nhs))
+            .await?
+            .ok_or(RegistryError::RecordNotFound)?;
+        Ok(Response::new(GetChildRecordResponse {
+            record: Some(record_to_wire(&stored)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "ListChildRecords"))]
+    async fn list_child_records(
+        &self,
+        request: Request<ListChildRecordsRequest>,
+    ) -> Answer<ListChildRecordsResponse> {
+        let ods = council(&request)?;
+        let body = request.into_inner();
+        let filter = match RecordStateFilter::try_from(body.state) {
+            Ok(RecordStateFilter::Unspecified) => StateFilter::All,
+            Ok(RecordStateFilter::Active) => StateFilter::Active,
+            Ok(RecordStateFilter::Ended) => StateFilter::Ended,
+            Err(_) => {
+                return Err(RegistryError::invalid(
+                    "state",
+                    ErrorReason::FieldFormat,
+                    "is not a known filter",
+                )
+                .into());
+            }
+        };
+        let limit = page_size(body.page_size)?;
+        let query = Query::Records(body.state);
+        let after = match self.0.pages.open(query, &body.page_token).await? {
+            None => None,
+            Some(position) => Some(
+                NhsNumber::parse(&format!("{position:010}"))
+                    .map_err(|_| RegistryError::bad_page_token())?,
+            ),
+        };
+        let today = self.0.clock.today();
+        let rows = self
+            .0
+            .db
+            .run(move |conn| {
+                records::list_records(conn, &ods, after.as_ref(), filter, today, limit + 1)
+            })
+            .await?;
+        let (page, more) = split_page(rows, limit);
+        let last = page
+            .last()
+            .and_then(|r| r.record.nhs_number.to_string().parse::<i64>().ok());
+        Ok(Response::new(ListChildRecordsResponse {
+            records: page.iter().map(record_to_wire).collect(),
+            next_page_token: self.0.pages.next(query, more, last).await?,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "DeleteChildRecord"))]
+    async fn delete_child_record(
+        &self,
+        request: Request<DeleteChildRecordRequest>,
+    ) -> Answer<DeleteChildRecordResponse> {
+        let ods = council(&request)?;
+        let body = request.into_inner();
+        let nhs = NhsNumber::parse_field(&body.nhs_number, "nhs_number")
+            .map_err(|v| RegistryError::Invalid(vec![v]))?;
+        {
+            let ods = ods.clone();
+            self.0
+                .db
+                .run(move |conn| records::delete_record(conn, &ods, &nhs, body.expected_version))
+                .await?;
+        }
+        tracing::info!(la = %ods, "record deleted");
+        Ok(Response::new(DeleteChildRecordResponse {}))
+    }
+
+    async fn upload_batch(
+        &self,
+        request: Request<Streaming<UploadBatchRequest>>,
+    ) -> Answer<UploadBatchResponse> {
+        super::upload::upload_batch(&self.0, request).await
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "ListAccessEvents"))]
+    async fn list_access_events(
+        &self,
+        request: Request<ListAccessEventsRequest>,
+    ) -> Answer<ListAccessEventsResponse> {
+        let ods = council(&request)?;
+        let body = request.into_inner();
+        let nhs = NhsNumber::parse_field(&body.nhs_number, "nhs_number")
+            .map_err(|v| RegistryError::Invalid(vec![v]))?;
+        let limit = page_size(body.page_size)?;
+        let before = self
+            .0
+            .pages
+            .open(Query::AccessEvents, &body.page_token)
+            .await?;
+        let rows = self
+            .0
+            .db
+            .run(move |conn| list_access_events(conn, &ods, &nhs, before, limit + 1))
+            .await?;
+        let (page, more) = split_page(rows, limit);
+        let last = page.last().map(|(id, _)| *id);
+        Ok(Response::new(ListAccessEventsResponse {
+            next_page_token: self.0.pages.next(Query::AccessEvents, more, last).await?,
+            access_events: page.into_iter().map(|(_, event)| event).collect(),
+        }))
+    }
+
+    type SubscribeNotificationsStream =
+        futures::stream::BoxStream<'static, Result<SubscribeNotificationsResponse, Status>>;
+
+    async fn subscribe_notifications(
+        &self,
+        request: Request<SubscribeNotificationsRequest>,
+    ) -> Answer<Self::SubscribeNotificationsStream> {
+        super::notifications::subscribe(&self.0, request).await
+    }
+
+    async fn acknowledge_notifications(
+        &self,
+        request: Request<AcknowledgeNotificationsRequest>,
+    ) -> Answer<AcknowledgeNotificationsResponse> {
+        super::notifications::acknowledge(&self.0, request).await
+    }
+
+    async fn list_notifications(
+        &self,
+        request: Request<ListNotificationsRequest>,
+    ) -> Answer<ListNotificationsResponse> {
+        super::notifications::list(&self.0, request).await
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "GetBatch"))]
+    async fn get_batch(&self, request: Request<GetBatchRequest>) -> Answer<GetBatchResponse> {
+        let ods = council(&request)?;
+        let batch_id = request.into_inner().batch_id;
+        let row = self
+            .0
+            .db
+            .run(move |conn| records::get_batch(conn, &ods, &batch_id))
+            .await?
+            .ok_or(RegistryError::BatchNotFound)?;
+        let result: BatchResult = decode(&row.result, "upload_batches", "result")?;
+        Ok(Response::new(GetBatchResponse {
+            result: Some(result),
+        }))
+    }
+}

@@ -1,0 +1,123 @@
+//! `cpis.registry.v1.DisclosureService`, called only by the lookup service (its interceptor
+//! checks the service credential): one call that discloses the visible records for an NHS number
+//! and records the access in one transaction.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cpis_core::{accessor::ValidAccessor, nhs_number::NhsNumber, status::FieldViolation};
+use cpis_proto::cpis::common::v1::{AccessMode, CouncilAlert, ErrorReason};
+use cpis_proto::cpis::registry::v1::{
+    DiscloseRequest, DiscloseResponse, disclosure_service_server::DisclosureService,
+};
+use tonic::{Request, Response, Status};
+
+use super::Registry;
+use super::convert::{council_to_wire, disclosed_plan, recent_access};
+use crate::db::disclosure::{DisclosureRequest, disclose};
+use crate::error::RegistryError;
+
+/// Longest request id (the EPR's X-Request-ID), in bytes.
+const MAX_REQUEST_ID: usize = 128;
+
+/// Handler for `cpis.registry.v1.DisclosureService`.
+#[derive(Clone, Debug)]
+pub(crate) struct DisclosureApi(pub Arc<Registry>);
+
+/// Validates a disclosure request, reporting every problem at once.
+fn validate(
+    body: DiscloseRequest,
+) -> Result<(NhsNumber, ValidAccessor, AccessMode, String), RegistryError> {
+    let mut violations = Vec::new();
+    let nhs = NhsNumber::parse_field(&body.nhs_number, "nhs_number")
+        .map_err(|v| violations.push(v))
+        .ok();
+    let accessor = match body.accessor {
+        None => {
+            violations.push(FieldViolation::new(
+                "accessor",
+                ErrorReason::FieldRequired,
+                "is required",
+            ));
+            None
+        }
+        Some(wire) => ValidAccessor::try_from(wire)
+            .map_err(|found| violations.extend(found.iter().map(|v| v.to_field_violation())))
+            .ok(),
+    };
+    let mode = match AccessMode::try_from(body.access_mode) {
+        Ok(AccessMode::Unspecified) | Err(_) => {
+            violations.push(FieldViolation::new(
+                "access_mode",
+                ErrorReason::FieldRequired,
+                "unscheduled or scheduled silent read",
+            ));
+            None
+        }
+        Ok(mode) => Some(mode),
+    };
+    if body.request_id.len() > MAX_REQUEST_ID {
+        violations.push(FieldViolation::new(
+            "request_id",
+            ErrorReason::FieldTooLong,
+            "must be at most 128 bytes",
+        ));
+    }
+    match (nhs, accessor, mode, violations.is_empty()) {
+        (Some(nhs), Some(accessor), Some(mode), true) => {
+            Ok((nhs, accessor, mode, body.request_id))
+        }
+        _ => Err(RegistryError::Invalid(violations)),
+    }
+}
+
+#[tonic::async_trait]
+impl DisclosureService for DisclosureApi {
+    #[tracing::instrument(skip_all, fields(rpc = "Disclose"))]
+    async fn disclose(
+        &self,
+        request: Request<DiscloseRequest>,
+    ) -> Result<Response<DiscloseResponse>, Status> {
+        let deadline =
+            cpis_core::deadline::remaining(request.metadata()).map(|d| Instant::now() + d);
+        let (nhs_number, accessor, mode, request_id) = validate(request.into_inner())?;
+        let setting = accessor.care_setting();
+        let registry = &self.0;
+        let now = registry.clock.now_micros();
+        let work = DisclosureRequest {
+            nhs_number,
+            accessor,
+            mode,
+            request_id,
+            now,
+            today: registry.clock.today(),
+            deadline,
+        };
+        let (disclosure, notified) = registry
+            .notifier
+            .write(&registry.db, now, move |conn, outbox| disclose(conn, &work, outbox))
+            .await
+            .map_err(RegistryError::access_not_recorded)?;
+        // Counts and council codes only: never the NHS number.
+        tracing::info!(
+            mode = mode.as_str_name(),
+            setting = setting.as_str_name(),
+            councils = disclosure.alerts.len(),
+            notifications = notified,
+            access_id = %disclosure.access_id,
+            "disclosed"
+        );
+        Ok(Response::new(DiscloseResponse {
+            alerts: disclosure
+                .alerts
+                .iter()
+                .map(|(council, plans)| CouncilAlert {
+                    local_authority: Some(council_to_wire(council, false)),
+                    plans: plans.iter().map(disclosed_plan).collect(),
+                })
+                .collect(),
+            recent_accesses: disclosure.recent.iter().map(recent_access).collect(),
+            access_id: disclosure.access_id,
+        }))
+    }
+}

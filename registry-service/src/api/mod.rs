@@ -1,0 +1,94 @@
+//! The registry's gRPC edge: thin handlers that authenticate (an interceptor per service puts
+//! the typed caller in the request), convert the wire into domain types, call the database
+//! layer, and map the outcome through `RegistryError`. Council calls live in `council`,
+//! `upload` and `notifications`; the lookup service's call in `disclosure`; operators' in
+//! `operator`.
+
+mod auth;
+mod convert;
+mod council;
+mod disclosure;
+mod notifications;
+pub(crate) mod operator;
+mod paging;
+mod upload;
+
+use std::sync::Arc;
+
+use cpis_core::auth::TokenVerifier;
+use cpis_proto::cpis::registry::v1::{
+    council_service_server::CouncilServiceServer,
+    disclosure_service_server::DisclosureServiceServer,
+    operator_service_server::OperatorServiceServer,
+};
+use secrecy::SecretString;
+use tokio::sync::watch;
+use tonic::service::Routes;
+
+use crate::clock::Clock;
+use crate::db::Database;
+use crate::notify::{Notifier, subscription::SubscriptionOptions};
+
+/// What every handler shares.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    /// The database.
+    pub db: Database,
+    /// The registry's notion of now.
+    pub clock: Clock,
+    /// Outbox wake-ups.
+    pub notifier: Notifier,
+    /// Page-token sealing.
+    pub pages: paging::PageTokens,
+    /// Records per bulk-upload transaction.
+    pub upload_chunk: usize,
+    /// Subscriber buffering, polling and heartbeats.
+    pub subscription: SubscriptionOptions,
+    /// Turns true when the server starts draining; subscribers end with SHUTTING_DOWN.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Registry {
+    /// The shared state of one server.
+    pub fn new(
+        db: Database,
+        clock: Clock,
+        notifier: Notifier,
+        upload_chunk: usize,
+        subscription: SubscriptionOptions,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            pages: paging::PageTokens::new(db.clone(), clock.clone()),
+            db,
+            clock,
+            notifier,
+            upload_chunk: upload_chunk.max(1),
+            subscription,
+            shutdown,
+        }
+    }
+}
+
+/// The three services, each behind the interceptor that decides who may call it.
+pub(crate) fn routes(
+    registry: Arc<Registry>,
+    verifier: TokenVerifier,
+    disclosure_token: Option<&SecretString>,
+) -> Routes {
+    let mut routes = tonic::service::RoutesBuilder::default();
+    routes
+        .add_service(CouncilServiceServer::with_interceptor(
+            council::CouncilApi(registry.clone()),
+            auth::CouncilInterceptor(verifier.clone()),
+        ))
+        .add_service(DisclosureServiceServer::with_interceptor(
+            disclosure::DisclosureApi(registry.clone()),
+            auth::DisclosureInterceptor::new(disclosure_token),
+        ))
+        .add_service(OperatorServiceServer::with_interceptor(
+            operator::OperatorApi(registry),
+            auth::OperatorInterceptor(verifier),
+        ));
+    routes.routes()
+}

@@ -1,0 +1,185 @@
+//! Paging for every listing: page sizes, reading one row more than the page to know whether
+//! another follows, and opaque page tokens. A token is the listing's position (an NHS number, an
+//! event id or a sequence) sealed with XChaCha20-Poly1305 under a key the registry keeps in its
+//! database (shared by every replica, generated once), with the query it belongs to as
+//! associated data: clients that log page tokens log no child data, and a token replayed against
+//! another query, altered or made up is refused.
+
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use chacha20poly1305::{
+    KeyInit as _, XChaCha20Poly1305, XNonce,
+    aead::{Aead as _, AeadCore as _, OsRng, Payload},
+};
+use cpis_proto::cpis::common::v1::ErrorReason;
+use tokio::sync::OnceCell;
+
+use crate::clock::Clock;
+use crate::db::{Database, keys};
+use crate::error::RegistryError;
+
+/// Page size when the request says 0.
+const DEFAULT_PAGE: i64 = 100;
+/// Largest page; larger requests are treated as this.
+const MAX_PAGE: i64 = 1000;
+/// The name of the page-token key in `registry_keys`.
+const KEY_NAME: &str = "page-token-v1";
+/// Token format version, sealed inside.
+const VERSION: u8 = 1;
+/// XChaCha20's nonce length.
+const NONCE_LEN: usize = 24;
+
+/// The page size a request asks for: 0 means the default; above the maximum, the maximum.
+pub(crate) fn page_size(requested: i32) -> Result<i64, RegistryError> {
+    match i64::from(requested) {
+        n if n < 0 => Err(RegistryError::invalid(
+            "page_size",
+            ErrorReason::FieldFormat,
+            "must not be negative",
+        )),
+        0 => Ok(DEFAULT_PAGE),
+        n => Ok(n.min(MAX_PAGE)),
+    }
+}
+
+/// Splits rows read with `limit + 1` into the page and whether another page follows.
+pub(crate) fn split_page<T>(mut rows: Vec<T>, limit: i64) -> (Vec<T>, bool) {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    (rows, more)
+}
+
+/// The query a page token belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Query {
+    /// ListChildRecords with its state filter.
+    Records(i32),
+    /// ListAccessEvents.
+    AccessEvents,
+    /// ListNotifications.
+    Notifications,
+}
+
+impl Query {
+    /// Associated data binding a token to its query.
+    fn bind(self) -> Vec<u8> {
+        let (kind, filter) = match self {
+            Self::Records(state) => (1u8, state),
+            Self::AccessEvents => (2, 0),
+            Self::Notifications => (3, 0),
+        };
+        let mut bound = vec![VERSION, kind];
+        bound.extend_from_slice(&filter.to_be_bytes());
+        bound
+    }
+}
+
+/// Seals and opens page tokens.
+pub(crate) struct PageTokens {
+    db: Database,
+    clock: Clock,
+    cipher: OnceCell<XChaCha20Poly1305>,
+}
+
+impl std::fmt::Debug for PageTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("PageTokens")
+            .field("keyed", &self.cipher.initialized())
+            .finish()
+    }
+}
+
+impl PageTokens {
+    /// Tokens keyed by the registry's stored key, read (or made) on first use.
+    pub fn new(db: Database, clock: Clock) -> Self {
+        Self {
+            db,
+            clock,
+            cipher: OnceCell::new(),
+        }
+    }
+
+    async fn cipher(&self) -> Result<&XChaCha20Poly1305, RegistryError> {
+        self.cipher
+            .get_or_try_init(|| async {
+                let now = self.clock.now_micros();
+                let key = self
+                    .db
+                    .run(move |conn| {
+                        keys::get_or_create(
+                            conn,
+                            KEY_NAME,
+                            || XChaCha20Poly1305::generate_key(&mut OsRng).to_vec(),
+                            now,
+                        )
+                    })
+                    .await?;
+                XChaCha20Poly1305::new_from_slice(&key)
+                    .map_err(|_| RegistryError::corrupt("registry_keys", KEY_NAME))
+            })
+            .await
+    }
+
+    /// The token for the page after `position` of `query`; empty when no page follows.
+    pub async fn next(
+        &self,
+        query: Query,
+        more: bool,
+        position: Option<i64>,
+    ) -> Result<String, RegistryError> {
+        let (true, Some(position)) = (more, position) else {
+            return Ok(String::new());
+        };
+        let cipher = self.cipher().await?;
+        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let sealed = cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: &position.to_be_bytes(),
+                    aad: &query.bind(),
+                },
+            )
+            .map_err(|_| RegistryError::Internal("page token sealing failed".into()))?;
+        let mut token = nonce.to_vec();
+        token.extend_from_slice(&sealed);
+        Ok(URL_SAFE_NO_PAD.encode(token))
+    }
+
+    /// The position a token of `query` carries; `None` for an empty token (the first page).
+    pub async fn open(&self, query: Query, token: &str) -> Result<Option<i64>, RegistryError> {
+        if token.is_empty() {
+            return Ok(None);
+        }
+        // Bounded before decoding: a real token is 66 characters.
+        if token.len() > 128 {
+            return Err(RegistryError::bad_page_token());
+        }
+        let bytes = URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| RegistryError::bad_page_token())?;
+        if bytes.len() <= NONCE_LEN {
+            return Err(RegistryError::bad_page_token());
+        }
+        let (nonce, sealed) = bytes.split_at(NONCE_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce
+            .try_into()
+            .map_err(|_| RegistryError::bad_page_token())?;
+        let opened = self
+            .cipher()
+            .await?
+            .decrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: &query.bind(),
+                },
+            )
+            .map_err(|_| RegistryError::bad_page_token())?;
+        let position: [u8; 8] = opened
+            .try_into()
+            .map_err(|_| RegistryError::bad_page_token())?;
+        Ok(Some(i64::from_be_bytes(position)))
+    }
+}

@@ -1,0 +1,218 @@
+//! Disclose-and-record in one database transaction: read the visible records for an NHS number,
+//! append the access event, queue one notification per council for an unscheduled access, and
+//! read the recent accesses. If anything fails, or the caller's deadline passes before the
+//! commit, nothing is disclosed and nothing is recorded. Also the access history councils read.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use chrono::NaiveDate;
+use cpis_core::{accessor::ValidAccessor, nhs_number::NhsNumber, ods::OdsCode};
+use cpis_proto::cpis::common::v1::{AccessEvent, AccessMode};
+use cpis_proto::cpis::registry::v1::{AccessNotification, notification};
+use diesel::prelude::*;
+use prost::Message as _;
+
+use super::{
+    DbConnection,
+    models::{AccessEventRow, ChildRecordRow, LocalAuthorityRow, NewAccessEvent, decode},
+    outbox::Outbox,
+    schema::{access_events, child_records, local_authorities},
+};
+use crate::domain::access::{RECENT_SCAN, collapse};
+use crate::domain::contacts::Council;
+use crate::domain::dates::timestamp;
+use crate::domain::record::StoredRecord;
+use crate::domain::visibility::{VisiblePlan, visible_plans};
+use crate::error::RegistryError;
+
+/// One disclosure to record.
+#[derive(Debug)]
+pub(crate) struct DisclosureRequest {
+    /// The NHS number.
+    pub nhs_number: NhsNumber,
+    /// Who is looking, from where.
+    pub accessor: ValidAccessor,
+    /// Unscheduled or scheduled silent read.
+    pub mode: AccessMode,
+    /// The EPR's request id.
+    pub request_id: String,
+    /// Now, in microseconds since the epoch.
+    pub now: i64,
+    /// Today.
+    pub today: NaiveDate,
+    /// Roll back instead of committing after this instant.
+    pub deadline: Option<Instant>,
+}
+
+/// What was disclosed.
+#[derive(Debug, Default)]
+pub(crate) struct Disclosure {
+    /// Per council with a visible record: its contacts and the plans health may see.
+    pub alerts: Vec<(Council, Vec<VisiblePlan>)>,
+    /// Recent accesses, newest first, collapsed (empty when there are no alerts).
+    pub recent: Vec<AccessEvent>,
+    /// The access recorded.
+    pub access_id: String,
+}
+
+fn new_access_id(now: i64) -> String {
+    use rand_core::RngCore as _;
+    let mut rng = rand_core::OsRng;
+    format!("acc-{now:x}-{:016x}{:016x}", rng.next_u64(), rng.next_u64())
+}
+
+/// The records held on `nhs_number`, in council order. A corrupt record is reported and left
+/// out: one council's bad row must not blind a lookup of another council's plan.
+fn records_on(
+    conn: &mut DbConnection,
+    nhs_number: &NhsNumber,
+) -> Result<Vec<(StoredRecord, Option<String>)>, RegistryError> {
+    let rows: Vec<ChildRecordRow> = child_records::table
+        .filter(child_records::nhs_number.eq(nhs_number.to_string()))
+        .order(child_records::local_authority.asc())
+        .select(ChildRecordRow::as_select())
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| {
+            let case_id = row.content.local_case_id.clone();
+            StoredRecord::try_from(row).ok().map(|r| (r, case_id))
+        })
+        .collect())
+}
+
+/// Runs one disclosure in one transaction; its notifications go through `outbox`.
+pub(crate) fn disclose(
+    conn: &mut DbConnection,
+    request: &DisclosureRequest,
+    outbox: &mut Outbox,
+) -> Result<Disclosure, RegistryError> {
+    conn.transaction(|conn| {
+        let visible: Vec<_> = records_on(conn, &request.nhs_number)?
+            .into_iter()
+            .filter_map(|(stored, case_id)| {
+                let plans = visible_plans(&stored.record, request.today);
+                (!plans.is_empty()).then_some((stored.local_authority, case_id, plans))
+            })
+            .collect();
+        let codes: Vec<&str> = visible.iter().map(|(ods, _, _)| ods.as_str()).collect();
+        let mut councils: HashMap<String, Council> = local_authorities::table
+            .filter(local_authorities::ods_code.eq_any(&codes))
+            .select(LocalAuthorityRow::as_select())
+            .load(conn)?
+            .into_iter()
+            .filter_map(|row| Council::try_from(row).ok())
+            .map(|council| (council.ods_code.to_string(), council))
+            .collect();
+
+        let access_id = new_access_id(request.now);
+        let event = AccessEvent {
+            access_id: access_id.clone(),
+            access_time: Some(timestamp(request.now)),
+            nhs_number: request.nhs_number.to_string(),
+            accessor: Some(request.accessor.as_wire().clone()),
+            access_mode: request.mode as i32,
+            request_id: request.request_id.clone(),
+        };
+        diesel::insert_into(access_events::table)
+            .values(NewAccessEvent {
+                access_id: access_id.clone(),
+                nhs_number: event.nhs_number.clone(),
+                access_time: request.now,
+                access_mode: request.mode as i32,
+                accessor_key: request.accessor.key(),
+                organisation_ods_code: request.accessor.ods_code().to_string(),
+                care_setting: request.accessor.care_setting() as i32,
+                event: event.encode_to_vec(),
+            })
+            .execute(conn)?;
+
+        let mut alerts = Vec::new();
+        let mut holders: Vec<(OdsCode, Option<String>)> = Vec::new();
+        for (ods_code, case_id, plans) in visible {
+            // A record always has its council (foreign key); skip rather than disclose a record
+            // without a number to ring.
+            let Some(council) = councils.remove(ods_code.as_str()) else {
+                continue;
+            };
+            holders.push((ods_code, case_id));
+            alerts.push((council, plans));
+        }
+
+        let recent = if alerts.is_empty() {
+            Vec::new()
+        } else {
+            let rows: Vec<AccessEventRow> = access_events::table
+                .filter(access_events::nhs_number.eq(&event.nhs_number))
+                .order((access_events::access_time.desc(), access_events::id.desc()))
+                .limit(RECENT_SCAN)
+                .select(AccessEventRow::as_select())
+                .load(conn)?;
+            collapse(rows.iter().map(|r| (r.accessor_key.as_str(), r.access_time)))
+                .into_iter()
+                .filter_map(|i| rows.get(i))
+                .filter_map(|row| decode(&row.event, "access_events", row.id).ok())
+                .collect()
+        };
+
+        // Notifications last: taking a council's next sequence locks its row until commit, so
+        // the lock is held for as short a time as possible.
+        if request.mode == AccessMode::Unscheduled {
+            for (ods_code, local_case_id) in holders {
+                let kind = notification::Kind::Access(AccessNotification {
+                    access_event: Some(event.clone()),
+                    local_case_id: local_case_id.unwrap_or_default(),
+                });
+                outbox.enqueue(conn, &ods_code, kind)?;
+            }
+        }
+
+        if request
+            .deadline
+            .is_some_and(|deadline| Instant::now() >= deadline)
+        {
+            // Too late for the caller to see the answer: roll back so nothing is recorded that
+            // was not disclosed.
+            return Err(RegistryError::DeadlineExceeded);
+        }
+        Ok(Disclosure {
+            alerts,
+            recent,
+            access_id,
+        })
+    })
+}
+
+/// Council `ods_code`'s view of the access history of `nhs_number`, newest first, before
+/// `before` (an event id), with each event's id (the page cursor). A council sees the history
+/// only of numbers it holds a record for.
+pub(crate) fn list_access_events(
+    conn: &mut DbConnection,
+    ods_code: &OdsCode,
+    nhs_number: &NhsNumber,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<(i64, AccessEvent)>, RegistryError> {
+    if super::records::get_record(conn, ods_code, nhs_number)?.is_none() {
+        return Err(RegistryError::RecordNotFound);
+    }
+    let mut query = access_events::table
+        .filter(access_events::nhs_number.eq(nhs_number.to_string()))
+        .order(access_events::id.desc())
+        .limit(limit)
+        .select(AccessEventRow::as_select())
+        .into_boxed();
+    if let Some(before) = before {
+        query = query.filter(access_events::id.lt(before));
+    }
+    Ok(query
+        .load(conn)?
+        .into_iter()
+        .filter_map(|row| {
+            decode(&row.event, "access_events", row.id)
+                .ok()
+                .map(|event| (row.id, event))
+        })
+        .collect())
+}

@@ -1,0 +1,136 @@
+//! SQL for the council notification outbox: notifications are queued in the same transaction as
+//! the event that causes them, numbered per council, read back in order, and acknowledged by
+//! moving the council's cursor forward. `Outbox` is the in-transaction half of
+//! `notify::Notifier`, which wakes subscribers once the transaction has committed.
+
+use cpis_core::ods::OdsCode;
+use cpis_proto::cpis::registry::v1::{Notification, notification};
+use diesel::prelude::*;
+use prost::Message as _;
+
+use super::{
+    DbConnection, dialect,
+    models::NotificationRow,
+    schema::{local_authorities, notifications},
+};
+use crate::domain::dates::timestamp;
+use crate::error::RegistryError;
+
+/// The notifications one transaction queues, and for whom.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    now: i64,
+    queued: Vec<(OdsCode, i64)>,
+}
+
+impl Outbox {
+    /// An empty outbox for a transaction at `now` (microseconds since the epoch).
+    pub fn new(now: i64) -> Self {
+        Self {
+            now,
+            queued: Vec::new(),
+        }
+    }
+
+    /// Queues a notification for `ods_code` inside the caller's transaction and returns its
+    /// sequence. Taking the council's next sequence locks its row until commit, so sequences
+    /// follow commit order: a subscriber never sees a gap that fills in later. Call it as late
+    /// in the transaction as possible to keep that lock short.
+    pub fn enqueue(
+        &mut self,
+        conn: &mut DbConnection,
+        ods_code: &OdsCode,
+        kind: notification::Kind,
+    ) -> Result<i64, RegistryError> {
+        diesel::update(local_authorities::table.find(ods_code.as_str()))
+            .set(
+                local_authorities::last_notification_sequence
+                    .eq(local_authorities::last_notification_sequence + 1),
+            )
+            .execute(conn)?;
+        let sequence: i64 = local_authorities::table
+            .find(ods_code.as_str())
+            .select(local_authorities::last_notification_sequence)
+            .first(conn)?;
+        let notification = Notification {
+            sequence: u64::try_from(sequence).unwrap_or_default(),
+            create_time: Some(timestamp(self.now)),
+            kind: Some(kind),
+        };
+        diesel::insert_into(notifications::table)
+            .values(NotificationRow {
+                local_authority: ods_code.to_string(),
+                sequence,
+                create_time: self.now,
+                notification: notification.encode_to_vec(),
+            })
+            .execute(conn)?;
+        dialect::notify_on_commit(conn, ods_code.as_str())?;
+        self.queued.push((ods_code.clone(), sequence));
+        Ok(sequence)
+    }
+
+    /// The notifications queued: council and sequence.
+    pub fn into_queued(self) -> Vec<(OdsCode, i64)> {
+        self.queued
+    }
+}
+
+/// The council's latest issued sequence and acknowledged cursor.
+pub(crate) fn cursors(conn: &mut DbConnection, ods_code: &OdsCode) -> Result<(i64, i64), RegistryError> {
+    Ok(local_authorities::table
+        .find(ods_code.as_str())
+        .select((
+            local_authorities::last_notification_sequence,
+            local_authorities::acknowledged_sequence,
+        ))
+        .first(conn)
+        .optional()?
+        .unwrap_or((0, 0)))
+}
+
+/// Notifications of `ods_code` with a sequence above `after`, oldest first. A notification that
+/// does not decode is reported (`RegistryError::corrupt`) and left out, so one bad row cannot
+/// stop a council's stream for good.
+pub(crate) fn list(
+    conn: &mut DbConnection,
+    ods_code: &OdsCode,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<Notification>, RegistryError> {
+    let rows: Vec<NotificationRow> = notifications::table
+        .filter(notifications::local_authority.eq(ods_code.as_str()))
+        .filter(notifications::sequence.gt(after))
+        .order(notifications::sequence.asc())
+        .limit(limit)
+        .select(NotificationRow::as_select())
+        .load(conn)?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| {
+            super::models::decode(&row.notification, "notifications", row.sequence).ok()
+        })
+        .collect())
+}
+
+/// Moves the council's acknowledged cursor to `sequence` (never backwards), in one transaction,
+/// and returns the cursor.
+pub(crate) fn acknowledge(
+    conn: &mut DbConnection,
+    ods_code: &OdsCode,
+    sequence: i64,
+) -> Result<i64, RegistryError> {
+    conn.transaction(|conn| {
+        let (last, acknowledged) = cursors(conn, ods_code)?;
+        if sequence > last {
+            return Err(RegistryError::SequenceNotIssued);
+        }
+        if sequence > acknowledged {
+            diesel::update(local_authorities::table.find(ods_code.as_str()))
+                .set(local_authorities::acknowledged_sequence.eq(sequence))
+                .execute(conn)?;
+            return Ok(sequence);
+        }
+        Ok(acknowledged)
+    })
+}

@@ -1,0 +1,354 @@
+//! SQL for what councils write and read: contact details, child records (one, a chunk of a bulk
+//! upload, a listing) and completed upload batches. Functions take a connection, run in the
+//! caller's transaction or their own (as each says), and speak domain and row types.
+
+use std::collections::HashMap;
+
+use chrono::NaiveDate;
+use cpis_core::{nhs_number::NhsNumber, ods::OdsCode};
+use diesel::prelude::*;
+
+use super::{
+    DbConnection, dialect,
+    models::{ChildRecordRow, LocalAuthorityRow, NewChildRecord, NewLocalAuthority, RecordContent, UploadBatchRow},
+    nhs_status::inactive_numbers,
+    schema::{child_records, local_authorities, upload_batches},
+};
+use crate::domain::contacts::{Contacts, Council};
+use crate::domain::dates::to_days;
+use crate::domain::nhs_status::Inactive;
+use crate::domain::record::{ChildRecord, StoredRecord};
+use crate::error::RegistryError;
+
+/// Which records a listing returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StateFilter {
+    /// Every record.
+    All,
+    /// At least one plan active (`PlanPeriod::is_active`).
+    Active,
+    /// No plan active.
+    Ended,
+}
+
+/// Inserts or replaces a council's contact details, in one transaction.
+pub(crate) fn upsert_contacts(
+    conn: &mut DbConnection,
+    ods_code: &OdsCode,
+    contacts: &Contacts,
+    now: i64,
+) -> Result<Council, RegistryError> {
+    let row = NewLocalAuthority::new(ods_code, contacts, now);
+    conn.transaction(|conn| {
+        let updated = diesel::update(local_authorities::table.find(&row.ods_code))
+            .set(&row)
+            .execute(conn)?;
+        if updated == 0 {
+            diesel::insert_into(local_authorities::table)
+                .values(&row)
+                .execute(conn)?;
+        }
+        get_council(conn, ods_code)?.ok_or_else(|| {
+            RegistryError::Internal("contacts vanished inside their transaction".into())
+        })
+    })
+}
+
+/// A council's contact details and cursors, if it has set them.
+pub(crate) fn get_council(
+    conn: &mut DbConnection,
+    ods_code: &OdsCode,
+) -> Result<Option<Council>, RegistryError> {
+    local_authorities::table
+        .find(ods_code.as_str())
+        .select(LocalAuthorityRow::as_select())
+        .first(conn)
+        .optional()?
+        .map(Council::try_from)
+        .transpose()
+}
+
+/// Refuses writes from a council with no contact details (health would have no number to ring).
+pub(crate) fn require_contacts(conn: &mut DbConnection, ods_code: &OdsCode) -> Result<(), RegistryError> {
+    let exists: i64 = local_authorities::table
+        .find(ods_code.as_str())
+        .count()
+        .get_result(conn)?;
+    if exists == 0 {
+        return Err(RegistryError::ContactsRequired);
+    }
+    Ok(())
+}
+
+fn get_row(
+    conn: &mut DbConnection,
+    ods_code: &OdsCode,
+    nhs_number: &NhsNumber,
+) -> Result<Option<ChildRecordRow>, RegistryError> {
+    Ok(child_records::table
+        .filter(child_records::local_authority.eq(ods_code.as_str()))
+        .filter(child_records::nhs_number.eq(nhs_number.to_string()))
+        .select(ChildRecordRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// The council's record for an NHS number.
+pub(crate) fn get_record(
+    conn: &mut DbConnection,
+    ods_code: &OdsCode,
+    nhs_number: &NhsNumber,
+) -> Result<Option<StoredRecord>, RegistryError> {
+    get_row(conn, ods_code, nhs_number)?
+        .map(StoredRecord::try_from)
+        .transpose()
+}
+
+/// Outcome of storing one record.
+#[derive(Debug)]
+pub(crate) struct Stored {
+    /// The record as stored.
+    pub record: StoredRecord,
+    /// True when newly created.
+    pub created: bool,
+}
+
+/// Stores one record in its own transaction, honouring `expected_version` (0: must not exist).
+/// A put identical to what is stored changes nothing (the version does not move), so resending
+/// is harmless.
+pub(crate) fn put_record(
+    conn: &mut DbConnection,
+    ods_code: &OdsCode,
+    record: &ChildRecord,
+    expected_version: Option<i64>,
+    now: i64,
+) -> Result<Stored, RegistryError> {
+    conn.transaction(|conn| {
+        require_contacts(conn, ods_code)?;
+        if let Some(status) = inactive_numbers(conn, &[record.nhs_number.to_string()])?
+            .values()
+            .next()
+        {
+            return Err(Inactive::from(status).into());
+        }
+        let existing = get_row(conn, ods_code, &record.nhs_number)?;
+        let actual = existing.as_ref().map_or(0, |r| r.version);
+        if let Some(expected) = expected_version
+            && expected != actual
+        {
+            return Err(RegistryError::VersionConflict { expected, actual });
+        }
+        match existing {
+            None => {
+                diesel::insert_into(child_records::table)
+                    .values(NewChildRecord::new(ods_code, record, now))
+                    .execute(conn)?;
+            }
+            Some(row) => update_if_changed(conn, row, record, now)?,
+        }
+        let stored = get_record(conn, ods_code, &record.nhs_number)?.ok_or_else(|| {
+            RegistryError::Internal("record vanished inside its transaction".into())
+        })?;
+        Ok(Stored {
+            created: actual == 0,
+            record: stored,
+        })
+    })
+}
+
+/// Updates a stored record to `record`'s content (leaving it alone when unchanged), inside the
+/// caller's transaction.
+fn update_if_changed(
+    conn: &mut DbConnection,
+    row: ChildRecordRow,
+    record: &ChildRecord,
+    now: i64,
+) -> Result<(), RegistryError> {
+    let content = RecordContent::from(record);
+    if row.content == content {
+        return Ok(());
+    }
+    // The version guard makes a concurrent writer's change a conflict, not a lost update.
+    let updated = diesel::update(
+        child_records::table
+            .filter(child_records::id.eq(row.id))
+            .filter(child_records::version.eq(row.version)),
+    )
+    .set((
+        &content,
+        child_records::version.eq(row.version + 1),
+        child_records::update_time.eq(now),
+    ))
+    .execute(conn)?;
+    if updated == 0 {
+        return Err(RegistryError::VersionConflict {
+            expected: row.version,
+            actual: row.version + 1,
+        });
+    }
+    Ok(())
+}
+
+/// A validated record of a bulk upload, with its 1-based position in the batch.
+#[derive(Debug)]
+pub(crate) struct BatchRecord {
+    /// 1-based position in the batch.
+    pub position: u64,
+    /// The record.
+    pub record: ChildRecord,
+}
+
+/// Stores a chunk of validated records (distinct NHS numbers) in one transaction, in NHS-number
+/// order (sorted keys make SQLite's B-tree inserts several times faster). Records on numbers the
+/// demographics feed marked inactive are not stored: their positions come back with the reason.
+pub(crate) fn apply_chunk(
+    conn: &mut DbConnection,
+    ods_code: &OdsCode,
+    chunk: &mut [BatchRecord],
+    now: i64,
+) -> Result<Vec<(u64, Inactive)>, RegistryError> {
+    chunk.sort_by_key(|r| r.record.nhs_number);
+    conn.transaction(|conn| {
+        dialect::plan_for_actual_values(conn)?;
+        require_contacts(conn, ods_code)?;
+        let numbers: Vec<String> = chunk
+            .iter()
+            .map(|r| r.record.nhs_number.to_string())
+            .collect();
+        let inactive = inactive_numbers(conn, &numbers)?;
+        let mut existing: HashMap<String, ChildRecordRow> = child_records::table
+            .filter(child_records::local_authority.eq(ods_code.as_str()))
+            .filter(child_records::nhs_number.eq_any(&numbers))
+            .select(ChildRecordRow::as_select())
+            .load(conn)?
+            .into_iter()
+            .map(|row| (row.nhs_number.clone(), row))
+            .collect();
+        let mut inserts = Vec::new();
+        let mut refused = Vec::new();
+        for (item, nhs) in chunk.iter().zip(numbers) {
+            if let Some(status) = inactive.get(&nhs) {
+                refused.push((item.position, Inactive::from(status)));
+                continue;
+            }
+            match existing.remove(&nhs) {
+                None => inserts.push(NewChildRecord::new(ods_code, &item.record, now)),
+                Some(row) => update_if_changed(conn, row, &item.record, now)?,
+            }
+        }
+        for rows in inserts.chunks(dialect::INSERT_ROWS) {
+            dialect::insert_child_records(conn, rows)?;
+        }
+        Ok(refused)
+    })
+}
+
+/// The "active" rule of `PlanPeriod::is_active`, in SQL, for one day: some plan block is present,
+/// not ended before `day` and not withdrawn on or before it. `day` is an integer computed here,
+/// never caller text.
+fn active_plan_sql(day: i32) -> String {
+    ["cpp", "lac", "ucpp"]
+        .iter()
+        .map(|b| {
+            format!(
+                "({b}_start IS NOT NULL AND ({b}_end IS NULL OR {b}_end >= {day}) \
+                 AND ({b}_delete IS NULL OR {b}_delete > {day}))"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" OR ")
+}
+
+/// The council's records after `after` in NHS-number order, with the row id of each (the
+/// listing's cursor).
+pub(crate) fn list_records(
+    conn: &mut DbConnection,
+    ods_code: &OdsCode,
+    after: Option<&NhsNumber>,
+    filter: StateFilter,
+    today: NaiveDate,
+    limit: i64,
+) -> Result<Vec<StoredRecord>, RegistryError> {
+    use diesel::dsl::sql;
+    use diesel::sql_types::Bool;
+
+    let mut query = child_records::table
+        .filter(child_records::local_authority.eq(ods_code.as_str()))
+        .select(ChildRecordRow::as_select())
+        .order(child_records::nhs_number.asc())
+        .limit(limit)
+        .into_boxed();
+    if let Some(after) = after {
+        query = query.filter(child_records::nhs_number.gt(after.to_string()));
+    }
+    let active = active_plan_sql(to_days(today));
+    query = match filter {
+        StateFilter::All => query,
+        StateFilter::Active => query.filter(sql::<Bool>(&format!("({active})"))),
+        StateFilter::Ended => query.filter(sql::<Bool>(&format!("NOT ({active})"))),
+    };
+    query
+        .load(conn)?
+        .into_iter()
+        .map(StoredRecord::try_from)
+        .collect()
+}
+
+/// Removes a record, in one transaction; `expected_version` guards against removing a newer
+/// state.
+pub(crate) fn delete_record(
+    conn: &mut DbConnection,
+    ods_code: &OdsCode,
+    nhs_number: &NhsNumber,
+    expected_version: Option<i64>,
+) -> Result<(), RegistryError> {
+    conn.transaction(|conn| {
+        let existing = get_row(conn, ods_code, nhs_number)?.ok_or(RegistryError::RecordNotFound)?;
+        if let Some(expected) = expected_version
+            && expected != existing.version
+        {
+            return Err(RegistryError::VersionConflict {
+                expected,
+                actual: existing.version,
+            });
+        }
+        diesel::delete(child_records::table.filter(child_records::id.eq(existing.id)))
+            .execute(conn)?;
+        Ok(())
+    })
+}
+
+/// A completed batch's stored outcome.
+pub(crate) fn get_batch(
+    conn: &mut DbConnection,
+    ods_code: &OdsCode,
+    batch_id: &str,
+) -> Result<Option<UploadBatchRow>, RegistryError> {
+    Ok(upload_batches::table
+        .find((ods_code.as_str(), batch_id))
+        .select(UploadBatchRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Records a completed batch and returns the stored outcome: if a concurrent upload of the same
+/// id finished first, its outcome is kept and returned.
+pub(crate) fn store_batch(
+    conn: &mut DbConnection,
+    row: &UploadBatchRow,
+) -> Result<UploadBatchRow, RegistryError> {
+    match diesel::insert_into(upload_batches::table)
+        .values(row)
+        .execute(conn)
+    {
+        Ok(_) => Ok(row.clone()),
+        Err(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        )) => Ok(upload_batches::table
+            .find((&row.local_authority, &row.batch_id))
+            .select(UploadBatchRow::as_select())
+            .first(conn)?),
+        Err(e) => Err(e.into()),
+    }
+}
