@@ -31,6 +31,13 @@ pub enum LookupError {
     /// The caller's deadline passed.
     #[error("deadline exceeded")]
     DeadlineExceeded,
+    /// The registry refused the caller's own request (passed through as the registry said it).
+    #[error("refused by the registry: {}", .0.message())]
+    Registry(Status),
+    /// A fault that is neither the caller's nor temporary (a misconfigured service credential,
+    /// a defect).
+    #[error("internal error")]
+    Internal,
 }
 
 impl From<LookupError> for Status {
@@ -57,9 +64,13 @@ impl From<LookupError> for Status {
                 ErrorReason::AccessNotRecorded,
                 "the deadline passed before the access was recorded; nothing was disclosed",
             ),
+            LookupError::Registry(status) => status,
+            LookupError::Internal => {
+                with_reason(Code::Internal, ErrorReason::Internal, "internal error")
+            }
             other @ (LookupError::Serve(_) | LookupError::Config(_)) => {
                 tracing::error!(error = %other, "internal error");
-                Status::internal("internal error")
+                with_reason(Code::Internal, ErrorReason::Internal, "internal error")
             }
         }
     }

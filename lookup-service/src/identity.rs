@@ -1,7 +1,9 @@
 //! The NHS caller, from a verified token modelled on an NHS CIS2 ID token: a person with their
 //! selected role (`selected_roleid` within `nhsid_nrbac_roles`), or a system acting for a service
-//! such as NHS 111 with a named responsible person. Becomes the `Accessor` the registry records.
+//! such as NHS 111 with a named responsible person. Becomes the `ValidAccessor` the registry
+//! records.
 
+use cpis_core::accessor::{AccessorField, ValidAccessor};
 use cpis_core::auth::AuthError;
 use cpis_proto::cpis::common::v1::{
     Accessor, CareSetting, Organisation, PersonAccessor, SystemAccessor, accessor::Kind,
@@ -74,79 +76,61 @@ pub struct NhsClaims {
     responsible_person: Option<ResponsiblePerson>,
 }
 
-/// An authenticated NHS caller.
+/// An authenticated NHS caller, whose accessor satisfies every rule the registry applies.
 #[derive(Clone, Debug)]
 pub struct Caller {
-    /// As recorded by the registry.
-    pub accessor: Accessor,
+    /// As the registry records it.
+    pub accessor: ValidAccessor,
     /// The activity codes the policy judges.
     pub activity_codes: Vec<String>,
-    /// The care setting (Unspecified when the token names none or an unknown one).
-    pub care_setting: CareSetting,
 }
 
-fn invalid(why: &str) -> AuthError {
-    AuthError::Invalid(why.to_owned())
+/// Why a token's claims cannot make a caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimsError {
+    /// The identity claims are missing or malformed: UNAUTHENTICATED.
+    Invalid(AuthError),
+    /// The token names no care setting CP-IS serves: the role policy refuses it.
+    UnknownCareSetting,
 }
 
-fn bounded(value: &str, max: usize, what: &str) -> Result<String, AuthError> {
-    if value.chars().count() > max || value.chars().any(char::is_control) {
-        return Err(invalid(&format!("claim {what} is too long or malformed")));
-    }
-    Ok(value.to_owned())
+fn invalid(why: impl Into<String>) -> ClaimsError {
+    ClaimsError::Invalid(AuthError::Invalid(why.into()))
 }
 
 impl NhsClaims {
-    /// The caller these claims describe.
-    pub fn into_caller(self) -> Result<Caller, AuthError> {
+    /// The accessor these claims describe, before validation.
+    fn accessor(self) -> Result<(Accessor, Vec<String>), ClaimsError> {
         let care_setting =
             CareSetting::from_str_name(&format!("CARE_SETTING_{}", self.care_setting))
-                .unwrap_or(CareSetting::Unspecified);
+                .unwrap_or(CareSetting::Unspecified) as i32;
         if !self.system_id.is_empty() {
             let person = self
                 .responsible_person
                 .filter(|p| !p.uid.is_empty())
                 .ok_or_else(|| invalid("a system token must name its responsible person"))?;
-            if self.org_code.is_empty() {
-                return Err(invalid(
-                    "a system token must name its organisation (org_code)",
-                ));
-            }
             let accessor = Accessor {
                 kind: Some(Kind::System(SystemAccessor {
-                    system_id: bounded(&self.system_id, 64, "system_id")?,
-                    system_name: bounded(&self.system_name, 200, "system_name")?,
+                    system_id: self.system_id,
+                    system_name: self.system_name,
                     responsible_person: Some(PersonAccessor {
-                        user_id: bounded(&person.uid, 64, "responsible_person.uid")?,
-                        name: bounded(&person.name, 200, "responsible_person.name")?,
+                        user_id: person.uid,
+                        name: person.name,
                         role_profile_id: String::new(),
-                        job_role_code: bounded(
-                            &person.role_code,
-                            64,
-                            "responsible_person.role_code",
-                        )?,
-                        job_role_name: bounded(
-                            &person.role_name,
-                            200,
-                            "responsible_person.role_name",
-                        )?,
+                        job_role_code: person.role_code,
+                        job_role_name: person.role_name,
                         activity_codes: Vec::new(),
                     }),
                     activity_codes: self.activity_codes.clone(),
                 })),
                 organisation: Some(Organisation {
-                    ods_code: bounded(&self.org_code, 10, "org_code")?,
-                    name: bounded(&self.org_name, 200, "org_name")?,
+                    ods_code: self.org_code,
+                    name: self.org_name,
                 }),
-                care_setting: care_setting as i32,
-            };
-            return Ok(Caller {
-                accessor,
-                activity_codes: self.activity_codes,
                 care_setting,
-            });
+            };
+            return Ok((accessor, self.activity_codes));
         }
-
         let user_id = if self.uid.is_empty() {
             self.sub
         } else {
@@ -162,23 +146,46 @@ impl NhsClaims {
             .ok_or_else(|| invalid("selected_roleid does not name one of nhsid_nrbac_roles"))?;
         let accessor = Accessor {
             kind: Some(Kind::Person(PersonAccessor {
-                user_id: bounded(&user_id, 64, "uid")?,
-                name: bounded(&self.name, 200, "name")?,
-                role_profile_id: bounded(&role.person_roleid, 64, "person_roleid")?,
-                job_role_code: bounded(&role.role_code, 64, "role_code")?,
-                job_role_name: bounded(&role.role_name, 200, "role_name")?,
+                user_id,
+                name: self.name,
+                role_profile_id: role.person_roleid,
+                job_role_code: role.role_code,
+                job_role_name: role.role_name,
                 activity_codes: role.activity_codes.clone(),
             })),
             organisation: Some(Organisation {
-                ods_code: bounded(&role.org_code, 10, "org_code")?,
-                name: bounded(&self.org_name, 200, "org_name")?,
+                ods_code: role.org_code,
+                name: self.org_name,
             }),
-            care_setting: care_setting as i32,
-        };
-        Ok(Caller {
-            accessor,
-            activity_codes: role.activity_codes,
             care_setting,
-        })
+        };
+        Ok((accessor, role.activity_codes))
+    }
+
+    /// The caller these claims describe. Refuses (naming the claim) whatever the registry would
+    /// refuse in the accessor, with the same rules (`cpis_core::accessor`), so a malformed token
+    /// is UNAUTHENTICATED here and never a registry error; a care setting CP-IS does not serve
+    /// is left to the role policy.
+    pub fn into_caller(self) -> Result<Caller, ClaimsError> {
+        let (accessor, activity_codes) = self.accessor()?;
+        match ValidAccessor::try_from(accessor) {
+            Ok(accessor) => Ok(Caller {
+                accessor,
+                activity_codes,
+            }),
+            Err(violations) => {
+                let claim = violations
+                    .iter()
+                    .find(|v| v.field != AccessorField::CareSetting);
+                match claim {
+                    Some(v) => Err(invalid(format!(
+                        "claim {}: {}",
+                        v.field.claim(),
+                        v.description
+                    ))),
+                    None => Err(ClaimsError::UnknownCareSetting),
+                }
+            }
+        }
     }
 }

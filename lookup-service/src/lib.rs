@@ -1,6 +1,17 @@
 //! The CP-IS lookup service: the NHS-facing edge (`cpis.lookup.v1.LookupService`). Stateless and
 //! without database credentials: it authenticates NHS users, applies the role policy and asks the
 //! registry to disclose and record each access in one call.
+//!
+//! # Layout
+//! - `identity`: the caller from a verified CIS2-style token (person with a selected role, or
+//!   a system with a responsible person), validated with the same rules the registry applies
+//!   (`cpis_core::accessor`), so a malformed token is refused here as UNAUTHENTICATED.
+//! - `policy`: which activity codes may make which access from which care setting.
+//! - `lookup`: the `LookupChild` handler: identity, policy, NHS number, then one `Disclose` call
+//!   to the registry, whose answer becomes the minimal response (the registry's
+//!   `api::convert` decides what a disclosed plan carries).
+//! - `error`: the one mapping to gRPC codes, including how the registry's refusals reach the
+//!   clinician (`lookup::map_registry_status`).
 #![forbid(unsafe_code)]
 
 pub mod config;

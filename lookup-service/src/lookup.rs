@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use cpis_core::{auth::TokenVerifier, status::FieldViolation};
-use cpis_proto::cpis::common::v1::{AccessMode, ErrorReason};
+use cpis_core::{auth::TokenVerifier, nhs_number::NhsNumber, status::FieldViolation};
+use cpis_proto::cpis::common::v1::{AccessMode, CareSetting, ErrorReason};
 use cpis_proto::cpis::lookup::v1::{
     LookupChildRequest, LookupChildResponse, lookup_service_server::LookupService,
 };
@@ -16,7 +16,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use tonic::{Code, Request, Response, Status, metadata::MetadataMap, transport::Channel};
 
 use crate::error::LookupError;
-use crate::identity::NhsClaims;
+use crate::identity::{ClaimsError, NhsClaims};
 use crate::policy::RolePolicy;
 
 /// Handler for `cpis.lookup.v1.LookupService`.
@@ -84,7 +84,12 @@ impl LookupService for LookupApi {
             .verifier
             .verify_metadata(request.metadata())
             .map_err(LookupError::from)?;
-        let caller = claims.into_caller().map_err(LookupError::from)?;
+        // A malformed identity is refused first; an unserved care setting is the policy's call.
+        let caller = match claims.into_caller() {
+            Err(ClaimsError::Invalid(error)) => return Err(LookupError::from(error).into()),
+            Ok(caller) => Some(caller),
+            Err(ClaimsError::UnknownCareSetting) => None,
+        };
         let request_id = request_id(request.metadata())?;
         let deadline = cpis_core::deadline::remaining(request.metadata());
         let body = request.into_inner();
@@ -100,32 +105,36 @@ impl LookupService for LookupApi {
             }
             Ok(mode) => mode,
         };
-        if let Err(why) = self
-            .policy
-            .decide(&caller.activity_codes, caller.care_setting, mode)
-        {
+        let (codes, setting, org) = caller.as_ref().map_or(
+            (&[][..], CareSetting::Unspecified, ""),
+            |c| {
+                (
+                    c.activity_codes.as_slice(),
+                    c.accessor.care_setting(),
+                    c.accessor.ods_code().as_str(),
+                )
+            },
+        );
+        let decision = self.policy.decide(codes, setting, mode);
+        let (Ok(()), Some(caller)) = (decision, caller.as_ref()) else {
+            let why = decision.err().unwrap_or("the care setting is not one CP-IS serves");
             // Who was refused and why, never which child.
             tracing::warn!(
                 target: "security",
-                org = caller.accessor.organisation.as_ref().map(|o| o.ods_code.as_str()).unwrap_or_default(),
-                setting = caller.care_setting.as_str_name(),
+                org,
+                setting = setting.as_str_name(),
                 mode = mode.as_str_name(),
                 why,
                 "lookup refused"
             );
             return Err(LookupError::AccessDenied(why).into());
-        }
-        let nhs = cpis_core::nhs_number::NhsNumber::parse(&body.nhs_number).map_err(|e| {
-            LookupError::Invalid(vec![FieldViolation::new(
-                "nhs_number",
-                ErrorReason::NhsNumberInvalid,
-                e.to_string(),
-            )])
-        })?;
+        };
+        let nhs = NhsNumber::parse_field(&body.nhs_number, "nhs_number")
+            .map_err(|v| LookupError::Invalid(vec![v]))?;
 
         let mut outbound = Request::new(DiscloseRequest {
             nhs_number: nhs.to_string(),
-            accessor: Some(caller.accessor),
+            accessor: Some(caller.accessor.as_wire().clone()),
             access_mode: mode as i32,
             request_id,
         });
@@ -164,18 +173,21 @@ fn deadline_or_unavailable(deadline: Option<Duration>) -> LookupError {
     }
 }
 
-/// The registry's answer as the NHS caller should see it: the caller's own faults pass through;
-/// everything else is "not recorded, nothing disclosed, retry".
+/// The registry's answer as the NHS caller should see it. Availability faults (the registry
+/// unreachable, the access not recorded) are "nothing disclosed; retry". The caller's own faults
+/// pass through with the registry's reason and field violations: they are permanent, and
+/// retrying would fail forever. Anything else (the service credential refused, a defect) is not
+/// the clinician's fault and not theirs to retry: INTERNAL, logged for the operator.
 fn map_registry_status(status: &Status, deadline: Option<Duration>) -> LookupError {
     match status.code() {
         Code::DeadlineExceeded | Code::Cancelled => deadline_or_unavailable(deadline),
         Code::Unavailable => LookupError::RegistryUnavailable(
             cpis_core::status::reason_of(status).unwrap_or(ErrorReason::BackendUnavailable),
         ),
+        Code::InvalidArgument => LookupError::Registry(status.clone()),
         code => {
-            // A misconfigured service credential or a defect: not the clinician's fault.
             tracing::error!(code = ?code, "registry refused the disclosure");
-            LookupError::RegistryUnavailable(ErrorReason::BackendUnavailable)
+            LookupError::Internal
         }
     }
 }
