@@ -20,7 +20,7 @@ use cpis_testkit::{
     TestServer,
     db::{Backend, TestDb},
 };
-use registry_service::{clock::Clock, db::DatabaseUrl};
+use registry_service::{Clock, DatabaseUrl};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tonic::{Request, Status, transport::Channel};

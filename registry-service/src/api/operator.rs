@@ -166,11 +166,24 @@ impl<'a> Import<'a> {
 pub(crate) fn parse_csv(
     text: &str,
 ) -> Result<Vec<(u64, Result<NhsNumberStatusChange, FieldViolation>)>, FieldViolation> {
+    let text = text.trim_start_matches('\u{feff}');
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .trim(csv::Trim::All)
-        .from_reader(text.trim_start_matches('\u{feff}').as_bytes());
+        .from_reader(text.as_bytes());
+    // The physical line a record is on: csv's own count and position do not count the blank
+    // lines it skipped before the record.
+    let line_at = |byte: u64| {
+        let start = usize::try_from(byte).unwrap_or(usize::MAX).min(text.len());
+        let blank = text.as_bytes()[start..]
+            .iter()
+            .take_while(|b| b.is_ascii_whitespace())
+            .collect::<Vec<_>>();
+        let end = start + blank.iter().rposition(|b| **b == b'\n').map_or(0, |i| i + 1);
+        u64::try_from(text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1)
+            .unwrap_or(u64::MAX)
+    };
     let mut records = reader.records();
     let header_ok = records.next().and_then(Result::ok).is_some_and(|header| {
         header.iter().collect::<Vec<_>>().join(",").eq_ignore_ascii_case(CSV_HEADER)
@@ -190,7 +203,7 @@ pub(crate) fn parse_csv(
             let Ok(record) = record else {
                 return (0, format("line", "is not valid CSV text"));
             };
-            let line = record.position().map_or(0, csv::Position::line);
+            let line = record.position().map_or(0, |p| line_at(p.byte()));
             let fields: Vec<&str> = record.iter().collect();
             let [nhs, reason, replacement, date] = fields[..] else {
                 return (line, format("line", "expected 4 comma-separated fields"));
@@ -276,7 +289,10 @@ mod tests {
         assert_eq!(second.replacement_nhs_number, "9990000034");
         let fields: Vec<String> = parsed[2..]
             .iter()
-            .map(|(_, r)| r.clone().err().map(|v| v.field).unwrap_or_default())
+            .map(|(_, r)| match r {
+                Ok(c) => format!("ok {c:?}"),
+                Err(v) => v.field.clone(),
+            })
             .collect();
         assert_eq!(fields, ["reason", "line", "effective_date"]);
     }

@@ -16,7 +16,7 @@ use cpis_testkit::{
     TestServer,
     db::{Backend, TestDb},
 };
-use registry_service::{Config, db::DatabaseUrl};
+use registry_service::{Config, DatabaseUrl};
 use tonic::{Request, transport::Channel};
 
 /// A running registry and what a test needs to talk to it.

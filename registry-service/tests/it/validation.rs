@@ -11,7 +11,7 @@ use cpis_proto::cpis::registry::v1::{
     BatchHeader, PutChildRecordRequest, UploadBatchRequest, upload_batch_request::Item,
 };
 use cpis_testkit::{both_backends, db::Backend};
-use registry_service::clock::Clock;
+use registry_service::Clock;
 use tonic::Code;
 
 use crate::harness::{Registry, cpp_record, date, nhs};
