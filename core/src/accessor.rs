@@ -234,7 +234,11 @@ impl TryFrom<wire::Accessor> for ValidAccessor {
         let organisation = accessor.organisation.as_ref();
         let ods_code = organisation.and_then(|o| OdsCode::parse(&o.ods_code).ok());
         if ods_code.is_none() {
-            checks.fail(F::OrganisationOdsCode, ErrorReason::FieldFormat, ODS_CODE_RULE);
+            checks.fail(
+                F::OrganisationOdsCode,
+                ErrorReason::FieldFormat,
+                ODS_CODE_RULE,
+            );
         }
         checks.text(
             F::OrganisationName,
@@ -323,7 +327,12 @@ mod tests {
     }
 
     fn fields(result: Result<ValidAccessor, Vec<AccessorViolation>>) -> Vec<AccessorField> {
-        result.err().unwrap_or_default().iter().map(|v| v.field).collect()
+        result
+            .err()
+            .unwrap_or_default()
+            .iter()
+            .map(|v| v.field)
+            .collect()
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod accessor;
 pub mod auth;
+pub mod config;
 pub mod deadline;
 pub mod nhs_number;
 pub mod ods;

@@ -55,7 +55,8 @@ impl NhsNumber {
 
     /// Validates the request field `field`: the one set of texts both services answer with.
     pub fn parse_field(value: &str, field: &str) -> Result<Self, FieldViolation> {
-        Self::parse(value).map_err(|e| FieldViolation::new(field, ErrorReason::NhsNumberInvalid, e.to_string()))
+        Self::parse(value)
+            .map_err(|e| FieldViolation::new(field, ErrorReason::NhsNumberInvalid, e.to_string()))
     }
 }
 

@@ -70,7 +70,16 @@ mod tests {
         for good in ["AB1", "RXX01", "ABCDEFGHIJ", "999"] {
             assert!(OdsCode::parse(good).is_ok(), "{good}");
         }
-        for bad in ["", "AB", "ABCDEFGHIJK", "rxx01", "RX X1", "RXX-1", "ＲＸＸ01", "RXX01\n"] {
+        for bad in [
+            "",
+            "AB",
+            "ABCDEFGHIJK",
+            "rxx01",
+            "RX X1",
+            "RXX-1",
+            "ＲＸＸ01",
+            "RXX01\n",
+        ] {
             assert_eq!(OdsCode::parse(bad), Err(OdsCodeError), "{bad:?}");
         }
     }

@@ -61,7 +61,7 @@ pub enum ServeError {
 
 /// Health status handle for a server's services, so readiness can follow dependencies.
 #[derive(Clone)]
-pub struct Health {
+struct Health {
     reporter: HealthReporter,
     services: Vec<&'static str>,
 }

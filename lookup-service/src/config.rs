@@ -3,7 +3,6 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use clap::Parser;
 use cpis_core::{auth::TokenVerifier, server::ServerOptions};
 use secrecy::SecretString;
 
@@ -53,12 +52,6 @@ pub struct Config {
     pub verifier: Option<TokenVerifier>,
 }
 
-#[derive(Parser)]
-struct Standalone {
-    #[command(flatten)]
-    config: Config,
-}
-
 impl Config {
     /// Parses flags (the first item is the program name); environment variables fill the rest.
     pub fn try_parse_from<I, T>(args: I) -> Result<Self, clap::Error>
@@ -66,7 +59,7 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        Standalone::try_parse_from(args).map(|s| s.config)
+        cpis_core::config::parse_from(args)
     }
 
     /// Defaults, with the registry and verifier a test or the dev stack supplies.
@@ -90,16 +83,14 @@ impl Config {
 
     /// The token verifier in effect: injected, or from the JWKS file.
     pub fn token_verifier(&self) -> Result<TokenVerifier, crate::LookupError> {
-        if let Some(verifier) = &self.verifier {
-            return Ok(verifier.clone());
-        }
-        let path = self.jwks_file.as_ref().ok_or_else(|| {
-            crate::LookupError::Config(
-                "no token keys: set --jwks-file (CPIS_LOOKUP_JWKS_FILE)".into(),
-            )
-        })?;
-        TokenVerifier::from_jwks_file(path, &self.jwt_issuer, &self.jwt_audience)
-            .map_err(|e| crate::LookupError::Config(e.to_string()))
+        cpis_core::config::token_verifier(
+            self.verifier.as_ref(),
+            self.jwks_file.as_deref(),
+            "--jwks-file (CPIS_LOOKUP_JWKS_FILE)",
+            &self.jwt_issuer,
+            &self.jwt_audience,
+        )
+        .map_err(crate::LookupError::Config)
     }
 }
 

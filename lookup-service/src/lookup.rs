@@ -105,19 +105,21 @@ impl LookupService for LookupApi {
             }
             Ok(mode) => mode,
         };
-        let (codes, setting, org) = caller.as_ref().map_or(
-            (&[][..], CareSetting::Unspecified, ""),
-            |c| {
-                (
-                    c.activity_codes.as_slice(),
-                    c.accessor.care_setting(),
-                    c.accessor.ods_code().as_str(),
-                )
-            },
-        );
+        let (codes, setting, org) =
+            caller
+                .as_ref()
+                .map_or((&[][..], CareSetting::Unspecified, ""), |c| {
+                    (
+                        c.activity_codes.as_slice(),
+                        c.accessor.care_setting(),
+                        c.accessor.ods_code().as_str(),
+                    )
+                });
         let decision = self.policy.decide(codes, setting, mode);
         let (Ok(()), Some(caller)) = (decision, caller.as_ref()) else {
-            let why = decision.err().unwrap_or("the care setting is not one CP-IS serves");
+            let why = decision
+                .err()
+                .unwrap_or("the care setting is not one CP-IS serves");
             // Who was refused and why, never which child.
             tracing::warn!(
                 target: "security",

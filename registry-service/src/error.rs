@@ -144,9 +144,10 @@ impl RegistryError {
     /// faults pass through unchanged.
     pub fn access_not_recorded(self) -> Self {
         match self {
-            e @ (Self::Database(_) | Self::Unavailable | Self::Internal(_) | Self::CorruptRow { .. }) => {
-                Self::AccessNotRecorded(Box::new(e))
-            }
+            e @ (Self::Database(_)
+            | Self::Unavailable
+            | Self::Internal(_)
+            | Self::CorruptRow { .. }) => Self::AccessNotRecorded(Box::new(e)),
             other => other,
         }
     }
@@ -185,8 +186,8 @@ impl From<Inactive> for RegistryError {
 
 impl From<RegistryError> for Status {
     fn from(error: RegistryError) -> Self {
-        use cpis_core::status::{invalid_argument, with_reason};
         use ErrorReason as R;
+        use cpis_core::status::{invalid_argument, with_reason};
         let message = error.to_string();
         let (code, reason) = match &error {
             RegistryError::Invalid(violations) => return invalid_argument(violations),
@@ -194,9 +195,7 @@ impl From<RegistryError> for Status {
             RegistryError::WrongCouncil => (Code::PermissionDenied, R::WrongLocalAuthority),
             RegistryError::ScopeMissing(_) => (Code::PermissionDenied, R::ScopeMissing),
             RegistryError::ContactsNotSet => (Code::NotFound, R::ContactDetailsMissing),
-            RegistryError::ContactsRequired => {
-                (Code::FailedPrecondition, R::ContactDetailsMissing)
-            }
+            RegistryError::ContactsRequired => (Code::FailedPrecondition, R::ContactDetailsMissing),
             RegistryError::RecordNotFound => (Code::NotFound, R::RecordNotFound),
             RegistryError::BatchNotFound => (Code::NotFound, R::BatchNotFound),
             RegistryError::NhsNumberInactive {

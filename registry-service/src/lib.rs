@@ -83,14 +83,14 @@ pub async fn import_nhs_status(
         }
         Err(header) => {
             let mut report = import.finish().await?;
-            report.rejections.push(
-                cpis_proto::cpis::registry::v1::EntryRejection {
+            report
+                .rejections
+                .push(cpis_proto::cpis::registry::v1::EntryRejection {
                     position: 1,
                     reason: header.reason as i32,
                     field: header.field,
                     message: header.description,
-                },
-            );
+                });
             Ok(report)
         }
     }

@@ -175,7 +175,10 @@ pub(crate) fn authorize(
 
 /// Caller text for a log field: escaped (no forged lines) and at most 64 characters.
 fn bounded(text: &str) -> String {
-    text.chars().take(64).flat_map(char::escape_default).collect()
+    text.chars()
+        .take(64)
+        .flat_map(char::escape_default)
+        .collect()
 }
 
 /// Verifies operator tokens (`OperatorService`): any valid token with scope "operator".

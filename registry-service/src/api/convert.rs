@@ -160,13 +160,14 @@ pub(crate) fn validate_record(
         list: Vec::new(),
     };
 
-    let nhs_number = match NhsNumber::parse_field(&record.nhs_number, &format!("{prefix}nhs_number")) {
-        Ok(n) => Some(n),
-        Err(violation) => {
-            v.list.push(violation);
-            None
-        }
-    };
+    let nhs_number =
+        match NhsNumber::parse_field(&record.nhs_number, &format!("{prefix}nhs_number")) {
+            Ok(n) => Some(n),
+            Err(violation) => {
+                v.list.push(violation);
+                None
+            }
+        };
     check_text(
         &mut v,
         "local_case_id",
@@ -361,7 +362,9 @@ pub(crate) fn disclosed_plan(plan: &VisiblePlan) -> DisclosedPlan {
         plan_type: plan.plan_type as i32,
         start_date: Some(to_wire_date(plan.start)),
         end_date: plan.end.map(to_wire_date),
-        legal_basis: plan.legal_basis.map_or(0, |b: LookedAfterLegalBasis| b as i32),
+        legal_basis: plan
+            .legal_basis
+            .map_or(0, |b: LookedAfterLegalBasis| b as i32),
         expected_delivery_date: plan.expected_delivery.map(to_wire_date),
     }
 }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use cpis_core::nhs_number::NhsNumber;
+use cpis_proto::cpis::common::v1::ErrorReason;
 use cpis_proto::cpis::registry::v1::{
     AcknowledgeNotificationsRequest, AcknowledgeNotificationsResponse, BatchResult,
     DeleteChildRecordRequest, DeleteChildRecordResponse, GetBatchRequest, GetBatchResponse,
@@ -16,16 +17,15 @@ use cpis_proto::cpis::registry::v1::{
     SubscribeNotificationsResponse, UploadBatchRequest, UploadBatchResponse,
     council_service_server::CouncilService,
 };
-use cpis_proto::cpis::common::v1::ErrorReason;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Registry;
 use super::auth::council;
 use super::convert::{council_to_wire, record_to_wire, validate_record};
 use super::paging::{Query, page_size, split_page};
-use crate::db::models::decode;
-use crate::db::records::{self, StateFilter};
 use crate::db::disclosure::list_access_events;
+use crate::db::records::{self, StateFilter};
+use crate::db::{DbConnection, models::decode};
 use crate::domain::contacts::Contacts;
 use crate::error::RegistryError;
 
@@ -34,6 +34,17 @@ use crate::error::RegistryError;
 pub(crate) struct CouncilApi(pub Arc<Registry>);
 
 type Answer<T> = Result<Response<T>, Status>;
+
+impl CouncilApi {
+    /// Runs blocking database work off the async workers.
+    async fn run<T, F>(&self, work: F) -> Result<T, RegistryError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<T, RegistryError> + Send + 'static,
+    {
+        self.0.db.run(work).await
+    }
+}
 
 #[tonic::async_trait]
 impl CouncilService for CouncilApi {
@@ -54,9 +65,7 @@ impl CouncilService for CouncilApi {
         let now = self.0.clock.now_micros();
         let stored = {
             let ods = ods.clone();
-            self.0
-                .db
-                .run(move |conn| records::upsert_contacts(conn, &ods, &contacts, now))
+            self.run(move |conn| records::upsert_contacts(conn, &ods, &contacts, now))
                 .await?
         };
         tracing::info!(la = %ods, "contact details set");
@@ -72,8 +81,6 @@ impl CouncilService for CouncilApi {
     ) -> Answer<GetContactDetailsResponse> {
         let ods = council(&request)?;
         let stored = self
-            .0
-            .db
             .run(move |conn| records::get_council(conn, &ods))
             .await?
             .ok_or(RegistryError::ContactsNotSet)?;
@@ -89,7 +96,9 @@ impl CouncilService for CouncilApi {
     ) -> Answer<PutChildRecordResponse> {
         let ods = council(&request)?;
         let body = request.into_inner();
-        let wire = body.record.ok_or_else(|| RegistryError::required("record"))?;
+        let wire = body
+            .record
+            .ok_or_else(|| RegistryError::required("record"))?;
         if body.expected_version.is_some_and(|v| v < 0) {
             return Err(RegistryError::invalid(
                 "expected_version",
@@ -103,10 +112,10 @@ impl CouncilService for CouncilApi {
         let now = self.0.clock.now_micros();
         let stored = {
             let ods = ods.clone();
-            self.0
-                .db
-                .run(move |conn| records::put_record(conn, &ods, &record, body.expected_version, now))
-                .await?
+            self.run(move |conn| {
+                records::put_record(conn, &ods, &record, body.expected_version, now)
+            })
+            .await?
         };
         tracing::info!(la = %ods, created = stored.created, version = stored.record.version, "record stored");
         Ok(Response::new(PutChildRecordResponse {
@@ -124,8 +133,6 @@ impl CouncilService for CouncilApi {
         let nhs = NhsNumber::parse_field(&request.get_ref().nhs_number, "nhs_number")
             .map_err(|v| RegistryError::Invalid(vec![v]))?;
         let stored = self
-            .0
-            .db
             .run(move |conn| records::get_record(conn, &ods, &nhs))
             .await?
             .ok_or(RegistryError::RecordNotFound)?;
@@ -165,8 +172,6 @@ impl CouncilService for CouncilApi {
         };
         let today = self.0.clock.today();
         let rows = self
-            .0
-            .db
             .run(move |conn| {
                 records::list_records(conn, &ods, after.as_ref(), filter, today, limit + 1)
             })
@@ -192,9 +197,7 @@ impl CouncilService for CouncilApi {
             .map_err(|v| RegistryError::Invalid(vec![v]))?;
         {
             let ods = ods.clone();
-            self.0
-                .db
-                .run(move |conn| records::delete_record(conn, &ods, &nhs, body.expected_version))
+            self.run(move |conn| records::delete_record(conn, &ods, &nhs, body.expected_version))
                 .await?;
         }
         tracing::info!(la = %ods, "record deleted");
@@ -224,8 +227,6 @@ impl CouncilService for CouncilApi {
             .open(Query::AccessEvents, &body.page_token)
             .await?;
         let rows = self
-            .0
-            .db
             .run(move |conn| list_access_events(conn, &ods, &nhs, before, limit + 1))
             .await?;
         let (page, more) = split_page(rows, limit);
@@ -265,8 +266,6 @@ impl CouncilService for CouncilApi {
         let ods = council(&request)?;
         let batch_id = request.into_inner().batch_id;
         let row = self
-            .0
-            .db
             .run(move |conn| records::get_batch(conn, &ods, &batch_id))
             .await?
             .ok_or(RegistryError::BatchNotFound)?;

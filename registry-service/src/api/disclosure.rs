@@ -64,9 +64,7 @@ fn validate(
         ));
     }
     match (nhs, accessor, mode, violations.is_empty()) {
-        (Some(nhs), Some(accessor), Some(mode), true) => {
-            Ok((nhs, accessor, mode, body.request_id))
-        }
+        (Some(nhs), Some(accessor), Some(mode), true) => Ok((nhs, accessor, mode, body.request_id)),
         _ => Err(RegistryError::Invalid(violations)),
     }
 }
@@ -95,7 +93,9 @@ impl DisclosureService for DisclosureApi {
         };
         let (disclosure, notified) = registry
             .notifier
-            .write(&registry.db, now, move |conn, outbox| disclose(conn, &work, outbox))
+            .write(&registry.db, now, move |conn, outbox| {
+                disclose(conn, &work, outbox)
+            })
             .await
             .map_err(RegistryError::access_not_recorded)?;
         // Counts and council codes only: never the NHS number.

@@ -10,7 +10,8 @@ use cpis_core::{nhs_number::NhsNumber, status::FieldViolation};
 use cpis_proto::cpis::common::v1::{ErrorReason, InactiveReason};
 use cpis_proto::cpis::registry::v1::{
     EntryRejection, ImportNhsNumberStatusChangesRequest, ImportNhsNumberStatusChangesResponse,
-    LoadDemographicsRequest, LoadDemographicsResponse, NhsNumberStatusChange, operator_service_server::OperatorService,
+    LoadDemographicsRequest, LoadDemographicsResponse, NhsNumberStatusChange,
+    operator_service_server::OperatorService,
 };
 use tonic::{Request, Response, Status, Streaming};
 
@@ -180,13 +181,27 @@ pub(crate) fn parse_csv(
             .iter()
             .take_while(|b| b.is_ascii_whitespace())
             .collect::<Vec<_>>();
-        let end = start + blank.iter().rposition(|b| **b == b'\n').map_or(0, |i| i + 1);
-        u64::try_from(text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1)
-            .unwrap_or(u64::MAX)
+        let end = start
+            + blank
+                .iter()
+                .rposition(|b| **b == b'\n')
+                .map_or(0, |i| i + 1);
+        u64::try_from(
+            text.as_bytes()[..end]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1,
+        )
+        .unwrap_or(u64::MAX)
     };
     let mut records = reader.records();
     let header_ok = records.next().and_then(Result::ok).is_some_and(|header| {
-        header.iter().collect::<Vec<_>>().join(",").eq_ignore_ascii_case(CSV_HEADER)
+        header
+            .iter()
+            .collect::<Vec<_>>()
+            .join(",")
+            .eq_ignore_ascii_case(CSV_HEADER)
     });
     if !header_ok {
         return Err(FieldViolation::new(
@@ -196,7 +211,11 @@ pub(crate) fn parse_csv(
         ));
     }
     let format = |field: &str, message: &str| {
-        Err(FieldViolation::new(field, ErrorReason::FieldFormat, message))
+        Err(FieldViolation::new(
+            field,
+            ErrorReason::FieldFormat,
+            message,
+        ))
     };
     Ok(records
         .map(|record| {
@@ -212,7 +231,12 @@ pub(crate) fn parse_csv(
                 "adopted" => InactiveReason::Adopted,
                 "superseded" | "merged" => InactiveReason::Superseded,
                 "deceased" => InactiveReason::Deceased,
-                _ => return (line, format("reason", "must be adopted, superseded, merged or deceased")),
+                _ => {
+                    return (
+                        line,
+                        format("reason", "must be adopted, superseded, merged or deceased"),
+                    );
+                }
             };
             let effective_date = match date {
                 "" => None,
@@ -241,7 +265,11 @@ impl OperatorService for OperatorApi {
     ) -> Result<Response<ImportNhsNumberStatusChangesResponse>, Status> {
         let registry = &self.0;
         let mut stream = request.into_inner();
-        let mut import = Import::new(&registry.db, &registry.notifier, registry.clock.now_micros());
+        let mut import = Import::new(
+            &registry.db,
+            &registry.notifier,
+            registry.clock.now_micros(),
+        );
         let mut position = 0;
         while let Some(message) = stream.message().await? {
             position += 1;

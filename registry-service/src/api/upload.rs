@@ -168,10 +168,9 @@ pub(super) async fn upload_batch(
         };
         received += 1;
         if received > MAX_BATCH_RECORDS {
-            return Err(malformed(format!(
-                "a batch holds at most {MAX_BATCH_RECORDS} records"
-            ))
-            .into());
+            return Err(
+                malformed(format!("a batch holds at most {MAX_BATCH_RECORDS} records")).into(),
+            );
         }
         // Content digest: a retry with the same id must carry the same records.
         digest.update(wire.encoded_len().to_le_bytes());

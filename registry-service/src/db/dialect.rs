@@ -103,7 +103,10 @@ pub(crate) fn plan_for_actual_values(conn: &mut DbConnection) -> Result<(), Regi
 
 /// Inside a transaction: tells other replicas, on commit, that council `ods_code` has new
 /// notifications. SQLite serves one node, so there is no one to tell.
-pub(crate) fn notify_on_commit(conn: &mut DbConnection, ods_code: &str) -> Result<(), RegistryError> {
+pub(crate) fn notify_on_commit(
+    conn: &mut DbConnection,
+    ods_code: &str,
+) -> Result<(), RegistryError> {
     if let DbConnection::Pg(pg) = conn {
         diesel::sql_query("SELECT pg_notify($1, $2)")
             .bind::<diesel::sql_types::Text, _>(NOTIFY_CHANNEL)

@@ -149,11 +149,14 @@ pub(crate) fn disclose(
                 .limit(RECENT_SCAN)
                 .select(AccessEventRow::as_select())
                 .load(conn)?;
-            collapse(rows.iter().map(|r| (r.accessor_key.as_str(), r.access_time)))
-                .into_iter()
-                .filter_map(|i| rows.get(i))
-                .filter_map(|row| decode(&row.event, "access_events", row.id).ok())
-                .collect()
+            collapse(
+                rows.iter()
+                    .map(|r| (r.accessor_key.as_str(), r.access_time)),
+            )
+            .into_iter()
+            .filter_map(|i| rows.get(i))
+            .filter_map(|row| decode(&row.event, "access_events", row.id).ok())
+            .collect()
         };
 
         // Notifications last: taking a council's next sequence locks its row until commit, so

@@ -77,7 +77,10 @@ impl Outbox {
 }
 
 /// The council's latest issued sequence and acknowledged cursor.
-pub(crate) fn cursors(conn: &mut DbConnection, ods_code: &OdsCode) -> Result<(i64, i64), RegistryError> {
+pub(crate) fn cursors(
+    conn: &mut DbConnection,
+    ods_code: &OdsCode,
+) -> Result<(i64, i64), RegistryError> {
     Ok(local_authorities::table
         .find(ods_code.as_str())
         .select((

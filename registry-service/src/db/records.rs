@@ -10,7 +10,10 @@ use diesel::prelude::*;
 
 use super::{
     DbConnection, dialect,
-    models::{ChildRecordRow, LocalAuthorityRow, NewChildRecord, NewLocalAuthority, RecordContent, UploadBatchRow},
+    models::{
+        ChildRecordRow, LocalAuthorityRow, NewChildRecord, NewLocalAuthority, RecordContent,
+        UploadBatchRow,
+    },
     nhs_status::inactive_numbers,
     schema::{child_records, local_authorities, upload_batches},
 };
@@ -69,7 +72,10 @@ pub(crate) fn get_council(
 }
 
 /// Refuses writes from a council with no contact details (health would have no number to ring).
-pub(crate) fn require_contacts(conn: &mut DbConnection, ods_code: &OdsCode) -> Result<(), RegistryError> {
+pub(crate) fn require_contacts(
+    conn: &mut DbConnection,
+    ods_code: &OdsCode,
+) -> Result<(), RegistryError> {
     let exists: i64 = local_authorities::table
         .find(ods_code.as_str())
         .count()

@@ -5,14 +5,14 @@
 
 use std::collections::BTreeMap;
 
+use super::{Database, DbConnection, PoolOptions, schema};
+use crate::{Config, DatabaseUrl, RegistryError};
 use cpis_testkit::{
     both_backends,
     db::{Backend, TestDb},
 };
 use diesel::prelude::*;
 use diesel::sql_types::{Integer, Text};
-use super::{Database, DbConnection, PoolOptions, schema};
-use crate::{Config, DatabaseUrl, RegistryError};
 
 fn config(test_db: &TestDb) -> Config {
     let signer = cpis_core::auth::DevSigner::generate("cpis", "cpis-registry").expect("key");
@@ -110,10 +110,7 @@ async fn schema_matches_migrated_database(backend: Backend) {
     let applied = crate::migrate(&cfg).await.expect("migrate");
     assert!(!applied.is_empty());
     assert!(
-        crate::migrate(&cfg)
-            .await
-            .expect("again")
-            .is_empty(),
+        crate::migrate(&cfg).await.expect("again").is_empty(),
         "migrations are idempotent"
     );
     let db = Database::open(

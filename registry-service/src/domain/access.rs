@@ -36,7 +36,12 @@ mod tests {
     #[test]
     fn repeat_views_within_a_day_collapse() {
         let hour = 3600 * 1_000_000;
-        let events = [("a", 30 * hour), ("a", 20 * hour), ("b", 10 * hour), ("a", 5 * hour)];
+        let events = [
+            ("a", 30 * hour),
+            ("a", 20 * hour),
+            ("b", 10 * hour),
+            ("a", 5 * hour),
+        ];
         assert_eq!(collapse(events), [0, 2, 3]);
     }
 
