@@ -161,12 +161,13 @@ impl<'a> Import<'a> {
     }
 }
 
+/// A data line of the CSV file: its line number, and a change or why it is not one.
+pub(crate) type CsvLine = (u64, Result<NhsNumberStatusChange, FieldViolation>);
+
 /// Reads the operator's CSV file: header `CSV_HEADER`; reason `adopted`, `superseded`, `merged`
 /// (recorded as superseded) or `deceased`; date `YYYY-MM-DD` or empty. Each data line becomes a
 /// change or the reason it is not one, with its line number.
-pub(crate) fn parse_csv(
-    text: &str,
-) -> Result<Vec<(u64, Result<NhsNumberStatusChange, FieldViolation>)>, FieldViolation> {
+pub(crate) fn parse_csv(text: &str) -> Result<Vec<CsvLine>, FieldViolation> {
     let text = text.trim_start_matches('\u{feff}');
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)

@@ -358,3 +358,79 @@ pub(crate) fn store_batch(
         Err(e) => Err(e.into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used)] // tests: a failed expectation is a failed test
+    use super::*;
+    use crate::db::{Database, DatabaseUrl, PoolOptions};
+    use crate::domain::record::PlanPeriod;
+    use std::time::Duration;
+
+    /// The SQL of `active_plan_sql` and `PlanPeriod::is_active` are one rule: every combination
+    /// of end and delete dates around "today", stored and listed, agrees with the Rust rule.
+    #[tokio::test]
+    async fn the_sql_active_filter_is_the_domain_rule() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = Database::open(
+            DatabaseUrl::Sqlite(dir.path().join("rule.sqlite3")),
+            PoolOptions {
+                max_connections: 1,
+                acquire_timeout: Duration::from_secs(5),
+            },
+        )
+        .expect("open");
+        db.migrate().await.expect("migrate");
+        let today = NaiveDate::from_ymd_opt(2026, 6, 15).expect("date");
+        let around = [None, Some(-1), Some(0), Some(1)];
+        let day = |offset: Option<i64>| offset.map(|o| today + chrono::TimeDelta::days(o));
+        let mut periods = Vec::new();
+        for end in around {
+            for delete in around {
+                periods.push(PlanPeriod {
+                    start: today - chrono::TimeDelta::days(30),
+                    end: day(end),
+                    delete: day(delete),
+                });
+            }
+        }
+        let expected: Vec<bool> = periods.iter().map(|p| p.is_active(today)).collect();
+        let listed = db
+            .run(move |conn| {
+                let ods = OdsCode::parse("RULE1").expect("ods");
+                let contacts = Contacts {
+                    name: "Rule".into(),
+                    emergency_duty_phone: "020 7946 0000".into(),
+                    office_hours_phone: None,
+                };
+                upsert_contacts(conn, &ods, &contacts, 0)?;
+                let numbers = cpis_core::nhs_number::test_range();
+                for (period, nhs_number) in periods.iter().zip(numbers) {
+                    let record = ChildRecord {
+                        nhs_number,
+                        local_case_id: None,
+                        given_name: "A".into(),
+                        family_name: "B".into(),
+                        date_of_birth: today - chrono::TimeDelta::days(3000),
+                        child_protection_plan: Some(*period),
+                        looked_after_child: None,
+                        unborn_child_protection_plan: None,
+                    };
+                    put_record(conn, &ods, &record, None, 0)?;
+                }
+                let active = list_records(conn, &ods, None, StateFilter::Active, today, 100)?;
+                let ended = list_records(conn, &ods, None, StateFilter::Ended, today, 100)?;
+                Ok((active, ended))
+            })
+            .await
+            .expect("store and list");
+        let (active, ended) = listed;
+        let numbers: Vec<NhsNumber> = cpis_core::nhs_number::test_range().take(16).collect();
+        for (index, nhs) in numbers.iter().enumerate() {
+            let in_active = active.iter().any(|r| r.record.nhs_number == *nhs);
+            let in_ended = ended.iter().any(|r| r.record.nhs_number == *nhs);
+            assert_eq!(in_active, expected[index], "period {index}");
+            assert_eq!(in_ended, !expected[index], "period {index}");
+        }
+    }
+}

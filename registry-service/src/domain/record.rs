@@ -25,7 +25,8 @@ pub(crate) struct PlanPeriod {
 impl PlanPeriod {
     /// The one "active" rule: a plan is active on `today` while it has not ended (no end date,
     /// or one not yet passed) and is not withdrawn (no delete date, or one still ahead).
-    /// `db::records::active_plan_sql` states the same rule in SQL for listings.
+    /// Listings apply the same rule in SQL (`db::records::active_plan_sql`); a test there holds
+    /// the two together.
     #[cfg_attr(not(test), allow(dead_code))]
     pub fn is_active(&self, today: NaiveDate) -> bool {
         self.end.is_none_or(|end| end >= today) && self.delete.is_none_or(|delete| delete > today)
