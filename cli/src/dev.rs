@@ -72,7 +72,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
     let disclosure_token = SecretString::from(random_hex());
 
     let mut registry_config = registry_service::Config::with(
-        registry_service::db::DatabaseUrl::Sqlite(data_dir.join("registry.sqlite3")),
+        registry_service::DatabaseUrl::Sqlite(data_dir.join("registry.sqlite3")),
         council_signer.verifier()?,
     );
     registry_config.disclosure_token = Some(disclosure_token.clone());
