@@ -5,6 +5,7 @@
 //! `cargo run --release -p cpis-bench -- upload --records 100000 --backend both`
 #![forbid(unsafe_code)]
 
+mod floors;
 mod lookup;
 mod notify;
 mod upload;
