@@ -120,10 +120,10 @@ fn days(date: &Date) -> anyhow::Result<i32> {
     Ok(i32::try_from(date.signed_duration_since(epoch).num_days())?)
 }
 
-/// A child record as the registry stores it on first write (every content column, version 1).
-#[derive(Clone, Debug, Insertable)]
+/// A child record as the registry stores it (every column but the id).
+#[derive(Clone, Debug, Insertable, Queryable, Selectable)]
 #[diesel(table_name = child_records, treat_none_as_null = true)]
-struct NewRecord {
+struct RecordRow {
     local_authority: String,
     nhs_number: String,
     local_case_id: Option<String>,
@@ -146,8 +146,8 @@ struct NewRecord {
     update_time: i64,
 }
 
-impl NewRecord {
-    /// The row of a benchmark record (a child on a CPP with no end, as `upload` generates).
+impl RecordRow {
+    /// The row a benchmark record (a child on a CPP) gets on its first write: version 1.
     fn of(council: &str, record: &ChildRecord) -> anyhow::Result<Self> {
         let plan = record
             .child_protection_plan
@@ -188,7 +188,7 @@ const ROWS_PER_STATEMENT: usize = 500;
 pub async fn insert_rate(url: &str, records: &[ChildRecord], chunk: usize) -> anyhow::Result<f64> {
     let rows = records
         .iter()
-        .map(|r| NewRecord::of("FLOOR", r))
+        .map(|r| RecordRow::of("FLOOR", r))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let connector = Connector {
         url: url.to_owned(),
@@ -231,26 +231,8 @@ pub async fn insert_rate(url: &str, records: &[ChildRecord], chunk: usize) -> an
 #[allow(dead_code)] // read to be paid for, never looked at
 struct StoredRecord {
     id: i64,
-    local_authority: String,
-    nhs_number: String,
-    local_case_id: Option<String>,
-    given_name: String,
-    family_name: String,
-    date_of_birth: i32,
-    cpp_start: Option<i32>,
-    cpp_end: Option<i32>,
-    cpp_delete: Option<i32>,
-    lac_start: Option<i32>,
-    lac_end: Option<i32>,
-    lac_delete: Option<i32>,
-    lac_legal_basis: Option<i32>,
-    ucpp_start: Option<i32>,
-    ucpp_end: Option<i32>,
-    ucpp_delete: Option<i32>,
-    ucpp_expected_delivery: Option<i32>,
-    version: i64,
-    create_time: i64,
-    update_time: i64,
+    #[diesel(embed)]
+    row: RecordRow,
 }
 
 /// A pool on the registry's database, sized as the registry sizes its own: one connection on
@@ -260,8 +242,23 @@ pub struct FloorPool {
     pool: Pool<Connector>,
 }
 
-/// Distinguishes the floor's access events (their ids are unique in the table).
+/// Numbers the floor's access events (their ids are unique in the table).
 static NEXT_ACCESS: AtomicU64 = AtomicU64::new(0);
+
+/// SplitMix64's finaliser: a bijection on u64 that scatters consecutive inputs.
+fn scatter(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// The `n`-th access id, shaped like the registry's (`acc-0-` and 32 hex digits) and, like its
+/// random ones, landing anywhere in the unique index rather than always at its end, so the index
+/// does the same work. Distinct for distinct `n` (the first half is a bijection of `n`).
+fn access_id(n: u64) -> String {
+    format!("acc-0-{:016x}{:016x}", scatter(n), scatter(!n))
+}
 
 impl FloorPool {
     /// Builds the pool without connecting.
@@ -289,8 +286,7 @@ impl FloorPool {
         let pool = self.pool.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
             let mut conn = pool.get()?;
-            // Same length as the registry's random ids, so the unique index does the same work.
-            let access_id = format!("acc-0-{:032x}", NEXT_ACCESS.fetch_add(1, Ordering::Relaxed));
+            let access_id = access_id(NEXT_ACCESS.fetch_add(1, Ordering::Relaxed));
             let read = conn.transaction(|conn| {
                 let rows: Vec<StoredRecord> = child_records::table
                     .filter(child_records::nhs_number.eq(&nhs_number))

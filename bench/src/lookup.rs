@@ -8,17 +8,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use cpis_proto::cpis::common::v1::{AccessMode, ChildProtectionPlan, ChildRecord, PlanPeriod};
+use cpis_proto::cpis::common::v1::AccessMode;
 use cpis_proto::cpis::lookup::v1::{
     LookupChildRequest, lookup_service_client::LookupServiceClient,
 };
 use cpis_proto::cpis::registry::v1::{BatchHeader, UploadBatchRequest, upload_batch_request::Item};
-use cpis_proto::google::r#type::Date;
 use cpis_testkit::{Stack, db::Backend, nhs::nhs_numbers};
 use tonic::{Request, metadata::MetadataValue, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::floors::FloorPool;
+use crate::{cpp_child, floors::FloorPool};
 
 /// Children on record.
 const CHILDREN: usize = 5_000;
@@ -112,28 +111,7 @@ pub async fn run(backend: Backend, calls: usize, concurrency: usize) -> anyhow::
                 .skip(c)
                 .step_by(COUNCILS)
                 .map(|n| UploadBatchRequest {
-                    item: Some(Item::Record(ChildRecord {
-                        nhs_number: n.clone(),
-                        given_name: "Alex".into(),
-                        family_name: "Example".into(),
-                        date_of_birth: Some(Date {
-                            year: 2018,
-                            month: 3,
-                            day: 1,
-                        }),
-                        child_protection_plan: Some(ChildProtectionPlan {
-                            period: Some(PlanPeriod {
-                                start_date: Some(Date {
-                                    year: 2025,
-                                    month: 1,
-                                    day: 10,
-                                }),
-                                end_date: None,
-                                delete_date: None,
-                            }),
-                        }),
-                        ..Default::default()
-                    })),
+                    item: Some(Item::Record(cpp_child(n.clone(), String::new(), 1))),
                 }),
         );
         client

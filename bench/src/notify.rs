@@ -7,16 +7,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use cpis_proto::cpis::common::v1::{
-    AccessMode, Accessor, CareSetting, ChildProtectionPlan, ChildRecord, Organisation,
-    PersonAccessor, PlanPeriod, accessor::Kind,
+    AccessMode, Accessor, CareSetting, Organisation, PersonAccessor, accessor::Kind,
 };
 use cpis_proto::cpis::registry::v1::{
     DiscloseRequest, SubscribeNotificationsRequest, council_service_client::CouncilServiceClient,
     subscribe_notifications_response::Event,
 };
-use cpis_proto::google::r#type::Date;
 use cpis_testkit::{Stack, db::Backend, nhs::nhs};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use crate::cpp_child;
 
 fn percentile(sorted: &[Duration], q: f64) -> f64 {
     let i = ((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1));
@@ -47,31 +47,7 @@ pub async fn run(backend: Backend, count: usize, two_nodes: bool) -> anyhow::Res
 
     stack.register_council("BEN01").await;
     stack
-        .put(
-            "BEN01",
-            ChildRecord {
-                nhs_number: nhs(0),
-                given_name: "Alex".into(),
-                family_name: "Example".into(),
-                date_of_birth: Some(Date {
-                    year: 2018,
-                    month: 3,
-                    day: 1,
-                }),
-                child_protection_plan: Some(ChildProtectionPlan {
-                    period: Some(PlanPeriod {
-                        start_date: Some(Date {
-                            year: 2025,
-                            month: 1,
-                            day: 10,
-                        }),
-                        end_date: None,
-                        delete_date: None,
-                    }),
-                }),
-                ..Default::default()
-            },
-        )
+        .put("BEN01", cpp_child(nhs(0), String::new(), 1))
         .await;
 
     let mut stream = CouncilServiceClient::new(subscribed_on.channel().await)

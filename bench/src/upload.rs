@@ -5,13 +5,12 @@
 use std::time::Instant;
 
 use anyhow::Context as _;
-use cpis_proto::cpis::common::v1::{ChildProtectionPlan, ChildRecord, PlanPeriod};
+use cpis_proto::cpis::common::v1::ChildRecord;
 use cpis_proto::cpis::registry::v1::{BatchHeader, UploadBatchRequest, upload_batch_request::Item};
-use cpis_proto::google::r#type::Date;
 use cpis_testkit::nhs::nhs_numbers;
 use cpis_testkit::{Stack, db::Backend};
 
-use crate::floors;
+use crate::{cpp_child, floors};
 
 const CHUNK: usize = 2000;
 
@@ -27,28 +26,9 @@ fn records(count: usize) -> Vec<ChildRecord> {
     numbers
         .into_iter()
         .enumerate()
-        .map(|(i, nhs_number)| ChildRecord {
-            nhs_number,
-            local_case_id: format!("CASE-{i:07}"),
-            given_name: "Alex".into(),
-            family_name: "Example".into(),
-            date_of_birth: Some(Date {
-                year: 2018,
-                month: 3,
-                day: 1 + i32::try_from(i % 28).unwrap_or(0),
-            }),
-            child_protection_plan: Some(ChildProtectionPlan {
-                period: Some(PlanPeriod {
-                    start_date: Some(Date {
-                        year: 2025,
-                        month: 1,
-                        day: 10,
-                    }),
-                    end_date: None,
-                    delete_date: None,
-                }),
-            }),
-            ..Default::default()
+        .map(|(i, nhs_number)| {
+            let born = 1 + i32::try_from(i % 28).unwrap_or(0);
+            cpp_child(nhs_number, format!("CASE-{i:07}"), born)
         })
         .collect()
 }
