@@ -250,7 +250,8 @@ impl Stack {
     }
 
     /// Stops the registry cleanly and returns how `serve` ended. Its address stays reserved
-    /// for [`Stack::restart_registry`]; until then nothing answers there.
+    /// for [`Stack::restart_registry`]; until then nothing answers there (and stopping again
+    /// panics: there is nothing left to stop).
     pub async fn stop_registry(&mut self) -> Result<(), String> {
         // The stopped server's place is taken by a handle that only remembers its address.
         let placeholder = TestServer::attach(&self.registry.url());
