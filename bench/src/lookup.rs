@@ -1,33 +1,23 @@
 //! Lookup throughput and latency: concurrent clinicians' lookups through the lookup service and
 //! the registry's disclose-and-record transaction, against two floors measured in the same run:
 //! the same lookup server's gRPC health check (transport floor), and the engine's own point read
-//! plus insert in one transaction through the registry's pool (database floor).
+//! plus insert in one transaction through a pool like the registry's (database floor, see
+//! `floors`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use cpis_core::auth::DevSigner;
-use cpis_proto::cpis::common::v1::{
-    AccessMode, ChildProtectionPlan, ChildRecord, LocalAuthority, PlanPeriod,
-};
+use cpis_proto::cpis::common::v1::AccessMode;
 use cpis_proto::cpis::lookup::v1::{
     LookupChildRequest, lookup_service_client::LookupServiceClient,
 };
-use cpis_proto::cpis::registry::v1::{
-    BatchHeader, SetContactDetailsRequest, UploadBatchRequest,
-    council_service_client::CouncilServiceClient, upload_batch_request::Item,
-};
-use cpis_proto::google::r#type::Date;
-use cpis_testkit::{
-    TestServer,
-    db::{Backend, TestDb},
-    nhs::nhs_numbers,
-};
-use registry_service::db::{Database, DatabaseUrl, PoolOptions};
-use secrecy::SecretString;
+use cpis_proto::cpis::registry::v1::{BatchHeader, UploadBatchRequest, upload_batch_request::Item};
+use cpis_testkit::{Stack, db::Backend, nhs::nhs_numbers};
 use tonic::{Request, metadata::MetadataValue, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use crate::{cpp_child, floors::FloorPool};
 
 /// Children on record.
 const CHILDREN: usize = 5_000;
@@ -96,41 +86,19 @@ where
 
 /// Runs the scenario on one engine and prints the figures.
 pub async fn run(backend: Backend, calls: usize, concurrency: usize) -> anyhow::Result<()> {
-    let test_db = TestDb::create(backend).context("database unavailable")?;
-    let council_signer = DevSigner::generate("cpis", "cpis-registry")?;
-    let nhs_signer = DevSigner::generate("cpis", "cpis-lookup")?;
-    let credential = SecretString::from("bench-credential".to_owned());
-    let mut registry_config = registry_service::Config::with(
-        DatabaseUrl::parse(&test_db.url)?,
-        council_signer.verifier()?,
-    );
-    registry_config.disclosure_token = Some(credential.clone());
-    let registry = TestServer::start(|l, s| registry_service::serve(registry_config, l, s)).await;
-    let lookup_config =
-        lookup_service::Config::with(registry.url(), credential, nhs_signer.verifier()?);
-    let lookup = TestServer::start(|l, s| lookup_service::serve(lookup_config, l, s)).await;
+    let stack = Stack::builder(backend)
+        .with_lookup()
+        .start()
+        .await
+        .context("database unavailable")?;
 
     // CHILDREN records on CPP plans, spread over COUNCILS councils (each council's notification
     // sequence is a serialisation point, as in real life where 152 councils share the load).
     let numbers: Vec<String> = nhs_numbers().take(CHILDREN).collect();
-    let mut client = CouncilServiceClient::new(registry.channel().await);
+    let mut client = stack.council().await;
     for c in 0..COUNCILS {
         let ods = format!("BEN{c:02}");
-        let council = bearer(&council_signer.mint(
-            &serde_json::json!({"ods_code": ods, "scope": "read write"}),
-            Duration::from_secs(3600),
-        )?)?;
-        let mut request = Request::new(SetContactDetailsRequest {
-            local_authority: Some(LocalAuthority {
-                name: format!("Bench {c}"),
-                emergency_duty_phone: "020 7946 0000".into(),
-                ..Default::default()
-            }),
-        });
-        request
-            .metadata_mut()
-            .insert("authorization", council.clone());
-        client.set_contact_details(request).await?;
+        stack.register_council(&ods).await;
         let mut messages = vec![UploadBatchRequest {
             item: Some(Item::Header(BatchHeader {
                 batch_id: "seed".into(),
@@ -143,37 +111,16 @@ pub async fn run(backend: Backend, calls: usize, concurrency: usize) -> anyhow::
                 .skip(c)
                 .step_by(COUNCILS)
                 .map(|n| UploadBatchRequest {
-                    item: Some(Item::Record(ChildRecord {
-                        nhs_number: n.clone(),
-                        given_name: "Alex".into(),
-                        family_name: "Example".into(),
-                        date_of_birth: Some(Date {
-                            year: 2018,
-                            month: 3,
-                            day: 1,
-                        }),
-                        child_protection_plan: Some(ChildProtectionPlan {
-                            period: Some(PlanPeriod {
-                                start_date: Some(Date {
-                                    year: 2025,
-                                    month: 1,
-                                    day: 10,
-                                }),
-                                end_date: None,
-                                delete_date: None,
-                            }),
-                        }),
-                        ..Default::default()
-                    })),
+                    item: Some(Item::Record(cpp_child(n.clone(), String::new(), 1))),
                 }),
         );
-        let mut request = Request::new(tokio_stream::iter(messages));
-        request.metadata_mut().insert("authorization", council);
-        client.upload_batch(request).await?;
+        client
+            .upload_batch(stack.as_council(&ods, tokio_stream::iter(messages)))
+            .await?;
     }
 
     // Transport floor: the same lookup server's health check, same concurrency and count.
-    let channel: Channel = lookup.channel().await;
+    let channel: Channel = stack.lookup_server().channel().await;
     let health_channel = channel.clone();
     let health = drive(calls, concurrency, move |_| {
         let mut client = HealthClient::new(health_channel.clone());
@@ -188,38 +135,25 @@ pub async fn run(backend: Backend, calls: usize, concurrency: usize) -> anyhow::
     })
     .await;
 
-    // Database floor: a point read and an insert in one transaction, through the same pool kind.
-    let url = DatabaseUrl::parse(&test_db.url)?;
-    let db = Database::open(
-        url,
-        PoolOptions {
-            max_connections: 16,
-            acquire_timeout: Duration::from_secs(10),
-        },
-    )?;
+    // Database floor: a point read and an insert in one transaction, through a pool of the same
+    // kind and size as the registry's, beside the running registry.
+    let db = FloorPool::open(&stack.db.url, 16);
     let floor_numbers = Arc::new(numbers.clone());
     let database = drive(calls, concurrency, move |i| {
         let db = db.clone();
         let nhs = floor_numbers[i % floor_numbers.len()].clone();
-        async move {
-            db.run(move |conn| {
-                registry_service::disclosure_store::floor_read_and_insert(conn, &nhs)
-            })
-            .await
-            .is_ok()
-        }
+        async move { db.read_and_insert(nhs).await.is_ok() }
     })
     .await;
 
     // The real thing: unscheduled lookups by an ED clinician, spread over the children.
-    let ed = nhs_signer.mint(
+    let ed = stack.nhs_token(
         &serde_json::json!({
             "sub": "555021935107", "uid": "555021935107", "name": "Dr Bench", "selected_roleid": "r1",
             "nhsid_nrbac_roles": [{"person_roleid": "r1", "org_code": "RBEN1", "role_code": "R8000", "role_name": "Clinician", "activity_codes": ["B0107"]}],
             "org_name": "Bench Hospital", "care_setting": "EMERGENCY_DEPARTMENT"
         }),
-        Duration::from_secs(3600),
-    )?;
+    );
     let ed = bearer(&ed)?;
     let lookup_numbers = Arc::new(numbers);
     let lookups = drive(calls, concurrency, move |i| {

@@ -5,11 +5,14 @@
 //! `cargo run --release -p cpis-bench -- upload --records 100000 --backend both`
 #![forbid(unsafe_code)]
 
+mod floors;
 mod lookup;
 mod notify;
 mod upload;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use cpis_proto::cpis::common::v1::{ChildProtectionPlan, ChildRecord, PlanPeriod};
+use cpis_proto::google::r#type::Date;
 
 /// CP-IS benchmark.
 #[derive(Debug, Parser)]
@@ -98,5 +101,33 @@ fn engines(choice: Backends) -> Vec<cpis_testkit::db::Backend> {
         Backends::Sqlite => vec![Backend::Sqlite],
         Backends::Postgres => vec![Backend::Postgres],
         Backends::Both => vec![Backend::Sqlite, Backend::Postgres],
+    }
+}
+
+/// The benchmark's child: born on `born` March 2018, on a child protection plan since
+/// 2025-01-10 with no end.
+fn cpp_child(nhs_number: String, local_case_id: String, born: i32) -> ChildRecord {
+    ChildRecord {
+        nhs_number,
+        local_case_id,
+        given_name: "Alex".into(),
+        family_name: "Example".into(),
+        date_of_birth: Some(Date {
+            year: 2018,
+            month: 3,
+            day: born,
+        }),
+        child_protection_plan: Some(ChildProtectionPlan {
+            period: Some(PlanPeriod {
+                start_date: Some(Date {
+                    year: 2025,
+                    month: 1,
+                    day: 10,
+                }),
+                end_date: None,
+                delete_date: None,
+            }),
+        }),
+        ..Default::default()
     }
 }

@@ -6,36 +6,17 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use cpis_core::auth::DevSigner;
 use cpis_proto::cpis::common::v1::{
-    AccessMode, Accessor, CareSetting, ChildProtectionPlan, ChildRecord, LocalAuthority,
-    Organisation, PersonAccessor, PlanPeriod, accessor::Kind,
+    AccessMode, Accessor, CareSetting, Organisation, PersonAccessor, accessor::Kind,
 };
 use cpis_proto::cpis::registry::v1::{
-    DiscloseRequest, PutChildRecordRequest, SetContactDetailsRequest,
-    SubscribeNotificationsRequest, council_service_client::CouncilServiceClient,
-    disclosure_service_client::DisclosureServiceClient, subscribe_notifications_response::Event,
+    DiscloseRequest, SubscribeNotificationsRequest, council_service_client::CouncilServiceClient,
+    subscribe_notifications_response::Event,
 };
-use cpis_proto::google::r#type::Date;
-use cpis_testkit::{
-    TestServer,
-    db::{Backend, TestDb},
-    nhs::nhs,
-};
-use registry_service::db::DatabaseUrl;
-use secrecy::SecretString;
-use tonic::Request;
+use cpis_testkit::{Stack, db::Backend, nhs::nhs};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-fn authed<T>(
-    token: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
-    mut request: Request<T>,
-) -> Request<T> {
-    request
-        .metadata_mut()
-        .insert("authorization", token.clone());
-    request
-}
+use crate::cpp_child;
 
 fn percentile(sorted: &[Duration], q: f64) -> f64 {
     let i = ((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1));
@@ -48,84 +29,31 @@ pub async fn run(backend: Backend, count: usize, two_nodes: bool) -> anyhow::Res
         !two_nodes || backend == Backend::Postgres,
         "two nodes need PostgreSQL"
     );
-    let test_db = TestDb::create(backend).context("database unavailable")?;
-    let signer = DevSigner::generate("cpis", "cpis-registry")?;
-    let credential = "bench-credential";
-    let make_config = || -> anyhow::Result<registry_service::Config> {
-        let mut config =
-            registry_service::Config::with(DatabaseUrl::parse(&test_db.url)?, signer.verifier()?);
-        config.disclosure_token = Some(SecretString::from(credential.to_owned()));
-        Ok(config)
-    };
-    let first_config = make_config()?;
-    let first = TestServer::start(|l, s| registry_service::serve(first_config, l, s)).await;
+    let stack = Stack::start(backend)
+        .await
+        .context("database unavailable")?;
+    let first = &stack.registry;
     let second = if two_nodes {
-        let mut config = make_config()?;
         // Polling far slower than the measurement: only LISTEN/NOTIFY can explain fast delivery.
-        config.notification_poll = Duration::from_secs(60);
-        Some(TestServer::start(|l, s| registry_service::serve(config, l, s)).await)
+        Some(
+            stack
+                .another_registry(|config| config.notification_poll = Duration::from_secs(60))
+                .await,
+        )
     } else {
         None
     };
-    let subscribed_on = second.as_ref().unwrap_or(&first);
+    let subscribed_on = second.as_ref().unwrap_or(first);
 
-    let token: tonic::metadata::MetadataValue<tonic::metadata::Ascii> = format!(
-        "Bearer {}",
-        signer.mint(
-            &serde_json::json!({"ods_code": "BEN01", "scope": "read write"}),
-            Duration::from_secs(3600)
-        )?
-    )
-    .parse()?;
-    let mut council = CouncilServiceClient::new(first.channel().await);
-    council
-        .set_contact_details(authed(
-            &token,
-            Request::new(SetContactDetailsRequest {
-                local_authority: Some(LocalAuthority {
-                    name: "Bench".into(),
-                    emergency_duty_phone: "020 7946 0000".into(),
-                    ..Default::default()
-                }),
-            }),
-        ))
-        .await?;
-    council
-        .put_child_record(authed(
-            &token,
-            Request::new(PutChildRecordRequest {
-                record: Some(ChildRecord {
-                    nhs_number: nhs(0),
-                    given_name: "Alex".into(),
-                    family_name: "Example".into(),
-                    date_of_birth: Some(Date {
-                        year: 2018,
-                        month: 3,
-                        day: 1,
-                    }),
-                    child_protection_plan: Some(ChildProtectionPlan {
-                        period: Some(PlanPeriod {
-                            start_date: Some(Date {
-                                year: 2025,
-                                month: 1,
-                                day: 10,
-                            }),
-                            end_date: None,
-                            delete_date: None,
-                        }),
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-        ))
-        .await?;
+    stack.register_council("BEN01").await;
+    stack
+        .put("BEN01", cpp_child(nhs(0), String::new(), 1))
+        .await;
 
     let mut stream = CouncilServiceClient::new(subscribed_on.channel().await)
-        .subscribe_notifications(authed(
-            &token,
-            Request::new(SubscribeNotificationsRequest::default()),
-        ))
+        .subscribe_notifications(
+            stack.as_council("BEN01", SubscribeNotificationsRequest::default()),
+        )
         .await?
         .into_inner();
     let (arrived_tx, mut arrived_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
@@ -152,7 +80,7 @@ pub async fn run(backend: Backend, count: usize, two_nodes: bool) -> anyhow::Res
         }),
         care_setting: CareSetting::EmergencyDepartment as i32,
     };
-    let mut disclosure = DisclosureServiceClient::new(first.channel().await);
+    let mut disclosure = stack.disclosure().await;
     let mut health = HealthClient::new(first.channel().await);
     let mut from_commit = Vec::with_capacity(count);
     let mut from_request = Vec::with_capacity(count);
@@ -166,15 +94,12 @@ pub async fn run(backend: Backend, count: usize, two_nodes: bool) -> anyhow::Res
             .await?;
         health_rtt.push(t.elapsed());
 
-        let mut request = Request::new(DiscloseRequest {
+        let request = stack.as_lookup_service(DiscloseRequest {
             nhs_number: nhs(0),
             accessor: Some(accessor.clone()),
             access_mode: AccessMode::Unscheduled as i32,
             request_id: String::new(),
         });
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {credential}").parse()?);
         let sent = Instant::now();
         disclosure.disclose(request).await?;
         let committed = Instant::now();

@@ -1,12 +1,15 @@
-//! Test-only helpers shared by every crate's integration tests: boot a real server on an
-//! ephemeral loopback port, reach it through generated clients (health, reflection), and locate
-//! the third-party tools (Python client tooling, grpcurl) that `scripts/tools.sh` installs.
+//! Test-only helpers shared by every crate's integration tests and the benchmark: boot the
+//! registry and lookup service together ([`Stack`]) or any server alone on an ephemeral loopback
+//! port, reach them through generated clients (health, reflection), and locate the third-party
+//! tools (Python client tooling, grpcurl) that `scripts/tools.sh` installs.
 #![forbid(unsafe_code)]
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test support: a failed expectation is a failed test
 
 pub mod db;
 pub mod nhs;
 pub mod server;
+pub mod stack;
 pub mod tools;
 
 pub use server::TestServer;
+pub use stack::{Stack, StackBuilder};

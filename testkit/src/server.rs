@@ -30,9 +30,20 @@ impl TestServer {
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: Display,
     {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Self::start_at(SocketAddr::from(([127, 0, 0, 1], 0)), serve).await
+    }
+
+    /// As [`TestServer::start`], on `addr`: a restarted server takes its predecessor's address
+    /// so that clients (and a lookup service in front of it) keep reaching it.
+    pub async fn start_at<F, Fut, E>(addr: SocketAddr, serve: F) -> Self
+    where
+        F: FnOnce(TcpListener, Shutdown) -> Fut,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Display,
+    {
+        let listener = TcpListener::bind(addr)
             .await
-            .expect("bind 127.0.0.1:0");
+            .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
         let shutdown: Shutdown = Box::pin(async move {

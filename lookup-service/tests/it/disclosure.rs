@@ -11,12 +11,12 @@ use cpis_proto::cpis::lookup::v1::{
     LookupChildRequest, lookup_service_client::LookupServiceClient,
 };
 use cpis_proto::cpis::registry::v1::notification;
-use cpis_testkit::{TestServer, both_backends, db::Backend};
+use cpis_testkit::{both_backends, db::Backend};
 use diesel::{Connection as _, RunQueryDsl as _};
 use secrecy::SecretString;
 use tonic::Code;
 
-use crate::harness::{NHS_A, NHS_B, NHS_C, Stack, cpp, noon, person, person_named, with_token};
+use crate::harness::{NHS_A, NHS_B, NHS_C, cpp, noon, person, person_named, start, with_token};
 
 both_backends!(
     several_councils,
@@ -26,7 +26,7 @@ both_backends!(
 );
 
 async fn several_councils(backend: Backend) {
-    let Some(stack) = Stack::start(backend).await else {
+    let Some(stack) = start(backend).await else {
         return;
     };
     for ods in ["ZZ9", "AB1", "MM5"] {
@@ -128,7 +128,7 @@ async fn several_councils(backend: Backend) {
 }
 
 async fn recent_accesses_cap_and_collapse(backend: Backend) {
-    let Some(stack) = Stack::start(backend).await else {
+    let Some(stack) = start(backend).await else {
         return;
     };
     stack.register_council("AB1").await;
@@ -205,7 +205,7 @@ async fn recent_accesses_cap_and_collapse(backend: Backend) {
 }
 
 async fn nothing_disclosed_when_not_recorded(backend: Backend) {
-    let Some(stack) = Stack::start(backend).await else {
+    let Some(stack) = start(backend).await else {
         return;
     };
     stack.register_council("AB1").await;
@@ -246,7 +246,7 @@ async fn nothing_disclosed_when_not_recorded(backend: Backend) {
 }
 
 async fn concurrent_lookups(backend: Backend) {
-    let Some(stack) = Stack::start(backend).await else {
+    let Some(stack) = start(backend).await else {
         return;
     };
     stack.register_council("AB1").await;
@@ -261,7 +261,7 @@ async fn concurrent_lookups(backend: Backend) {
         .nhs_signer
         .mint(&wrong, Duration::from_secs(600))
         .expect("mint");
-    let channel = stack.lookup.channel().await;
+    let channel = stack.lookup_server().channel().await;
     let calls = (0..50).map(|i| {
         let token = if i % 5 == 0 {
             refused_token.clone()
@@ -311,7 +311,7 @@ async fn concurrent_lookups(backend: Backend) {
 
 #[tokio::test]
 async fn registry_down_is_unavailable_within_the_deadline() {
-    let Some(stack) = Stack::start(Backend::Sqlite).await else {
+    let Some(mut stack) = start(Backend::Sqlite).await else {
         return;
     };
     let ed = person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT");
@@ -319,16 +319,13 @@ async fn registry_down_is_unavailable_within_the_deadline() {
         .lookup(&ed, NHS_A, AccessMode::Unscheduled)
         .await
         .expect("registry up");
-    let Stack {
-        registry,
-        lookup,
-        nhs_signer,
-        ..
-    } = stack;
-    registry.stop().await.expect("stop registry");
+    stack.stop_registry().await.expect("stop registry");
 
-    let token = nhs_signer.mint(&ed, Duration::from_secs(60)).expect("mint");
-    let mut client = LookupServiceClient::new(lookup.channel().await);
+    let token = stack
+        .nhs_signer
+        .mint(&ed, Duration::from_secs(60))
+        .expect("mint");
+    let mut client = stack.lookup_client().await;
     let started = Instant::now();
     let mut request = with_token(
         LookupChildRequest {
@@ -357,12 +354,12 @@ async fn registry_down_is_unavailable_within_the_deadline() {
         .await
         .expect("bind");
     let silent_addr = silent.local_addr().expect("addr");
-    let config = lookup_service::Config::with(
-        format!("http://{silent_addr}"),
-        SecretString::from("x".to_owned()),
-        nhs_signer.verifier().expect("verifier"),
-    );
-    let hung = TestServer::start(|l, s| lookup_service::serve(config, l, s)).await;
+    let hung = stack
+        .another_lookup(|config| {
+            config.registry_url = format!("http://{silent_addr}");
+            config.registry_token = Some(SecretString::from("x".to_owned()));
+        })
+        .await;
     let mut client = LookupServiceClient::new(hung.channel().await);
     let started = Instant::now();
     let mut request = with_token(

@@ -11,7 +11,7 @@ use cpis_testkit::{both_backends, db::Backend};
 use serde_json::json;
 use tonic::Code;
 
-use crate::harness::{NHS_A, Stack, cpp, person, system, with_token};
+use crate::harness::{NHS_A, cpp, person, start, system, with_token};
 
 both_backends!(role_matrix, token_faults, request_faults);
 
@@ -39,7 +39,7 @@ fn allowed(codes: &[&str], setting: &str, mode: AccessMode) -> bool {
 }
 
 async fn role_matrix(backend: Backend) {
-    let Some(stack) = Stack::start(backend).await else {
+    let Some(stack) = start(backend).await else {
         return;
     };
     stack.register_council("AB1").await;
@@ -101,7 +101,7 @@ async fn role_matrix(backend: Backend) {
 }
 
 async fn token_faults(backend: Backend) {
-    let Some(stack) = Stack::start(backend).await else {
+    let Some(stack) = start(backend).await else {
         return;
     };
     stack.register_council("AB1").await;
@@ -197,7 +197,7 @@ async fn token_faults(backend: Backend) {
 }
 
 async fn request_faults(backend: Backend) {
-    let Some(stack) = Stack::start(backend).await else {
+    let Some(stack) = start(backend).await else {
         return;
     };
     let ed = person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT");

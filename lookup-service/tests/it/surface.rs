@@ -8,19 +8,19 @@ use cpis_testkit::db::Backend;
 use cpis_testkit::server::assert_standard_surface;
 use lookup_service::SERVICES;
 
-use crate::harness::Stack;
+use crate::harness::start;
 
 #[tokio::test]
 async fn health_and_reflection_through_rust_clients() {
-    let stack = Stack::start(Backend::Sqlite).await.expect("sqlite");
-    let server = &stack.lookup;
+    let stack = start(Backend::Sqlite).await.expect("sqlite");
+    let server = stack.lookup_server();
     assert_standard_surface(server, SERVICES).await;
 }
 
 #[tokio::test]
 async fn python_client_generated_from_proto_talks_to_lookup() {
-    let stack = Stack::start(Backend::Sqlite).await.expect("sqlite");
-    let server = &stack.lookup;
+    let stack = start(Backend::Sqlite).await.expect("sqlite");
+    let server = stack.lookup_server();
     let addr = server.addr;
     let checked = tokio::task::spawn_blocking(move || {
         cpis_testkit::tools::python_client_check(
@@ -37,8 +37,8 @@ async fn python_client_generated_from_proto_talks_to_lookup() {
 
 #[tokio::test]
 async fn grpcurl_lists_lookup_services() {
-    let stack = Stack::start(Backend::Sqlite).await.expect("sqlite");
-    let server = &stack.lookup;
+    let stack = start(Backend::Sqlite).await.expect("sqlite");
+    let server = stack.lookup_server();
     let addr = server.addr;
     let listed = tokio::task::spawn_blocking(move || cpis_testkit::tools::grpcurl_list(addr))
         .await
@@ -58,8 +58,8 @@ async fn grpcurl_lists_lookup_services() {
 
 #[tokio::test]
 async fn lookups_without_a_token_are_unauthenticated() {
-    let stack = Stack::start(Backend::Sqlite).await.expect("sqlite");
-    let status = LookupServiceClient::new(stack.lookup.channel().await)
+    let stack = start(Backend::Sqlite).await.expect("sqlite");
+    let status = LookupServiceClient::new(stack.lookup_server().channel().await)
         .lookup_child(LookupChildRequest::default())
         .await
         .expect_err("no token");

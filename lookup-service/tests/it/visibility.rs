@@ -8,7 +8,7 @@ use cpis_proto::cpis::common::v1::{
 };
 use cpis_testkit::{both_backends, db::Backend, nhs::nhs};
 
-use crate::harness::{Stack, cpp, date, noon, person};
+use crate::harness::{cpp, date, noon, person, start};
 
 both_backends!(boundaries);
 
@@ -81,7 +81,7 @@ fn cases() -> Vec<(&'static str, ChildRecord, Day, Day)> {
 }
 
 async fn boundaries(backend: Backend) {
-    let Some(stack) = Stack::start(backend).await else {
+    let Some(stack) = start(backend).await else {
         return;
     };
     stack.register_council("AB1").await;

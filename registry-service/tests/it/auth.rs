@@ -15,16 +15,16 @@ use cpis_proto::cpis::registry::v1::{
 use cpis_testkit::{both_backends, db::Backend};
 use tonic::{Code, Status};
 
-use crate::harness::{Registry, cpp_record, nhs, signer, with_token};
+use crate::harness::{cpp_record, nhs, signer, start, with_token};
 
 both_backends!(every_rpc_refuses_another_council, token_faults, scopes);
 
 async fn every_rpc_refuses_another_council(backend: Backend) {
-    let Some(reg) = Registry::start(backend).await else {
+    let Some(reg) = start(backend).await else {
         return;
     };
     reg.register_council("VIC1").await;
-    let mut client = reg.client().await;
+    let mut client = reg.council().await;
     let victim_record = cpp_record(&nhs(0));
     client
         .put_child_record(reg.as_council(
@@ -245,10 +245,10 @@ async fn every_rpc_refuses_another_council(backend: Backend) {
 }
 
 async fn token_faults(backend: Backend) {
-    let Some(reg) = Registry::start(backend).await else {
+    let Some(reg) = start(backend).await else {
         return;
     };
-    let mut client = reg.client().await;
+    let mut client = reg.council().await;
     let claims = serde_json::json!({ "ods_code": "AB1", "scope": "read write" });
     let stranger = signer();
     let now = std::time::SystemTime::now()
@@ -261,27 +261,27 @@ async fn token_faults(backend: Backend) {
         ("unknown key", Some(stranger.mint(&claims, Duration::from_secs(60)).expect("mint")), ErrorReason::TokenInvalid),
         (
             "wrong issuer",
-            Some(reg.signer.sign(&serde_json::json!({"iss": "evil", "aud": "cpis-registry", "exp": now + 60, "ods_code": "AB1", "scope": "read"})).expect("sign")),
+            Some(reg.council_signer.sign(&serde_json::json!({"iss": "evil", "aud": "cpis-registry", "exp": now + 60, "ods_code": "AB1", "scope": "read"})).expect("sign")),
             ErrorReason::TokenInvalid,
         ),
         (
             "wrong audience",
-            Some(reg.signer.sign(&serde_json::json!({"iss": "cpis", "aud": "cpis-lookup", "exp": now + 60, "ods_code": "AB1", "scope": "read"})).expect("sign")),
+            Some(reg.council_signer.sign(&serde_json::json!({"iss": "cpis", "aud": "cpis-lookup", "exp": now + 60, "ods_code": "AB1", "scope": "read"})).expect("sign")),
             ErrorReason::TokenInvalid,
         ),
         (
             "expired",
-            Some(reg.signer.sign(&serde_json::json!({"iss": "cpis", "aud": "cpis-registry", "exp": now - 3600, "ods_code": "AB1", "scope": "read"})).expect("sign")),
+            Some(reg.council_signer.sign(&serde_json::json!({"iss": "cpis", "aud": "cpis-registry", "exp": now - 3600, "ods_code": "AB1", "scope": "read"})).expect("sign")),
             ErrorReason::TokenExpired,
         ),
         (
             "no expiry",
-            Some(reg.signer.sign(&serde_json::json!({"iss": "cpis", "aud": "cpis-registry", "ods_code": "AB1", "scope": "read"})).expect("sign")),
+            Some(reg.council_signer.sign(&serde_json::json!({"iss": "cpis", "aud": "cpis-registry", "ods_code": "AB1", "scope": "read"})).expect("sign")),
             ErrorReason::TokenInvalid,
         ),
         (
             "no council",
-            Some(reg.signer.mint(&serde_json::json!({"scope": "read"}), Duration::from_secs(60)).expect("mint")),
+            Some(reg.council_signer.mint(&serde_json::json!({"scope": "read"}), Duration::from_secs(60)).expect("mint")),
             ErrorReason::TokenInvalid,
         ),
     ];
@@ -297,12 +297,12 @@ async fn token_faults(backend: Backend) {
 }
 
 async fn scopes(backend: Backend) {
-    let Some(reg) = Registry::start(backend).await else {
+    let Some(reg) = start(backend).await else {
         return;
     };
     reg.register_council("AB1").await;
-    let mut client = reg.client().await;
-    let read_only = reg.token("AB1", "read");
+    let mut client = reg.council().await;
+    let read_only = reg.council_token("AB1", "read");
     let status = client
         .put_child_record(with_token(
             PutChildRecordRequest {
@@ -317,7 +317,7 @@ async fn scopes(backend: Backend) {
         (status.code(), reason_of(&status)),
         (Code::PermissionDenied, Some(ErrorReason::ScopeMissing))
     );
-    let write_only = reg.token("AB1", "write");
+    let write_only = reg.council_token("AB1", "write");
     let status = client
         .get_contact_details(with_token(GetContactDetailsRequest::default(), &write_only))
         .await

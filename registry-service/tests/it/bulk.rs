@@ -5,12 +5,14 @@ use cpis_core::status::reason_of;
 use cpis_proto::cpis::common::v1::{ChildRecord, ErrorReason};
 use cpis_proto::cpis::registry::v1::{
     BatchHeader, BatchOutcome, GetBatchRequest, GetChildRecordRequest, ListChildRecordsRequest,
-    PutChildRecordRequest, UploadBatchRequest, UploadBatchResponse, upload_batch_request::Item,
+    UploadBatchRequest, UploadBatchResponse, upload_batch_request::Item,
 };
 use cpis_testkit::{both_backends, db::Backend};
 use tonic::{Code, Status};
 
-use crate::harness::{Registry, cpp_record, nhs, nhs_numbers};
+use cpis_testkit::Stack;
+
+use crate::harness::{cpp_record, nhs, nhs_numbers, start};
 
 both_backends!(
     mixed_batch,
@@ -36,19 +38,19 @@ fn batch(batch_id: &str, records: Vec<ChildRecord>) -> Vec<UploadBatchRequest> {
 }
 
 async fn upload(
-    reg: &Registry,
+    reg: &Stack,
     ods: &str,
     messages: Vec<UploadBatchRequest>,
 ) -> Result<UploadBatchResponse, Status> {
-    reg.client()
+    reg.council()
         .await
         .upload_batch(reg.as_council(ods, tokio_stream::iter(messages)))
         .await
         .map(tonic::Response::into_inner)
 }
 
-async fn count_records(reg: &Registry, ods: &str) -> usize {
-    let mut client = reg.client().await;
+async fn count_records(reg: &Stack, ods: &str) -> usize {
+    let mut client = reg.council().await;
     let (mut token, mut count) = (String::new(), 0);
     loop {
         let page = client
@@ -72,7 +74,7 @@ async fn count_records(reg: &Registry, ods: &str) -> usize {
 }
 
 async fn mixed_batch(backend: Backend) {
-    let Some(reg) = Registry::start(backend).await else {
+    let Some(reg) = start(backend).await else {
         return;
     };
     reg.register_council("AB1").await;
@@ -138,7 +140,7 @@ async fn mixed_batch(backend: Backend) {
 
     // The stored outcome can be fetched again.
     let fetched = reg
-        .client()
+        .council()
         .await
         .get_batch(reg.as_council(
             "AB1",
@@ -183,7 +185,7 @@ async fn mixed_batch(backend: Backend) {
 }
 
 async fn retry_is_idempotent(backend: Backend) {
-    let Some(reg) = Registry::start(backend).await else {
+    let Some(reg) = start(backend).await else {
         return;
     };
     reg.register_council("AB1").await;
@@ -197,17 +199,7 @@ async fn retry_is_idempotent(backend: Backend) {
     // The council changes one record afterwards; a retry of the old batch must not undo it.
     let mut newer = cpp_record(&nhs(0));
     newer.given_name = "Newer".into();
-    reg.client()
-        .await
-        .put_child_record(reg.as_council(
-            "AB1",
-            PutChildRecordRequest {
-                record: Some(newer),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("put");
+    reg.put("AB1", newer).await;
 
     let retry = upload(&reg, "AB1", batch("b-7", records))
         .await
@@ -215,7 +207,7 @@ async fn retry_is_idempotent(backend: Backend) {
     assert!(retry.replayed);
     assert_eq!(retry.result.expect("result"), first);
     let record = reg
-        .client()
+        .council()
         .await
         .get_child_record(reg.as_council(
             "AB1",
@@ -233,7 +225,7 @@ async fn retry_is_idempotent(backend: Backend) {
 }
 
 async fn reused_id_with_other_content(backend: Backend) {
-    let Some(reg) = Registry::start(backend).await else {
+    let Some(reg) = start(backend).await else {
         return;
     };
     reg.register_council("AB1").await;
@@ -260,7 +252,7 @@ async fn reused_id_with_other_content(backend: Backend) {
 }
 
 async fn malformed_streams(backend: Backend) {
-    let Some(reg) = Registry::start(backend).await else {
+    let Some(reg) = start(backend).await else {
         return;
     };
     reg.register_council("AB1").await;
@@ -302,7 +294,7 @@ async fn malformed_streams(backend: Backend) {
 }
 
 async fn large_batch_in_chunks(backend: Backend) {
-    let Some(reg) = Registry::start(backend).await else {
+    let Some(reg) = start(backend).await else {
         return;
     };
     reg.register_council("AB1").await;

@@ -10,7 +10,7 @@ use cpis_proto::cpis::registry::v1::{
 use cpis_testkit::{both_backends, db::Backend};
 use tonic::Code;
 
-use crate::harness::{Registry, cpp_record, nhs};
+use crate::harness::{cpp_record, nhs, start};
 
 both_backends!(
     set_then_get_contacts,
@@ -19,10 +19,10 @@ both_backends!(
 );
 
 async fn set_then_get_contacts(backend: Backend) {
-    let Some(reg) = Registry::start(backend).await else {
+    let Some(reg) = start(backend).await else {
         return;
     };
-    let mut client = reg.client().await;
+    let mut client = reg.council().await;
     let missing = client
         .get_contact_details(reg.as_council("AB1", GetContactDetailsRequest::default()))
         .await
@@ -75,10 +75,10 @@ async fn set_then_get_contacts(backend: Backend) {
 }
 
 async fn records_need_contact_details(backend: Backend) {
-    let Some(reg) = Registry::start(backend).await else {
+    let Some(reg) = start(backend).await else {
         return;
     };
-    let mut client = reg.client().await;
+    let mut client = reg.council().await;
     let status = client
         .put_child_record(reg.as_council(
             "NEW1",
@@ -110,10 +110,10 @@ async fn records_need_contact_details(backend: Backend) {
 }
 
 async fn contact_validation(backend: Backend) {
-    let Some(reg) = Registry::start(backend).await else {
+    let Some(reg) = start(backend).await else {
         return;
     };
-    let mut client = reg.client().await;
+    let mut client = reg.council().await;
     let cases: Vec<(LocalAuthority, &str, ErrorReason)> = vec![
         (
             LocalAuthority {

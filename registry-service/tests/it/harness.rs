@@ -1,115 +1,38 @@
-//! Boots the registry through its own `serve` on a fresh database, with a generated signing key,
-//! and builds authenticated requests for councils.
+//! The registry tests' fixtures on top of `cpis_testkit::Stack` (which boots the registry through
+//! its own `serve` on a fresh database): records, an ED clinician's accessor, disclosures as the
+//! lookup service makes them, and notification subscriptions.
 
 use std::time::Duration;
 
 use cpis_core::auth::DevSigner;
 use cpis_proto::cpis::common::v1::{
-    ChildProtectionPlan, ChildRecord, LocalAuthority, LookedAfterChild, LookedAfterLegalBasis,
-    PlanPeriod, UnbornChildProtectionPlan,
+    ChildProtectionPlan, ChildRecord, LookedAfterChild, LookedAfterLegalBasis, PlanPeriod,
+    UnbornChildProtectionPlan,
 };
-use cpis_proto::cpis::registry::v1::{
-    SetContactDetailsRequest, council_service_client::CouncilServiceClient,
-};
+use cpis_proto::cpis::registry::v1::council_service_client::CouncilServiceClient;
 use cpis_proto::google::r#type::Date;
-use cpis_testkit::{
-    TestServer,
-    db::{Backend, TestDb},
-};
-use registry_service::{Config, DatabaseUrl};
-use tonic::{Request, transport::Channel};
+use cpis_testkit::{Stack, StackBuilder, TestServer, db::Backend};
 
-/// A running registry and what a test needs to talk to it.
-pub struct Registry {
-    pub server: TestServer,
-    pub signer: DevSigner,
-    pub db: TestDb,
+pub use cpis_testkit::stack::{DISCLOSURE_TOKEN, with_token};
+
+/// Records per upload transaction in these tests: small, so a few thousand records span several
+/// commits.
+const UPLOAD_CHUNK: usize = 500;
+
+/// A registry stack for these tests, to adjust further before `start`.
+pub fn stack(backend: Backend) -> StackBuilder {
+    Stack::builder(backend).registry(|config| config.upload_chunk = UPLOAD_CHUNK)
 }
 
-/// The test signer's issuer and audience, matching the registry's defaults.
+/// Starts a registry on a fresh database of `backend`; `None` when that backend is unavailable
+/// outside CI.
+pub async fn start(backend: Backend) -> Option<Stack> {
+    stack(backend).start().await
+}
+
+/// A council signer the registry does not trust unless told to.
 pub fn signer() -> DevSigner {
-    DevSigner::generate("cpis", "cpis-registry").expect("generate key")
-}
-
-/// A config on `db` trusting `signer`.
-pub fn config(db: &TestDb, signer: &DevSigner) -> Config {
-    let url = DatabaseUrl::parse(&db.url).expect("test database url");
-    let mut config = Config::with(url, signer.verifier().expect("verifier"));
-    config.upload_chunk = 500;
-    config.disclosure_token = Some(secrecy::SecretString::from(DISCLOSURE_TOKEN.to_owned()));
-    config
-}
-
-/// The credential tests present to the disclosure service, as the lookup service would.
-pub const DISCLOSURE_TOKEN: &str = "test-disclosure-credential";
-
-impl Registry {
-    /// Starts a registry on a fresh database of `backend`; `None` when that backend is
-    /// unavailable outside CI.
-    pub async fn start(backend: Backend) -> Option<Self> {
-        Self::start_with(backend, |_| {}).await
-    }
-
-    /// As `start`, letting the test adjust the config.
-    pub async fn start_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Option<Self> {
-        let db = TestDb::create(backend)?;
-        let signer = signer();
-        let mut config = config(&db, &signer);
-        adjust(&mut config);
-        let server = TestServer::start(|listener, shutdown| {
-            registry_service::serve(config, listener, shutdown)
-        })
-        .await;
-        Some(Self { server, signer, db })
-    }
-
-    /// A council client.
-    pub async fn client(&self) -> CouncilServiceClient<Channel> {
-        CouncilServiceClient::new(self.server.channel().await)
-            .max_decoding_message_size(64 * 1024 * 1024)
-    }
-
-    /// A token for council `ods` with `scope` (space-separated).
-    pub fn token(&self, ods: &str, scope: &str) -> String {
-        self.signer
-            .mint(&serde_json::json!({ "sub": format!("{ods}-system"), "ods_code": ods, "scope": scope }), Duration::from_secs(600))
-            .expect("mint")
-    }
-
-    /// `message` with council `ods`'s read+write bearer token.
-    pub fn as_council<T>(&self, ods: &str, message: T) -> Request<T> {
-        with_token(message, &self.token(ods, "read write"))
-    }
-
-    /// Sets contact details for `ods` so it may store records.
-    pub async fn register_council(&self, ods: &str) {
-        self.client()
-            .await
-            .set_contact_details(self.as_council(
-                ods,
-                SetContactDetailsRequest {
-                    local_authority: Some(LocalAuthority {
-                        ods_code: ods.into(),
-                        name: format!("Council {ods}"),
-                        emergency_duty_phone: "020 7946 0000".into(),
-                        office_hours_phone: "020 7946 0001".into(),
-                        update_time: None,
-                    }),
-                },
-            ))
-            .await
-            .expect("set contact details");
-    }
-}
-
-/// `message` with `authorization: Bearer token`.
-pub fn with_token<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii token"),
-    );
-    request
+    cpis_testkit::stack::council_signer()
 }
 
 /// A calendar date.
@@ -182,27 +105,25 @@ pub fn ed_clinician(user_id: &str) -> cpis_proto::cpis::common::v1::Accessor {
     }
 }
 
-impl Registry {
-    /// Discloses `nhs_number` as the lookup service would (one access, recorded).
-    pub async fn disclose(
-        &self,
-        nhs_number: &str,
-        mode: cpis_proto::cpis::common::v1::AccessMode,
-    ) -> cpis_proto::cpis::registry::v1::DiscloseResponse {
-        disclose_at(&self.server, nhs_number, mode).await
-    }
+/// Discloses `nhs_number` as the lookup service would (one access, recorded).
+pub async fn disclose(
+    reg: &Stack,
+    nhs_number: &str,
+    mode: cpis_proto::cpis::common::v1::AccessMode,
+) -> cpis_proto::cpis::registry::v1::DiscloseResponse {
+    disclose_at(&reg.registry, nhs_number, mode).await
+}
 
-    /// A notification subscription for council `ods` after `after` (None: the stored cursor).
-    pub async fn subscribe(
-        &self,
-        ods: &str,
-        after: Option<u64>,
-    ) -> Result<
-        tonic::Streaming<cpis_proto::cpis::registry::v1::SubscribeNotificationsResponse>,
-        tonic::Status,
-    > {
-        subscribe_at(&self.server, &self.token(ods, "read"), after).await
-    }
+/// A notification subscription for council `ods` after `after` (None: the stored cursor).
+pub async fn subscribe(
+    reg: &Stack,
+    ods: &str,
+    after: Option<u64>,
+) -> Result<
+    tonic::Streaming<cpis_proto::cpis::registry::v1::SubscribeNotificationsResponse>,
+    tonic::Status,
+> {
+    subscribe_at(&reg.registry, &reg.council_token(ods, "read"), after).await
 }
 
 /// Discloses through the disclosure service of `server`.

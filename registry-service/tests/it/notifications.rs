@@ -13,11 +13,12 @@ use cpis_proto::cpis::registry::v1::{
     operator_service_client::OperatorServiceClient, subscribe_notifications_response::Event,
     upload_batch_request::Item,
 };
-use cpis_testkit::{TestServer, both_backends, db::Backend};
+use cpis_testkit::{both_backends, db::Backend};
 use tonic::Code;
 
 use crate::harness::{
-    Registry, config, cpp_record, disclose_at, next_sequence, nhs, subscribe_at, with_token,
+    cpp_record, disclose, disclose_at, next_sequence, nhs, stack, start, subscribe, subscribe_at,
+    with_token,
 };
 
 both_backends!(
@@ -32,29 +33,19 @@ both_backends!(
 const WAIT: Duration = Duration::from_secs(5);
 
 async fn replay_then_live_then_resume(backend: Backend) {
-    let Some(reg) = Registry::start(backend).await else {
+    let Some(reg) = start(backend).await else {
         return;
     };
     reg.register_council("AB1").await;
     let mut record = cpp_record(&nhs(0));
     record.local_case_id = "AB1-77".into();
-    reg.client()
-        .await
-        .put_child_record(reg.as_council(
-            "AB1",
-            PutChildRecordRequest {
-                record: Some(record),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("put");
+    reg.put("AB1", record).await;
     for _ in 0..3 {
-        reg.disclose(&nhs(0), AccessMode::Unscheduled).await;
+        disclose(&reg, &nhs(0), AccessMode::Unscheduled).await;
     }
 
     // Replay from the beginning, then live.
-    let mut stream = reg.subscribe("AB1", Some(0)).await.expect("subscribe");
+    let mut stream = subscribe(&reg, "AB1", Some(0)).await.expect("subscribe");
     for expected in 1..=3 {
         let n = next_sequence(&mut stream, WAIT).await;
         assert_eq!(n.sequence, expected);
@@ -68,7 +59,7 @@ async fn replay_then_live_then_resume(backend: Backend) {
             other => panic!("unexpected {other:?}"),
         }
     }
-    reg.disclose(&nhs(0), AccessMode::Unscheduled).await;
+    disclose(&reg, &nhs(0), AccessMode::Unscheduled).await;
     assert_eq!(
         next_sequence(&mut stream, WAIT).await.sequence,
         4,
@@ -77,7 +68,7 @@ async fn replay_then_live_then_resume(backend: Backend) {
 
     // Acknowledge 2, disconnect, two more happen, reconnect from the stored cursor: 3..=6.
     let acked = reg
-        .client()
+        .council()
         .await
         .acknowledge_notifications(reg.as_council(
             "AB1",
@@ -91,9 +82,9 @@ async fn replay_then_live_then_resume(backend: Backend) {
         .into_inner();
     assert_eq!(acked.acknowledged_sequence, 2);
     drop(stream);
-    reg.disclose(&nhs(0), AccessMode::Unscheduled).await;
-    reg.disclose(&nhs(0), AccessMode::Unscheduled).await;
-    let mut stream = reg.subscribe("AB1", None).await.expect("resubscribe");
+    disclose(&reg, &nhs(0), AccessMode::Unscheduled).await;
+    disclose(&reg, &nhs(0), AccessMode::Unscheduled).await;
+    let mut stream = subscribe(&reg, "AB1", None).await.expect("resubscribe");
     let resumed: Vec<u64> = {
         let mut seen = Vec::new();
         for _ in 0..4 {
@@ -109,7 +100,7 @@ async fn replay_then_live_then_resume(backend: Backend) {
 
     // The cursor never moves back, and cannot pass what was issued.
     let older = reg
-        .client()
+        .council()
         .await
         .acknowledge_notifications(reg.as_council(
             "AB1",
@@ -123,7 +114,7 @@ async fn replay_then_live_then_resume(backend: Backend) {
         .into_inner();
     assert_eq!(older.acknowledged_sequence, 2);
     let ahead = reg
-        .client()
+        .council()
         .await
         .acknowledge_notifications(reg.as_council(
             "AB1",
@@ -138,21 +129,20 @@ async fn replay_then_live_then_resume(backend: Backend) {
         (ahead.code(), reason_of(&ahead)),
         (Code::OutOfRange, Some(ErrorReason::SequenceNotIssued))
     );
-    let ahead = reg
-        .subscribe("AB1", Some(99))
+    let ahead = subscribe(&reg, "AB1", Some(99))
         .await
         .expect_err("cursor ahead");
     assert_eq!(ahead.code(), Code::OutOfRange);
 }
 
 async fn councils_see_only_their_own(backend: Backend) {
-    let Some(reg) = Registry::start(backend).await else {
+    let Some(reg) = start(backend).await else {
         return;
     };
     for ods in ["AB1", "CD2"] {
         reg.register_council(ods).await;
     }
-    let mut client = reg.client().await;
+    let mut client = reg.council().await;
     for (ods, i) in [("AB1", 0), ("CD2", 1)] {
         client
             .put_child_record(reg.as_council(
@@ -165,10 +155,10 @@ async fn councils_see_only_their_own(backend: Backend) {
             .await
             .expect("put");
     }
-    let mut ab1 = reg.subscribe("AB1", Some(0)).await.expect("AB1");
-    let mut cd2 = reg.subscribe("CD2", Some(0)).await.expect("CD2");
-    reg.disclose(&nhs(1), AccessMode::Unscheduled).await; // CD2's child
-    reg.disclose(&nhs(0), AccessMode::Unscheduled).await; // AB1's child
+    let mut ab1 = subscribe(&reg, "AB1", Some(0)).await.expect("AB1");
+    let mut cd2 = subscribe(&reg, "CD2", Some(0)).await.expect("CD2");
+    disclose(&reg, &nhs(1), AccessMode::Unscheduled).await; // CD2's child
+    disclose(&reg, &nhs(0), AccessMode::Unscheduled).await; // AB1's child
     let a = next_sequence(&mut ab1, WAIT).await;
     let c = next_sequence(&mut cd2, WAIT).await;
     let nhs_of = |n: &cpis_proto::cpis::registry::v1::Notification| match &n.kind {
@@ -199,25 +189,15 @@ async fn councils_see_only_their_own(backend: Backend) {
 }
 
 async fn silent_reads_notify_nobody(backend: Backend) {
-    let Some(reg) = Registry::start(backend).await else {
+    let Some(reg) = start(backend).await else {
         return;
     };
     reg.register_council("AB1").await;
-    reg.client()
-        .await
-        .put_child_record(reg.as_council(
-            "AB1",
-            PutChildRecordRequest {
-                record: Some(cpp_record(&nhs(0))),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("put");
-    let answer = reg.disclose(&nhs(0), AccessMode::ScheduledSilentRead).await;
+    reg.put("AB1", cpp_record(&nhs(0))).await;
+    let answer = disclose(&reg, &nhs(0), AccessMode::ScheduledSilentRead).await;
     assert_eq!(answer.alerts.len(), 1, "disclosed");
-    reg.disclose(&nhs(0), AccessMode::Unscheduled).await;
-    let mut stream = reg.subscribe("AB1", Some(0)).await.expect("subscribe");
+    disclose(&reg, &nhs(0), AccessMode::Unscheduled).await;
+    let mut stream = subscribe(&reg, "AB1", Some(0)).await.expect("subscribe");
     let first = next_sequence(&mut stream, WAIT).await;
     assert_eq!(
         first.sequence, 1,
@@ -235,31 +215,23 @@ async fn silent_reads_notify_nobody(backend: Backend) {
 }
 
 async fn stalled_subscriber_is_cut_off(backend: Backend) {
-    let Some(reg) = Registry::start_with(backend, |c| {
-        c.subscriber_buffer = 2;
-        c.subscriber_send_timeout = Duration::from_millis(300);
-    })
-    .await
+    let Some(reg) = stack(backend)
+        .registry(|c| {
+            c.subscriber_buffer = 2;
+            c.subscriber_send_timeout = Duration::from_millis(300);
+        })
+        .start()
+        .await
     else {
         return;
     };
     reg.register_council("AB1").await;
-    reg.client()
-        .await
-        .put_child_record(reg.as_council(
-            "AB1",
-            PutChildRecordRequest {
-                record: Some(cpp_record(&nhs(0))),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("put");
+    reg.put("AB1", cpp_record(&nhs(0))).await;
     for _ in 0..150 {
-        reg.disclose(&nhs(0), AccessMode::Unscheduled).await;
+        disclose(&reg, &nhs(0), AccessMode::Unscheduled).await;
     }
     // A client with a tiny HTTP/2 window that does not read: backpressure reaches the server.
-    let channel = tonic::transport::Endpoint::from_shared(reg.server.url())
+    let channel = tonic::transport::Endpoint::from_shared(reg.registry.url())
         .expect("endpoint")
         .initial_stream_window_size(Some(1024))
         .initial_connection_window_size(Some(1024))
@@ -274,7 +246,7 @@ async fn stalled_subscriber_is_cut_off(backend: Backend) {
                 after_sequence: Some(0),
                 ..Default::default()
             },
-            &reg.token("AB1", "read"),
+            &reg.council_token("AB1", "read"),
         ))
         .await
         .expect("subscribe")
@@ -299,7 +271,9 @@ async fn stalled_subscriber_is_cut_off(backend: Backend) {
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert_eq!(reason_of(&status), Some(ErrorReason::SubscriberTooSlow));
     // Resuming from the last one received loses nothing.
-    let mut resumed = reg.subscribe("AB1", Some(received)).await.expect("resume");
+    let mut resumed = subscribe(&reg, "AB1", Some(received))
+        .await
+        .expect("resume");
     assert_eq!(
         next_sequence(&mut resumed, WAIT).await.sequence,
         received + 1
@@ -307,15 +281,15 @@ async fn stalled_subscriber_is_cut_off(backend: Backend) {
 }
 
 async fn heartbeat_and_shutdown(backend: Backend) {
-    let Some(reg) = Registry::start_with(backend, |c| {
-        c.heartbeat_interval = Duration::from_millis(200)
-    })
-    .await
+    let Some(reg) = stack(backend)
+        .registry(|c| c.heartbeat_interval = Duration::from_millis(200))
+        .start()
+        .await
     else {
         return;
     };
     reg.register_council("AB1").await;
-    let mut stream = reg.subscribe("AB1", None).await.expect("subscribe");
+    let mut stream = subscribe(&reg, "AB1", None).await.expect("subscribe");
     let first = tokio::time::timeout(WAIT, stream.message())
         .await
         .expect("in time")
@@ -326,8 +300,7 @@ async fn heartbeat_and_shutdown(backend: Backend) {
         "{first:?}"
     );
 
-    let Registry { server, .. } = reg;
-    let stopping = tokio::spawn(server.stop());
+    let stopping = tokio::spawn(reg.registry.stop());
     let status = loop {
         match tokio::time::timeout(WAIT, stream.message())
             .await
@@ -346,13 +319,13 @@ async fn heartbeat_and_shutdown(backend: Backend) {
 }
 
 async fn nhs_status_import_notifies_holders(backend: Backend) {
-    let Some(reg) = Registry::start(backend).await else {
+    let Some(reg) = start(backend).await else {
         return;
     };
     for ods in ["AB1", "CD2", "EF3"] {
         reg.register_council(ods).await;
     }
-    let mut client = reg.client().await;
+    let mut client = reg.council().await;
     // nhs(0) is held by AB1 and CD2; nhs(1) by EF3 only.
     for (ods, i) in [("AB1", 0), ("CD2", 0), ("EF3", 1)] {
         client
@@ -367,7 +340,7 @@ async fn nhs_status_import_notifies_holders(backend: Backend) {
             .expect("put");
     }
     let operator = reg
-        .signer
+        .council_signer
         .mint(
             &serde_json::json!({"sub": "ops", "scope": "operator"}),
             Duration::from_secs(60),
@@ -392,7 +365,7 @@ async fn nhs_status_import_notifies_holders(backend: Backend) {
         },
     ];
     let import = |token: String, changes: Vec<NhsNumberStatusChange>| {
-        let server = &reg.server;
+        let server = &reg.registry;
         async move {
             OperatorServiceClient::new(server.channel().await)
                 .import_nhs_number_status_changes(with_token(
@@ -407,7 +380,7 @@ async fn nhs_status_import_notifies_holders(backend: Backend) {
                 .map(tonic::Response::into_inner)
         }
     };
-    let council_token = reg.token("AB1", "read write");
+    let council_token = reg.council_token("AB1", "read write");
     let refused = import(council_token, changes.clone())
         .await
         .expect_err("a council is not an operator");
@@ -431,7 +404,7 @@ async fn nhs_status_import_notifies_holders(backend: Backend) {
     assert_eq!(again.notifications_queued, 0);
 
     for ods in ["AB1", "CD2"] {
-        let mut stream = reg.subscribe(ods, Some(0)).await.expect("subscribe");
+        let mut stream = subscribe(&reg, ods, Some(0)).await.expect("subscribe");
         let n = next_sequence(&mut stream, WAIT).await;
         match n.kind {
             Some(notification::Kind::InactiveNhsNumber(inactive)) => {
@@ -444,7 +417,7 @@ async fn nhs_status_import_notifies_holders(backend: Backend) {
         }
     }
     let ef3 = reg
-        .client()
+        .council()
         .await
         .list_notifications(reg.as_council(
             "EF3",
@@ -517,33 +490,23 @@ async fn nhs_status_import_notifies_holders(backend: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_registries_on_one_postgres_wake_each_other() {
-    let Some(reg) = Registry::start(Backend::Postgres).await else {
+    let Some(reg) = start(Backend::Postgres).await else {
         return;
     };
     reg.register_council("AB1").await;
-    reg.client()
-        .await
-        .put_child_record(reg.as_council(
-            "AB1",
-            PutChildRecordRequest {
-                record: Some(cpp_record(&nhs(0))),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("put");
+    reg.put("AB1", cpp_record(&nhs(0))).await;
     // A second registry on the same database, polling only once a minute: a prompt delivery
     // can only come from PostgreSQL LISTEN/NOTIFY.
-    let mut second_config = config(&reg.db, &reg.signer);
-    second_config.notification_poll = Duration::from_secs(60);
-    let second = TestServer::start(|l, s| registry_service::serve(second_config, l, s)).await;
-    let mut stream = subscribe_at(&second, &reg.token("AB1", "read"), None)
+    let second = reg
+        .another_registry(|c| c.notification_poll = Duration::from_secs(60))
+        .await;
+    let mut stream = subscribe_at(&second, &reg.council_token("AB1", "read"), None)
         .await
         .expect("subscribe on the second");
     // Let the subscription reach its wait before the disclosure.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = std::time::Instant::now();
-    disclose_at(&reg.server, &nhs(0), AccessMode::Unscheduled).await;
+    disclose_at(&reg.registry, &nhs(0), AccessMode::Unscheduled).await;
     let n = next_sequence(&mut stream, Duration::from_secs(5)).await;
     assert_eq!(n.sequence, 1);
     assert!(

@@ -9,7 +9,7 @@ use cpis_proto::cpis::registry::v1::{
 use cpis_testkit::{both_backends, db::Backend};
 use tonic::Code;
 
-use crate::harness::{Registry, cpp_record, date, full_record, nhs};
+use crate::harness::{cpp_record, date, full_record, nhs, start};
 
 both_backends!(
     put_get_delete,
@@ -18,11 +18,11 @@ both_backends!(
 );
 
 async fn put_get_delete(backend: Backend) {
-    let Some(reg) = Registry::start(backend).await else {
+    let Some(reg) = start(backend).await else {
         return;
     };
     reg.register_council("AB1").await;
-    let mut client = reg.client().await;
+    let mut client = reg.council().await;
     let number = nhs(0);
     let sent = full_record(&number);
     let put = client
@@ -114,11 +114,11 @@ async fn put_get_delete(backend: Backend) {
 }
 
 async fn versions_and_conflicts(backend: Backend) {
-    let Some(reg) = Registry::start(backend).await else {
+    let Some(reg) = start(backend).await else {
         return;
     };
     reg.register_council("AB1").await;
-    let mut client = reg.client().await;
+    let mut client = reg.council().await;
     let number = nhs(1);
     let put = |record, expected_version| {
         reg.as_council(
@@ -219,12 +219,12 @@ async fn versions_and_conflicts(backend: Backend) {
 }
 
 async fn list_pages_and_filters(backend: Backend) {
-    let Some(reg) = Registry::start(backend).await else {
+    let Some(reg) = start(backend).await else {
         return;
     };
     reg.register_council("AB1").await;
     reg.register_council("CD2").await;
-    let mut client = reg.client().await;
+    let mut client = reg.council().await;
     // 7 active records, 3 ended (end date in the past), and one for another council.
     for i in 0..10 {
         let mut record = cpp_record(&nhs(i));
@@ -263,7 +263,7 @@ async fn list_pages_and_filters(backend: Backend) {
     let list_all = |state: RecordStateFilter, page_size: i32| {
         let reg = &reg;
         async move {
-            let mut client = reg.client().await;
+            let mut client = reg.council().await;
             let mut token = String::new();
             let mut numbers = Vec::new();
             let mut pages = 0;

@@ -11,24 +11,18 @@ use cpis_testkit::server::{assert_standard_surface, health};
 use registry_service::SERVICES;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::harness::Registry;
+use crate::harness::{stack, start};
 
 #[tokio::test]
 async fn health_and_reflection_through_rust_clients() {
-    let server = Registry::start(Backend::Sqlite)
-        .await
-        .expect("sqlite")
-        .server;
+    let server = start(Backend::Sqlite).await.expect("sqlite").registry;
     assert_standard_surface(&server, SERVICES).await;
     server.stop().await.expect("clean stop");
 }
 
 #[tokio::test]
 async fn python_client_generated_from_proto_talks_to_registry() {
-    let server = Registry::start(Backend::Sqlite)
-        .await
-        .expect("sqlite")
-        .server;
+    let server = start(Backend::Sqlite).await.expect("sqlite").registry;
     let addr = server.addr;
     let checked = tokio::task::spawn_blocking(move || {
         cpis_testkit::tools::python_client_check(
@@ -47,10 +41,7 @@ async fn python_client_generated_from_proto_talks_to_registry() {
 
 #[tokio::test]
 async fn grpcurl_lists_registry_services() {
-    let server = Registry::start(Backend::Sqlite)
-        .await
-        .expect("sqlite")
-        .server;
+    let server = start(Backend::Sqlite).await.expect("sqlite").registry;
     let addr = server.addr;
     let listed = tokio::task::spawn_blocking(move || cpis_testkit::tools::grpcurl_list(addr))
         .await
@@ -67,10 +58,7 @@ async fn grpcurl_lists_registry_services() {
 
 #[tokio::test]
 async fn calls_without_a_token_are_unauthenticated() {
-    let server = Registry::start(Backend::Sqlite)
-        .await
-        .expect("sqlite")
-        .server;
+    let server = start(Backend::Sqlite).await.expect("sqlite").registry;
     let status = CouncilServiceClient::new(server.channel().await)
         .get_contact_details(GetContactDetailsRequest::default())
         .await
@@ -80,13 +68,15 @@ async fn calls_without_a_token_are_unauthenticated() {
 
 #[tokio::test]
 async fn drain_reports_not_serving_then_stops() {
-    let registry = Registry::start_with(Backend::Sqlite, |config| {
-        config.server.shutdown_delay = Duration::from_millis(400);
-        config.server.shutdown_grace = Duration::from_secs(2);
-    })
-    .await
-    .expect("sqlite");
-    let mut server = registry.server;
+    let registry = stack(Backend::Sqlite)
+        .registry(|config| {
+            config.server.shutdown_delay = Duration::from_millis(400);
+            config.server.shutdown_grace = Duration::from_secs(2);
+        })
+        .start()
+        .await
+        .expect("sqlite");
+    let mut server = registry.registry;
     let channel = server.channel().await;
     assert_eq!(
         health(channel.clone(), "").await,

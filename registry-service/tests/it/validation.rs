@@ -10,11 +10,12 @@ use cpis_proto::cpis::common::v1::{
 use cpis_proto::cpis::registry::v1::{
     BatchHeader, PutChildRecordRequest, UploadBatchRequest, upload_batch_request::Item,
 };
+use cpis_testkit::Stack;
 use cpis_testkit::{both_backends, db::Backend};
 use registry_service::Clock;
 use tonic::Code;
 
-use crate::harness::{Registry, cpp_record, date, nhs};
+use crate::harness::{cpp_record, date, nhs, stack};
 
 both_backends!(put_rules_at_their_boundaries, batch_applies_the_same_rules);
 
@@ -274,8 +275,11 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-async fn start(backend: Backend) -> Option<Registry> {
-    let reg = Registry::start_with(backend, |c| c.clock = Clock::fixed(TODAY_MICROS)).await?;
+async fn start(backend: Backend) -> Option<Stack> {
+    let reg = stack(backend)
+        .clock(Clock::fixed(TODAY_MICROS))
+        .start()
+        .await?;
     reg.register_council("AB1").await;
     Some(reg)
 }
@@ -284,7 +288,7 @@ async fn put_rules_at_their_boundaries(backend: Backend) {
     let Some(reg) = start(backend).await else {
         return;
     };
-    let mut client = reg.client().await;
+    let mut client = reg.council().await;
     for (i, (name, mutate, expected)) in cases().into_iter().enumerate() {
         let mut record = cpp_record(&nhs(i));
         mutate(&mut record);
@@ -342,7 +346,7 @@ async fn batch_applies_the_same_rules(backend: Backend) {
         });
     }
     let result = reg
-        .client()
+        .council()
         .await
         .upload_batch(reg.as_council("AB1", tokio_stream::iter(messages)))
         .await

@@ -1,0 +1,427 @@
+//! The one way tests, the benchmark and tools boot the CP-IS stack: a registry (and optionally a
+//! lookup service in front of it) through their own `serve` on `127.0.0.1:0`, on a fresh
+//! database of either engine, with a council signer, an NHS signer, an injectable clock and the
+//! disclosure credential wired between them; plus the tokens and clients every caller needs.
+//!
+//! ```ignore
+//! let Some(stack) = Stack::builder(backend)
+//!     .clock(Clock::fixed(micros))
+//!     .registry(|c| c.upload_chunk = 500)
+//!     .with_lookup()
+//!     .start()
+//!     .await
+//! else {
+//!     return; // PostgreSQL unavailable outside CI
+//! };
+//! ```
+
+use std::time::Duration;
+
+use cpis_core::auth::DevSigner;
+use cpis_proto::cpis::common::v1::{AccessMode, ChildRecord, LocalAuthority};
+use cpis_proto::cpis::lookup::v1::{
+    LookupChildRequest, LookupChildResponse, lookup_service_client::LookupServiceClient,
+};
+use cpis_proto::cpis::registry::v1::{
+    ListAccessEventsRequest, ListNotificationsRequest, Notification, PutChildRecordRequest,
+    SetContactDetailsRequest, council_service_client::CouncilServiceClient,
+    disclosure_service_client::DisclosureServiceClient,
+};
+use registry_service::{Clock, DatabaseUrl};
+use secrecy::SecretString;
+use serde_json::Value;
+use tonic::{Request, Status, transport::Channel};
+
+use crate::{
+    TestServer,
+    db::{Backend, TestDb},
+};
+
+/// The issuer of every test token (the services' default).
+pub const ISSUER: &str = "cpis";
+/// The audience of council tokens (the registry's default).
+pub const REGISTRY_AUDIENCE: &str = "cpis-registry";
+/// The audience of NHS user and system tokens (the lookup service's default).
+pub const LOOKUP_AUDIENCE: &str = "cpis-lookup";
+/// The credential the lookup service presents to the registry's disclosure service.
+pub const DISCLOSURE_TOKEN: &str = "test-disclosure-credential";
+
+/// How long minted test tokens stay valid: longer than any test or benchmark run.
+const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+/// Councils' generated clients accept large pages (a bulk listing) as a real client would.
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// A fresh signer of council tokens.
+pub fn council_signer() -> DevSigner {
+    DevSigner::generate(ISSUER, REGISTRY_AUDIENCE).expect("generate council key")
+}
+
+/// A fresh signer of NHS user and system tokens.
+pub fn nhs_signer() -> DevSigner {
+    DevSigner::generate(ISSUER, LOOKUP_AUDIENCE).expect("generate NHS key")
+}
+
+/// A registry config on `db` trusting `signer`, accepting [`DISCLOSURE_TOKEN`]; everything else
+/// at the defaults.
+pub fn registry_config(db: &TestDb, signer: &DevSigner) -> registry_service::Config {
+    let url = DatabaseUrl::parse(&db.url).expect("test database url");
+    let mut config =
+        registry_service::Config::with(url, signer.verifier().expect("council verifier"));
+    config.disclosure_token = Some(SecretString::from(DISCLOSURE_TOKEN.to_owned()));
+    config
+}
+
+/// `message` with `authorization: Bearer token`.
+pub fn with_token<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii token"),
+    );
+    request
+}
+
+type RegistryHook = Box<dyn FnOnce(&mut registry_service::Config)>;
+type LookupHook = Box<dyn FnOnce(&mut lookup_service::Config)>;
+
+/// How to boot a [`Stack`]; from [`Stack::builder`].
+pub struct StackBuilder {
+    backend: Backend,
+    clock: Clock,
+    lookup: Option<Vec<LookupHook>>,
+    registry: Vec<RegistryHook>,
+}
+
+impl StackBuilder {
+    /// The registry's clock (default: the system clock). Keep a clone to move a fixed one, or
+    /// use [`Stack::clock`].
+    #[must_use]
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Adjusts the registry's config before it starts (applied in order, after the clock and
+    /// credential are set).
+    #[must_use]
+    pub fn registry(
+        mut self,
+        adjust: impl FnOnce(&mut registry_service::Config) + 'static,
+    ) -> Self {
+        self.registry.push(Box::new(adjust));
+        self
+    }
+
+    /// Also starts a lookup service in front of the registry.
+    #[must_use]
+    pub fn with_lookup(mut self) -> Self {
+        self.lookup.get_or_insert_with(Vec::new);
+        self
+    }
+
+    /// Starts a lookup service in front of the registry and adjusts its config before it starts.
+    #[must_use]
+    pub fn lookup(mut self, adjust: impl FnOnce(&mut lookup_service::Config) + 'static) -> Self {
+        self.lookup
+            .get_or_insert_with(Vec::new)
+            .push(Box::new(adjust));
+        self
+    }
+
+    /// Creates the database and starts the services, each SERVING when this returns. `None` when
+    /// the backend is unavailable outside CI (see [`TestDb::create`]).
+    pub async fn start(self) -> Option<Stack> {
+        let db = TestDb::create(self.backend)?;
+        let council_signer = council_signer();
+        let nhs_signer = nhs_signer();
+        let mut registry_config = registry_config(&db, &council_signer);
+        registry_config.clock = self.clock.clone();
+        for adjust in self.registry {
+            adjust(&mut registry_config);
+        }
+        let registry = start_registry(None, registry_config.clone()).await;
+        let mut stack = Stack {
+            lookup: None,
+            registry,
+            council_signer,
+            nhs_signer,
+            clock: self.clock,
+            registry_config,
+            db,
+        };
+        if let Some(hooks) = self.lookup {
+            let lookup = stack
+                .another_lookup(|config| {
+                    for adjust in hooks {
+                        adjust(config);
+                    }
+                })
+                .await;
+            stack.lookup = Some(lookup);
+        }
+        Some(stack)
+    }
+}
+
+async fn start_registry(
+    addr: Option<std::net::SocketAddr>,
+    config: registry_service::Config,
+) -> TestServer {
+    let serve = |listener, shutdown| registry_service::serve(config, listener, shutdown);
+    match addr {
+        Some(addr) => TestServer::start_at(addr, serve).await,
+        None => TestServer::start(serve).await,
+    }
+}
+
+/// A running registry, optionally a lookup service in front of it, and what a caller needs to
+/// talk to them. Dropping it stops both and drops the database.
+pub struct Stack {
+    // Declared (so dropped) front to back: the lookup, the registry, then the database.
+    lookup: Option<TestServer>,
+    /// The registry.
+    pub registry: TestServer,
+    /// Signs council tokens the registry trusts.
+    pub council_signer: DevSigner,
+    /// Signs NHS tokens the lookup service trusts.
+    pub nhs_signer: DevSigner,
+    /// The registry's clock (move it with `set` when it was built fixed).
+    pub clock: Clock,
+    registry_config: registry_service::Config,
+    /// The database the registry owns.
+    pub db: TestDb,
+}
+
+impl Stack {
+    /// How to boot one on a fresh database of `backend`.
+    pub fn builder(backend: Backend) -> StackBuilder {
+        StackBuilder {
+            backend,
+            clock: Clock::system(),
+            lookup: None,
+            registry: Vec::new(),
+        }
+    }
+
+    /// A registry alone, with defaults, on a fresh database of `backend`; `None` when that
+    /// backend is unavailable outside CI.
+    pub async fn start(backend: Backend) -> Option<Self> {
+        Self::builder(backend).start().await
+    }
+
+    /// The lookup service; panics when the stack was built without one.
+    pub fn lookup_server(&self) -> &TestServer {
+        self.lookup
+            .as_ref()
+            .expect("a stack built with_lookup() or lookup(..)")
+    }
+
+    /// The config the registry runs with (database, signer, clock, credential, adjustments), to
+    /// start another registry process-equivalent on the same database.
+    pub fn registry_config(&self) -> registry_service::Config {
+        self.registry_config.clone()
+    }
+
+    /// Starts another registry on the same database with this stack's config adjusted by
+    /// `adjust`, on its own address (a second node).
+    pub async fn another_registry(
+        &self,
+        adjust: impl FnOnce(&mut registry_service::Config),
+    ) -> TestServer {
+        let mut config = self.registry_config();
+        adjust(&mut config);
+        start_registry(None, config).await
+    }
+
+    /// Starts another lookup service trusting this stack's NHS signer, in front of this
+    /// stack's registry unless `adjust` says otherwise.
+    pub async fn another_lookup(
+        &self,
+        adjust: impl FnOnce(&mut lookup_service::Config),
+    ) -> TestServer {
+        let mut config = lookup_service::Config::with(
+            self.registry.url(),
+            SecretString::from(DISCLOSURE_TOKEN.to_owned()),
+            self.nhs_signer.verifier().expect("NHS verifier"),
+        );
+        adjust(&mut config);
+        TestServer::start(|listener, shutdown| lookup_service::serve(config, listener, shutdown))
+            .await
+    }
+
+    /// Stops the registry cleanly and returns how `serve` ended. Its address stays reserved
+    /// for [`Stack::restart_registry`]; until then nothing answers there (and stopping again
+    /// panics: there is nothing left to stop).
+    pub async fn stop_registry(&mut self) -> Result<(), String> {
+        // The stopped server's place is taken by a handle that only remembers its address.
+        let placeholder = TestServer::attach(&self.registry.url());
+        let running = std::mem::replace(&mut self.registry, placeholder);
+        running.stop().await
+    }
+
+    /// Stops the registry and starts a new one on the same database and address (so the lookup
+    /// service keeps reaching it), with this stack's config adjusted by `adjust`. Returns how
+    /// the first one's `serve` ended.
+    pub async fn restart_registry(
+        &mut self,
+        adjust: impl FnOnce(&mut registry_service::Config),
+    ) -> Result<(), String> {
+        let stopped = self.stop_registry().await;
+        let mut config = self.registry_config();
+        adjust(&mut config);
+        self.registry = start_registry(Some(self.registry.addr), config).await;
+        stopped
+    }
+
+    /// A token for council `ods` with `scope` (space-separated: "read", "write", "read write").
+    pub fn council_token(&self, ods: &str, scope: &str) -> String {
+        self.council_signer
+            .mint(
+                &serde_json::json!({ "sub": format!("{ods}-system"), "ods_code": ods, "scope": scope }),
+                TOKEN_LIFETIME,
+            )
+            .expect("mint council token")
+    }
+
+    /// `message` with council `ods`'s read+write token.
+    pub fn as_council<T>(&self, ods: &str, message: T) -> Request<T> {
+        with_token(message, &self.council_token(ods, "read write"))
+    }
+
+    /// An NHS token carrying `claims` (a user's or a system's).
+    pub fn nhs_token(&self, claims: &Value) -> String {
+        self.nhs_signer
+            .mint(claims, TOKEN_LIFETIME)
+            .expect("mint NHS token")
+    }
+
+    /// `message` with the lookup service's credential for the disclosure service.
+    pub fn as_lookup_service<T>(&self, message: T) -> Request<T> {
+        with_token(message, DISCLOSURE_TOKEN)
+    }
+
+    /// A council client of the registry.
+    pub async fn council(&self) -> CouncilServiceClient<Channel> {
+        CouncilServiceClient::new(self.registry.channel().await)
+            .max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    /// A client of the registry's internal disclosure service.
+    pub async fn disclosure(&self) -> DisclosureServiceClient<Channel> {
+        DisclosureServiceClient::new(self.registry.channel().await)
+    }
+
+    /// A client of the lookup service; panics when the stack has none.
+    pub async fn lookup_client(&self) -> LookupServiceClient<Channel> {
+        LookupServiceClient::new(self.lookup_server().channel().await)
+    }
+
+    /// Sets contact details for council `ods` (name "Council ODS", fixed phones) so it may store
+    /// records and appear in disclosures.
+    pub async fn register_council(&self, ods: &str) {
+        self.council()
+            .await
+            .set_contact_details(self.as_council(
+                ods,
+                SetContactDetailsRequest {
+                    local_authority: Some(LocalAuthority {
+                        ods_code: ods.into(),
+                        name: format!("Council {ods}"),
+                        emergency_duty_phone: "020 7946 0000".into(),
+                        office_hours_phone: "020 7946 0001".into(),
+                        update_time: None,
+                    }),
+                },
+            ))
+            .await
+            .expect("set contact details");
+    }
+
+    /// Stores `record` for council `ods`.
+    pub async fn put(&self, ods: &str, record: ChildRecord) {
+        self.council()
+            .await
+            .put_child_record(self.as_council(
+                ods,
+                PutChildRecordRequest {
+                    record: Some(record),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("put record");
+    }
+
+    /// Looks `nhs_number` up through the lookup service as the holder of `claims`.
+    pub async fn lookup(
+        &self,
+        claims: &Value,
+        nhs_number: &str,
+        mode: AccessMode,
+    ) -> Result<LookupChildResponse, Status> {
+        let token = self.nhs_token(claims);
+        self.lookup_client()
+            .await
+            .lookup_child(with_token(
+                LookupChildRequest {
+                    nhs_number: nhs_number.into(),
+                    access_mode: mode as i32,
+                },
+                &token,
+            ))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// How many access events the registry holds for `nhs_number`, as council `ods` sees them
+    /// (every page).
+    pub async fn access_events(&self, ods: &str, nhs_number: &str) -> usize {
+        let mut client = self.council().await;
+        let (mut token, mut count) = (String::new(), 0);
+        loop {
+            let page = client
+                .list_access_events(self.as_council(
+                    ods,
+                    ListAccessEventsRequest {
+                        nhs_number: nhs_number.into(),
+                        page_size: 1000,
+                        page_token: token,
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .expect("access events")
+                .into_inner();
+            count += page.access_events.len();
+            if page.next_page_token.is_empty() {
+                return count;
+            }
+            token = page.next_page_token;
+        }
+    }
+
+    /// Every notification queued for council `ods` (every page).
+    pub async fn notifications(&self, ods: &str) -> Vec<Notification> {
+        let mut client = self.council().await;
+        let (mut token, mut all) = (String::new(), Vec::new());
+        loop {
+            let page = client
+                .list_notifications(self.as_council(
+                    ods,
+                    ListNotificationsRequest {
+                        page_size: 1000,
+                        page_token: token,
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .expect("notifications")
+                .into_inner();
+            all.extend(page.notifications);
+            if page.next_page_token.is_empty() {
+                return all;
+            }
+            token = page.next_page_token;
+        }
+    }
+}
