@@ -5,5 +5,6 @@
 mod disclosure;
 mod harness;
 mod roles;
+mod seam;
 mod surface;
 mod visibility;
