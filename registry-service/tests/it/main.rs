@@ -9,6 +9,7 @@ mod crash;
 mod harness;
 mod nhs_oracle;
 mod notifications;
+mod paging;
 mod records;
 mod restart;
 mod surface;
