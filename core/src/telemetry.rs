@@ -67,3 +67,35 @@ where
     // An already-installed subscriber is fine (tests, dev stack); nothing else can fail here.
     drop(result);
 }
+
+/// A service binary's command line: the logging flags every service takes, and its subcommands.
+#[derive(Debug, clap::Parser)]
+#[command(version)]
+pub struct ServiceCli<C: clap::Subcommand> {
+    /// Log line format.
+    #[arg(long, env = "CPIS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: C,
+}
+
+impl<C: clap::Subcommand> ServiceCli<C> {
+    /// Parses the process's arguments for binary `name` (described by `about`), exiting with
+    /// clap's message and status on a usage error, and starts logging in the chosen format.
+    pub fn parse_and_init(name: &'static str, about: &'static str) -> Self {
+        use clap::{CommandFactory as _, FromArgMatches as _};
+        let matches = Self::command().name(name).about(about).get_matches();
+        let cli = Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        init_logging(cli.log_format);
+        cli
+    }
+}
+
+/// Binds `addr`, naming it in the error (for `main`).
+pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}

@@ -4,21 +4,8 @@
 
 use std::net::SocketAddr;
 
-use anyhow::Context as _;
-use clap::{Parser, Subcommand};
-use cpis_core::telemetry::{LogFormat, init_logging};
-
-/// The CP-IS lookup service: role-checked queries from NHS care settings.
-#[derive(Debug, Parser)]
-#[command(version, about)]
-struct Cli {
-    /// Log line format.
-    #[arg(long, env = "CPIS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
-
-    #[command(subcommand)]
-    command: Command,
-}
+use clap::Subcommand;
+use cpis_core::telemetry::{ServiceCli, bind};
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -35,13 +22,13 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let cli = ServiceCli::<Command>::parse_and_init(
+        "lookup-service",
+        "The CP-IS lookup service: role-checked queries from NHS care settings.",
+    );
     match cli.command {
         Command::Serve { listen, config } => {
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("cannot listen on {listen}"))?;
+            let listener = bind(listen).await?;
             lookup_service::serve(config, listener, cpis_core::shutdown::signal()).await?;
         }
     }

@@ -5,20 +5,8 @@
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
-use cpis_core::telemetry::{LogFormat, init_logging};
-
-/// The CP-IS registry: the system of record for councils' child protection records.
-#[derive(Debug, Parser)]
-#[command(version, about)]
-struct Cli {
-    /// Log line format.
-    #[arg(long, env = "CPIS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
-
-    #[command(subcommand)]
-    command: Command,
-}
+use clap::Subcommand;
+use cpis_core::telemetry::{ServiceCli, bind};
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -49,13 +37,13 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let cli = ServiceCli::<Command>::parse_and_init(
+        "registry-service",
+        "The CP-IS registry: the system of record for councils' child protection records.",
+    );
     match cli.command {
         Command::Serve { listen, config } => {
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("cannot listen on {listen}"))?;
+            let listener = bind(listen).await?;
             registry_service::serve(config, listener, cpis_core::shutdown::signal()).await?;
         }
         Command::ImportNhsStatus { file, config } => {

@@ -6,6 +6,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test support: a failed expectation is a failed test
 
 pub mod db;
+pub mod fixtures;
 pub mod nhs;
 pub mod server;
 pub mod stack;

@@ -150,61 +150,51 @@ pub async fn health(channel: Channel, service: &str) -> Option<ServingStatus> {
     ServingStatus::try_from(response.into_inner().status).ok()
 }
 
-/// Lists the server's services through reflection v1.
-pub async fn list_services_v1(channel: Channel) -> Vec<String> {
-    use tonic_reflection::pb::v1::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = ServerReflectionClient::new(channel)
-        .server_reflection_info(tokio_stream::once(request))
-        .await
-        .expect("reflection v1 call")
-        .into_inner();
-    let response = stream
-        .next()
-        .await
-        .expect("a reflection answer")
-        .expect("reflection ok");
-    match response.message_response {
-        Some(MessageResponse::ListServicesResponse(list)) => {
-            list.service.into_iter().map(|s| s.name).collect()
+/// Defines a function listing a server's services through one version of gRPC reflection (the
+/// two versions' generated types differ only in their module).
+macro_rules! list_services {
+    ($(#[$doc:meta])* $name:ident, $version:ident) => {
+        $(#[$doc])*
+        pub async fn $name(channel: Channel) -> Vec<String> {
+            use tonic_reflection::pb::$version::{
+                ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+                server_reflection_request::MessageRequest,
+                server_reflection_response::MessageResponse,
+            };
+            let request = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let mut stream = ServerReflectionClient::new(channel)
+                .server_reflection_info(tokio_stream::once(request))
+                .await
+                .expect("reflection call")
+                .into_inner();
+            let response = stream
+                .next()
+                .await
+                .expect("a reflection answer")
+                .expect("reflection ok");
+            match response.message_response {
+                Some(MessageResponse::ListServicesResponse(list)) => {
+                    list.service.into_iter().map(|s| s.name).collect()
+                }
+                other => panic!("unexpected reflection answer {other:?}"),
+            }
         }
-        other => panic!("unexpected reflection answer {other:?}"),
-    }
+    };
 }
 
-/// Lists the server's services through reflection v1alpha (what grpcurl speaks).
-pub async fn list_services_v1alpha(channel: Channel) -> Vec<String> {
-    use tonic_reflection::pb::v1alpha::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = ServerReflectionClient::new(channel)
-        .server_reflection_info(tokio_stream::once(request))
-        .await
-        .expect("reflection v1alpha call")
-        .into_inner();
-    let response = stream
-        .next()
-        .await
-        .expect("a reflection answer")
-        .expect("reflection ok");
-    match response.message_response {
-        Some(MessageResponse::ListServicesResponse(list)) => {
-            list.service.into_iter().map(|s| s.name).collect()
-        }
-        other => panic!("unexpected reflection answer {other:?}"),
-    }
-}
+list_services!(
+    /// Lists the server's services through reflection v1.
+    list_services_v1,
+    v1
+);
+list_services!(
+    /// Lists the server's services through reflection v1alpha (what grpcurl speaks).
+    list_services_v1alpha,
+    v1alpha
+);
 
 /// Checks what every CP-IS server must offer through generated Rust clients: health SERVING for
 /// the server and each of `services`, and reflection v1 and v1alpha listing them all (plus

@@ -23,8 +23,8 @@ use cpis_proto::cpis::lookup::v1::{
     LookupChildRequest, LookupChildResponse, lookup_service_client::LookupServiceClient,
 };
 use cpis_proto::cpis::registry::v1::{
-    ListAccessEventsRequest, ListNotificationsRequest, Notification, PutChildRecordRequest,
-    SetContactDetailsRequest, council_service_client::CouncilServiceClient,
+    GetChildRecordRequest, ListAccessEventsRequest, ListNotificationsRequest, Notification,
+    PutChildRecordRequest, SetContactDetailsRequest, council_service_client::CouncilServiceClient,
     disclosure_service_client::DisclosureServiceClient,
 };
 use registry_service::{Clock, DatabaseUrl};
@@ -350,6 +350,21 @@ impl Stack {
             ))
             .await
             .expect("put record");
+    }
+
+    /// Council `ods`'s record on `nhs_number`, as `GetChildRecord` answers it.
+    pub async fn get_record(&self, ods: &str, nhs_number: &str) -> Result<ChildRecord, Status> {
+        self.council()
+            .await
+            .get_child_record(self.as_council(
+                ods,
+                GetChildRecordRequest {
+                    nhs_number: nhs_number.into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(|answer| answer.into_inner().record.unwrap_or_default())
     }
 
     /// Looks `nhs_number` up through the lookup service as the holder of `claims`.

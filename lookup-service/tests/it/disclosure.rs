@@ -16,7 +16,9 @@ use diesel::{Connection as _, RunQueryDsl as _};
 use secrecy::SecretString;
 use tonic::Code;
 
-use crate::harness::{NHS_A, NHS_B, NHS_C, cpp, noon, person, person_named, start, with_token};
+use crate::harness::{
+    NHS_A, NHS_B, NHS_C, cpp, noon, person, person_named, start, unscheduled_lookup, with_token,
+};
 
 both_backends!(
     several_councils,
@@ -327,13 +329,7 @@ async fn registry_down_is_unavailable_within_the_deadline() {
         .expect("mint");
     let mut client = stack.lookup_client().await;
     let started = Instant::now();
-    let mut request = with_token(
-        LookupChildRequest {
-            nhs_number: NHS_A.into(),
-            access_mode: AccessMode::Unscheduled as i32,
-        },
-        &token,
-    );
+    let mut request = unscheduled_lookup(NHS_A, &token);
     request.set_timeout(Duration::from_millis(1500));
     let status = client
         .lookup_child(request)
@@ -362,13 +358,7 @@ async fn registry_down_is_unavailable_within_the_deadline() {
         .await;
     let mut client = LookupServiceClient::new(hung.channel().await);
     let started = Instant::now();
-    let mut request = with_token(
-        LookupChildRequest {
-            nhs_number: NHS_A.into(),
-            access_mode: AccessMode::Unscheduled as i32,
-        },
-        &token,
-    );
+    let mut request = unscheduled_lookup(NHS_A, &token);
     request.set_timeout(Duration::from_millis(800));
     let status = client
         .lookup_child(request)

@@ -2,8 +2,7 @@
 //! PostgreSQL database with a fixed clock, and a lookup service in front of it): dates, records
 //! and the claims of clinicians and systems.
 
-use cpis_proto::cpis::common::v1::{ChildProtectionPlan, ChildRecord, PlanPeriod};
-use cpis_proto::google::r#type::Date;
+use cpis_proto::cpis::common::v1::ChildRecord;
 use cpis_testkit::{Stack, db::Backend};
 use registry_service::Clock;
 use serde_json::{Value, json};
@@ -28,10 +27,7 @@ pub async fn start(backend: Backend) -> Option<Stack> {
         .await
 }
 
-/// A calendar date.
-pub fn date(year: i32, month: i32, day: i32) -> Date {
-    Date { year, month, day }
-}
+pub use cpis_testkit::fixtures::date;
 
 /// Test-range NHS numbers.
 pub const NHS_A: &str = "9990000018";
@@ -40,21 +36,7 @@ pub const NHS_C: &str = "9990000034";
 
 /// A CPP record (child born 2019-04-02, plan from 2025-01-10).
 pub fn cpp(nhs: &str) -> ChildRecord {
-    ChildRecord {
-        nhs_number: nhs.into(),
-        local_case_id: "CASE-1".into(),
-        given_name: "Alex".into(),
-        family_name: "Example".into(),
-        date_of_birth: Some(date(2019, 4, 2)),
-        child_protection_plan: Some(ChildProtectionPlan {
-            period: Some(PlanPeriod {
-                start_date: Some(date(2025, 1, 10)),
-                end_date: None,
-                delete_date: None,
-            }),
-        }),
-        ..Default::default()
-    }
+    cpis_testkit::fixtures::cpp(nhs, "CASE-1", date(2019, 4, 2))
 }
 
 /// A clinician's claims: one selected role with `codes`, at `org`, in `setting`.
@@ -82,4 +64,19 @@ pub fn system(codes: &[&str], setting: &str) -> Value {
         "care_setting": setting, "activity_codes": codes,
         "responsible_person": { "uid": "555000000099", "name": "Pat Lead", "role_code": "R8000", "role_name": "Clinical Lead" }
     })
+}
+
+/// An unscheduled lookup of `nhs` with bearer `token`, for a client of a lookup service other
+/// than the stack's.
+pub fn unscheduled_lookup(
+    nhs: &str,
+    token: &str,
+) -> tonic::Request<cpis_proto::cpis::lookup::v1::LookupChildRequest> {
+    with_token(
+        cpis_proto::cpis::lookup::v1::LookupChildRequest {
+            nhs_number: nhs.into(),
+            access_mode: cpis_proto::cpis::common::v1::AccessMode::Unscheduled as i32,
+        },
+        token,
+    )
 }

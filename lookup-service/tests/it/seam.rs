@@ -7,16 +7,14 @@ use cpis_core::status::{reason_of, violated_fields};
 use cpis_proto::cpis::common::v1::{
     AccessMode, Accessor, CareSetting, ErrorReason, Organisation, PersonAccessor, accessor::Kind,
 };
-use cpis_proto::cpis::lookup::v1::{
-    LookupChildRequest, lookup_service_client::LookupServiceClient,
-};
+use cpis_proto::cpis::lookup::v1::lookup_service_client::LookupServiceClient;
 use cpis_proto::cpis::registry::v1::{DiscloseRequest, GetChildRecordRequest};
 use cpis_testkit::both_backends;
 use cpis_testkit::db::Backend;
 use secrecy::SecretString;
 use tonic::Code;
 
-use crate::harness::{NHS_A, cpp, person, person_named, start, with_token};
+use crate::harness::{NHS_A, cpp, person, person_named, start, unscheduled_lookup};
 
 both_backends!(
     malformed_identity_claims_are_unauthenticated_and_record_nothing,
@@ -215,13 +213,7 @@ async fn a_refused_service_credential_is_not_retry(backend: Backend) {
         .await;
     let token = stack.nhs_token(&person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT"));
     let refused = LookupServiceClient::new(misconfigured.channel().await)
-        .lookup_child(with_token(
-            LookupChildRequest {
-                nhs_number: NHS_A.into(),
-                access_mode: AccessMode::Unscheduled as i32,
-            },
-            &token,
-        ))
+        .lookup_child(unscheduled_lookup(NHS_A, &token))
         .await
         .expect_err("refused");
     assert_eq!(

@@ -6,11 +6,9 @@ use std::time::Duration;
 
 use cpis_core::auth::DevSigner;
 use cpis_proto::cpis::common::v1::{
-    ChildProtectionPlan, ChildRecord, LookedAfterChild, LookedAfterLegalBasis, PlanPeriod,
-    UnbornChildProtectionPlan,
+    ChildRecord, LookedAfterChild, LookedAfterLegalBasis, PlanPeriod, UnbornChildProtectionPlan,
 };
 use cpis_proto::cpis::registry::v1::council_service_client::CouncilServiceClient;
-use cpis_proto::google::r#type::Date;
 use cpis_testkit::{Stack, StackBuilder, TestServer, db::Backend};
 
 pub use cpis_testkit::stack::{DISCLOSURE_TOKEN, with_token};
@@ -35,30 +33,12 @@ pub fn signer() -> DevSigner {
     cpis_testkit::stack::council_signer()
 }
 
-/// A calendar date.
-pub fn date(year: i32, month: i32, day: i32) -> Date {
-    Date { year, month, day }
-}
-
+pub use cpis_testkit::fixtures::date;
 pub use cpis_testkit::nhs::{nhs, nhs_numbers};
 
 /// A valid record with a CPP for a child born 2020-05-01, plan from 2025-01-10.
 pub fn cpp_record(nhs_number: &str) -> ChildRecord {
-    ChildRecord {
-        nhs_number: nhs_number.into(),
-        local_case_id: format!("CASE-{nhs_number}"),
-        given_name: "Alex".into(),
-        family_name: "Example".into(),
-        date_of_birth: Some(date(2020, 5, 1)),
-        child_protection_plan: Some(ChildProtectionPlan {
-            period: Some(PlanPeriod {
-                start_date: Some(date(2025, 1, 10)),
-                end_date: None,
-                delete_date: None,
-            }),
-        }),
-        ..Default::default()
-    }
+    cpis_testkit::fixtures::cpp(nhs_number, &format!("CASE-{nhs_number}"), date(2020, 5, 1))
 }
 
 /// A valid record carrying all three blocks.

@@ -3,8 +3,7 @@
 use cpis_core::status::reason_of;
 use cpis_proto::cpis::common::v1::{ErrorReason, PlanPeriod};
 use cpis_proto::cpis::registry::v1::{
-    DeleteChildRecordRequest, GetChildRecordRequest, ListChildRecordsRequest,
-    PutChildRecordRequest, RecordStateFilter,
+    DeleteChildRecordRequest, ListChildRecordsRequest, PutChildRecordRequest, RecordStateFilter,
 };
 use cpis_testkit::{both_backends, db::Backend};
 use tonic::Code;
@@ -41,19 +40,7 @@ async fn put_get_delete(backend: Backend) {
     assert_eq!(stored.version, 1);
     assert_eq!(stored.local_authority_ods_code, "AB1");
 
-    let got = client
-        .get_child_record(reg.as_council(
-            "AB1",
-            GetChildRecordRequest {
-                nhs_number: number.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("get")
-        .into_inner()
-        .record
-        .expect("record");
+    let got = reg.get_record("AB1", &number).await.expect("get");
     // Everything sent comes back, output-only fields filled in.
     let mut expected = sent;
     expected.local_authority_ods_code = "AB1".into();
@@ -64,14 +51,8 @@ async fn put_get_delete(backend: Backend) {
 
     // Another council does not see it.
     reg.register_council("CD2").await;
-    let other = client
-        .get_child_record(reg.as_council(
-            "CD2",
-            GetChildRecordRequest {
-                nhs_number: number.clone(),
-                ..Default::default()
-            },
-        ))
+    let other = reg
+        .get_record("CD2", &number)
         .await
         .expect_err("not theirs");
     assert_eq!(other.code(), Code::NotFound);
@@ -86,16 +67,7 @@ async fn put_get_delete(backend: Backend) {
         ))
         .await
         .expect("delete");
-    let gone = client
-        .get_child_record(reg.as_council(
-            "AB1",
-            GetChildRecordRequest {
-                nhs_number: number.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect_err("deleted");
+    let gone = reg.get_record("AB1", &number).await.expect_err("deleted");
     assert_eq!(
         (gone.code(), reason_of(&gone)),
         (Code::NotFound, Some(ErrorReason::RecordNotFound))
@@ -176,19 +148,7 @@ async fn versions_and_conflicts(backend: Backend) {
         .await
         .expect_err("stale");
     assert_eq!(stale.code(), Code::Aborted);
-    let now = client
-        .get_child_record(reg.as_council(
-            "AB1",
-            GetChildRecordRequest {
-                nhs_number: number.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("get")
-        .into_inner()
-        .record
-        .expect("r");
+    let now = reg.get_record("AB1", &number).await.expect("get");
     assert_eq!(now.version, 2);
     assert_eq!(now.child_protection_plan, ended.child_protection_plan);
 
