@@ -40,6 +40,12 @@ pub enum LookupError {
     Internal,
 }
 
+impl From<FieldViolation> for LookupError {
+    fn from(violation: FieldViolation) -> Self {
+        Self::Invalid(vec![violation])
+    }
+}
+
 impl From<LookupError> for Status {
     fn from(error: LookupError) -> Self {
         use cpis_core::status::{invalid_argument, with_reason};

@@ -96,11 +96,11 @@ impl LookupService for LookupApi {
 
         let mode = match AccessMode::try_from(body.access_mode) {
             Ok(AccessMode::Unspecified) | Err(_) => {
-                return Err(LookupError::Invalid(vec![FieldViolation::new(
+                return Err(LookupError::from(FieldViolation::new(
                     "access_mode",
                     ErrorReason::FieldRequired,
                     "must be UNSCHEDULED or SCHEDULED_SILENT_READ",
-                )])
+                ))
                 .into());
             }
             Ok(mode) => mode,
@@ -131,8 +131,8 @@ impl LookupService for LookupApi {
             );
             return Err(LookupError::AccessDenied(why).into());
         };
-        let nhs = NhsNumber::parse_field(&body.nhs_number, "nhs_number")
-            .map_err(|v| LookupError::Invalid(vec![v]))?;
+        let nhs =
+            NhsNumber::parse_field(&body.nhs_number, "nhs_number").map_err(LookupError::from)?;
 
         let mut outbound = Request::new(DiscloseRequest {
             nhs_number: nhs.to_string(),

@@ -184,6 +184,12 @@ impl From<Inactive> for RegistryError {
     }
 }
 
+impl From<FieldViolation> for RegistryError {
+    fn from(violation: FieldViolation) -> Self {
+        Self::Invalid(vec![violation])
+    }
+}
+
 impl From<RegistryError> for Status {
     fn from(error: RegistryError) -> Self {
         use ErrorReason as R;

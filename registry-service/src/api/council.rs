@@ -131,7 +131,7 @@ impl CouncilService for CouncilApi {
     ) -> Answer<GetChildRecordResponse> {
         let ods = council(&request)?;
         let nhs = NhsNumber::parse_field(&request.get_ref().nhs_number, "nhs_number")
-            .map_err(|v| RegistryError::Invalid(vec![v]))?;
+            .map_err(RegistryError::from)?;
         let stored = self
             .run(move |conn| records::get_record(conn, &ods, &nhs))
             .await?
@@ -193,8 +193,8 @@ impl CouncilService for CouncilApi {
     ) -> Answer<DeleteChildRecordResponse> {
         let ods = council(&request)?;
         let body = request.into_inner();
-        let nhs = NhsNumber::parse_field(&body.nhs_number, "nhs_number")
-            .map_err(|v| RegistryError::Invalid(vec![v]))?;
+        let nhs =
+            NhsNumber::parse_field(&body.nhs_number, "nhs_number").map_err(RegistryError::from)?;
         {
             let ods = ods.clone();
             self.run(move |conn| records::delete_record(conn, &ods, &nhs, body.expected_version))
@@ -218,8 +218,8 @@ impl CouncilService for CouncilApi {
     ) -> Answer<ListAccessEventsResponse> {
         let ods = council(&request)?;
         let body = request.into_inner();
-        let nhs = NhsNumber::parse_field(&body.nhs_number, "nhs_number")
-            .map_err(|v| RegistryError::Invalid(vec![v]))?;
+        let nhs =
+            NhsNumber::parse_field(&body.nhs_number, "nhs_number").map_err(RegistryError::from)?;
         let limit = page_size(body.page_size)?;
         let before = self
             .0
