@@ -118,11 +118,8 @@ pub async fn serve(
     let verifier = config.token_verifier()?;
     let db = open_database(&config)?;
     let notifier = notify::Notifier::default();
-    // On PostgreSQL, other replicas' commits wake this replica's subscribers too.
-    let _listener = match config.effective_database_url() {
-        DatabaseUrl::Postgres(url) => Some(notifier.listen(url)),
-        DatabaseUrl::Sqlite(_) => None,
-    };
+    // Other replicas' commits wake this replica's subscribers too.
+    let _listener = notifier.listen(&config.effective_database_url());
     let (draining, draining_rx) = tokio::sync::watch::channel(false);
     let registry = Arc::new(api::Registry::new(
         db.clone(),

@@ -8,10 +8,9 @@ mod pg_listener;
 pub(crate) mod subscription;
 
 use cpis_core::ods::OdsCode;
-use secrecy::SecretString;
 use tokio::sync::broadcast;
 
-use crate::db::{Database, DbConnection, outbox::Outbox};
+use crate::db::{Database, DatabaseUrl, DbConnection, outbox::Outbox};
 use crate::error::RegistryError;
 
 pub(crate) use pg_listener::ListenerGuard;
@@ -63,8 +62,14 @@ impl Notifier {
         self.wakeups.subscribe()
     }
 
-    /// On PostgreSQL, turns other replicas' commits into wake-ups here until the guard drops.
-    pub fn listen(&self, url: SecretString) -> ListenerGuard {
-        pg_listener::spawn(url, self.wakeups.clone())
+    /// Hears other replicas' commits until the guard drops: on PostgreSQL through LISTEN/NOTIFY;
+    /// SQLite serves one node, whose own commits already wake its subscribers.
+    pub fn listen(&self, url: &DatabaseUrl) -> Option<ListenerGuard> {
+        match url {
+            DatabaseUrl::Postgres(url) => {
+                Some(pg_listener::spawn(url.clone(), self.wakeups.clone()))
+            }
+            DatabaseUrl::Sqlite(_) => None,
+        }
     }
 }
