@@ -90,8 +90,12 @@ pub struct Caller {
 pub enum ClaimsError {
     /// The identity claims are missing or malformed: UNAUTHENTICATED.
     Invalid(AuthError),
-    /// The token names no care setting CP-IS serves: the role policy refuses it.
-    UnknownCareSetting,
+    /// The token names no care setting CP-IS serves (all else valid): the role policy refuses
+    /// it. Carries the organisation's ODS code for the security log.
+    UnknownCareSetting {
+        /// The caller's organisation.
+        org: String,
+    },
 }
 
 fn invalid(why: impl Into<String>) -> ClaimsError {
@@ -168,6 +172,11 @@ impl NhsClaims {
     /// is left to the role policy.
     pub fn into_caller(self) -> Result<Caller, ClaimsError> {
         let (accessor, activity_codes) = self.accessor()?;
+        let org = accessor
+            .organisation
+            .as_ref()
+            .map(|o| o.ods_code.clone())
+            .unwrap_or_default();
         match ValidAccessor::try_from(accessor) {
             Ok(accessor) => Ok(Caller {
                 accessor,
@@ -183,7 +192,7 @@ impl NhsClaims {
                         v.field.claim(),
                         v.description
                     ))),
-                    None => Err(ClaimsError::UnknownCareSetting),
+                    None => Err(ClaimsError::UnknownCareSetting { org }),
                 }
             }
         }

@@ -87,8 +87,8 @@ impl LookupService for LookupApi {
         // A malformed identity is refused first; an unserved care setting is the policy's call.
         let caller = match claims.into_caller() {
             Err(ClaimsError::Invalid(error)) => return Err(LookupError::from(error).into()),
-            Ok(caller) => Some(caller),
-            Err(ClaimsError::UnknownCareSetting) => None,
+            Ok(caller) => Ok(caller),
+            Err(ClaimsError::UnknownCareSetting { org }) => Err(org),
         };
         let request_id = request_id(request.metadata())?;
         let deadline = cpis_core::deadline::remaining(request.metadata());
@@ -105,18 +105,16 @@ impl LookupService for LookupApi {
             }
             Ok(mode) => mode,
         };
-        let (codes, setting, org) =
-            caller
-                .as_ref()
-                .map_or((&[][..], CareSetting::Unspecified, ""), |c| {
-                    (
-                        c.activity_codes.as_slice(),
-                        c.accessor.care_setting(),
-                        c.accessor.ods_code().as_str(),
-                    )
-                });
+        let (codes, setting, org) = match &caller {
+            Ok(c) => (
+                c.activity_codes.as_slice(),
+                c.accessor.care_setting(),
+                c.accessor.ods_code().as_str(),
+            ),
+            Err(org) => (&[][..], CareSetting::Unspecified, org.as_str()),
+        };
         let decision = self.policy.decide(codes, setting, mode);
-        let (Ok(()), Some(caller)) = (decision, caller.as_ref()) else {
+        let (Ok(()), Ok(caller)) = (decision, caller.as_ref()) else {
             let why = decision
                 .err()
                 .unwrap_or("the care setting is not one CP-IS serves");
@@ -175,21 +173,32 @@ fn deadline_or_unavailable(deadline: Option<Duration>) -> LookupError {
     }
 }
 
-/// The registry's answer as the NHS caller should see it. Availability faults (the registry
-/// unreachable, the access not recorded) are "nothing disclosed; retry". The caller's own faults
-/// pass through with the registry's reason and field violations: they are permanent, and
-/// retrying would fail forever. Anything else (the service credential refused, a defect) is not
-/// the clinician's fault and not theirs to retry: INTERNAL, logged for the operator.
+/// The registry's answer as the NHS caller should see it. The caller's own faults
+/// (INVALID_ARGUMENT) pass through with the registry's reason and field violations: they are
+/// permanent, and retrying would fail forever. A registry that refuses this service
+/// (UNAUTHENTICATED, PERMISSION_DENIED) or lacks the call (UNIMPLEMENTED) is a misconfiguration no
+/// retry will cure: INTERNAL, logged for the operator. Everything else, including what a broken
+/// connection looks like (INTERNAL or UNKNOWN from the transport), is "nothing disclosed; retry".
 fn map_registry_status(status: &Status, deadline: Option<Duration>) -> LookupError {
     match status.code() {
         Code::DeadlineExceeded | Code::Cancelled => deadline_or_unavailable(deadline),
-        Code::Unavailable => LookupError::RegistryUnavailable(
-            cpis_core::status::reason_of(status).unwrap_or(ErrorReason::BackendUnavailable),
-        ),
-        Code::InvalidArgument => LookupError::Registry(status.clone()),
-        code => {
-            tracing::error!(code = ?code, "registry refused the disclosure");
+        // Rebuilt from code, message and details only: the registry's headers stay inside.
+        Code::InvalidArgument => LookupError::Registry(Status::with_details(
+            status.code(),
+            status.message(),
+            status.details().to_vec().into(),
+        )),
+        code @ (Code::Unauthenticated | Code::PermissionDenied | Code::Unimplemented) => {
+            tracing::error!(code = ?code, "the registry refuses this lookup service; check its credential and address");
             LookupError::Internal
+        }
+        code => {
+            if code != Code::Unavailable {
+                tracing::warn!(code = ?code, "registry call failed");
+            }
+            LookupError::RegistryUnavailable(
+                cpis_core::status::reason_of(status).unwrap_or(ErrorReason::BackendUnavailable),
+            )
         }
     }
 }

@@ -92,6 +92,26 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// Runs `sql` on the database directly, as an intruder or a failing disk would: for tests
+    /// that damage stored data to see what the services make of it.
+    pub fn execute(&self, sql: &str) -> usize {
+        use diesel::sqlite::SqliteConnection;
+        match self.backend {
+            Backend::Postgres => {
+                let mut conn =
+                    PgConnection::establish(&self.url).expect("connect to test database");
+                diesel::sql_query(sql).execute(&mut conn).expect("execute")
+            }
+            Backend::Sqlite => {
+                let path = self.url.trim_start_matches("sqlite://");
+                let mut conn = SqliteConnection::establish(path).expect("open test database");
+                diesel::sql_query(sql).execute(&mut conn).expect("execute")
+            }
+        }
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Some((admin, name)) = &self.pg

@@ -162,7 +162,10 @@ impl CouncilService for CouncilApi {
             }
         };
         let limit = page_size(body.page_size)?;
-        let query = Query::Records(body.state);
+        let query = Query::Records {
+            council: &ods,
+            state: body.state,
+        };
         let after = match self.0.pages.open(query, &body.page_token).await? {
             None => None,
             Some(position) => Some(
@@ -171,18 +174,17 @@ impl CouncilService for CouncilApi {
             ),
         };
         let today = self.0.clock.today();
-        let rows = self
-            .run(move |conn| {
+        let rows = {
+            let ods = ods.clone();
+            self.run(move |conn| {
                 records::list_records(conn, &ods, after.as_ref(), filter, today, limit + 1)
             })
-            .await?;
-        let (page, more) = split_page(rows, limit);
-        let last = page
-            .last()
-            .and_then(|r| r.record.nhs_number.to_string().parse::<i64>().ok());
+            .await?
+        };
+        let page = split_page(rows, limit);
         Ok(Response::new(ListChildRecordsResponse {
-            records: page.iter().map(record_to_wire).collect(),
-            next_page_token: self.0.pages.next(query, more, last).await?,
+            next_page_token: self.0.pages.next(query, &page).await?,
+            records: page.items.iter().map(record_to_wire).collect(),
         }))
     }
 
@@ -221,19 +223,20 @@ impl CouncilService for CouncilApi {
         let nhs =
             NhsNumber::parse_field(&body.nhs_number, "nhs_number").map_err(RegistryError::from)?;
         let limit = page_size(body.page_size)?;
-        let before = self
-            .0
-            .pages
-            .open(Query::AccessEvents, &body.page_token)
-            .await?;
-        let rows = self
-            .run(move |conn| list_access_events(conn, &ods, &nhs, before, limit + 1))
-            .await?;
-        let (page, more) = split_page(rows, limit);
-        let last = page.last().map(|(id, _)| *id);
+        let query = Query::AccessEvents {
+            council: &ods,
+            nhs_number: &nhs,
+        };
+        let before = self.0.pages.open(query, &body.page_token).await?;
+        let rows = {
+            let (ods, nhs) = (ods.clone(), nhs);
+            self.run(move |conn| list_access_events(conn, &ods, &nhs, before, limit + 1))
+                .await?
+        };
+        let page = split_page(rows, limit);
         Ok(Response::new(ListAccessEventsResponse {
-            next_page_token: self.0.pages.next(Query::AccessEvents, more, last).await?,
-            access_events: page.into_iter().map(|(_, event)| event).collect(),
+            next_page_token: self.0.pages.next(query, &page).await?,
+            access_events: page.items,
         }))
     }
 

@@ -80,31 +80,27 @@ pub(super) async fn list(
     let ods = council(&request)?;
     let body = request.into_inner();
     let limit = page_size(body.page_size)?;
-    let after = match registry
-        .pages
-        .open(Query::Notifications, &body.page_token)
-        .await?
-    {
+    let query = Query::Notifications { council: &ods };
+    let after = match registry.pages.open(query, &body.page_token).await? {
         Some(sequence) => sequence,
         None => i64::try_from(body.after_sequence).unwrap_or(i64::MAX),
     };
-    let (notifications, acknowledged) = registry
-        .db
-        .run(move |conn| {
-            let page = outbox::list(conn, &ods, after, limit + 1)?;
-            let acknowledged =
-                records::get_council(conn, &ods)?.map_or(0, |c| c.acknowledged_sequence);
-            Ok((page, acknowledged))
-        })
-        .await?;
-    let (page, more) = split_page(notifications, limit);
-    let last = page.last().and_then(|n| i64::try_from(n.sequence).ok());
+    let (rows, acknowledged) = {
+        let ods = ods.clone();
+        registry
+            .db
+            .run(move |conn| {
+                let rows = outbox::list(conn, &ods, after, limit + 1)?;
+                let acknowledged =
+                    records::get_council(conn, &ods)?.map_or(0, |c| c.acknowledged_sequence);
+                Ok((rows, acknowledged))
+            })
+            .await?
+    };
+    let page = split_page(rows, limit);
     Ok(Response::new(ListNotificationsResponse {
-        next_page_token: registry
-            .pages
-            .next(Query::Notifications, more, last)
-            .await?,
-        notifications: page,
+        next_page_token: registry.pages.next(query, &page).await?,
+        notifications: page.items,
         acknowledged_sequence: u64::try_from(acknowledged).unwrap_or_default(),
     }))
 }

@@ -10,6 +10,7 @@ use chacha20poly1305::{
     KeyInit as _, XChaCha20Poly1305, XNonce,
     aead::{Aead as _, AeadCore as _, OsRng, Payload},
 };
+use cpis_core::{nhs_number::NhsNumber, ods::OdsCode};
 use cpis_proto::cpis::common::v1::ErrorReason;
 use tokio::sync::OnceCell;
 
@@ -41,35 +42,74 @@ pub(crate) fn page_size(requested: i32) -> Result<i64, RegistryError> {
     }
 }
 
-/// Splits rows read with `limit + 1` into the page and whether another page follows.
-pub(crate) fn split_page<T>(mut rows: Vec<T>, limit: i64) -> (Vec<T>, bool) {
+/// One page of a listing.
+#[derive(Debug)]
+pub(crate) struct Page<T> {
+    /// The items that decoded.
+    pub items: Vec<T>,
+    /// Whether another page follows.
+    pub more: bool,
+    /// The position of the page's last row (decoded or not): where the next page starts.
+    pub last: Option<i64>,
+}
+
+/// The page in rows read with `limit + 1`, each with its position. Rows that did not decode
+/// (`None`) still count and still move the cursor, so a corrupt row neither ends a listing early
+/// nor traps it.
+pub(crate) fn split_page<T>(mut rows: Vec<(i64, Option<T>)>, limit: i64) -> Page<T> {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let more = rows.len() > limit;
     rows.truncate(limit);
-    (rows, more)
+    Page {
+        last: rows.last().map(|(position, _)| *position),
+        items: rows.into_iter().filter_map(|(_, item)| item).collect(),
+        more,
+    }
 }
 
-/// The query a page token belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Query {
+/// The query a page token belongs to. It is sealed in as associated data (never in the token):
+/// a token opens only for the same listing, by the same council, of the same child.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Query<'a> {
     /// ListChildRecords with its state filter.
-    Records(i32),
-    /// ListAccessEvents.
-    AccessEvents,
+    Records {
+        /// The council listing.
+        council: &'a OdsCode,
+        /// The state filter, as sent.
+        state: i32,
+    },
+    /// ListAccessEvents of one NHS number.
+    AccessEvents {
+        /// The council listing.
+        council: &'a OdsCode,
+        /// Whose history.
+        nhs_number: &'a NhsNumber,
+    },
     /// ListNotifications.
-    Notifications,
+    Notifications {
+        /// The council listing.
+        council: &'a OdsCode,
+    },
 }
 
-impl Query {
+impl Query<'_> {
     /// Associated data binding a token to its query.
     fn bind(self) -> Vec<u8> {
-        let (kind, filter) = match self {
-            Self::Records(state) => (1u8, state),
-            Self::AccessEvents => (2, 0),
-            Self::Notifications => (3, 0),
+        let (kind, council, filter, subject) = match self {
+            Self::Records { council, state } => (1u8, council, state, None),
+            Self::AccessEvents {
+                council,
+                nhs_number,
+            } => (2, council, 0, Some(nhs_number)),
+            Self::Notifications { council } => (3, council, 0, None),
         };
         let mut bound = vec![VERSION, kind];
         bound.extend_from_slice(&filter.to_be_bytes());
+        bound.extend_from_slice(council.as_str().as_bytes());
+        bound.push(0);
+        if let Some(nhs_number) = subject {
+            bound.extend_from_slice(nhs_number.to_string().as_bytes());
+        }
         bound
     }
 }
@@ -121,14 +161,9 @@ impl PageTokens {
             .await
     }
 
-    /// The token for the page after `position` of `query`; empty when no page follows.
-    pub async fn next(
-        &self,
-        query: Query,
-        more: bool,
-        position: Option<i64>,
-    ) -> Result<String, RegistryError> {
-        let (true, Some(position)) = (more, position) else {
+    /// The token for the page after `page` of `query`; empty when no page follows.
+    pub async fn next<T>(&self, query: Query<'_>, page: &Page<T>) -> Result<String, RegistryError> {
+        let (true, Some(position)) = (page.more, page.last) else {
             return Ok(String::new());
         };
         let cipher = self.cipher().await?;
@@ -148,11 +183,11 @@ impl PageTokens {
     }
 
     /// The position a token of `query` carries; `None` for an empty token (the first page).
-    pub async fn open(&self, query: Query, token: &str) -> Result<Option<i64>, RegistryError> {
+    pub async fn open(&self, query: Query<'_>, token: &str) -> Result<Option<i64>, RegistryError> {
         if token.is_empty() {
             return Ok(None);
         }
-        // Bounded before decoding: a real token is 66 characters.
+        // Bounded before decoding: a real token is 64 characters.
         if token.len() > 128 {
             return Err(RegistryError::bad_page_token());
         }

@@ -62,8 +62,9 @@ fn new_access_id(now: i64) -> String {
     format!("acc-{now:x}-{:016x}{:016x}", rng.next_u64(), rng.next_u64())
 }
 
-/// The records held on `nhs_number`, in council order. A corrupt record is reported and left
-/// out: one council's bad row must not blind a lookup of another council's plan.
+/// The records held on `nhs_number`, in council order. A corrupt plan block is reported and left
+/// out, and so is a record whose identity does not decode: one damaged row must not blind a
+/// lookup of another plan.
 fn records_on(
     conn: &mut DbConnection,
     nhs_number: &NhsNumber,
@@ -77,7 +78,7 @@ fn records_on(
         .into_iter()
         .filter_map(|row| {
             let case_id = row.content.local_case_id.clone();
-            StoredRecord::try_from(row).ok().map(|r| (r, case_id))
+            row.into_disclosable().map(|r| (r, case_id))
         })
         .collect())
 }
@@ -188,15 +189,16 @@ pub(crate) fn disclose(
 }
 
 /// Council `ods_code`'s view of the access history of `nhs_number`, newest first, before
-/// `before` (an event id), with each event's id (the page cursor). A council sees the history
-/// only of numbers it holds a record for.
+/// `before` (an event id), with each event's id (the page cursor; an event that does not decode
+/// is reported and comes back as `None`). A council sees the history only of numbers it holds a
+/// record for.
 pub(crate) fn list_access_events(
     conn: &mut DbConnection,
     ods_code: &OdsCode,
     nhs_number: &NhsNumber,
     before: Option<i64>,
     limit: i64,
-) -> Result<Vec<(i64, AccessEvent)>, RegistryError> {
+) -> Result<Vec<(i64, Option<AccessEvent>)>, RegistryError> {
     if super::records::get_record(conn, ods_code, nhs_number)?.is_none() {
         return Err(RegistryError::RecordNotFound);
     }
@@ -212,10 +214,6 @@ pub(crate) fn list_access_events(
     Ok(query
         .load(conn)?
         .into_iter()
-        .filter_map(|row| {
-            decode(&row.event, "access_events", row.id)
-                .ok()
-                .map(|event| (row.id, event))
-        })
+        .map(|row| (row.id, decode(&row.event, "access_events", row.id).ok()))
         .collect())
 }

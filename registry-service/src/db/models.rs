@@ -160,60 +160,102 @@ impl From<&ChildRecord> for RecordContent {
     }
 }
 
-impl TryFrom<ChildRecordRow> for StoredRecord {
-    type Error = RegistryError;
+/// A stored record split into what identifies it and its plan blocks, each decoded on its own.
+struct Decoded {
+    identity: Result<StoredRecord, RegistryError>,
+    cpp: Result<Option<PlanPeriod>, RegistryError>,
+    lac: Result<Option<LookedAfter>, RegistryError>,
+    ucpp: Result<Option<UnbornPlan>, RegistryError>,
+}
 
-    fn try_from(row: ChildRecordRow) -> Result<Self, RegistryError> {
-        let id = row.id;
-        let corrupt = || RegistryError::corrupt("child_records", id);
-        let c = &row.content;
-        let date = |d: i32| from_days(d).ok_or_else(corrupt);
-        let optional = |d: Option<i32>| d.map(date).transpose();
-        let period = |start: Option<i32>, end: Option<i32>, delete: Option<i32>| {
-            start
-                .map(|start| {
-                    Ok::<_, RegistryError>(PlanPeriod {
-                        start: date(start)?,
-                        end: optional(end)?,
-                        delete: optional(delete)?,
-                    })
+fn decode_row(row: ChildRecordRow) -> Decoded {
+    let id = row.id;
+    let corrupt = || RegistryError::corrupt("child_records", id);
+    let c = &row.content;
+    let date = |d: i32| from_days(d).ok_or_else(corrupt);
+    let optional = |d: Option<i32>| d.map(date).transpose();
+    let period = |start: Option<i32>, end: Option<i32>, delete: Option<i32>| {
+        start
+            .map(|start| {
+                Ok::<_, RegistryError>(PlanPeriod {
+                    start: date(start)?,
+                    end: optional(end)?,
+                    delete: optional(delete)?,
                 })
-                .transpose()
-        };
-        let looked_after_child = match period(c.lac_start, c.lac_end, c.lac_delete)? {
-            None => None,
-            Some(period) => Some(LookedAfter {
+            })
+            .transpose()
+    };
+    let cpp = period(c.cpp_start, c.cpp_end, c.cpp_delete);
+    let lac = period(c.lac_start, c.lac_end, c.lac_delete).and_then(|p| {
+        p.map(|period| {
+            let basis = c.lac_legal_basis.map(LookedAfterLegalBasis::try_from);
+            Ok(LookedAfter {
                 period,
-                legal_basis: c
-                    .lac_legal_basis
-                    .and_then(|b| LookedAfterLegalBasis::try_from(b).ok())
-                    .ok_or_else(corrupt)?,
-            }),
-        };
-        let unborn_child_protection_plan = match period(c.ucpp_start, c.ucpp_end, c.ucpp_delete)? {
-            None => None,
-            Some(period) => Some(UnbornPlan {
+                legal_basis: basis.and_then(Result::ok).ok_or_else(corrupt)?,
+            })
+        })
+        .transpose()
+    });
+    let ucpp = period(c.ucpp_start, c.ucpp_end, c.ucpp_delete).and_then(|p| {
+        p.map(|period| {
+            Ok(UnbornPlan {
                 period,
                 expected_delivery: c.ucpp_expected_delivery.map(date).ok_or_else(corrupt)??,
-            }),
-        };
-        let record = ChildRecord {
-            nhs_number: NhsNumber::parse(&row.nhs_number).map_err(|_| corrupt())?,
-            local_case_id: c.local_case_id.clone(),
-            given_name: c.given_name.clone(),
-            family_name: c.family_name.clone(),
-            date_of_birth: date(c.date_of_birth)?,
-            child_protection_plan: period(c.cpp_start, c.cpp_end, c.cpp_delete)?,
-            looked_after_child,
-            unborn_child_protection_plan,
-        };
-        Ok(Self {
+            })
+        })
+        .transpose()
+    });
+    let identity = (|| {
+        Ok(StoredRecord {
             local_authority: OdsCode::parse(&row.local_authority).map_err(|_| corrupt())?,
-            record,
+            record: ChildRecord {
+                nhs_number: NhsNumber::parse(&row.nhs_number).map_err(|_| corrupt())?,
+                local_case_id: c.local_case_id.clone(),
+                given_name: c.given_name.clone(),
+                family_name: c.family_name.clone(),
+                date_of_birth: date(c.date_of_birth)?,
+                child_protection_plan: None,
+                looked_after_child: None,
+                unborn_child_protection_plan: None,
+            },
             version: row.version,
             create_time: row.create_time,
             update_time: row.update_time,
         })
+    })();
+    Decoded {
+        identity,
+        cpp,
+        lac,
+        ucpp,
+    }
+}
+
+impl TryFrom<ChildRecordRow> for StoredRecord {
+    type Error = RegistryError;
+
+    /// The whole record, or the row is corrupt.
+    fn try_from(row: ChildRecordRow) -> Result<Self, RegistryError> {
+        let decoded = decode_row(row);
+        let mut stored = decoded.identity?;
+        stored.record.child_protection_plan = decoded.cpp?;
+        stored.record.looked_after_child = decoded.lac?;
+        stored.record.unborn_child_protection_plan = decoded.ucpp?;
+        Ok(stored)
+    }
+}
+
+impl ChildRecordRow {
+    /// For a disclosure: the record with every plan block that decodes, leaving out (and
+    /// reporting) a block that does not, so a damaged plan never hides a sound one; `None` when
+    /// what identifies the child (NHS number, council, date of birth) does not decode.
+    pub(crate) fn into_disclosable(self) -> Option<StoredRecord> {
+        let decoded = decode_row(self);
+        let mut stored = decoded.identity.ok()?;
+        stored.record.child_protection_plan = decoded.cpp.ok().flatten();
+        stored.record.looked_after_child = decoded.lac.ok().flatten();
+        stored.record.unborn_child_protection_plan = decoded.ucpp.ok().flatten();
+        Some(stored)
     }
 }
 

@@ -92,15 +92,15 @@ pub(crate) fn cursors(
         .unwrap_or((0, 0)))
 }
 
-/// Notifications of `ods_code` with a sequence above `after`, oldest first. A notification that
-/// does not decode is reported (`RegistryError::corrupt`) and left out, so one bad row cannot
-/// stop a council's stream for good.
+/// Notifications of `ods_code` with a sequence above `after`, oldest first, each with its
+/// sequence. A notification that does not decode is reported (`RegistryError::corrupt`) and comes
+/// back as `None`, so readers still move past it: one bad row cannot stop a council's stream.
 pub(crate) fn list(
     conn: &mut DbConnection,
     ods_code: &OdsCode,
     after: i64,
     limit: i64,
-) -> Result<Vec<Notification>, RegistryError> {
+) -> Result<Vec<(i64, Option<Notification>)>, RegistryError> {
     let rows: Vec<NotificationRow> = notifications::table
         .filter(notifications::local_authority.eq(ods_code.as_str()))
         .filter(notifications::sequence.gt(after))
@@ -110,8 +110,9 @@ pub(crate) fn list(
         .load(conn)?;
     Ok(rows
         .iter()
-        .filter_map(|row| {
-            super::models::decode(&row.notification, "notifications", row.sequence).ok()
+        .map(|row| {
+            let decoded = super::models::decode(&row.notification, "notifications", row.sequence);
+            (row.sequence, decoded.ok())
         })
         .collect())
 }

@@ -265,8 +265,9 @@ fn active_plan_sql(day: i32) -> String {
         .join(" OR ")
 }
 
-/// The council's records after `after` in NHS-number order, with the row id of each (the
-/// listing's cursor).
+/// The council's records after `after`, in NHS-number order, each with its NHS number as a
+/// number (the listing's cursor). A record that does not decode is reported and comes back as
+/// `None`, so the listing moves past it.
 pub(crate) fn list_records(
     conn: &mut DbConnection,
     ods_code: &OdsCode,
@@ -274,7 +275,7 @@ pub(crate) fn list_records(
     filter: StateFilter,
     today: NaiveDate,
     limit: i64,
-) -> Result<Vec<StoredRecord>, RegistryError> {
+) -> Result<Vec<(i64, Option<StoredRecord>)>, RegistryError> {
     use diesel::dsl::sql;
     use diesel::sql_types::Bool;
 
@@ -293,11 +294,16 @@ pub(crate) fn list_records(
         StateFilter::Active => query.filter(sql::<Bool>(&format!("({active})"))),
         StateFilter::Ended => query.filter(sql::<Bool>(&format!("NOT ({active})"))),
     };
-    query
+    Ok(query
         .load(conn)?
         .into_iter()
-        .map(StoredRecord::try_from)
-        .collect()
+        .filter_map(|row: ChildRecordRow| {
+            // A number that is not ten digits cannot be a cursor either: the row is corrupt.
+            let position = row.nhs_number.parse::<i64>().ok();
+            let record = StoredRecord::try_from(row).ok();
+            position.map(|position| (position, record))
+        })
+        .collect())
 }
 
 /// Removes a record, in one transaction; `expected_version` guards against removing a newer
@@ -427,8 +433,11 @@ mod tests {
         let (active, ended) = listed;
         let numbers: Vec<NhsNumber> = cpis_core::nhs_number::test_range().take(16).collect();
         for (index, nhs) in numbers.iter().enumerate() {
-            let in_active = active.iter().any(|r| r.record.nhs_number == *nhs);
-            let in_ended = ended.iter().any(|r| r.record.nhs_number == *nhs);
+            let listed = |list: &[(i64, Option<StoredRecord>)]| {
+                list.iter()
+                    .any(|(_, r)| r.as_ref().is_some_and(|r| r.record.nhs_number == *nhs))
+            };
+            let (in_active, in_ended) = (listed(&active), listed(&ended));
             assert_eq!(in_active, expected[index], "period {index}");
             assert_eq!(in_ended, !expected[index], "period {index}");
         }

@@ -116,8 +116,12 @@ async fn deliver(
             Err(error) => return End::Error(error),
         };
         let full_page = i64::try_from(page.len()).is_ok_and(|n| n == PAGE);
-        for notification in page {
-            cursor = i64::try_from(notification.sequence).unwrap_or(cursor);
+        for (sequence, notification) in page {
+            // The cursor passes undecodable rows too (reported where read): no trap, no re-read.
+            cursor = sequence;
+            let Some(notification) = notification else {
+                continue;
+            };
             if let Err(end) = send(tx, Event::Notification(notification), &options).await {
                 return end;
             }

@@ -5,6 +5,7 @@
 mod auth;
 mod bulk;
 mod contacts;
+mod corrupt;
 mod crash;
 mod harness;
 mod nhs_oracle;
