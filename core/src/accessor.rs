@@ -15,10 +15,11 @@ pub const MAX_ID_BYTES: usize = 64;
 /// Longest name (person, job role, system, organisation), in UTF-8 bytes: the access event is
 /// stored and sent as bytes, so the limit is in bytes on both sides.
 pub const MAX_TEXT_BYTES: usize = 200;
-/// Most activity codes an accessor may carry.
-pub const MAX_ACTIVITY_CODES: usize = 32;
+/// Most activity codes an accessor may carry: generous (a CIS2 role profile lists every B-code
+/// its job role grants), but bounded before anything is stored or logged.
+pub const MAX_ACTIVITY_CODES: usize = 256;
 /// Longest activity code ("B0107"), in bytes.
-pub const MAX_ACTIVITY_CODE_BYTES: usize = 16;
+pub const MAX_ACTIVITY_CODE_BYTES: usize = 32;
 
 /// A part of an accessor, named as the wire field and as the token claim it came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,7 +167,7 @@ impl Checks {
             self.fail(
                 field,
                 ErrorReason::FieldFormat,
-                "must be at most 32 codes of 1 to 16 letters and digits",
+                "must be at most 256 codes of 1 to 32 letters and digits",
             );
         }
     }

@@ -3,7 +3,8 @@
 //! operators (`OperatorService`), and it alone owns the database.
 //!
 //! # Layout
-//! The layers depend one way, top to bottom:
+//! The layers depend one way: `api` on all the others, `notify` and `db` on `domain` (and
+//! `notify` on `db`), `domain` on nothing of ours but `cpis_core`.
 //!
 //! - [`serve`] (here) wires the pieces together; `main.rs` only parses flags and calls it.
 //! - `api/`: the gRPC edge. An interceptor per service authenticates the caller and puts it in

@@ -175,26 +175,22 @@ pub(crate) fn parse_csv(text: &str) -> Result<Vec<CsvLine>, FieldViolation> {
         .trim(csv::Trim::All)
         .from_reader(text.as_bytes());
     // The physical line a record is on: csv's own count and position do not count the blank
-    // lines it skipped before the record.
-    let line_at = |byte: u64| {
+    // lines it skipped before the record. Records come in order, so count newlines as we go.
+    let (mut counted_to, mut line) = (0usize, 1u64);
+    let mut line_at = |byte: u64| {
         let start = usize::try_from(byte).unwrap_or(usize::MAX).min(text.len());
-        let blank = text.as_bytes()[start..]
+        let leading = text.as_bytes()[start..]
             .iter()
             .take_while(|b| b.is_ascii_whitespace())
-            .collect::<Vec<_>>();
-        let end = start
-            + blank
-                .iter()
-                .rposition(|b| **b == b'\n')
-                .map_or(0, |i| i + 1);
-        u64::try_from(
-            text.as_bytes()[..end]
-                .iter()
-                .filter(|b| **b == b'\n')
-                .count()
-                + 1,
-        )
-        .unwrap_or(u64::MAX)
+            .count();
+        let end = (start + leading).max(counted_to);
+        let newlines = text.as_bytes()[counted_to..end]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count();
+        line += u64::try_from(newlines).unwrap_or(u64::MAX);
+        counted_to = end;
+        line
     };
     let mut records = reader.records();
     let header_ok = records.next().and_then(Result::ok).is_some_and(|header| {
@@ -220,8 +216,12 @@ pub(crate) fn parse_csv(text: &str) -> Result<Vec<CsvLine>, FieldViolation> {
     };
     Ok(records
         .map(|record| {
-            let Ok(record) = record else {
-                return (0, format("line", "is not valid CSV text"));
+            let record = match record {
+                Ok(record) => record,
+                Err(error) => {
+                    let line = error.position().map_or(0, |p| line_at(p.byte()));
+                    return (line, format("line", "is not valid CSV text (UTF-8)"));
+                }
             };
             let line = record.position().map_or(0, |p| line_at(p.byte()));
             let fields: Vec<&str> = record.iter().collect();

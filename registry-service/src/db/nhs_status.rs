@@ -81,8 +81,12 @@ pub(crate) fn apply(
                 .select((child_records::local_authority, child_records::local_case_id))
                 .load(conn)?;
             for (ods_code, case_id) in holders {
-                let ods_code = OdsCode::parse(&ods_code)
-                    .map_err(|_| RegistryError::corrupt("child_records", "local_authority"))?;
+                // A holder whose council code is damaged cannot be notified (reported); the
+                // others still are.
+                let Ok(ods_code) = OdsCode::parse(&ods_code) else {
+                    RegistryError::corrupt("child_records", "local_authority");
+                    continue;
+                };
                 let kind = notification::Kind::InactiveNhsNumber(InactiveNhsNumberNotification {
                     nhs_number: nhs.clone(),
                     local_case_id: case_id.unwrap_or_default(),
