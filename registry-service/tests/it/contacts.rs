@@ -34,13 +34,7 @@ async fn set_then_get_contacts(backend: Backend) {
     );
 
     reg.register_council("AB1").await;
-    let got = client
-        .get_contact_details(reg.as_council("AB1", GetContactDetailsRequest::default()))
-        .await
-        .expect("get")
-        .into_inner()
-        .local_authority
-        .expect("contacts");
+    let got = contacts(&mut client, &reg).await;
     assert_eq!(got.ods_code, "AB1");
     assert_eq!(got.name, "Council AB1");
     assert_eq!(got.emergency_duty_phone, "020 7946 0000");
@@ -61,13 +55,7 @@ async fn set_then_get_contacts(backend: Backend) {
         ))
         .await
         .expect("replace");
-    let got = client
-        .get_contact_details(reg.as_council("AB1", GetContactDetailsRequest::default()))
-        .await
-        .expect("get")
-        .into_inner()
-        .local_authority
-        .expect("contacts");
+    let got = contacts(&mut client, &reg).await;
     assert_eq!(
         (got.name.as_str(), got.office_hours_phone.as_str()),
         ("Renamed", "")
@@ -202,4 +190,20 @@ async fn contact_validation(backend: Backend) {
             .await
             .expect("valid at the boundary");
     }
+}
+
+/// Council AB1's contact details as GetContactDetails answers them.
+async fn contacts(
+    client: &mut cpis_proto::cpis::registry::v1::council_service_client::CouncilServiceClient<
+        tonic::transport::Channel,
+    >,
+    reg: &cpis_testkit::Stack,
+) -> LocalAuthority {
+    client
+        .get_contact_details(reg.as_council("AB1", GetContactDetailsRequest::default()))
+        .await
+        .expect("get")
+        .into_inner()
+        .local_authority
+        .expect("contacts")
 }

@@ -67,20 +67,8 @@ async fn replay_then_live_then_resume(backend: Backend) {
     );
 
     // Acknowledge 2, disconnect, two more happen, reconnect from the stored cursor: 3..=6.
-    let acked = reg
-        .council()
-        .await
-        .acknowledge_notifications(reg.as_council(
-            "AB1",
-            AcknowledgeNotificationsRequest {
-                sequence: 2,
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("ack")
-        .into_inner();
-    assert_eq!(acked.acknowledged_sequence, 2);
+    let acked = acknowledge(&reg, 2).await.expect("ack");
+    assert_eq!(acked, 2);
     drop(stream);
     disclose(&reg, &nhs(0), AccessMode::Unscheduled).await;
     disclose(&reg, &nhs(0), AccessMode::Unscheduled).await;
@@ -99,32 +87,9 @@ async fn replay_then_live_then_resume(backend: Backend) {
     );
 
     // The cursor never moves back, and cannot pass what was issued.
-    let older = reg
-        .council()
-        .await
-        .acknowledge_notifications(reg.as_council(
-            "AB1",
-            AcknowledgeNotificationsRequest {
-                sequence: 1,
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("older ack")
-        .into_inner();
-    assert_eq!(older.acknowledged_sequence, 2);
-    let ahead = reg
-        .council()
-        .await
-        .acknowledge_notifications(reg.as_council(
-            "AB1",
-            AcknowledgeNotificationsRequest {
-                sequence: 99,
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect_err("not issued");
+    let older = acknowledge(&reg, 1).await.expect("older ack");
+    assert_eq!(older, 2);
+    let ahead = acknowledge(&reg, 99).await.expect_err("not issued");
     assert_eq!(
         (ahead.code(), reason_of(&ahead)),
         (Code::OutOfRange, Some(ErrorReason::SequenceNotIssued))
@@ -514,4 +479,19 @@ async fn two_registries_on_one_postgres_wake_each_other() {
         "woken in {:?}",
         started.elapsed()
     );
+}
+
+/// Acknowledges council AB1's notifications up to `sequence`; the cursor it now stands at.
+async fn acknowledge(reg: &cpis_testkit::Stack, sequence: u64) -> Result<u64, tonic::Status> {
+    reg.council()
+        .await
+        .acknowledge_notifications(reg.as_council(
+            "AB1",
+            AcknowledgeNotificationsRequest {
+                sequence,
+                ..Default::default()
+            },
+        ))
+        .await
+        .map(|answer| answer.into_inner().acknowledged_sequence)
 }
