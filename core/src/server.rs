@@ -82,7 +82,8 @@ impl Health {
 ///
 /// `services` are the fully qualified names health reports on. `ready` runs after the listener
 /// is up and before health turns SERVING (a service uses it to wait for its dependencies); if it
-/// fails, the server stays NOT_SERVING and the error is returned.
+/// fails, the server stays NOT_SERVING and the error is returned. It may hand back a signal that
+/// health then follows (false: NOT_SERVING, true: SERVING), so a dependency lost later shows.
 pub async fn serve_grpc<R, E>(
     routes: Routes,
     services: &[&'static str],
@@ -92,7 +93,7 @@ pub async fn serve_grpc<R, E>(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), E>
 where
-    R: Future<Output = Result<(), E>> + Send,
+    R: Future<Output = Result<Option<tokio::sync::watch::Receiver<bool>>, E>> + Send,
     E: From<ServeError>,
 {
     let local_addr = listener.local_addr().map_err(ServeError::from)?;
@@ -146,20 +147,39 @@ where
     // NOT_SERVING until its dependencies are ready.
     tokio::pin!(ready);
     tokio::pin!(shutdown);
-    tokio::select! {
+    let mut follow = tokio::select! {
         result = &mut server => return result.map_err(|e| ServeError::from(e).into()),
         readiness = &mut ready => readiness?,
         () = &mut shutdown => {
             let _ = stop_accepting.send(());
             return drain(server, options.shutdown_grace).await;
         }
-    }
+    };
     health.set_all(ServingStatus::Serving).await;
     tracing::info!(addr = %local_addr, "serving");
 
-    tokio::select! {
-        result = &mut server => return result.map_err(|e| ServeError::from(e).into()),
-        () = &mut shutdown => {}
+    loop {
+        tokio::select! {
+            result = &mut server => return result.map_err(|e| ServeError::from(e).into()),
+            () = &mut shutdown => break,
+            changed = async {
+                match follow.as_mut() {
+                    Some(signal) => signal.changed().await.map(|()| *signal.borrow_and_update()),
+                    None => std::future::pending().await,
+                }
+            } => match changed {
+                Ok(true) => {
+                    tracing::info!("dependencies back: serving");
+                    health.set_all(ServingStatus::Serving).await;
+                }
+                Ok(false) => {
+                    tracing::warn!("a dependency is unreachable: not serving");
+                    health.set_all(ServingStatus::NotServing).await;
+                }
+                // The signal's owner is gone: keep the last status.
+                Err(_) => follow = None,
+            },
+        }
     }
 
     health.set_all(ServingStatus::NotServing).await;

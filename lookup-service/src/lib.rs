@@ -62,7 +62,7 @@ pub async fn serve(
     );
     let mut routes = tonic::service::RoutesBuilder::default();
     routes.add_service(LookupServiceServer::new(api));
-    let ready = async { Ok::<(), LookupError>(()) };
+    let ready = async { Ok::<_, LookupError>(None) };
     cpis_core::server::serve_grpc(
         routes.routes(),
         SERVICES,

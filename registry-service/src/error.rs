@@ -256,9 +256,22 @@ fn describe_database_error(error: &diesel::result::Error) -> String {
             info.table_name().unwrap_or("?"),
             info.constraint_name().unwrap_or("?")
         ),
-        diesel::result::Error::NotFound => "not found".into(),
-        diesel::result::Error::DeserializationError(_) => "deserialization failed".into(),
-        diesel::result::Error::SerializationError(_) => "serialization failed".into(),
-        other => format!("{:?}", std::mem::discriminant(other)),
+        other => {
+            use diesel::result::Error as E;
+            match other {
+                E::NotFound => "not found",
+                E::DeserializationError(_) => "deserialization failed",
+                E::SerializationError(_) => "serialization failed",
+                E::InvalidCString(_) => "invalid C string",
+                E::QueryBuilderError(_) => "query could not be built",
+                E::RollbackErrorOnCommit { .. } => "rollback failed after a failed commit",
+                E::RollbackTransaction => "transaction rolled back",
+                E::AlreadyInTransaction => "already in a transaction",
+                E::NotInTransaction => "not in a transaction",
+                E::BrokenTransactionManager => "broken transaction manager",
+                _ => "unnamed diesel error",
+            }
+            .into()
+        }
     }
 }

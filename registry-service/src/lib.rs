@@ -97,6 +97,26 @@ pub async fn import_nhs_status(
     }
 }
 
+/// How often health checks that the database still answers.
+const HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A signal that follows whether the database answers, checked every `HEALTH_INTERVAL` on the
+/// probe's own connection, for health to report (NOT_SERVING while it is unreachable).
+fn follow_database(db: db::Database) -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(true);
+    tokio::spawn(async move {
+        while !tx.is_closed() {
+            tokio::time::sleep(HEALTH_INTERVAL).await;
+            // A hung database never answers: bound the wait.
+            let answers = tokio::time::timeout(HEALTH_INTERVAL * 2, db.answers())
+                .await
+                .unwrap_or(false);
+            tx.send_if_modified(|up| std::mem::replace(up, answers) != answers);
+        }
+    });
+    rx
+}
+
 fn open_database(config: &Config) -> Result<db::Database, RegistryError> {
     db::Database::open(
         config.effective_database_url(),
@@ -134,6 +154,13 @@ pub async fn serve(
     let engine = db.engine();
     let migrate_on_start = config.migrate_on_start;
     let ready = async move {
+        // A registry may start before its database: wait as NOT_SERVING rather than exit.
+        if !db.answers().await {
+            tracing::warn!(engine, "waiting for the database");
+            while !db.answers().await {
+                tokio::time::sleep(HEALTH_INTERVAL).await;
+            }
+        }
         if migrate_on_start {
             let applied = db.migrate().await?;
             tracing::info!(
@@ -149,7 +176,7 @@ pub async fn serve(
             });
         }
         tracing::info!(engine, "database ready");
-        Ok(())
+        Ok(Some(follow_database(db)))
     };
     cpis_core::server::serve_grpc(
         routes,

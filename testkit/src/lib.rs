@@ -8,6 +8,7 @@
 pub mod db;
 pub mod fixtures;
 pub mod nhs;
+pub mod pg_cluster;
 pub mod server;
 pub mod stack;
 pub mod tools;

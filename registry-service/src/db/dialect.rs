@@ -25,8 +25,16 @@ pub(crate) const INSERT_ROWS: usize = 500;
 pub(crate) fn connect(url: &DatabaseUrl) -> Result<DbConnection, r2d2::Error> {
     match url {
         DatabaseUrl::Postgres(url) => {
-            let mut conn = PgConnection::establish(url.expose_secret())
-                .map_err(r2d2::Error::ConnectionError)?;
+            // A database that accepts TCP but never answers (hung, or behind a dead route) must
+            // not hold a connect forever: bound it unless the operator chose a bound.
+            let url = url.expose_secret();
+            let url = if url.contains("connect_timeout=") {
+                url.to_owned()
+            } else {
+                let separator = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{separator}connect_timeout=3")
+            };
+            let mut conn = PgConnection::establish(&url).map_err(r2d2::Error::ConnectionError)?;
             // Bound every statement so a stuck query cannot hold a connection forever.
             conn.batch_execute("SET statement_timeout = '60s'; SET lock_timeout = '10s'")
                 .map_err(r2d2::Error::QueryError)?;

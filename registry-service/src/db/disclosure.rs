@@ -83,8 +83,25 @@ fn records_on(
         .collect())
 }
 
-/// Runs one disclosure in one transaction; its notifications go through `outbox`.
+/// Runs one disclosure in one transaction; its notifications go through `outbox`. A transaction
+/// the database aborts in a race (a deadlock, a serialization failure) runs again, within the
+/// caller's deadline.
 pub(crate) fn disclose(
+    conn: &mut DbConnection,
+    request: &DisclosureRequest,
+    outbox: &mut Outbox,
+) -> Result<Disclosure, RegistryError> {
+    let mark = outbox.mark();
+    super::retry_races(
+        |_| false,
+        || {
+            outbox.forget_after(mark);
+            disclose_once(conn, request, outbox)
+        },
+    )
+}
+
+fn disclose_once(
     conn: &mut DbConnection,
     request: &DisclosureRequest,
     outbox: &mut Outbox,

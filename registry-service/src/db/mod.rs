@@ -69,6 +69,52 @@ impl DatabaseUrl {
     }
 }
 
+/// How many times a transaction that lost a race with another writer is run again.
+const RACE_ATTEMPTS: usize = 4;
+
+/// True when `error` means the transaction lost a race with a concurrent writer and running it
+/// again (from its reads) will settle it: a key another writer took meanwhile, a serialization
+/// failure, a deadlock the database broke by aborting this side.
+pub(crate) fn lost_race(error: &RegistryError) -> bool {
+    use diesel::result::{DatabaseErrorKind as K, Error as E};
+    match error {
+        RegistryError::Database(E::DatabaseError(
+            K::UniqueViolation | K::SerializationFailure,
+            _,
+        )) => true,
+        // PostgreSQL's deadlock_detected (40P01) has no kind of its own in diesel.
+        RegistryError::Database(E::DatabaseError(K::Unknown, info)) => {
+            info.message().contains("deadlock detected")
+        }
+        _ => false,
+    }
+}
+
+/// Runs `attempt` (a whole transaction) until it does not lose a race, at most `RACE_ATTEMPTS`
+/// times; `also` names other errors worth another attempt.
+pub(crate) fn retry_races<T>(
+    also: impl Fn(&RegistryError) -> bool,
+    mut attempt: impl FnMut() -> Result<T, RegistryError>,
+) -> Result<T, RegistryError> {
+    let mut tries = 1;
+    loop {
+        match attempt() {
+            Err(e) if tries < RACE_ATTEMPTS && (lost_race(&e) || also(&e)) => {
+                tracing::debug!(error = %e, tries, "transaction lost a race; running it again");
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A pooled connection, and whether it is known to be dead (so the pool discards it instead of
+/// handing it to the next caller).
+pub(crate) struct Pooled {
+    conn: DbConnection,
+    lost: bool,
+}
+
 /// Opens connections for the pool, configured per backend (`dialect::connect`).
 #[derive(Debug)]
 pub(crate) struct ConnectionManager {
@@ -76,20 +122,27 @@ pub(crate) struct ConnectionManager {
 }
 
 impl ManageConnection for ConnectionManager {
-    type Connection = DbConnection;
+    type Connection = Pooled;
     type Error = r2d2::Error;
 
-    fn connect(&self) -> Result<DbConnection, r2d2::Error> {
-        dialect::connect(&self.url)
+    fn connect(&self) -> Result<Pooled, r2d2::Error> {
+        Ok(Pooled {
+            conn: dialect::connect(&self.url)?,
+            lost: false,
+        })
     }
 
-    fn is_valid(&self, conn: &mut DbConnection) -> Result<(), r2d2::Error> {
-        conn.batch_execute("SELECT 1")
+    fn is_valid(&self, pooled: &mut Pooled) -> Result<(), r2d2::Error> {
+        pooled
+            .conn
+            .batch_execute("SELECT 1")
             .map_err(r2d2::Error::QueryError)
     }
 
-    fn has_broken(&self, _conn: &mut DbConnection) -> bool {
-        false
+    /// Called as a connection goes back to the pool: dead (found so by `Database::run`) or left
+    /// in a broken transaction, it is dropped, and the pool opens a fresh one when needed.
+    fn has_broken(&self, pooled: &mut Pooled) -> bool {
+        pooled.lost || diesel::r2d2::R2D2Connection::is_broken(&mut pooled.conn)
     }
 }
 
@@ -107,6 +160,9 @@ pub(crate) struct PoolOptions {
 pub(crate) struct Database {
     pool: r2d2::Pool<ConnectionManager>,
     engine: &'static str,
+    url: DatabaseUrl,
+    /// The health probe's own connection.
+    probe: std::sync::Arc<std::sync::Mutex<Option<DbConnection>>>,
 }
 
 impl std::fmt::Debug for Database {
@@ -141,8 +197,13 @@ impl Database {
             .min_idle(Some(0))
             .connection_timeout(options.acquire_timeout)
             .test_on_check_out(false)
-            .build_unchecked(ConnectionManager { url });
-        Ok(Self { pool, engine })
+            .build_unchecked(ConnectionManager { url: url.clone() });
+        Ok(Self {
+            pool,
+            engine,
+            url,
+            probe: std::sync::Arc::default(),
+        })
     }
 
     /// "sqlite" or "postgresql".
@@ -151,7 +212,9 @@ impl Database {
     }
 
     /// Runs blocking database work on the blocking thread pool with a pooled connection.
-    /// A pool timeout is UNAVAILABLE.
+    /// A pool timeout is UNAVAILABLE. When the work fails on a database error, one cheap probe
+    /// tells a failed statement from a dead connection: a dead one is discarded (so a database
+    /// restart heals as soon as it is back) and the call answers UNAVAILABLE, not INTERNAL.
     pub async fn run<T, F>(&self, work: F) -> Result<T, RegistryError>
     where
         T: Send + 'static,
@@ -159,11 +222,45 @@ impl Database {
     {
         let pool = self.pool.clone();
         tokio::task::spawn_blocking(move || {
-            let mut conn = pool.get().map_err(|_| RegistryError::Unavailable)?;
-            work(&mut conn)
+            let mut pooled = pool.get().map_err(|_| RegistryError::Unavailable)?;
+            let result = work(&mut pooled.conn);
+            if matches!(result, Err(RegistryError::Database(_)))
+                && pooled.conn.batch_execute("SELECT 1").is_err()
+            {
+                pooled.lost = true;
+                tracing::warn!("database connection lost; discarded");
+                return Err(RegistryError::Unavailable);
+            }
+            result
         })
         .await
         .map_err(|e| RegistryError::Internal(format!("database task failed: {e}")))?
+    }
+
+    /// True when the database answers a trivial query, on a connection of its own (so a pool
+    /// busy with real work never reads as a database that is down). Reconnects when needed.
+    pub async fn answers(&self) -> bool {
+        let (probe, url) = (self.probe.clone(), self.url.clone());
+        tokio::task::spawn_blocking(move || {
+            // A probe still waiting on a hung database means the database does not answer.
+            let mut probe = match probe.try_lock() {
+                Ok(guard) => guard,
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return false,
+            };
+            if probe.is_none() {
+                *probe = dialect::connect(&url).ok();
+            }
+            let answered = probe
+                .as_mut()
+                .is_some_and(|conn| conn.batch_execute("SELECT 1").is_ok());
+            if !answered {
+                *probe = None;
+            }
+            answered
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// Names of migrations not yet applied.

@@ -33,8 +33,27 @@ pub(crate) fn inactive_numbers(
 
 /// Applies `changes` in one transaction and returns how many were applied (unchanged repeats
 /// included). A change identical to the stored status notifies nobody, so re-importing a feed
-/// is harmless.
+/// is harmless. Councils' notification sequences are taken in ODS-code order, the order every
+/// transaction that notifies takes them (a disclosure reads its records in that order), so an
+/// import and a flood of lookups cannot deadlock; a transaction the database aborts anyway
+/// (a deadlock, a serialization failure) runs again.
 pub(crate) fn apply(
+    conn: &mut DbConnection,
+    changes: &[StatusChange],
+    now: i64,
+    outbox: &mut Outbox,
+) -> Result<u64, RegistryError> {
+    let mark = outbox.mark();
+    super::retry_races(
+        |_| false,
+        || {
+            outbox.forget_after(mark);
+            apply_once(conn, changes, now, outbox)
+        },
+    )
+}
+
+fn apply_once(
     conn: &mut DbConnection,
     changes: &[StatusChange],
     now: i64,
@@ -42,6 +61,7 @@ pub(crate) fn apply(
 ) -> Result<u64, RegistryError> {
     conn.transaction(|conn| {
         let mut applied = 0;
+        let mut notices = Vec::new();
         for change in changes {
             let nhs = change.nhs_number.to_string();
             let row = NhsNumberStatusRow {
@@ -77,7 +97,6 @@ pub(crate) fn apply(
             }
             let holders: Vec<(String, Option<String>)> = child_records::table
                 .filter(child_records::nhs_number.eq(&nhs))
-                .order(child_records::local_authority.asc())
                 .select((child_records::local_authority, child_records::local_case_id))
                 .load(conn)?;
             for (ods_code, case_id) in holders {
@@ -87,14 +106,23 @@ pub(crate) fn apply(
                     RegistryError::corrupt("child_records", "local_authority");
                     continue;
                 };
-                let kind = notification::Kind::InactiveNhsNumber(InactiveNhsNumberNotification {
+                let notice = InactiveNhsNumberNotification {
                     nhs_number: nhs.clone(),
                     local_case_id: case_id.unwrap_or_default(),
                     reason: change.reason as i32,
                     replacement_nhs_number: row.replacement_nhs_number.clone().unwrap_or_default(),
-                });
-                outbox.enqueue(conn, &ods_code, kind)?;
+                };
+                notices.push((ods_code, notice));
             }
+        }
+        // Stable: one council's notices keep the feed's order.
+        notices.sort_by(|(a, _), (b, _)| a.cmp(b));
+        for (ods_code, notice) in notices {
+            outbox.enqueue(
+                conn,
+                &ods_code,
+                notification::Kind::InactiveNhsNumber(notice),
+            )?;
         }
         Ok(applied)
     })

@@ -70,6 +70,16 @@ impl Outbox {
         Ok(sequence)
     }
 
+    /// How many notifications are queued so far (a mark for `forget_after`).
+    pub fn mark(&self) -> usize {
+        self.queued.len()
+    }
+
+    /// Forgets what was queued after `mark`: the transaction that queued it rolled back.
+    pub fn forget_after(&mut self, mark: usize) {
+        self.queued.truncate(mark);
+    }
+
     /// The notifications queued: council and sequence.
     pub fn into_queued(self) -> Vec<(OdsCode, i64)> {
         self.queued

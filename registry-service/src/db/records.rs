@@ -129,6 +129,23 @@ pub(crate) fn put_record(
     expected_version: Option<i64>,
     now: i64,
 ) -> Result<Stored, RegistryError> {
+    // Without an expected version, a put that raced another writer of the same record simply
+    // runs again on what is now stored; with one, the conflict is the caller's to see (ABORTED).
+    let version_race = |e: &RegistryError| {
+        expected_version.is_none() && matches!(e, RegistryError::VersionConflict { .. })
+    };
+    super::retry_races(version_race, || {
+        put_once(conn, ods_code, record, expected_version, now)
+    })
+}
+
+fn put_once(
+    conn: &mut DbConnection,
+    ods_code: &OdsCode,
+    record: &ChildRecord,
+    expected_version: Option<i64>,
+    now: i64,
+) -> Result<Stored, RegistryError> {
     conn.transaction(|conn| {
         require_contacts(conn, ods_code)?;
         if let Some(status) = inactive_numbers(conn, &[record.nhs_number.to_string()])?
@@ -214,6 +231,20 @@ pub(crate) fn apply_chunk(
     now: i64,
 ) -> Result<Vec<(u64, Inactive)>, RegistryError> {
     chunk.sort_by_key(|r| r.record.nhs_number);
+    // A concurrent writer of the same records (another upload, a put) makes this chunk run again
+    // on what is then stored: the outcome is the same as if it had come second.
+    let concurrent_change = |e: &RegistryError| matches!(e, RegistryError::VersionConflict { .. });
+    super::retry_races(concurrent_change, || {
+        apply_chunk_once(conn, ods_code, chunk, now)
+    })
+}
+
+fn apply_chunk_once(
+    conn: &mut DbConnection,
+    ods_code: &OdsCode,
+    chunk: &[BatchRecord],
+    now: i64,
+) -> Result<Vec<(u64, Inactive)>, RegistryError> {
     conn.transaction(|conn| {
         dialect::plan_for_actual_values(conn)?;
         require_contacts(conn, ods_code)?;
