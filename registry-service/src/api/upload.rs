@@ -248,7 +248,7 @@ pub(super) async fn upload_batch(
     let row = UploadBatchRow {
         local_authority: ods.to_string(),
         batch_id: batch_id.clone(),
-        content_digest,
+        content_digest: content_digest.clone(),
         result: result.encode_to_vec(),
         complete_time: now,
     };
@@ -256,7 +256,11 @@ pub(super) async fn upload_batch(
         .db
         .run(move |conn| records::store_batch(conn, &row))
         .await?;
-    // If a concurrent upload of the same id completed first, answer with its outcome.
+    // A concurrent upload of the same id completed first: the same records get its outcome (a
+    // replay); other records under that id are refused, as a retry of them would be.
+    if stored.content_digest != content_digest {
+        return Err(RegistryError::BatchIdReused.into());
+    }
     let (result, replayed) = if stored.result == result.encode_to_vec() {
         (result, false)
     } else {

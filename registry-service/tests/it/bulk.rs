@@ -5,14 +5,14 @@ use cpis_core::status::reason_of;
 use cpis_proto::cpis::common::v1::{ChildRecord, ErrorReason};
 use cpis_proto::cpis::registry::v1::{
     BatchHeader, BatchOutcome, GetBatchRequest, ListChildRecordsRequest, UploadBatchRequest,
-    UploadBatchResponse, upload_batch_request::Item,
+    upload_batch_request::Item,
 };
 use cpis_testkit::{both_backends, db::Backend};
-use tonic::{Code, Status};
+use tonic::Code;
 
 use cpis_testkit::Stack;
 
-use crate::harness::{cpp_record, nhs, nhs_numbers, start};
+use crate::harness::{batch, cpp_record, nhs, nhs_numbers, start, upload};
 
 both_backends!(
     mixed_batch,
@@ -21,33 +21,6 @@ both_backends!(
     malformed_streams,
     large_batch_in_chunks
 );
-
-fn batch(batch_id: &str, records: Vec<ChildRecord>) -> Vec<UploadBatchRequest> {
-    let mut messages = vec![UploadBatchRequest {
-        item: Some(Item::Header(BatchHeader {
-            batch_id: batch_id.into(),
-            sequence_number: 42,
-            expected_record_count: u64::try_from(records.len()).unwrap_or(0),
-            ..Default::default()
-        })),
-    }];
-    messages.extend(records.into_iter().map(|r| UploadBatchRequest {
-        item: Some(Item::Record(r)),
-    }));
-    messages
-}
-
-async fn upload(
-    reg: &Stack,
-    ods: &str,
-    messages: Vec<UploadBatchRequest>,
-) -> Result<UploadBatchResponse, Status> {
-    reg.council()
-        .await
-        .upload_batch(reg.as_council(ods, tokio_stream::iter(messages)))
-        .await
-        .map(tonic::Response::into_inner)
-}
 
 async fn count_records(reg: &Stack, ods: &str) -> usize {
     let mut client = reg.council().await;

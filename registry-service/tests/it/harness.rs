@@ -8,8 +8,12 @@ use cpis_core::auth::DevSigner;
 use cpis_proto::cpis::common::v1::{
     ChildRecord, LookedAfterChild, LookedAfterLegalBasis, PlanPeriod, UnbornChildProtectionPlan,
 };
-use cpis_proto::cpis::registry::v1::council_service_client::CouncilServiceClient;
+use cpis_proto::cpis::registry::v1::{
+    BatchHeader, UploadBatchRequest, UploadBatchResponse,
+    council_service_client::CouncilServiceClient, upload_batch_request::Item,
+};
 use cpis_testkit::{Stack, StackBuilder, TestServer, db::Backend};
+use tonic::Status;
 
 pub use cpis_testkit::stack::{DISCLOSURE_TOKEN, with_token};
 
@@ -169,4 +173,31 @@ pub async fn next_sequence(
             return n;
         }
     }
+}
+
+pub fn batch(batch_id: &str, records: Vec<ChildRecord>) -> Vec<UploadBatchRequest> {
+    let mut messages = vec![UploadBatchRequest {
+        item: Some(Item::Header(BatchHeader {
+            batch_id: batch_id.into(),
+            sequence_number: 42,
+            expected_record_count: u64::try_from(records.len()).unwrap_or(0),
+            ..Default::default()
+        })),
+    }];
+    messages.extend(records.into_iter().map(|r| UploadBatchRequest {
+        item: Some(Item::Record(r)),
+    }));
+    messages
+}
+
+pub async fn upload(
+    reg: &Stack,
+    ods: &str,
+    messages: Vec<UploadBatchRequest>,
+) -> Result<UploadBatchResponse, Status> {
+    reg.council()
+        .await
+        .upload_batch(reg.as_council(ods, tokio_stream::iter(messages)))
+        .await
+        .map(tonic::Response::into_inner)
 }

@@ -11,6 +11,7 @@ mod harness;
 mod nhs_oracle;
 mod notifications;
 mod paging;
+mod races;
 mod records;
 mod restart;
 mod surface;
