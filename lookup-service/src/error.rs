@@ -28,9 +28,15 @@ pub enum LookupError {
     /// The registry could not be reached or could not record the access.
     #[error("registry unavailable")]
     RegistryUnavailable(ErrorReason),
-    /// The caller's deadline passed.
+    /// The caller's deadline passed and the registry rolled the access back.
     #[error("deadline exceeded")]
     DeadlineExceeded,
+    /// The registry's answer did not come back in time: the access may have been recorded.
+    #[error("outcome unknown")]
+    OutcomeUnknown {
+        /// Whether the caller set a deadline (DEADLINE_EXCEEDED) or not (UNAVAILABLE).
+        deadline: bool,
+    },
     /// The registry refused the caller's own request (passed through as the registry said it).
     #[error("refused by the registry: {}", .0.message())]
     Registry(Status),
@@ -69,6 +75,15 @@ impl From<LookupError> for Status {
                 Code::DeadlineExceeded,
                 ErrorReason::AccessNotRecorded,
                 "the deadline passed before the access was recorded; nothing was disclosed",
+            ),
+            LookupError::OutcomeUnknown { deadline } => with_reason(
+                if deadline {
+                    Code::DeadlineExceeded
+                } else {
+                    Code::Unavailable
+                },
+                ErrorReason::AccessMayBeRecorded,
+                "CP-IS did not answer in time: nothing was disclosed, but the access may have been recorded",
             ),
             LookupError::Registry(status) => status,
             LookupError::Internal => {

@@ -154,7 +154,13 @@ impl LookupService for LookupApi {
         let mut registry = self.registry.clone();
         let call = registry.disclose(outbound);
         let answer = match tokio::time::timeout(budget, call).await {
-            Err(_) => return Err(deadline_or_unavailable(deadline).into()),
+            // The call may have reached the registry and committed: say so, never "not recorded".
+            Err(_) => {
+                return Err(LookupError::OutcomeUnknown {
+                    deadline: deadline.is_some(),
+                }
+                .into());
+            }
             Ok(Err(status)) => return Err(map_registry_status(&status, deadline).into()),
             Ok(Ok(answer)) => answer.into_inner(),
         };
@@ -166,13 +172,6 @@ impl LookupService for LookupApi {
     }
 }
 
-fn deadline_or_unavailable(deadline: Option<Duration>) -> LookupError {
-    match deadline {
-        Some(_) => LookupError::DeadlineExceeded,
-        None => LookupError::RegistryUnavailable(ErrorReason::BackendUnavailable),
-    }
-}
-
 /// The registry's answer as the NHS caller should see it. The caller's own faults
 /// (INVALID_ARGUMENT) pass through with the registry's reason and field violations: they are
 /// permanent, and retrying would fail forever. A registry that refuses this service
@@ -181,7 +180,17 @@ fn deadline_or_unavailable(deadline: Option<Duration>) -> LookupError {
 /// connection looks like (INTERNAL or UNKNOWN from the transport), is "nothing disclosed; retry".
 fn map_registry_status(status: &Status, deadline: Option<Duration>) -> LookupError {
     match status.code() {
-        Code::DeadlineExceeded | Code::Cancelled => deadline_or_unavailable(deadline),
+        // The registry rolled the access back and says so: nothing was recorded.
+        Code::DeadlineExceeded
+            if cpis_core::status::reason_of(status) == Some(ErrorReason::AccessNotRecorded) =>
+        {
+            LookupError::DeadlineExceeded
+        }
+        // Cut off in transport (a timeout or cancellation on the way): the commit may have
+        // happened.
+        Code::DeadlineExceeded | Code::Cancelled => LookupError::OutcomeUnknown {
+            deadline: deadline.is_some(),
+        },
         // Rebuilt from code, message and details only: the registry's headers stay inside.
         Code::InvalidArgument => LookupError::Registry(Status::with_details(
             status.code(),

@@ -7,11 +7,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cpis_proto::cpis::common::v1::AccessMode;
 use cpis_proto::cpis::lookup::v1::lookup_service_client::LookupServiceClient;
 use cpis_testkit::pg_cluster::PgCluster;
 use cpis_testkit::server::health;
-use cpis_testkit::{Stack, db::Backend};
+use cpis_testkit::{Stack, both_backends, db::Backend};
 use registry_service::{Clock, DatabaseUrl};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -201,4 +200,99 @@ async fn a_registry_started_before_its_database_waits() {
         .await
         .expect("server task")
         .expect("a clean stop after serving");
+}
+
+both_backends!(a_deadline_sweep_never_says_not_recorded_of_a_recorded_access);
+
+/// Lookups under deadlines of 5 to 120 ms (the tight end is where answers and commits race; the
+/// wide end lets a debug build's token check finish), several at once: every lookup answered
+/// "not recorded" is absent from the access history, every success is present, and "may have
+/// been recorded" (or the caller's own deadline cutting the call off) may go either way.
+async fn a_deadline_sweep_never_says_not_recorded_of_a_recorded_access(backend: Backend) {
+    use cpis_core::status::reason_of;
+    use cpis_proto::cpis::common::v1::ErrorReason;
+    use cpis_proto::cpis::registry::v1::ListAccessEventsRequest;
+
+    let Some(stack) = crate::harness::start(backend).await else {
+        return;
+    };
+    stack.register_council("AB1").await;
+    stack.put("AB1", cpp(NHS_A)).await;
+    let token = stack.nhs_token(&person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT"));
+    const PER_WORKER: usize = 60;
+    let workers = (0..4).map(|worker| {
+        let (stack, token) = (&stack, token.clone());
+        async move {
+            let mut client = LookupServiceClient::new(stack.lookup_server().channel().await);
+            let mut outcomes = Vec::new();
+            for i in 0..PER_WORKER {
+                let id = format!("sweep-{worker}-{i}");
+                let deadline = Duration::from_millis(5 + u64::try_from(i % 24).unwrap_or(0) * 5);
+                let mut request = unscheduled_lookup(NHS_A, &token);
+                request.set_timeout(deadline);
+                request
+                    .metadata_mut()
+                    .insert("x-request-id", id.parse().expect("ascii"));
+                let outcome = client.lookup_child(request).await;
+                outcomes.push((id, outcome.map(|_| ()).map_err(|s| reason_of(&s))));
+            }
+            outcomes
+        }
+    });
+    let outcomes: Vec<_> = futures::future::join_all(workers)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+
+    let mut recorded = std::collections::HashSet::new();
+    let mut client = stack.council().await;
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_access_events(stack.as_council(
+                "AB1",
+                ListAccessEventsRequest {
+                    nhs_number: NHS_A.into(),
+                    page_size: 1000,
+                    page_token,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("history")
+            .into_inner();
+        recorded.extend(page.access_events.into_iter().map(|e| e.request_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let (mut ok, mut not_recorded, mut may, mut other) = (0, 0, 0, 0);
+    let mut lies = Vec::new();
+    for (id, outcome) in &outcomes {
+        match outcome {
+            Ok(()) => {
+                ok += 1;
+                assert!(recorded.contains(id), "{id} answered but not recorded");
+            }
+            Err(Some(ErrorReason::AccessNotRecorded)) => {
+                not_recorded += 1;
+                if recorded.contains(id) {
+                    lies.push(id.clone());
+                }
+            }
+            Err(Some(ErrorReason::AccessMayBeRecorded)) => may += 1,
+            Err(_) => other += 1,
+        }
+    }
+    eprintln!(
+        "{backend:?} deadline sweep: {ok} answered, {not_recorded} not recorded, {may} may be recorded, {other} cut off by the caller's own deadline; recorded {}; told not recorded but recorded: {}",
+        recorded.len(),
+        lies.len()
+    );
+    assert!(
+        lies.is_empty(),
+        "told 'not recorded' but recorded: {lies:?}"
+    );
 }

@@ -20,6 +20,15 @@ use crate::error::RegistryError;
 /// Longest request id (the EPR's X-Request-ID), in bytes.
 const MAX_REQUEST_ID: usize = 128;
 
+/// The part of a caller's budget kept for the commit and the answer's way back: a fifth, at
+/// least 2 ms and at most 100 ms.
+fn commit_margin(budget: std::time::Duration) -> std::time::Duration {
+    (budget / 5).clamp(
+        std::time::Duration::from_millis(2),
+        std::time::Duration::from_millis(100),
+    )
+}
+
 /// Handler for `cpis.registry.v1.DisclosureService`.
 #[derive(Clone, Debug)]
 pub(crate) struct DisclosureApi(pub Arc<Registry>);
@@ -76,8 +85,10 @@ impl DisclosureService for DisclosureApi {
         &self,
         request: Request<DiscloseRequest>,
     ) -> Result<Response<DiscloseResponse>, Status> {
-        let deadline =
-            cpis_core::deadline::remaining(request.metadata()).map(|d| Instant::now() + d);
+        // Commit only while the answer can still reach the caller: the caller's deadline less
+        // a margin for the commit itself and the way back. Past it, roll back and say so.
+        let deadline = cpis_core::deadline::remaining(request.metadata())
+            .map(|budget| Instant::now() + budget.saturating_sub(commit_margin(budget)));
         let (nhs_number, accessor, mode, request_id) = validate(request.into_inner())?;
         let setting = accessor.care_setting();
         let registry = &self.0;

@@ -199,3 +199,93 @@ async fn an_import_during_a_disclosure_flood(backend: Backend) {
     );
     assert!(ok > 0);
 }
+
+both_backends!(a_disclosure_deadline_sweep_is_honest);
+
+/// Disclosures under deadlines of 1 to 40 ms, several at once, straight to the registry: an
+/// answer of ACCESS_NOT_RECORDED (the registry rolled back) is never given for an access that
+/// was recorded, and every answered disclosure was recorded.
+async fn a_disclosure_deadline_sweep_is_honest(backend: Backend) {
+    use cpis_proto::cpis::registry::v1::ListAccessEventsRequest;
+    let Some(reg) = start(backend).await else {
+        return;
+    };
+    reg.register_council("AB1").await;
+    reg.put("AB1", cpp_record(&nhs(0))).await;
+    const PER_WORKER: usize = 80;
+    let workers = (0..4).map(|worker| {
+        let reg = &reg;
+        async move {
+            let mut client = DisclosureServiceClient::new(reg.registry.channel().await);
+            let mut outcomes = Vec::new();
+            for i in 0..PER_WORKER {
+                let id = format!("sweep-{worker}-{i}");
+                let mut request = reg.as_lookup_service(DiscloseRequest {
+                    nhs_number: nhs(0),
+                    accessor: Some(ed_clinician("555000000001")),
+                    access_mode: AccessMode::Unscheduled as i32,
+                    request_id: id.clone(),
+                });
+                request.set_timeout(std::time::Duration::from_millis(
+                    1 + u64::try_from(i % 40).unwrap_or(0),
+                ));
+                let outcome = client.disclose(request).await;
+                outcomes.push((id, outcome.map(|_| ()).map_err(|s| reason_of(&s))));
+            }
+            outcomes
+        }
+    });
+    let outcomes: Vec<_> = futures::future::join_all(workers)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut recorded = std::collections::HashSet::new();
+    let mut client = reg.council().await;
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_access_events(reg.as_council(
+                "AB1",
+                ListAccessEventsRequest {
+                    nhs_number: nhs(0),
+                    page_size: 1000,
+                    page_token,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("history")
+            .into_inner();
+        recorded.extend(page.access_events.into_iter().map(|e| e.request_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let (mut ok, mut rolled_back, mut cut_off, mut lies) = (0, 0, 0, Vec::new());
+    for (id, outcome) in &outcomes {
+        match outcome {
+            Ok(()) => {
+                ok += 1;
+                assert!(recorded.contains(id), "{id} answered but not recorded");
+            }
+            Err(Some(ErrorReason::AccessNotRecorded)) => {
+                rolled_back += 1;
+                if recorded.contains(id) {
+                    lies.push(id.clone());
+                }
+            }
+            Err(_) => cut_off += 1,
+        }
+    }
+    eprintln!(
+        "{backend:?} disclosure deadline sweep: {ok} answered, {rolled_back} rolled back, {cut_off} cut off in transport; recorded {}; told not recorded but recorded: {}",
+        recorded.len(),
+        lies.len()
+    );
+    assert!(
+        lies.is_empty(),
+        "told 'not recorded' but recorded: {lies:?}"
+    );
+}
