@@ -67,11 +67,18 @@ struct Health {
 }
 
 impl Health {
-    /// Marks the whole server ("") and each of its services with `status`.
+    /// Marks the whole server ("") and each of its services with `status`. The whole server
+    /// says SERVING last and NOT_SERVING first, so whoever sees it SERVING finds every service
+    /// SERVING too.
     pub async fn set_all(&self, status: ServingStatus) {
-        self.reporter.set_service_status("", status).await;
+        if status != ServingStatus::Serving {
+            self.reporter.set_service_status("", status).await;
+        }
         for name in &self.services {
             self.reporter.set_service_status(*name, status).await;
+        }
+        if status == ServingStatus::Serving {
+            self.reporter.set_service_status("", status).await;
         }
     }
 }

@@ -10,6 +10,7 @@
 //! - `lookup`: the `LookupChild` handler: identity, policy, NHS number, then one `Disclose` call
 //!   to the registry, whose answer becomes the minimal response (the registry's
 //!   `api::convert` decides what a disclosed plan carries).
+//! - `registry_check`: health follows whether the registry accepts this service's credential.
 //! - `error`: the one mapping to gRPC codes, including how the registry's refusals reach the
 //!   clinician (`lookup::map_registry_status`).
 #![forbid(unsafe_code)]
@@ -19,6 +20,7 @@ pub mod error;
 pub mod identity;
 pub mod lookup;
 pub mod policy;
+mod registry_check;
 
 use std::{future::Future, time::Duration};
 
@@ -56,13 +58,16 @@ pub async fn serve(
     let api = lookup::LookupApi::new(
         verifier,
         config.policy.clone(),
-        registry,
+        registry.clone(),
         config.registry_token.clone(),
         config.registry_timeout,
     );
     let mut routes = tonic::service::RoutesBuilder::default();
     routes.add_service(LookupServiceServer::new(api));
-    let ready = async { Ok::<_, LookupError>(None) };
+    // NOT_SERVING until the registry accepts this service (see `registry_check`).
+    let token = config.registry_token.clone();
+    let ready =
+        async move { Ok::<_, LookupError>(Some(registry_check::accepted(registry, token).await)) };
     cpis_core::server::serve_grpc(
         routes.routes(),
         SERVICES,

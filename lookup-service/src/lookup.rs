@@ -12,7 +12,7 @@ use cpis_proto::cpis::lookup::v1::{
 use cpis_proto::cpis::registry::v1::{
     DiscloseRequest, disclosure_service_client::DisclosureServiceClient,
 };
-use secrecy::{ExposeSecret as _, SecretString};
+use secrecy::SecretString;
 use tonic::{Code, Request, Response, Status, metadata::MetadataMap, transport::Channel};
 
 use crate::error::LookupError;
@@ -146,11 +146,7 @@ impl LookupService for LookupApi {
                 .min(self.registry_timeout)
         });
         outbound.set_timeout(budget);
-        if let Some(token) = &self.registry_token
-            && let Ok(value) = format!("Bearer {}", token.expose_secret()).parse()
-        {
-            outbound.metadata_mut().insert("authorization", value);
-        }
+        crate::registry_check::authorize(&mut outbound, self.registry_token.as_ref());
         let mut registry = self.registry.clone();
         let call = registry.disclose(outbound);
         let answer = match tokio::time::timeout(budget, call).await {

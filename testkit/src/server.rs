@@ -41,6 +41,28 @@ impl TestServer {
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: Display,
     {
+        let server = Self::spawn_at(addr, serve).await;
+        server.wait_serving("", Duration::from_secs(10)).await;
+        server
+    }
+
+    /// Binds `127.0.0.1:0` and spawns `serve(listener, shutdown)` without waiting for health:
+    /// for servers a test expects never to be ready.
+    pub async fn spawn<F, Fut, E>(serve: F) -> Self
+    where
+        F: FnOnce(TcpListener, Shutdown) -> Fut,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Display,
+    {
+        Self::spawn_at(SocketAddr::from(([127, 0, 0, 1], 0)), serve).await
+    }
+
+    async fn spawn_at<F, Fut, E>(addr: SocketAddr, serve: F) -> Self
+    where
+        F: FnOnce(TcpListener, Shutdown) -> Fut,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Display,
+    {
         let listener = TcpListener::bind(addr)
             .await
             .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
@@ -51,13 +73,11 @@ impl TestServer {
         });
         let fut = serve(listener, shutdown);
         let handle = tokio::spawn(async move { fut.await.map_err(|e| e.to_string()) });
-        let server = Self {
+        Self {
             addr,
             shutdown: Some(tx),
             handle: Some(handle),
-        };
-        server.wait_serving("", Duration::from_secs(10)).await;
-        server
+        }
     }
 
     /// A handle on a server that runs elsewhere (another process): it can be reached, not

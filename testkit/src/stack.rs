@@ -157,6 +157,7 @@ impl StackBuilder {
                     }
                 })
                 .await;
+            lookup.wait_serving("", Duration::from_secs(10)).await;
             stack.lookup = Some(lookup);
         }
         Some(stack)
@@ -234,7 +235,8 @@ impl Stack {
     }
 
     /// Starts another lookup service trusting this stack's NHS signer, in front of this
-    /// stack's registry unless `adjust` says otherwise.
+    /// stack's registry unless `adjust` says otherwise. Not waited for: a lookup service whose
+    /// registry refuses or ignores it never turns SERVING (use `wait_serving` when it should).
     pub async fn another_lookup(
         &self,
         adjust: impl FnOnce(&mut lookup_service::Config),
@@ -245,7 +247,7 @@ impl Stack {
             self.nhs_signer.verifier().expect("NHS verifier"),
         );
         adjust(&mut config);
-        TestServer::start(|listener, shutdown| lookup_service::serve(config, listener, shutdown))
+        TestServer::spawn(|listener, shutdown| lookup_service::serve(config, listener, shutdown))
             .await
     }
 

@@ -1,7 +1,7 @@
 //! The validated seam between the services: the lookup service refuses, as UNAUTHENTICATED and
 //! naming the claim, every accessor the registry would refuse (so a bad token is never "backend
 //! unavailable, retry"); both services describe a bad NHS number in the same words; and a
-//! permanent fault between them is not answered "retry".
+//! permanent fault between them is not answered "retry", nor reported SERVING.
 
 use cpis_core::status::{reason_of, violated_fields};
 use cpis_proto::cpis::common::v1::{
@@ -20,7 +20,7 @@ both_backends!(
     malformed_identity_claims_are_unauthenticated_and_record_nothing,
     the_registry_refuses_the_same_accessors_naming_the_field,
     both_services_describe_a_bad_nhs_number_alike,
-    a_refused_service_credential_is_not_retry
+    a_refused_service_credential_is_not_serving_and_not_retry
 );
 
 /// A name of 160 characters and 520 bytes: within a limit of 200 characters, over the limit of
@@ -198,7 +198,7 @@ async fn both_services_describe_a_bad_nhs_number_alike(backend: Backend) {
     }
 }
 
-async fn a_refused_service_credential_is_not_retry(backend: Backend) {
+async fn a_refused_service_credential_is_not_serving_and_not_retry(backend: Backend) {
     let Some(stack) = start(backend).await else {
         return;
     };
@@ -211,6 +211,14 @@ async fn a_refused_service_credential_is_not_retry(backend: Backend) {
             config.registry_token = Some(SecretString::from("not-the-credential".to_owned()));
         })
         .await;
+    // It does not claim to be ready while the registry refuses it.
+    for _ in 0..3 {
+        assert_eq!(
+            cpis_testkit::server::health(misconfigured.channel().await, "").await,
+            Some(tonic_health::pb::health_check_response::ServingStatus::NotServing)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
     let token = stack.nhs_token(&person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT"));
     let refused = LookupServiceClient::new(misconfigured.channel().await)
         .lookup_child(unscheduled_lookup(NHS_A, &token))
