@@ -296,3 +296,57 @@ async fn a_deadline_sweep_never_says_not_recorded_of_a_recorded_access(backend: 
         "told 'not recorded' but recorded: {lies:?}"
     );
 }
+
+/// Runs `sql` on the cluster's maintenance database.
+fn cluster_sql(cluster: &PgCluster, sql: &str) {
+    use diesel::{Connection as _, RunQueryDsl as _};
+    let mut conn = diesel::pg::PgConnection::establish(&cluster.url()).expect("connect");
+    diesel::sql_query(sql).execute(&mut conn).expect(sql);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_outlives_the_deadline_is_not_called_unrecorded() {
+    use cpis_core::status::reason_of;
+    use cpis_proto::cpis::common::v1::ErrorReason;
+
+    let Some(cluster) = PgCluster::start() else {
+        return;
+    };
+    let cluster = Arc::new(cluster);
+    let stack = stack_on(&cluster).await;
+    assert_eq!(timed_lookup(&stack).await, Ok(1));
+    let before = stack.access_events("AB1", NHS_A).await;
+
+    // A synchronous standby that has gone away: every commit waits for it, after the
+    // transaction has done all its work (as when a CloudNativePG replica is lost).
+    on_cluster(&cluster, |c| {
+        cluster_sql(c, "ALTER SYSTEM SET synchronous_standby_names = 'gone'");
+        cluster_sql(c, "SELECT pg_reload_conf()");
+    })
+    .await;
+    let token = stack.nhs_token(&person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT"));
+    let mut request = unscheduled_lookup(NHS_A, &token);
+    request.set_timeout(Duration::from_secs(1));
+    let answer = LookupServiceClient::new(stack.lookup_server().channel().await)
+        .lookup_child(request)
+        .await
+        .expect_err("the commit cannot finish in time");
+
+    // The standby comes back: the waiting commit completes, and the access is on record.
+    on_cluster(&cluster, |c| {
+        cluster_sql(c, "ALTER SYSTEM RESET synchronous_standby_names");
+        cluster_sql(c, "SELECT pg_reload_conf()");
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stack.access_events("AB1", NHS_A).await == before {
+        assert!(Instant::now() < deadline, "the delayed commit never landed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        reason_of(&answer),
+        Some(ErrorReason::AccessMayBeRecorded),
+        "the clinician was told something other than 'may have been recorded' about an access \
+         that was recorded: {answer:?}"
+    );
+}
