@@ -69,6 +69,15 @@ pub struct Config {
     #[arg(long, env = "CPIS_SUBSCRIBER_BUFFER", default_value_t = 64)]
     pub subscriber_buffer: usize,
 
+    /// Most live notification subscribers of one council (each council needs a few; a runaway
+    /// client must not take the server's share).
+    #[arg(long, env = "CPIS_MAX_SUBSCRIBERS_PER_COUNCIL", default_value_t = 100)]
+    pub max_subscribers_per_council: usize,
+
+    /// Most live notification subscribers of this server.
+    #[arg(long, env = "CPIS_MAX_SUBSCRIBERS", default_value_t = 5000)]
+    pub max_subscribers: usize,
+
     /// Idle subscribers get a heartbeat this often.
     #[arg(long, env = "CPIS_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
@@ -113,6 +122,8 @@ impl Config {
             notification_poll: Duration::from_secs(1),
             subscriber_send_timeout: Duration::from_secs(10),
             subscriber_buffer: 64,
+            max_subscribers_per_council: 100,
+            max_subscribers: 5000,
             heartbeat_interval: Duration::from_secs(15),
             verifier: Some(verifier),
             clock: Clock::system(),
@@ -120,13 +131,23 @@ impl Config {
     }
 
     /// Subscriber settings.
-    pub(crate) fn subscription_options(&self) -> crate::notify::subscription::SubscriptionOptions {
-        crate::notify::subscription::SubscriptionOptions {
+    pub(crate) fn subscription_options(
+        &self,
+    ) -> (
+        crate::notify::subscription::SubscriptionOptions,
+        crate::notify::feeds::Limits,
+    ) {
+        let limits = crate::notify::feeds::Limits {
+            per_council: self.max_subscribers_per_council,
+            per_server: self.max_subscribers,
+        };
+        let options = crate::notify::subscription::SubscriptionOptions {
             buffer: self.subscriber_buffer,
             send_timeout: self.subscriber_send_timeout,
             poll_interval: self.notification_poll,
             heartbeat_interval: self.heartbeat_interval,
-        }
+        };
+        (options, limits)
     }
 
     /// The database URL in effect.

@@ -80,6 +80,9 @@ pub enum RegistryError {
     /// A notification subscriber stopped reading.
     #[error("the subscriber is not reading; reconnect from the last acknowledged sequence")]
     SubscriberTooSlow,
+    /// The council's or the server's subscriber limit is reached.
+    #[error("too many notification subscribers; close one or retry later")]
+    TooManySubscribers,
     /// The server is draining.
     #[error("the registry is shutting down; reconnect from the last acknowledged sequence")]
     ShuttingDown,
@@ -220,6 +223,7 @@ impl From<RegistryError> for Status {
             RegistryError::BatchIdReused => (Code::AlreadyExists, R::BatchIdReused),
             RegistryError::BatchMalformed(_) => (Code::InvalidArgument, R::BatchMalformed),
             RegistryError::SubscriberTooSlow => (Code::ResourceExhausted, R::SubscriberTooSlow),
+            RegistryError::TooManySubscribers => (Code::ResourceExhausted, R::Overloaded),
             RegistryError::ShuttingDown => (Code::Unavailable, R::ShuttingDown),
             RegistryError::DeadlineExceeded => (Code::DeadlineExceeded, R::AccessNotRecorded),
             RegistryError::AccessNotRecorded(cause) => {

@@ -27,7 +27,11 @@ use tonic::service::Routes;
 
 use crate::clock::Clock;
 use crate::db::Database;
-use crate::notify::{Notifier, subscription::SubscriptionOptions};
+use crate::notify::{
+    Notifier,
+    feeds::{Feeds, Limits},
+    subscription::SubscriptionOptions,
+};
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -38,6 +42,8 @@ pub(crate) struct Registry {
     pub clock: Clock,
     /// Outbox wake-ups.
     pub notifier: Notifier,
+    /// Each council's live feed, shared by its subscribers.
+    pub feeds: Feeds,
     /// Page-token sealing.
     pub pages: paging::PageTokens,
     /// Records per bulk-upload transaction.
@@ -55,10 +61,17 @@ impl Registry {
         clock: Clock,
         notifier: Notifier,
         upload_chunk: usize,
-        subscription: SubscriptionOptions,
+        subscription: (SubscriptionOptions, Limits),
         shutdown: watch::Receiver<bool>,
     ) -> Self {
+        let (subscription, limits) = subscription;
         Self {
+            feeds: Feeds::new(
+                db.clone(),
+                notifier.clone(),
+                subscription.poll_interval,
+                limits,
+            ),
             pages: paging::PageTokens::new(db.clone(), clock.clone()),
             db,
             clock,

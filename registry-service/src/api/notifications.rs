@@ -39,10 +39,11 @@ pub(super) async fn subscribe(
     if cursor > latest {
         return Err(RegistryError::SequenceNotIssued.into());
     }
+    let seat = registry.feeds.join(&ods)?;
     tracing::info!(la = %ods, cursor, "subscriber connected");
     let rx = subscription::start(
         registry.db.clone(),
-        &registry.notifier,
+        seat,
         registry.shutdown.clone(),
         registry.subscription,
         ods,

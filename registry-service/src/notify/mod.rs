@@ -4,6 +4,7 @@
 //! Other replicas hear the NOTIFY through `pg_listener`; subscribers also poll, so a lost
 //! wake-up only delays, never loses. This is where the notification transport is switched.
 
+pub(crate) mod feeds;
 mod pg_listener;
 pub(crate) mod subscription;
 

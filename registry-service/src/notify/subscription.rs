@@ -1,6 +1,6 @@
 //! A council's live notification stream: replay everything after the cursor from the outbox,
-//! then follow new notifications as wake-ups arrive (or, failing those, by polling). Delivery is
-//! at least once and in sequence order. Memory per subscriber is bounded by a small send buffer:
+//! then follow the council's shared feed (`notify::feeds`), catching up from the outbox again
+//! whenever the feed shows a gap. Delivery is at least once and in sequence order. Memory per subscriber is bounded by a small send buffer:
 //! a subscriber that stops reading is cut off with a clean error telling it to resume from its
 //! last acknowledged sequence.
 
@@ -15,10 +15,7 @@ use tonic::Status;
 
 use crate::db::{Database, outbox};
 use crate::error::RegistryError;
-use crate::notify::Notifier;
-
-/// Notifications read from the outbox per query.
-const PAGE: i64 = 256;
+use crate::notify::feeds::{Item, PAGE, Seat};
 
 /// Subscriber settings.
 #[derive(Clone, Copy, Debug)]
@@ -27,7 +24,8 @@ pub struct SubscriptionOptions {
     pub buffer: usize,
     /// How long a send may wait for a subscriber that does not read before it is cut off.
     pub send_timeout: Duration,
-    /// Polling interval when no wake-up arrives (the fallback for lost wake-ups).
+    /// How often a council's feed polls the outbox when no wake-up arrives (the fallback for
+    /// lost wake-ups).
     pub poll_interval: Duration,
     /// A heartbeat is sent after this long without a notification.
     pub heartbeat_interval: Duration,
@@ -54,10 +52,11 @@ enum End {
     Error(RegistryError),
 }
 
-/// Starts streaming council `ods_code`'s notifications after `cursor`.
+/// Starts streaming council `ods_code`'s notifications after `cursor`, from its seat at the
+/// council's feed.
 pub(crate) fn start(
     db: Database,
-    notifier: &Notifier,
+    seat: Seat,
     shutdown: watch::Receiver<bool>,
     options: SubscriptionOptions,
     ods_code: OdsCode,
@@ -66,11 +65,8 @@ pub(crate) fn start(
     // One slot more than the buffer: notifications never take the last one, so the status
     // that ends a stalled subscription always fits.
     let (tx, rx) = mpsc::channel(options.buffer.max(1) + 1);
-    // Subscribe to wake-ups before the first read, so a commit between the read and the wait
-    // still wakes us.
-    let wake = notifier.subscribe();
     tokio::spawn(async move {
-        let ended = deliver(&db, wake, shutdown, options, &ods_code, cursor, &tx).await;
+        let ended = deliver(&db, seat, shutdown, options, &ods_code, cursor, &tx).await;
         if let End::Error(status) = ended {
             // Best effort: the subscriber may already be gone.
             let _ = tx.try_send(Err(status.into()));
@@ -95,69 +91,99 @@ async fn send(tx: &Outgoing, event: Event, options: &SubscriptionOptions) -> Res
     }
 }
 
-async fn deliver(
+/// Sends everything after `cursor` from the outbox, a page at a time (memory stays at a page
+/// however far behind the subscriber is); returns the new cursor.
+async fn catch_up(
     db: &Database,
-    mut wake: broadcast::Receiver<OdsCode>,
-    mut shutdown: watch::Receiver<bool>,
-    options: SubscriptionOptions,
     ods_code: &OdsCode,
     mut cursor: i64,
     tx: &Outgoing,
-) -> End {
-    let mut last_sent = tokio::time::Instant::now();
+    options: &SubscriptionOptions,
+) -> Result<i64, End> {
     loop {
-        // Replay (or catch up) from the outbox, a page at a time.
         let ods = ods_code.clone();
-        let page = match db
+        let page = db
             .run(move |conn| outbox::list(conn, &ods, cursor, PAGE))
             .await
-        {
-            Ok(page) => page,
-            Err(error) => return End::Error(error),
-        };
+            .map_err(End::Error)?;
         let full_page = i64::try_from(page.len()).is_ok_and(|n| n == PAGE);
         for (sequence, notification) in page {
             // The cursor passes undecodable rows too (reported where read): no trap, no re-read.
             cursor = sequence;
-            let Some(notification) = notification else {
-                continue;
-            };
-            if let Err(end) = send(tx, Event::Notification(notification), &options).await {
-                return end;
+            if let Some(notification) = notification {
+                send(tx, Event::Notification(notification), options).await?;
             }
-            last_sent = tokio::time::Instant::now();
         }
-        if full_page {
-            continue;
+        if !full_page {
+            return Ok(cursor);
         }
+    }
+}
 
-        // Wait for a wake-up for this council, the poll interval, a heartbeat or shutdown.
+async fn deliver(
+    db: &Database,
+    mut seat: Seat,
+    mut shutdown: watch::Receiver<bool>,
+    options: SubscriptionOptions,
+    ods_code: &OdsCode,
+    cursor: i64,
+    tx: &Outgoing,
+) -> End {
+    // Replay first (the seat is taken, so nothing committed meanwhile is missed), then follow
+    // the feed; whenever the feed shows a gap, catch up from the outbox again.
+    let mut cursor = match catch_up(db, ods_code, cursor, tx, &options).await {
+        Ok(cursor) => cursor,
+        Err(end) => return end,
+    };
+    let mut last_sent = tokio::time::Instant::now();
+    loop {
         let heartbeat_at = last_sent + options.heartbeat_interval;
-        let poll_at = tokio::time::Instant::now() + options.poll_interval;
-        loop {
-            tokio::select! {
-                woken = wake.recv() => match woken {
-                    Ok(code) if code == *ods_code => break,
-                    Ok(_) => {}
-                    // Missed some wake-ups: just read the outbox again.
-                    Err(broadcast::error::RecvError::Lagged(_)) => break,
-                    Err(broadcast::error::RecvError::Closed) => return End::Gone,
-                },
-                () = tokio::time::sleep_until(poll_at) => break,
-                () = tokio::time::sleep_until(heartbeat_at) => {
-                    let latest = u64::try_from(cursor).unwrap_or_default();
-                    if let Err(end) = send(tx, Event::Heartbeat(Heartbeat { latest_sequence: latest }), &options).await {
-                        return end;
+        let behind = tokio::select! {
+            item = seat.feed.recv() => match item {
+                Ok(Item::Notification(n)) => {
+                    let sequence = i64::try_from(n.sequence).unwrap_or(i64::MAX);
+                    if sequence <= cursor {
+                        continue;
                     }
-                    last_sent = tokio::time::Instant::now();
-                    break;
-                }
-                () = tx.closed() => return End::Gone,
-                changed = shutdown.changed() => {
-                    if changed.is_err() || *shutdown.borrow() {
-                        return End::Error(RegistryError::ShuttingDown);
+                    if sequence == cursor + 1 {
+                        if let Err(end) = send(tx, Event::Notification((*n).clone()), &options).await {
+                            return end;
+                        }
+                        cursor = sequence;
+                        last_sent = tokio::time::Instant::now();
+                        continue;
                     }
+                    true
                 }
+                Ok(Item::Position(position)) => position > cursor,
+                // Fell behind the feed's backlog: the outbox has it all.
+                Err(broadcast::error::RecvError::Lagged(_)) => true,
+                Err(broadcast::error::RecvError::Closed) => return End::Gone,
+            },
+            () = tokio::time::sleep_until(heartbeat_at) => {
+                let latest = u64::try_from(cursor).unwrap_or_default();
+                if let Err(end) = send(tx, Event::Heartbeat(Heartbeat { latest_sequence: latest }), &options).await {
+                    return end;
+                }
+                last_sent = tokio::time::Instant::now();
+                false
+            }
+            () = tx.closed() => return End::Gone,
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    return End::Error(RegistryError::ShuttingDown);
+                }
+                false
+            }
+        };
+        if behind {
+            let before = cursor;
+            cursor = match catch_up(db, ods_code, cursor, tx, &options).await {
+                Ok(cursor) => cursor,
+                Err(end) => return end,
+            };
+            if cursor != before {
+                last_sent = tokio::time::Instant::now();
             }
         }
     }

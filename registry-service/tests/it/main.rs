@@ -7,6 +7,7 @@ mod bulk;
 mod contacts;
 mod corrupt;
 mod crash;
+mod crowds;
 mod harness;
 mod nhs_oracle;
 mod notifications;
