@@ -19,8 +19,9 @@
 //! - `db/`: all SQL. One diesel code path for both engines; every PostgreSQL/SQLite difference
 //!   is in `db::dialect`; rows and their conversion to domain types in `db::models`.
 //! - `notify/`: notifications in motion. `notify::Notifier` owns both halves of a notifying
-//!   write (the outbox insert inside the transaction, the wake-up after commit) and the
-//!   subscriber streams; the PostgreSQL LISTEN/NOTIFY transport is `notify::pg_listener`.
+//!   write (the outbox insert inside the transaction, the wake-up after commit); one feed per
+//!   council (`notify::feeds`) reads the outbox for all its subscribers (`notify::subscription`);
+//!   the PostgreSQL LISTEN/NOTIFY transport is `notify::pg_listener`.
 //!
 //! Validated types shared with the lookup service (`NhsNumber`, `OdsCode`, `ValidAccessor`) come
 //! from `cpis_core`, so both services refuse the same input with the same words.
