@@ -12,7 +12,10 @@ use cpis_proto::cpis::common::v1::AccessMode;
 use cpis_proto::cpis::lookup::v1::{
     LookupChildRequest, lookup_service_client::LookupServiceClient,
 };
-use cpis_proto::cpis::registry::v1::{BatchHeader, UploadBatchRequest, upload_batch_request::Item};
+use cpis_proto::cpis::registry::v1::{
+    BatchHeader, SubscribeNotificationsRequest, UploadBatchRequest,
+    council_service_client::CouncilServiceClient, upload_batch_request::Item,
+};
 use cpis_testkit::{Stack, db::Backend, nhs::nhs_numbers};
 use tonic::{Request, metadata::MetadataValue, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -85,7 +88,12 @@ where
 }
 
 /// Runs the scenario on one engine and prints the figures.
-pub async fn run(backend: Backend, calls: usize, concurrency: usize) -> anyhow::Result<()> {
+pub async fn run(
+    backend: Backend,
+    calls: usize,
+    concurrency: usize,
+    idle_subscribers: usize,
+) -> anyhow::Result<()> {
     let stack = Stack::builder(backend)
         .with_lookup()
         .start()
@@ -156,21 +164,24 @@ pub async fn run(backend: Backend, calls: usize, concurrency: usize) -> anyhow::
     );
     let ed = bearer(&ed)?;
     let lookup_numbers = Arc::new(numbers);
-    let lookups = drive(calls, concurrency, move |i| {
-        let mut client = LookupServiceClient::new(channel.clone());
-        let mut request = Request::new(LookupChildRequest {
-            nhs_number: lookup_numbers[i % lookup_numbers.len()].clone(),
-            access_mode: AccessMode::Unscheduled as i32,
-        });
-        request.metadata_mut().insert("authorization", ed.clone());
-        async move {
-            client
-                .lookup_child(request)
-                .await
-                .is_ok_and(|r| !r.into_inner().alerts.is_empty())
-        }
-    })
-    .await;
+    let flood = || {
+        let (channel, ed, lookup_numbers) = (channel.clone(), ed.clone(), lookup_numbers.clone());
+        drive(calls, concurrency, move |i| {
+            let mut client = LookupServiceClient::new(channel.clone());
+            let mut request = Request::new(LookupChildRequest {
+                nhs_number: lookup_numbers[i % lookup_numbers.len()].clone(),
+                access_mode: AccessMode::Unscheduled as i32,
+            });
+            request.metadata_mut().insert("authorization", ed.clone());
+            async move {
+                client
+                    .lookup_child(request)
+                    .await
+                    .is_ok_and(|r| !r.into_inner().alerts.is_empty())
+            }
+        })
+    };
+    let lookups = flood().await;
 
     let engine = format!("{backend:?}").to_lowercase();
     println!(
@@ -202,5 +213,49 @@ pub async fn run(backend: Backend, calls: usize, concurrency: usize) -> anyhow::
         })
     );
     anyhow::ensure!(lookups.errors == 0, "{} lookups failed", lookups.errors);
+    if idle_subscribers > 0 {
+        // Idle streams spread over the councils (each within the per-council limit), on a few
+        // connections, then the same flood again beside them.
+        let rss_before = resident_kib();
+        let mut connections = Vec::new();
+        for _ in 0..8 {
+            connections.push(stack.registry.channel().await);
+        }
+        let mut streams = Vec::with_capacity(idle_subscribers);
+        for i in 0..idle_subscribers {
+            let ods = format!("BEN{:02}", i % COUNCILS);
+            let request = stack.as_council(&ods, SubscribeNotificationsRequest::default());
+            let stream = CouncilServiceClient::new(connections[i % connections.len()].clone())
+                .subscribe_notifications(request)
+                .await?
+                .into_inner();
+            streams.push(stream);
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let rss_after = resident_kib();
+        let beside = flood().await;
+        println!(
+            "  beside {idle_subscribers} idle subscribers: {:.0}/s (ratio to without {:.2}), p99 {:.2} ms, errors {}; process memory {:+.1} MB",
+            beside.rate,
+            beside.rate / lookups.rate,
+            beside.p99.as_secs_f64() * 1e3,
+            beside.errors,
+            (rss_after - rss_before) as f64 / 1024.0
+        );
+        drop(streams);
+    }
     Ok(())
+}
+
+/// The process's resident memory in KiB (0 where /proc is not there).
+fn resident_kib() -> i64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
 }

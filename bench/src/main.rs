@@ -60,6 +60,10 @@ enum Scenario {
         /// Engines.
         #[arg(long, value_enum, default_value_t = Backends::Both)]
         backend: Backends,
+        /// Then again beside this many idle notification subscribers (0: skip), reported as a
+        /// ratio to the same lookups without them, with the process's memory growth.
+        #[arg(long, default_value_t = 0)]
+        idle_subscribers: usize,
     },
 }
 
@@ -82,13 +86,14 @@ async fn main() -> anyhow::Result<()> {
             calls,
             concurrency,
             backend,
+            idle_subscribers,
         } => {
             anyhow::ensure!(
                 concurrency > 0 && calls >= concurrency,
                 "need at least one call per client"
             );
             for backend in engines(backend) {
-                lookup::run(backend, calls, concurrency).await?;
+                lookup::run(backend, calls, concurrency, idle_subscribers).await?;
             }
         }
     }
