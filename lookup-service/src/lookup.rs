@@ -80,6 +80,7 @@ impl LookupService for LookupApi {
         &self,
         request: Request<LookupChildRequest>,
     ) -> Result<Response<LookupChildResponse>, Status> {
+        let started = std::time::Instant::now();
         let claims: NhsClaims = self
             .verifier
             .verify_metadata(request.metadata())
@@ -141,10 +142,17 @@ impl LookupService for LookupApi {
         // Propagate the caller's deadline (never waiting longer than our own limit), so the
         // registry rolls back rather than records an access nobody will see. Keep a margin
         // (a tenth, at most 100 ms) so our answer reaches the caller before it gives up.
+        // The caller's clock started when its request arrived: what is left is its deadline less
+        // the time spent here so far, less the margin.
         let budget = deadline.map_or(self.registry_timeout, |d| {
-            d.saturating_sub((d / 10).min(Duration::from_millis(100)))
+            d.saturating_sub(started.elapsed())
+                .saturating_sub((d / 10).min(Duration::from_millis(100)))
                 .min(self.registry_timeout)
         });
+        if budget.is_zero() {
+            // Nothing was sent: this much is certain.
+            return Err(LookupError::DeadlineExceeded.into());
+        }
         outbound.set_timeout(budget);
         crate::registry_check::authorize(&mut outbound, self.registry_token.as_ref());
         let mut registry = self.registry.clone();
@@ -197,13 +205,28 @@ fn map_registry_status(status: &Status, deadline: Option<Duration>) -> LookupErr
             tracing::error!(code = ?code, "the registry refuses this lookup service; check its credential and address");
             LookupError::Internal
         }
-        code => {
-            if code != Code::Unavailable {
-                tracing::warn!(code = ?code, "registry call failed");
+        // The registry's own word that the commit's outcome is unknown.
+        _ if cpis_core::status::reason_of(status) == Some(ErrorReason::AccessMayBeRecorded) => {
+            LookupError::OutcomeUnknown {
+                deadline: deadline.is_some(),
             }
+        }
+        // The registry's own answer (it carries a reason): as it says.
+        Code::Unavailable if cpis_core::status::reason_of(status).is_some() => {
             LookupError::RegistryUnavailable(
                 cpis_core::status::reason_of(status).unwrap_or(ErrorReason::BackendUnavailable),
             )
+        }
+        // The transport's: tonic reports a connection it could not make as UNAVAILABLE, so the
+        // request was most likely never delivered.
+        Code::Unavailable => LookupError::RegistryUnavailable(ErrorReason::BackendUnavailable),
+        // Anything else without the registry's reason (a stream reset, a proxy cutting the
+        // call) may have come after the request reached the registry.
+        code => {
+            tracing::warn!(code = ?code, "registry call cut off; the access may have been recorded");
+            LookupError::OutcomeUnknown {
+                deadline: deadline.is_some(),
+            }
         }
     }
 }

@@ -89,6 +89,9 @@ pub enum RegistryError {
     /// The caller's deadline passed before the work could commit; nothing was recorded.
     #[error("deadline exceeded before the access could be recorded")]
     DeadlineExceeded,
+    /// A disclosure's commit failed after it was sent: the access may have been recorded.
+    #[error("the commit's outcome is unknown")]
+    OutcomeUnknown,
     /// A disclosure whose access could not be recorded: nothing was disclosed.
     #[error("access not recorded: {0}")]
     AccessNotRecorded(Box<RegistryError>),
@@ -226,6 +229,13 @@ impl From<RegistryError> for Status {
             RegistryError::TooManySubscribers => (Code::ResourceExhausted, R::Overloaded),
             RegistryError::ShuttingDown => (Code::Unavailable, R::ShuttingDown),
             RegistryError::DeadlineExceeded => (Code::DeadlineExceeded, R::AccessNotRecorded),
+            RegistryError::OutcomeUnknown => {
+                return with_reason(
+                    Code::Unavailable,
+                    R::AccessMayBeRecorded,
+                    "the access may have been recorded (its commit's outcome is unknown); nothing was disclosed",
+                );
+            }
             RegistryError::AccessNotRecorded(cause) => {
                 tracing::error!(error = %cause, "access not recorded; nothing disclosed");
                 return with_reason(

@@ -106,13 +106,17 @@ const HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 fn follow_database(db: db::Database) -> tokio::sync::watch::Receiver<bool> {
     let (tx, rx) = tokio::sync::watch::channel(true);
     tokio::spawn(async move {
+        let mut failures = 0;
         while !tx.is_closed() {
             tokio::time::sleep(HEALTH_INTERVAL).await;
             // A hung database never answers: bound the wait.
             let answers = tokio::time::timeout(HEALTH_INTERVAL * 2, db.answers())
                 .await
                 .unwrap_or(false);
-            tx.send_if_modified(|up| std::mem::replace(up, answers) != answers);
+            failures = if answers { 0 } else { failures + 1 };
+            // Two misses in a row before NOT_SERVING: one slow probe is not an outage.
+            let up = answers || failures < 2;
+            tx.send_if_modified(|was| std::mem::replace(was, up) != up);
         }
     });
     rx

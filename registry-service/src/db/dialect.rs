@@ -26,14 +26,21 @@ pub(crate) fn connect(url: &DatabaseUrl) -> Result<DbConnection, r2d2::Error> {
     match url {
         DatabaseUrl::Postgres(url) => {
             // A database that accepts TCP but never answers (hung, or behind a dead route) must
-            // not hold a connect forever: bound it unless the operator chose a bound.
-            let url = url.expose_secret();
-            let url = if url.contains("connect_timeout=") {
-                url.to_owned()
-            } else {
-                let separator = if url.contains('?') { '&' } else { '?' };
-                format!("{url}{separator}connect_timeout=3")
-            };
+            // not hold a connect forever, and a connection to a host that vanished must fail
+            // rather than wait on the kernel's defaults: bound both unless the operator chose.
+            let mut url = url.expose_secret().to_owned();
+            for (key, value) in [
+                ("connect_timeout", "3"),
+                ("keepalives_idle", "10"),
+                ("keepalives_interval", "5"),
+                ("keepalives_count", "3"),
+                ("tcp_user_timeout", "30000"),
+            ] {
+                if !url.contains(&format!("{key}=")) {
+                    let separator = if url.contains('?') { '&' } else { '?' };
+                    url = format!("{url}{separator}{key}={value}");
+                }
+            }
             let mut conn = PgConnection::establish(&url).map_err(r2d2::Error::ConnectionError)?;
             // Bound every statement so a stuck query cannot hold a connection forever.
             conn.batch_execute("SET statement_timeout = '60s'; SET lock_timeout = '10s'")

@@ -106,7 +106,11 @@ fn disclose_once(
     request: &DisclosureRequest,
     outbox: &mut Outbox,
 ) -> Result<Disclosure, RegistryError> {
-    conn.transaction(|conn| {
+    // Set once the work is done and only COMMIT remains: a failure after that point may have
+    // committed (PostgreSQL can make a commit durable and then lose the connection), so it is
+    // reported as an unknown outcome, never as "not recorded".
+    let mut committing = false;
+    let outcome = conn.transaction(|conn| {
         let visible: Vec<_> = records_on(conn, &request.nhs_number)?
             .into_iter()
             .filter_map(|(stored, case_id)| {
@@ -197,12 +201,20 @@ fn disclose_once(
             // was not disclosed.
             return Err(RegistryError::DeadlineExceeded);
         }
+        committing = true;
         Ok(Disclosure {
             alerts,
             recent,
             access_id,
         })
-    })
+    });
+    match outcome {
+        Err(error) if committing => {
+            tracing::error!(%error, "a disclosure's commit failed; it may have been recorded");
+            Err(RegistryError::OutcomeUnknown)
+        }
+        other => other,
+    }
 }
 
 /// Council `ods_code`'s view of the access history of `nhs_number`, newest first, before

@@ -163,6 +163,8 @@ pub(crate) struct Database {
     url: DatabaseUrl,
     /// The health probe's own connection.
     probe: std::sync::Arc<std::sync::Mutex<Option<DbConnection>>>,
+    /// Probes under way (a hung database can hold some).
+    probing: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for Database {
@@ -203,6 +205,7 @@ impl Database {
             engine,
             url,
             probe: std::sync::Arc::default(),
+            probing: std::sync::Arc::default(),
         })
     }
 
@@ -224,12 +227,19 @@ impl Database {
         tokio::task::spawn_blocking(move || {
             let mut pooled = pool.get().map_err(|_| RegistryError::Unavailable)?;
             let result = work(&mut pooled.conn);
-            if matches!(result, Err(RegistryError::Database(_)))
-                && pooled.conn.batch_execute("SELECT 1").is_err()
-            {
+            let suspect = matches!(
+                result,
+                Err(RegistryError::Database(_) | RegistryError::OutcomeUnknown)
+            );
+            if suspect && pooled.conn.batch_execute("SELECT 1").is_err() {
                 pooled.lost = true;
-                tracing::warn!("database connection lost; discarded");
-                return Err(RegistryError::Unavailable);
+                if let Err(error) = &result {
+                    tracing::warn!(%error, "database connection lost; discarded");
+                }
+                // An unknown outcome stays unknown; anything else was not done.
+                if !matches!(result, Err(RegistryError::OutcomeUnknown)) {
+                    return Err(RegistryError::Unavailable);
+                }
             }
             result
         })
@@ -238,29 +248,40 @@ impl Database {
     }
 
     /// True when the database answers a trivial query, on a connection of its own (so a pool
-    /// busy with real work never reads as a database that is down). Reconnects when needed.
+    /// busy with real work never reads as a database that is down). The connection is taken out
+    /// while it is used: a probe stuck on a hung database is abandoned, and the next one connects
+    /// afresh (to whatever the URL now leads to, after a failover); at most a few are ever stuck.
     pub async fn answers(&self) -> bool {
-        let (probe, url) = (self.probe.clone(), self.url.clone());
-        tokio::task::spawn_blocking(move || {
-            // A probe still waiting on a hung database means the database does not answer.
-            let mut probe = match probe.try_lock() {
-                Ok(guard) => guard,
-                Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-                Err(std::sync::TryLockError::WouldBlock) => return false,
+        const MOST_STUCK: usize = 3;
+        let (probe, url, in_flight) = (self.probe.clone(), self.url.clone(), self.probing.clone());
+        if in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= MOST_STUCK {
+            in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            return false;
+        }
+        let answered = tokio::task::spawn_blocking(move || {
+            let taken = probe
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            let mut conn = match taken {
+                Some(conn) => conn,
+                None => match dialect::connect(&url) {
+                    Ok(conn) => conn,
+                    Err(_) => return false,
+                },
             };
-            if probe.is_none() {
-                *probe = dialect::connect(&url).ok();
-            }
-            let answered = probe
-                .as_mut()
-                .is_some_and(|conn| conn.batch_execute("SELECT 1").is_ok());
-            if !answered {
-                *probe = None;
+            let answered = conn.batch_execute("SELECT 1").is_ok();
+            if answered {
+                *probe
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn);
             }
             answered
         })
         .await
-        .unwrap_or(false)
+        .unwrap_or(false);
+        in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        answered
     }
 
     /// Names of migrations not yet applied.

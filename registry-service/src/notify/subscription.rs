@@ -180,6 +180,8 @@ async fn deliver(
             let before = cursor;
             cursor = match catch_up(db, ods_code, cursor, tx, &options).await {
                 Ok(cursor) => cursor,
+                // The database blinked: stay connected; the feed's next position retries.
+                Err(End::Error(RegistryError::Unavailable)) => cursor,
                 Err(end) => return end,
             };
             if cursor != before {
