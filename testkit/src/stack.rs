@@ -393,8 +393,17 @@ impl Stack {
     /// How many access events the registry holds for `nhs_number`, as council `ods` sees them
     /// (every page).
     pub async fn access_events(&self, ods: &str, nhs_number: &str) -> usize {
+        self.access_history(ods, nhs_number).await.len()
+    }
+
+    /// Council `ods`'s view of the access history of `nhs_number` (every page), newest first.
+    pub async fn access_history(
+        &self,
+        ods: &str,
+        nhs_number: &str,
+    ) -> Vec<cpis_proto::cpis::common::v1::AccessEvent> {
         let mut client = self.council().await;
-        let (mut token, mut count) = (String::new(), 0);
+        let (mut token, mut all) = (String::new(), Vec::new());
         loop {
             let page = client
                 .list_access_events(self.as_council(
@@ -409,9 +418,9 @@ impl Stack {
                 .await
                 .expect("access events")
                 .into_inner();
-            count += page.access_events.len();
+            all.extend(page.access_events);
             if page.next_page_token.is_empty() {
-                return count;
+                return all;
             }
             token = page.next_page_token;
         }

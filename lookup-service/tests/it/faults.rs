@@ -209,7 +209,6 @@ both_backends!(a_deadline_sweep_never_says_not_recorded_of_a_recorded_access);
 async fn a_deadline_sweep_never_says_not_recorded_of_a_recorded_access(backend: Backend) {
     use cpis_core::status::reason_of;
     use cpis_proto::cpis::common::v1::ErrorReason;
-    use cpis_proto::cpis::registry::v1::ListAccessEventsRequest;
 
     let Some(stack) = crate::harness::start(backend).await else {
         return;
@@ -243,29 +242,12 @@ async fn a_deadline_sweep_never_says_not_recorded_of_a_recorded_access(backend: 
         .flatten()
         .collect();
 
-    let mut recorded = std::collections::HashSet::new();
-    let mut client = stack.council().await;
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_access_events(stack.as_council(
-                "AB1",
-                ListAccessEventsRequest {
-                    nhs_number: NHS_A.into(),
-                    page_size: 1000,
-                    page_token,
-                    ..Default::default()
-                },
-            ))
-            .await
-            .expect("history")
-            .into_inner();
-        recorded.extend(page.access_events.into_iter().map(|e| e.request_id));
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
+    let recorded: std::collections::HashSet<String> = stack
+        .access_history("AB1", NHS_A)
+        .await
+        .into_iter()
+        .map(|event| event.request_id)
+        .collect();
     let (mut ok, mut not_recorded, mut may, mut other) = (0, 0, 0, 0);
     let mut lies = Vec::new();
     for (id, outcome) in &outcomes {

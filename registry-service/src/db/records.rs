@@ -135,46 +135,36 @@ pub(crate) fn put_record(
         expected_version.is_none() && matches!(e, RegistryError::VersionConflict { .. })
     };
     super::retry_races(version_race, || {
-        put_once(conn, ods_code, record, expected_version, now)
-    })
-}
-
-fn put_once(
-    conn: &mut DbConnection,
-    ods_code: &OdsCode,
-    record: &ChildRecord,
-    expected_version: Option<i64>,
-    now: i64,
-) -> Result<Stored, RegistryError> {
-    conn.transaction(|conn| {
-        require_contacts(conn, ods_code)?;
-        if let Some(status) = inactive_numbers(conn, &[record.nhs_number.to_string()])?
-            .values()
-            .next()
-        {
-            return Err(Inactive::from(status).into());
-        }
-        let existing = get_row(conn, ods_code, &record.nhs_number)?;
-        let actual = existing.as_ref().map_or(0, |r| r.version);
-        if let Some(expected) = expected_version
-            && expected != actual
-        {
-            return Err(RegistryError::VersionConflict { expected, actual });
-        }
-        match existing {
-            None => {
-                diesel::insert_into(child_records::table)
-                    .values(NewChildRecord::new(ods_code, record, now))
-                    .execute(conn)?;
+        conn.transaction(|conn| {
+            require_contacts(conn, ods_code)?;
+            if let Some(status) = inactive_numbers(conn, &[record.nhs_number.to_string()])?
+                .values()
+                .next()
+            {
+                return Err(Inactive::from(status).into());
             }
-            Some(row) => update_if_changed(conn, row, record, now)?,
-        }
-        let stored = get_record(conn, ods_code, &record.nhs_number)?.ok_or_else(|| {
-            RegistryError::Internal("record vanished inside its transaction".into())
-        })?;
-        Ok(Stored {
-            created: actual == 0,
-            record: stored,
+            let existing = get_row(conn, ods_code, &record.nhs_number)?;
+            let actual = existing.as_ref().map_or(0, |r| r.version);
+            if let Some(expected) = expected_version
+                && expected != actual
+            {
+                return Err(RegistryError::VersionConflict { expected, actual });
+            }
+            match existing {
+                None => {
+                    diesel::insert_into(child_records::table)
+                        .values(NewChildRecord::new(ods_code, record, now))
+                        .execute(conn)?;
+                }
+                Some(row) => update_if_changed(conn, row, record, now)?,
+            }
+            let stored = get_record(conn, ods_code, &record.nhs_number)?.ok_or_else(|| {
+                RegistryError::Internal("record vanished inside its transaction".into())
+            })?;
+            Ok(Stored {
+                created: actual == 0,
+                record: stored,
+            })
         })
     })
 }

@@ -206,7 +206,6 @@ both_backends!(a_disclosure_deadline_sweep_is_honest);
 /// answer of ACCESS_NOT_RECORDED (the registry rolled back) is never given for an access that
 /// was recorded, and every answered disclosure was recorded.
 async fn a_disclosure_deadline_sweep_is_honest(backend: Backend) {
-    use cpis_proto::cpis::registry::v1::ListAccessEventsRequest;
     let Some(reg) = start(backend).await else {
         return;
     };
@@ -240,29 +239,12 @@ async fn a_disclosure_deadline_sweep_is_honest(backend: Backend) {
         .into_iter()
         .flatten()
         .collect();
-    let mut recorded = std::collections::HashSet::new();
-    let mut client = reg.council().await;
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_access_events(reg.as_council(
-                "AB1",
-                ListAccessEventsRequest {
-                    nhs_number: nhs(0),
-                    page_size: 1000,
-                    page_token,
-                    ..Default::default()
-                },
-            ))
-            .await
-            .expect("history")
-            .into_inner();
-        recorded.extend(page.access_events.into_iter().map(|e| e.request_id));
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
+    let recorded: std::collections::HashSet<String> = reg
+        .access_history("AB1", &nhs(0))
+        .await
+        .into_iter()
+        .map(|event| event.request_id)
+        .collect();
     let (mut ok, mut rolled_back, mut cut_off, mut lies) = (0, 0, 0, Vec::new());
     for (id, outcome) in &outcomes {
         match outcome {
