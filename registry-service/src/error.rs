@@ -3,7 +3,7 @@
 //! only this file decides which code, reason and message a caller sees.
 
 use cpis_core::{auth::AuthError, server::ServeError, status::FieldViolation};
-use cpis_proto::cpis::common::v1::ErrorReason;
+use cpis_proto::cpis::common::v1::{ErrorReason, InactiveReason};
 use tonic::{Code, Status};
 
 use crate::domain::nhs_status::Inactive;
@@ -160,8 +160,8 @@ impl RegistryError {
 
     /// The reason an inactive number is refused with: superseded (use the replacement) or
     /// inactive.
-    pub(crate) fn reason_inactive(inactive: &Inactive) -> ErrorReason {
-        if inactive.is_superseded() {
+    pub(crate) fn reason_inactive(reason: InactiveReason) -> ErrorReason {
+        if reason == InactiveReason::Superseded {
             ErrorReason::SupersededNhsNumber
         } else {
             ErrorReason::NhsNumberInactive
@@ -214,7 +214,7 @@ impl From<RegistryError> for Status {
                 reason,
                 replacement,
             } => {
-                let reason = RegistryError::reason_inactive(&Inactive::from(reason));
+                let reason = RegistryError::reason_inactive(*reason);
                 let message = match replacement {
                     Some(replacement) => format!("{message} ({replacement})"),
                     None => message,

@@ -11,6 +11,7 @@ pub mod nhs;
 pub mod pg_cluster;
 pub mod server;
 pub mod stack;
+pub mod sweep;
 pub mod tools;
 
 pub use server::TestServer;

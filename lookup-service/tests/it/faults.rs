@@ -208,7 +208,6 @@ both_backends!(a_deadline_sweep_never_says_not_recorded_of_a_recorded_access);
 /// been recorded" (or the caller's own deadline cutting the call off) may go either way.
 async fn a_deadline_sweep_never_says_not_recorded_of_a_recorded_access(backend: Backend) {
     use cpis_core::status::reason_of;
-    use cpis_proto::cpis::common::v1::ErrorReason;
 
     let Some(stack) = crate::harness::start(backend).await else {
         return;
@@ -242,38 +241,29 @@ async fn a_deadline_sweep_never_says_not_recorded_of_a_recorded_access(backend: 
         .flatten()
         .collect();
 
-    let recorded: std::collections::HashSet<String> = stack
-        .access_history("AB1", NHS_A)
-        .await
-        .into_iter()
-        .map(|event| event.request_id)
-        .collect();
-    let (mut ok, mut not_recorded, mut may, mut other) = (0, 0, 0, 0);
-    let mut lies = Vec::new();
-    for (id, outcome) in &outcomes {
-        match outcome {
-            Ok(()) => {
-                ok += 1;
-                assert!(recorded.contains(id), "{id} answered but not recorded");
-            }
-            Err(Some(ErrorReason::AccessNotRecorded)) => {
-                not_recorded += 1;
-                if recorded.contains(id) {
-                    lies.push(id.clone());
-                }
-            }
-            Err(Some(ErrorReason::AccessMayBeRecorded)) => may += 1,
-            Err(_) => other += 1,
-        }
-    }
+    let tally = stack.tally_sweep("AB1", NHS_A, &outcomes).await;
     eprintln!(
-        "{backend:?} deadline sweep: {ok} answered, {not_recorded} not recorded, {may} may be recorded, {other} cut off by the caller's own deadline; recorded {}; told not recorded but recorded: {}",
-        recorded.len(),
-        lies.len()
+        "{backend:?} deadline sweep: {} answered, {} not recorded, {} may be recorded, {} cut off by the caller's own deadline; recorded {}; told not recorded but recorded: {}",
+        tally.answered,
+        tally.not_recorded,
+        tally.may_be_recorded,
+        tally.other,
+        tally.recorded,
+        tally.lies.len()
     );
     assert!(
-        lies.is_empty(),
-        "told 'not recorded' but recorded: {lies:?}"
+        tally.unrecorded_answers.is_empty(),
+        "answered but not recorded: {:?}",
+        tally.unrecorded_answers
+    );
+    assert!(
+        tally.lies.is_empty(),
+        "told 'not recorded' but recorded: {:?}",
+        tally.lies
+    );
+    assert!(
+        tally.answered > 0,
+        "no lookup in the sweep was answered: the sweep tested nothing"
     );
 }
 

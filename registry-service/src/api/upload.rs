@@ -87,7 +87,7 @@ impl Upload<'_> {
                 &case_id,
                 FieldViolation::new(
                     "nhs_number",
-                    RegistryError::reason_inactive(&inactive),
+                    RegistryError::reason_inactive(inactive.reason),
                     inactive.message(),
                 ),
             );
