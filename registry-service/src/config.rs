@@ -57,6 +57,11 @@ pub struct Config {
     #[arg(long, env = "CPIS_UPLOAD_CHUNK", default_value_t = 2000)]
     pub upload_chunk: usize,
 
+    /// An upload stream that sends nothing for this long is ended (DEADLINE_EXCEEDED,
+    /// BATCH_STALLED); what it committed stays committed.
+    #[arg(long, env = "CPIS_UPLOAD_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub upload_idle_timeout: Duration,
+
     /// Notification subscribers poll the outbox this often when no wake-up arrives.
     #[arg(long, env = "CPIS_NOTIFICATION_POLL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub notification_poll: Duration,
@@ -118,6 +123,7 @@ impl Config {
             jwt_issuer: "cpis".into(),
             jwt_audience: "cpis-registry".into(),
             upload_chunk: 2000,
+            upload_idle_timeout: Duration::from_secs(60),
             disclosure_token: None,
             notification_poll: Duration::from_secs(1),
             subscriber_send_timeout: Duration::from_secs(10),

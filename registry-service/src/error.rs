@@ -74,6 +74,16 @@ pub enum RegistryError {
     /// The batch id was used for different content.
     #[error("batch id already used for a different set of records")]
     BatchIdReused,
+    /// Another upload of the batch id is running.
+    #[error("another upload of this batch id is in progress; nothing of this one was applied; retry after it completes")]
+    BatchInProgress,
+    /// The upload stream sent nothing for too long.
+    #[error("no message arrived for {0:?}; chunks already committed stay committed; resend the batch with the same id to complete it")]
+    BatchStalled(std::time::Duration),
+    /// The upload stream itself failed (the client cancelled, or sent a message that does not
+    /// decode or is too large): its status is the answer.
+    #[error("upload stream: {}", .0.message())]
+    Stream(Box<Status>),
     /// The batch stream is malformed.
     #[error("malformed batch: {0}")]
     BatchMalformed(String),
@@ -200,6 +210,10 @@ impl From<RegistryError> for Status {
     fn from(error: RegistryError) -> Self {
         use ErrorReason as R;
         use cpis_core::status::{invalid_argument, with_reason};
+        let error = match error {
+            RegistryError::Stream(status) => return *status,
+            other => other,
+        };
         let message = error.to_string();
         let (code, reason) = match &error {
             RegistryError::Invalid(violations) => return invalid_argument(violations),
@@ -225,6 +239,8 @@ impl From<RegistryError> for Status {
             RegistryError::VersionConflict { .. } => (Code::Aborted, R::VersionConflict),
             RegistryError::BatchIdReused => (Code::AlreadyExists, R::BatchIdReused),
             RegistryError::BatchMalformed(_) => (Code::InvalidArgument, R::BatchMalformed),
+            RegistryError::BatchInProgress => (Code::Aborted, R::BatchInProgress),
+            RegistryError::BatchStalled(_) => (Code::DeadlineExceeded, R::BatchStalled),
             RegistryError::SubscriberTooSlow => (Code::ResourceExhausted, R::SubscriberTooSlow),
             RegistryError::TooManySubscribers => (Code::ResourceExhausted, R::Overloaded),
             RegistryError::ShuttingDown => (Code::Unavailable, R::ShuttingDown),

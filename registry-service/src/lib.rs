@@ -151,7 +151,10 @@ pub async fn serve(
         db.clone(),
         config.clock.clone(),
         notifier,
-        config.upload_chunk,
+        api::UploadOptions {
+            chunk: config.upload_chunk.max(1),
+            idle_timeout: config.upload_idle_timeout,
+        },
         config.subscription_options(),
         draining_rx,
     ));

@@ -103,3 +103,30 @@ pub fn grpcurl_list(addr: std::net::SocketAddr) -> Option<Vec<String>> {
             .collect(),
     )
 }
+
+/// Runs `tests/python/fast_upload.py`: grpc-python uploads `records` records, one per message,
+/// as fast as it can, with `token`. Returns its JSON report (`received`, `accepted`, `rejected`,
+/// `seconds`, or `error`), or `None` when the tools are missing outside CI.
+pub fn python_fast_upload(
+    addr: std::net::SocketAddr,
+    token: &str,
+    records: usize,
+    batch_id: &str,
+) -> Option<serde_json::Value> {
+    let python = python()?;
+    let output = std::process::Command::new(python)
+        .arg(repo_root().join("tests/python/fast_upload.py"))
+        .arg(addr.to_string())
+        .arg(token)
+        .args(["--records", &records.to_string(), "--batch-id", batch_id])
+        .output()
+        .expect("run python fast upload");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report = stdout.lines().last().unwrap_or_default();
+    Some(serde_json::from_str(report).unwrap_or_else(|e| {
+        panic!(
+            "python fast upload printed no report ({e}):\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    }))
+}

@@ -117,6 +117,7 @@ council_requests! {
     AcknowledgeNotificationsRequest => "AcknowledgeNotifications", Read;
     ListNotificationsRequest => "ListNotifications", Read;
     GetBatchRequest => "GetBatch", Read;
+    ListBatchRejectionsRequest => "ListBatchRejections", Read;
 }
 
 impl CouncilRequest for api::SetContactDetailsRequest {

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use cpis_core::nhs_number::NhsNumber;
 use cpis_proto::cpis::common::v1::ErrorReason;
 use cpis_proto::cpis::registry::v1::{
-    AcknowledgeNotificationsRequest, AcknowledgeNotificationsResponse, BatchResult,
+    AcknowledgeNotificationsRequest, AcknowledgeNotificationsResponse,
     DeleteChildRecordRequest, DeleteChildRecordResponse, GetBatchRequest, GetBatchResponse,
     GetChildRecordRequest, GetChildRecordResponse, GetContactDetailsRequest,
-    GetContactDetailsResponse, ListAccessEventsRequest, ListAccessEventsResponse,
+    GetContactDetailsResponse, ListAccessEventsRequest, ListBatchRejectionsRequest, ListBatchRejectionsResponse, ListAccessEventsResponse,
     ListChildRecordsRequest, ListChildRecordsResponse, ListNotificationsRequest,
     ListNotificationsResponse, PutChildRecordRequest, PutChildRecordResponse, RecordStateFilter,
     SetContactDetailsRequest, SetContactDetailsResponse, SubscribeNotificationsRequest,
@@ -25,7 +25,7 @@ use super::convert::{council_to_wire, record_to_wire, validate_record};
 use super::paging::{Query, page_size, split_page};
 use crate::db::disclosure::list_access_events;
 use crate::db::records::{self, StateFilter};
-use crate::db::{DbConnection, models::decode};
+use crate::db::DbConnection;
 use crate::domain::contacts::Contacts;
 use crate::error::RegistryError;
 
@@ -264,17 +264,14 @@ impl CouncilService for CouncilApi {
         super::notifications::list(&self.0, request).await
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "GetBatch"))]
     async fn get_batch(&self, request: Request<GetBatchRequest>) -> Answer<GetBatchResponse> {
-        let ods = council(&request)?;
-        let batch_id = request.into_inner().batch_id;
-        let row = self
-            .run(move |conn| records::get_batch(conn, &ods, &batch_id))
-            .await?
-            .ok_or(RegistryError::BatchNotFound)?;
-        let result: BatchResult = decode(&row.result, "upload_batches", "result")?;
-        Ok(Response::new(GetBatchResponse {
-            result: Some(result),
-        }))
+        super::upload::get_batch(&self.0, request).await
+    }
+
+    async fn list_batch_rejections(
+        &self,
+        request: Request<ListBatchRejectionsRequest>,
+    ) -> Answer<ListBatchRejectionsResponse> {
+        super::upload::list_rejections(&self.0, request).await
     }
 }

@@ -13,6 +13,8 @@ pub(crate) mod operator;
 mod paging;
 mod upload;
 
+pub(crate) use upload::UploadOptions;
+
 use std::sync::Arc;
 
 use cpis_core::auth::TokenVerifier;
@@ -46,8 +48,8 @@ pub(crate) struct Registry {
     pub feeds: Feeds,
     /// Page-token sealing.
     pub pages: paging::PageTokens,
-    /// Records per bulk-upload transaction.
-    pub upload_chunk: usize,
+    /// Bulk uploads' chunk size and idle limit.
+    pub upload: upload::UploadOptions,
     /// Subscriber buffering, polling and heartbeats.
     pub subscription: SubscriptionOptions,
     /// Turns true when the server starts draining; subscribers end with SHUTTING_DOWN.
@@ -60,7 +62,7 @@ impl Registry {
         db: Database,
         clock: Clock,
         notifier: Notifier,
-        upload_chunk: usize,
+        upload: upload::UploadOptions,
         subscription: (SubscriptionOptions, Limits),
         shutdown: watch::Receiver<bool>,
     ) -> Self {
@@ -76,7 +78,7 @@ impl Registry {
             db,
             clock,
             notifier,
-            upload_chunk: upload_chunk.max(1),
+            upload,
             subscription,
             shutdown,
         }

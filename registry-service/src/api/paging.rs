@@ -90,6 +90,13 @@ pub(crate) enum Query<'a> {
         /// The council listing.
         council: &'a OdsCode,
     },
+    /// ListBatchRejections of one batch.
+    BatchRejections {
+        /// The council listing.
+        council: &'a OdsCode,
+        /// Which batch.
+        batch_id: &'a str,
+    },
 }
 
 impl Query<'_> {
@@ -100,15 +107,18 @@ impl Query<'_> {
             Self::AccessEvents {
                 council,
                 nhs_number,
-            } => (2, council, 0, Some(nhs_number)),
+            } => (2, council, 0, Some(nhs_number.to_string())),
             Self::Notifications { council } => (3, council, 0, None),
+            Self::BatchRejections { council, batch_id } => {
+                (4, council, 0, Some(batch_id.to_owned()))
+            }
         };
         let mut bound = vec![VERSION, kind];
         bound.extend_from_slice(&filter.to_be_bytes());
         bound.extend_from_slice(council.as_str().as_bytes());
         bound.push(0);
-        if let Some(nhs_number) = subject {
-            bound.extend_from_slice(nhs_number.to_string().as_bytes());
+        if let Some(subject) = subject {
+            bound.extend_from_slice(subject.as_bytes());
         }
         bound
     }

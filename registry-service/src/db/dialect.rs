@@ -9,7 +9,11 @@ use diesel::{pg::PgConnection, sqlite::SqliteConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use secrecy::ExposeSecret as _;
 
-use super::{DatabaseUrl, DbConnection, models::NewChildRecord, schema::child_records};
+use super::{
+    DatabaseUrl, DbConnection,
+    models::{BatchRejectionRow, NewChildRecord},
+    schema::{batch_rejections, child_records},
+};
 use crate::error::RegistryError;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -100,6 +104,22 @@ pub(crate) fn insert_child_records(
             .values(rows)
             .execute(c)?,
         DbConnection::Sqlite(c) => diesel::insert_into(child_records::table)
+            .values(rows)
+            .execute(c)?,
+    };
+    Ok(inserted)
+}
+
+/// Inserts `rows` (at most a thousand) of a batch's rejections in one multi-row INSERT.
+pub(crate) fn insert_batch_rejections(
+    conn: &mut DbConnection,
+    rows: &[BatchRejectionRow],
+) -> Result<usize, RegistryError> {
+    let inserted = match conn {
+        DbConnection::Pg(c) => diesel::insert_into(batch_rejections::table)
+            .values(rows)
+            .execute(c)?,
+        DbConnection::Sqlite(c) => diesel::insert_into(batch_rejections::table)
             .values(rows)
             .execute(c)?,
     };

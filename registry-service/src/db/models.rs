@@ -7,8 +7,8 @@ use cpis_proto::cpis::common::v1::{InactiveReason, LookedAfterLegalBasis};
 use diesel::prelude::*;
 
 use super::schema::{
-    access_events, child_records, local_authorities, nhs_number_status, notifications,
-    registry_keys, upload_batches,
+    access_events, batch_rejections, child_records, local_authorities, nhs_number_status,
+    notifications, registry_keys, upload_batches, upload_claims,
 };
 use crate::domain::contacts::{Contacts, Council};
 use crate::domain::dates::{from_days, to_days};
@@ -268,6 +268,26 @@ pub(crate) struct UploadBatchRow {
     pub content_digest: Vec<u8>,
     pub result: Vec<u8>,
     pub complete_time: i64,
+}
+
+/// A claim on a batch id while its upload runs.
+#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = upload_claims)]
+pub(crate) struct UploadClaimRow {
+    pub local_authority: String,
+    pub batch_id: String,
+    pub holder: i64,
+    pub claimed_until: i64,
+}
+
+/// One rejection of a batch, as encoded `cpis.registry.v1.RecordRejection`.
+#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = batch_rejections)]
+pub(crate) struct BatchRejectionRow {
+    pub local_authority: String,
+    pub batch_id: String,
+    pub position: i64,
+    pub rejection: Vec<u8>,
 }
 
 /// A recorded access: the event as encoded `cpis.common.v1.AccessEvent`, with the columns

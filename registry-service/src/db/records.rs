@@ -1,5 +1,5 @@
 //! SQL for what councils write and read: contact details, child records (one, a chunk of a bulk
-//! upload, a listing) and completed upload batches. Functions take a connection, run in the
+//! upload, a listing). Functions take a connection, run in the
 //! caller's transaction or their own (as each says), and speak domain and row types.
 
 use std::collections::HashMap;
@@ -12,10 +12,9 @@ use super::{
     DbConnection, dialect,
     models::{
         ChildRecordRow, LocalAuthorityRow, NewChildRecord, NewLocalAuthority, RecordContent,
-        UploadBatchRow,
     },
     nhs_status::inactive_numbers,
-    schema::{child_records, local_authorities, upload_batches},
+    schema::{child_records, local_authorities},
 };
 use crate::domain::contacts::{Contacts, Council};
 use crate::domain::dates::to_days;
@@ -349,41 +348,6 @@ pub(crate) fn delete_record(
             .execute(conn)?;
         Ok(())
     })
-}
-
-/// A completed batch's stored outcome.
-pub(crate) fn get_batch(
-    conn: &mut DbConnection,
-    ods_code: &OdsCode,
-    batch_id: &str,
-) -> Result<Option<UploadBatchRow>, RegistryError> {
-    Ok(upload_batches::table
-        .find((ods_code.as_str(), batch_id))
-        .select(UploadBatchRow::as_select())
-        .first(conn)
-        .optional()?)
-}
-
-/// Records a completed batch and returns the stored outcome: if a concurrent upload of the same
-/// id finished first, its outcome is kept and returned.
-pub(crate) fn store_batch(
-    conn: &mut DbConnection,
-    row: &UploadBatchRow,
-) -> Result<UploadBatchRow, RegistryError> {
-    match diesel::insert_into(upload_batches::table)
-        .values(row)
-        .execute(conn)
-    {
-        Ok(_) => Ok(row.clone()),
-        Err(diesel::result::Error::DatabaseError(
-            diesel::result::DatabaseErrorKind::UniqueViolation,
-            _,
-        )) => Ok(upload_batches::table
-            .find((&row.local_authority, &row.batch_id))
-            .select(UploadBatchRow::as_select())
-            .first(conn)?),
-        Err(e) => Err(e.into()),
-    }
 }
 
 #[cfg(test)]

@@ -91,6 +91,24 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    upload_claims (local_authority, batch_id) {
+        local_authority -> Text,
+        batch_id -> Text,
+        holder -> BigInt,
+        claimed_until -> BigInt,
+    }
+}
+
+diesel::table! {
+    batch_rejections (local_authority, batch_id, position) {
+        local_authority -> Text,
+        batch_id -> Text,
+        position -> BigInt,
+        rejection -> Binary,
+    }
+}
+
 /// Every table, for the drift test.
 #[cfg(test)]
 pub(crate) const TABLES: &[&str] = &[
@@ -101,4 +119,6 @@ pub(crate) const TABLES: &[&str] = &[
     "notifications",
     "nhs_number_status",
     "registry_keys",
+    "upload_claims",
+    "batch_rejections",
 ];

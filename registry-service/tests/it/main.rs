@@ -16,4 +16,5 @@ mod races;
 mod records;
 mod restart;
 mod surface;
+mod upload_edges;
 mod validation;

@@ -1,0 +1,2 @@
+DROP TABLE batch_rejections;
+DROP TABLE upload_claims;
