@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use cpis_proto::cpis::common::v1::ErrorReason;
 use cpis_proto::cpis::registry::v1::{
-    BatchHeader, BatchOutcome, UploadBatchRequest, UploadBatchResponse, upload_batch_request::Item,
+    BatchHeader, BatchOutcome, ListBatchRejectionsRequest, UploadBatchRequest, UploadBatchResponse,
+    upload_batch_request::Item,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
@@ -215,8 +216,31 @@ pub async fn run(args: UploadArgs, json_output: bool) -> Result<u8, CliError> {
     };
     let read = reader.await.map_err(|e| CliError::Other(e.to_string()))?;
     progress.finish_and_clear();
-    let response: UploadBatchResponse = response?.into_inner();
-    let result = response.result.unwrap_or_default();
+    let mut response: UploadBatchResponse = response?.into_inner();
+    let mut result = response.result.take().unwrap_or_default();
+    // The answer carries the first rejections only; the report needs every one.
+    let rejections = if result.rejections_truncated {
+        let mut all = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = client
+                .list_batch_rejections(ListBatchRejectionsRequest {
+                    batch_id: batch_id.clone(),
+                    page_size: 1000,
+                    page_token,
+                    ..ListBatchRejectionsRequest::default()
+                })
+                .await?
+                .into_inner();
+            all.extend(page.rejections);
+            if page.next_page_token.is_empty() {
+                break all;
+            }
+            page_token = page.next_page_token;
+        }
+    } else {
+        std::mem::take(&mut result.rejections)
+    };
 
     let mut report: Vec<ReportLine> = read
         .malformed
@@ -231,7 +255,7 @@ pub async fn run(args: UploadArgs, json_output: bool) -> Result<u8, CliError> {
         })
         .collect();
     let malformed_count = report.len() as u64;
-    for rejection in &result.rejections {
+    for rejection in &rejections {
         let line = usize::try_from(rejection.position)
             .ok()
             .and_then(|p| p.checked_sub(1))

@@ -75,10 +75,14 @@ pub enum RegistryError {
     #[error("batch id already used for a different set of records")]
     BatchIdReused,
     /// Another upload of the batch id is running.
-    #[error("another upload of this batch id is in progress; nothing of this one was applied; retry after it completes")]
+    #[error(
+        "another upload of this batch id is in progress; nothing of this one was applied; retry after it completes"
+    )]
     BatchInProgress,
     /// The upload stream sent nothing for too long.
-    #[error("no message arrived for {0:?}; chunks already committed stay committed; resend the batch with the same id to complete it")]
+    #[error(
+        "no message arrived for {0:?}; chunks already committed stay committed; resend the batch with the same id to complete it"
+    )]
     BatchStalled(std::time::Duration),
     /// The upload stream itself failed (the client cancelled, or sent a message that does not
     /// decode or is too large): its status is the answer.

@@ -7,15 +7,15 @@ use std::sync::Arc;
 use cpis_core::nhs_number::NhsNumber;
 use cpis_proto::cpis::common::v1::ErrorReason;
 use cpis_proto::cpis::registry::v1::{
-    AcknowledgeNotificationsRequest, AcknowledgeNotificationsResponse,
-    DeleteChildRecordRequest, DeleteChildRecordResponse, GetBatchRequest, GetBatchResponse,
-    GetChildRecordRequest, GetChildRecordResponse, GetContactDetailsRequest,
-    GetContactDetailsResponse, ListAccessEventsRequest, ListBatchRejectionsRequest, ListBatchRejectionsResponse, ListAccessEventsResponse,
-    ListChildRecordsRequest, ListChildRecordsResponse, ListNotificationsRequest,
-    ListNotificationsResponse, PutChildRecordRequest, PutChildRecordResponse, RecordStateFilter,
-    SetContactDetailsRequest, SetContactDetailsResponse, SubscribeNotificationsRequest,
-    SubscribeNotificationsResponse, UploadBatchRequest, UploadBatchResponse,
-    council_service_server::CouncilService,
+    AcknowledgeNotificationsRequest, AcknowledgeNotificationsResponse, DeleteChildRecordRequest,
+    DeleteChildRecordResponse, GetBatchRequest, GetBatchResponse, GetChildRecordRequest,
+    GetChildRecordResponse, GetContactDetailsRequest, GetContactDetailsResponse,
+    ListAccessEventsRequest, ListAccessEventsResponse, ListBatchRejectionsRequest,
+    ListBatchRejectionsResponse, ListChildRecordsRequest, ListChildRecordsResponse,
+    ListNotificationsRequest, ListNotificationsResponse, PutChildRecordRequest,
+    PutChildRecordResponse, RecordStateFilter, SetContactDetailsRequest, SetContactDetailsResponse,
+    SubscribeNotificationsRequest, SubscribeNotificationsResponse, UploadBatchRequest,
+    UploadBatchResponse, council_service_server::CouncilService,
 };
 use tonic::{Request, Response, Status, Streaming};
 
@@ -23,9 +23,9 @@ use super::Registry;
 use super::auth::council;
 use super::convert::{council_to_wire, record_to_wire, validate_record};
 use super::paging::{Query, page_size, split_page};
+use crate::db::DbConnection;
 use crate::db::disclosure::list_access_events;
 use crate::db::records::{self, StateFilter};
-use crate::db::DbConnection;
 use crate::domain::contacts::Contacts;
 use crate::error::RegistryError;
 

@@ -210,7 +210,9 @@ async fn next_message(
 }
 
 /// The record of a message after the header, or why the batch is malformed.
-fn record_of(message: UploadBatchRequest) -> Result<cpis_proto::cpis::common::v1::ChildRecord, RegistryError> {
+fn record_of(
+    message: UploadBatchRequest,
+) -> Result<cpis_proto::cpis::common::v1::ChildRecord, RegistryError> {
     match message.item {
         Some(Item::Record(record)) => Ok(record),
         Some(Item::Header(_)) => Err(malformed("only the first message may be a header")),
@@ -376,7 +378,8 @@ pub(super) async fn upload_batch(
         registry
             .db
             .run(move |conn| {
-                let claim = batches::claim(conn, &batch.ods, &batch.batch_id, batch.holder, now, until)?;
+                let claim =
+                    batches::claim(conn, &batch.ods, &batch.batch_id, batch.holder, now, until)?;
                 // Checked after the claim: a completed batch replays even if the council's
                 // contacts were since removed.
                 let has_contacts = records::get_council(conn, &batch.ods)?.is_some();
@@ -494,7 +497,13 @@ async fn run_claimed(
         registry
             .db
             .run(move |conn| {
-                batches::rejections::<RecordRejection>(conn, &batch.ods, &batch.batch_id, None, limit)
+                batches::rejections::<RecordRejection>(
+                    conn,
+                    &batch.ods,
+                    &batch.batch_id,
+                    None,
+                    limit,
+                )
             })
             .await?
     };

@@ -2,8 +2,8 @@
 //! (production), an r2d2 pool with timeouts, embedded per-backend migrations, and `run`, which
 //! keeps blocking database work off the async runtime's worker threads.
 
-pub(crate) mod dialect;
 pub(crate) mod batches;
+pub(crate) mod dialect;
 pub(crate) mod disclosure;
 pub(crate) mod keys;
 pub(crate) mod models;

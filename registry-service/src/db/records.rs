@@ -10,9 +10,7 @@ use diesel::prelude::*;
 
 use super::{
     DbConnection, dialect,
-    models::{
-        ChildRecordRow, LocalAuthorityRow, NewChildRecord, NewLocalAuthority, RecordContent,
-    },
+    models::{ChildRecordRow, LocalAuthorityRow, NewChildRecord, NewLocalAuthority, RecordContent},
     nhs_status::inactive_numbers,
     schema::{child_records, local_authorities},
 };

@@ -113,10 +113,7 @@ async fn a_stalled_upload_times_out_and_keeps_what_it_committed(backend: Backend
     let status = reg
         .council()
         .await
-        .upload_batch(reg.as_council(
-            "AB1",
-            tokio_stream::wrappers::ReceiverStream::new(receiver),
-        ))
+        .upload_batch(reg.as_council("AB1", tokio_stream::wrappers::ReceiverStream::new(receiver)))
         .await
         .expect_err("a stalled upload is ended");
     let waited = started.elapsed();
@@ -172,7 +169,9 @@ async fn a_second_upload_of_a_running_batch_applies_nothing(backend: Backend) {
         running.await.expect("task")
     };
     let (intruder, same, first_answer) = tokio::join!(intruder, same, finish);
-    let first_answer = first_answer.expect("the first upload completes").into_inner();
+    let first_answer = first_answer
+        .expect("the first upload completes")
+        .into_inner();
     assert_eq!(
         first_answer.result.expect("result").accepted_count,
         50,
