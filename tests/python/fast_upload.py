@@ -5,7 +5,7 @@ A council's nightly extract is sent like this; the registry must keep reading wh
 (an HTTP/2 server that stops reading lets small DATA frames pile up until the connection is cut
 off with ENHANCE_YOUR_CALM).
 
-Usage: fast_upload.py ADDR TOKEN --records N --batch-id ID
+Usage: fast_upload.py ADDR TOKEN --records N --batch-id ID [--invalid]
 Exit 0 when the upload answered; the JSON line carries the counts and the seconds it took.
 """
 
@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("token")
     parser.add_argument("--records", type=int, required=True)
     parser.add_argument("--batch-id", required=True)
+    parser.add_argument("--invalid", action="store_true", help="send records the registry rejects")
     opts = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -61,26 +62,28 @@ def main() -> None:
         council_grpc = importlib.import_module("cpis.registry.v1.council_pb2_grpc")
         date = importlib.import_module("google.type.date_pb2")
 
-        numbers = test_range_numbers()
-        messages = [council.UploadBatchRequest(header=council.BatchHeader(batch_id=opts.batch_id))]
-        for i in range(opts.records):
-            record = common.ChildRecord(
-                nhs_number=next(numbers),
-                local_case_id=f"C{i}",
-                given_name="Test",
-                family_name="Child",
-                date_of_birth=date.Date(year=2020, month=5, day=1),
-                child_protection_plan=common.ChildProtectionPlan(
-                    period=common.PlanPeriod(start_date=date.Date(year=2025, month=1, day=10))
-                ),
-            )
-            messages.append(council.UploadBatchRequest(record=record))
+        def messages():
+            yield council.UploadBatchRequest(header=council.BatchHeader(batch_id=opts.batch_id))
+            numbers = test_range_numbers()
+            for i in range(opts.records):
+                record = common.ChildRecord(
+                    nhs_number=next(numbers),
+                    local_case_id=f"C{i}",
+                    # --invalid: every record rejected (no given name).
+                    given_name="" if opts.invalid else "Test",
+                    family_name="Child",
+                    date_of_birth=date.Date(year=2020, month=5, day=1),
+                    child_protection_plan=common.ChildProtectionPlan(
+                        period=common.PlanPeriod(start_date=date.Date(year=2025, month=1, day=10))
+                    ),
+                )
+                yield council.UploadBatchRequest(record=record)
 
         channel = grpc.insecure_channel(opts.addr)
         stub = council_grpc.CouncilServiceStub(channel)
         started = time.monotonic()
         try:
-            answer = stub.UploadBatch(iter(messages), metadata=[("authorization", f"Bearer {opts.token}")], timeout=600)
+            answer = stub.UploadBatch(messages(), metadata=[("authorization", f"Bearer {opts.token}")], timeout=600)
         except grpc.RpcError as e:
             print(json.dumps({"error": e.code().name, "details": e.details(), "seconds": time.monotonic() - started}))
             sys.exit(1)
@@ -92,6 +95,7 @@ def main() -> None:
                     "received": result.received_count,
                     "accepted": result.accepted_count,
                     "rejected": result.rejected_count,
+                    "rejections_in_answer": len(result.rejections),
                     "seconds": round(seconds, 2),
                 }
             )
