@@ -9,7 +9,11 @@ use diesel::{pg::PgConnection, sqlite::SqliteConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use secrecy::ExposeSecret as _;
 
-use super::{DatabaseUrl, DbConnection, models::NewChildRecord, schema::child_records};
+use super::{
+    DatabaseUrl, DbConnection,
+    models::{NewChildRecord, NewHoldingPeriod},
+    schema::{child_records, holding_periods},
+};
 use crate::error::RegistryError;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -100,6 +104,23 @@ pub(crate) fn insert_child_records(
             .values(rows)
             .execute(c)?,
         DbConnection::Sqlite(c) => diesel::insert_into(child_records::table)
+            .values(rows)
+            .execute(c)?,
+    };
+    Ok(inserted)
+}
+
+/// Inserts `rows` (at most `INSERT_ROWS`) in one multi-row INSERT inside the caller's
+/// transaction.
+pub(crate) fn insert_holding_periods(
+    conn: &mut DbConnection,
+    rows: &[NewHoldingPeriod],
+) -> Result<usize, RegistryError> {
+    let inserted = match conn {
+        DbConnection::Pg(c) => diesel::insert_into(holding_periods::table)
+            .values(rows)
+            .execute(c)?,
+        DbConnection::Sqlite(c) => diesel::insert_into(holding_periods::table)
             .values(rows)
             .execute(c)?,
     };

@@ -2,17 +2,17 @@
 //! upload, a listing) and completed upload batches. Functions take a connection, run in the
 //! caller's transaction or their own (as each says), and speak domain and row types.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::NaiveDate;
 use cpis_core::{nhs_number::NhsNumber, ods::OdsCode};
 use diesel::prelude::*;
 
 use super::{
-    DbConnection, dialect,
+    DbConnection, dialect, holdings,
     models::{
-        ChildRecordRow, LocalAuthorityRow, NewChildRecord, NewLocalAuthority, RecordContent,
-        UploadBatchRow,
+        ChildRecordRow, LocalAuthorityRow, NewChildRecord, NewHoldingPeriod, NewLocalAuthority,
+        RecordContent, UploadBatchRow,
     },
     nhs_status::inactive_numbers,
     schema::{child_records, local_authorities, upload_batches},
@@ -152,9 +152,11 @@ pub(crate) fn put_record(
             }
             match existing {
                 None => {
+                    let row = NewChildRecord::new(ods_code, record, now);
                     diesel::insert_into(child_records::table)
-                        .values(NewChildRecord::new(ods_code, record, now))
+                        .values(&row)
                         .execute(conn)?;
+                    holdings::open(conn, &[NewHoldingPeriod::from(&row)])?;
                 }
                 Some(row) => update_if_changed(conn, row, record, now)?,
             }
@@ -266,6 +268,8 @@ fn apply_chunk_once(
         for rows in inserts.chunks(dialect::INSERT_ROWS) {
             dialect::insert_child_records(conn, rows)?;
         }
+        let periods: Vec<NewHoldingPeriod> = inserts.iter().map(NewHoldingPeriod::from).collect();
+        holdings::open(conn, &periods)?;
         Ok(refused)
     })
 }
@@ -327,13 +331,14 @@ pub(crate) fn list_records(
         .collect())
 }
 
-/// Removes a record, in one transaction; `expected_version` guards against removing a newer
-/// state.
+/// Removes a record at `now`, in one transaction, closing the council's holding period;
+/// `expected_version` guards against removing a newer state.
 pub(crate) fn delete_record(
     conn: &mut DbConnection,
     ods_code: &OdsCode,
     nhs_number: &NhsNumber,
     expected_version: Option<i64>,
+    now: i64,
 ) -> Result<(), RegistryError> {
     conn.transaction(|conn| {
         let existing = get_row(conn, ods_code, nhs_number)?.ok_or(RegistryError::RecordNotFound)?;
@@ -347,7 +352,7 @@ pub(crate) fn delete_record(
         }
         diesel::delete(child_records::table.filter(child_records::id.eq(existing.id)))
             .execute(conn)?;
-        Ok(())
+        holdings::close(conn, ods_code, &existing.nhs_number, now)
     })
 }
 
