@@ -137,11 +137,13 @@ pub(crate) fn put_record(
     super::retry_races(version_race, || {
         conn.transaction(|conn| {
             require_contacts(conn, ods_code)?;
-            if let Some(status) = inactive_numbers(conn, &[record.nhs_number.to_string()])?
+            let nhs = record.nhs_number.to_string();
+            if let Some(status) = inactive_numbers(conn, std::slice::from_ref(&nhs))?
                 .values()
                 .next()
             {
-                return Err(Inactive::from(status).into());
+                let held = holdings::ever_held(conn, ods_code, std::slice::from_ref(&nhs))?;
+                return Err(Inactive::from(status).told_to(held.contains(&nhs)).into());
             }
             let existing = get_row(conn, ods_code, &record.nhs_number)?;
             let actual = existing.as_ref().map_or(0, |r| r.version);
@@ -245,6 +247,12 @@ fn apply_chunk_once(
             .map(|r| r.record.nhs_number.to_string())
             .collect();
         let inactive = inactive_numbers(conn, &numbers)?;
+        let held = if inactive.is_empty() {
+            HashSet::new()
+        } else {
+            let refused: Vec<String> = inactive.keys().cloned().collect();
+            holdings::ever_held(conn, ods_code, &refused)?
+        };
         let mut existing: HashMap<String, ChildRecordRow> = child_records::table
             .filter(child_records::local_authority.eq(ods_code.as_str()))
             .filter(child_records::nhs_number.eq_any(&numbers))
@@ -257,7 +265,10 @@ fn apply_chunk_once(
         let mut refused = Vec::new();
         for (item, nhs) in chunk.iter().zip(numbers) {
             if let Some(status) = inactive.get(&nhs) {
-                refused.push((item.position, Inactive::from(status)));
+                refused.push((
+                    item.position,
+                    Inactive::from(status).told_to(held.contains(&nhs)),
+                ));
                 continue;
             }
             match existing.remove(&nhs) {
