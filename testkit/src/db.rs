@@ -92,6 +92,13 @@ impl TestDb {
     }
 }
 
+/// One row of a `SELECT COUNT(*) AS n …`.
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
 impl TestDb {
     /// Runs `sql` on the database directly, as an intruder or a failing disk would: for tests
     /// that damage stored data to see what the services make of it.
@@ -109,6 +116,25 @@ impl TestDb {
                 diesel::sql_query(sql).execute(&mut conn).expect("execute")
             }
         }
+    }
+
+    /// The `n` of `sql`, a `SELECT COUNT(*) AS n …` run on the database directly: for tests that
+    /// check what is stored beyond what any RPC shows (an audit row, for example).
+    pub fn count(&self, sql: &str) -> i64 {
+        use diesel::sqlite::SqliteConnection;
+        let rows: Vec<Count> = match self.backend {
+            Backend::Postgres => {
+                let mut conn =
+                    PgConnection::establish(&self.url).expect("connect to test database");
+                diesel::sql_query(sql).load(&mut conn).expect("count")
+            }
+            Backend::Sqlite => {
+                let path = self.url.trim_start_matches("sqlite://");
+                let mut conn = SqliteConnection::establish(path).expect("open test database");
+                diesel::sql_query(sql).load(&mut conn).expect("count")
+            }
+        };
+        rows.first().map(|row| row.n).expect("one row")
     }
 }
 

@@ -1,7 +1,7 @@
 //! What a disclosure shows and records: every council holding a visible record, the 25 most
-//! recent accesses with repeat views collapsed, nothing when the access cannot be recorded, an
-//! UNAVAILABLE answer within the deadline when the registry is down, and exactly one access event
-//! per successful lookup under concurrency.
+//! recent accesses with repeat views collapsed and silent reads left out (but audited), nothing
+//! when the access cannot be recorded, an UNAVAILABLE answer within the deadline when the
+//! registry is down, and exactly one access event per successful lookup under concurrency.
 
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ use crate::harness::{
 both_backends!(
     several_councils,
     recent_accesses_cap_and_collapse,
+    silent_reads_stay_silent,
     nothing_disclosed_when_not_recorded,
     concurrent_lookups
 );
@@ -116,7 +117,7 @@ async fn several_councils(backend: Backend) {
     }
     assert!(stack.notifications("MM5").await.is_empty());
 
-    // A silent read is recorded but notifies nobody.
+    // A silent read notifies nobody and is not part of the council's access history.
     stack
         .lookup(
             &person(&["B0170"], "AGP01", "GP_IN_HOURS"),
@@ -126,7 +127,86 @@ async fn several_councils(backend: Backend) {
         .await
         .expect("silent read");
     assert_eq!(stack.notifications("AB1").await.len(), 1);
-    assert_eq!(stack.access_events("AB1", NHS_A).await, 2);
+    assert_eq!(stack.access_events("AB1", NHS_A).await, 1);
+}
+
+/// Scheduled silent reads (B0170) are audited but never shown: not in the recent accesses of
+/// their own answer or the next clinician's, not in the council's history.
+async fn silent_reads_stay_silent(backend: Backend) {
+    let Some(stack) = start(backend).await else {
+        return;
+    };
+    stack.register_council("AB1").await;
+    stack.put("AB1", cpp(NHS_A)).await;
+    let minute = 60_000_000;
+    let ed = |uid: &str, name: &str| {
+        person_named(uid, name, &["B0107"], "RXX01", "EMERGENCY_DEPARTMENT")
+    };
+    stack.clock.set(noon(2026, 6, 15) + minute);
+    stack
+        .lookup(
+            &ed("555000000001", "Dr First"),
+            NHS_A,
+            AccessMode::Unscheduled,
+        )
+        .await
+        .expect("first ED lookup");
+
+    stack.clock.set(noon(2026, 6, 15) + 2 * minute);
+    let sarc = person_named(
+        "555000000002",
+        "Dr Sarc",
+        &["B0170"],
+        "SARC1",
+        "SEXUAL_ASSAULT_REFERRAL_CENTRE",
+    );
+    let silent = stack
+        .lookup(&sarc, NHS_A, AccessMode::ScheduledSilentRead)
+        .await
+        .expect("silent read");
+    assert_eq!(silent.alerts.len(), 1, "a silent read still sees the plan");
+    let names = |answer: &cpis_proto::cpis::lookup::v1::LookupChildResponse| -> Vec<String> {
+        answer
+            .recent_accesses
+            .iter()
+            .map(|a| a.accessor_name.clone())
+            .collect()
+    };
+    assert_eq!(names(&silent), vec!["Dr First"]);
+
+    stack.clock.set(noon(2026, 6, 15) + 3 * minute);
+    let next = stack
+        .lookup(
+            &ed("555000000003", "Dr Next"),
+            NHS_A,
+            AccessMode::Unscheduled,
+        )
+        .await
+        .expect("next ED lookup");
+    assert_eq!(names(&next), vec!["Dr Next", "Dr First"]);
+    assert!(
+        next.recent_accesses
+            .iter()
+            .all(|a| a.access_mode == AccessMode::Unscheduled as i32)
+    );
+
+    let history = stack.access_history("AB1", NHS_A).await;
+    assert_eq!(history.len(), 2);
+    assert!(
+        history
+            .iter()
+            .all(|e| e.access_mode == AccessMode::Unscheduled as i32),
+        "the council's history has no silent read"
+    );
+    // The silent read is still audited.
+    assert_eq!(
+        stack.db.count(&format!(
+            "SELECT COUNT(*) AS n FROM access_events WHERE nhs_number = '{NHS_A}' \
+             AND access_mode = {} AND organisation_ods_code = 'SARC1'",
+            AccessMode::ScheduledSilentRead as i32
+        )),
+        1
+    );
 }
 
 async fn recent_accesses_cap_and_collapse(backend: Backend) {

@@ -89,9 +89,16 @@ async fn role_matrix(backend: Backend) {
     }
     assert!(successes > 0 && refusals > 0 && unscheduled_successes > 0);
     assert_eq!(
+        stack.db.count(&format!(
+            "SELECT COUNT(*) AS n FROM access_events WHERE nhs_number = '{NHS_A}'"
+        )),
+        i64::from(successes),
+        "one audited access event per allowed lookup, none for refused"
+    );
+    assert_eq!(
         stack.access_events("AB1", NHS_A).await,
-        successes,
-        "one access event per allowed lookup, none for refused"
+        unscheduled_successes,
+        "the council's history holds the unscheduled ones (silent reads are audit only)"
     );
     assert_eq!(
         stack.notifications("AB1").await.len(),

@@ -197,10 +197,13 @@ impl CouncilService for CouncilApi {
         let body = request.into_inner();
         let nhs =
             NhsNumber::parse_field(&body.nhs_number, "nhs_number").map_err(RegistryError::from)?;
+        let now = self.0.clock.now_micros();
         {
             let ods = ods.clone();
-            self.run(move |conn| records::delete_record(conn, &ods, &nhs, body.expected_version))
-                .await?;
+            self.run(move |conn| {
+                records::delete_record(conn, &ods, &nhs, body.expected_version, now)
+            })
+            .await?;
         }
         tracing::info!(la = %ods, "record deleted");
         Ok(Response::new(DeleteChildRecordResponse {}))

@@ -11,8 +11,8 @@ use secrecy::ExposeSecret as _;
 
 use super::{
     DatabaseUrl, DbConnection,
-    models::{BatchRejectionRow, NewChildRecord},
-    schema::{batch_rejections, child_records},
+    models::{BatchRejectionRow, NewChildRecord, NewHoldingPeriod},
+    schema::{batch_rejections, child_records, holding_periods},
 };
 use crate::error::RegistryError;
 
@@ -93,37 +93,39 @@ pub(crate) fn run_migrations(conn: &mut DbConnection) -> Result<Vec<String>, Reg
     applied.map_err(|e| RegistryError::Migration(e.to_string()))
 }
 
-/// Inserts `rows` (at most `INSERT_ROWS`) in one multi-row INSERT inside the caller's
-/// transaction.
+/// One multi-row INSERT of `rows` into `table` inside the caller's transaction: diesel's
+/// MultiConnection cannot build multi-row inserts, so each backend's own connection runs it.
+macro_rules! insert_rows {
+    ($conn:expr, $table:path, $rows:expr) => {
+        Ok(match $conn {
+            DbConnection::Pg(c) => diesel::insert_into($table).values($rows).execute(c)?,
+            DbConnection::Sqlite(c) => diesel::insert_into($table).values($rows).execute(c)?,
+        })
+    };
+}
+
+/// Inserts `rows` (at most `INSERT_ROWS`) of child records.
 pub(crate) fn insert_child_records(
     conn: &mut DbConnection,
     rows: &[NewChildRecord],
 ) -> Result<usize, RegistryError> {
-    let inserted = match conn {
-        DbConnection::Pg(c) => diesel::insert_into(child_records::table)
-            .values(rows)
-            .execute(c)?,
-        DbConnection::Sqlite(c) => diesel::insert_into(child_records::table)
-            .values(rows)
-            .execute(c)?,
-    };
-    Ok(inserted)
+    insert_rows!(conn, child_records::table, rows)
 }
 
-/// Inserts `rows` (at most a thousand) of a batch's rejections in one multi-row INSERT.
+/// Inserts `rows` (at most `INSERT_ROWS`) of holding periods.
+pub(crate) fn insert_holding_periods(
+    conn: &mut DbConnection,
+    rows: &[NewHoldingPeriod],
+) -> Result<usize, RegistryError> {
+    insert_rows!(conn, holding_periods::table, rows)
+}
+
+/// Inserts `rows` (at most a thousand) of a batch's rejections.
 pub(crate) fn insert_batch_rejections(
     conn: &mut DbConnection,
     rows: &[BatchRejectionRow],
 ) -> Result<usize, RegistryError> {
-    let inserted = match conn {
-        DbConnection::Pg(c) => diesel::insert_into(batch_rejections::table)
-            .values(rows)
-            .execute(c)?,
-        DbConnection::Sqlite(c) => diesel::insert_into(batch_rejections::table)
-            .values(rows)
-            .execute(c)?,
-    };
-    Ok(inserted)
+    insert_rows!(conn, batch_rejections::table, rows)
 }
 
 /// Plans the rest of the transaction's statements for their real values. On PostgreSQL a

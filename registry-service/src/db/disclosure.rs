@@ -10,6 +10,7 @@ use chrono::NaiveDate;
 use cpis_core::{accessor::ValidAccessor, nhs_number::NhsNumber, ods::OdsCode};
 use cpis_proto::cpis::common::v1::{AccessEvent, AccessMode};
 use cpis_proto::cpis::registry::v1::{AccessNotification, notification};
+use diesel::dsl::exists;
 use diesel::prelude::*;
 use prost::Message as _;
 
@@ -17,7 +18,7 @@ use super::{
     DbConnection,
     models::{AccessEventRow, ChildRecordRow, LocalAuthorityRow, NewAccessEvent, decode},
     outbox::Outbox,
-    schema::{access_events, child_records, local_authorities},
+    schema::{access_events, child_records, holding_periods, local_authorities},
 };
 use crate::domain::access::{RECENT_SCAN, collapse};
 use crate::domain::contacts::Council;
@@ -165,8 +166,12 @@ fn disclose_once(
         let recent = if alerts.is_empty() {
             Vec::new()
         } else {
+            // Scheduled silent reads are audited, never shown: the NHS CP-IS API says their
+            // details SHALL NOT be added to the access history (a sexual-assault-referral-centre
+            // read shown to the next clinician would itself be a disclosure).
             let rows: Vec<AccessEventRow> = access_events::table
                 .filter(access_events::nhs_number.eq(&event.nhs_number))
+                .filter(access_events::access_mode.eq(HISTORY_MODE))
                 .order((access_events::access_time.desc(), access_events::id.desc()))
                 .limit(RECENT_SCAN)
                 .select(AccessEventRow::as_select())
@@ -217,10 +222,16 @@ fn disclose_once(
     }
 }
 
+/// The one access mode that is part of an access history: unscheduled. Scheduled silent reads
+/// (B0170) stay in `access_events` for audit only.
+const HISTORY_MODE: i32 = AccessMode::Unscheduled as i32;
+
 /// Council `ods_code`'s view of the access history of `nhs_number`, newest first, before
 /// `before` (an event id), with each event's id (the page cursor; an event that does not decode
-/// is reported and comes back as `None`). A council sees the history only of numbers it holds a
-/// record for.
+/// is reported and comes back as `None`). A council sees the unscheduled accesses made while it
+/// held a record for the number (its holding periods, ended ones included), never those from
+/// before it held one: creating a record on another council's child must not reveal who saw the
+/// child. A council that never held a record for the number is answered `RecordNotFound`.
 pub(crate) fn list_access_events(
     conn: &mut DbConnection,
     ods_code: &OdsCode,
@@ -228,11 +239,31 @@ pub(crate) fn list_access_events(
     before: Option<i64>,
     limit: i64,
 ) -> Result<Vec<(i64, Option<AccessEvent>)>, RegistryError> {
-    if super::records::get_record(conn, ods_code, nhs_number)?.is_none() {
+    let nhs = nhs_number.to_string();
+    let periods = || {
+        holding_periods::table
+            .filter(holding_periods::nhs_number.eq(nhs.clone()))
+            .filter(holding_periods::local_authority.eq(ods_code.to_string()))
+    };
+    let ever_held: bool = diesel::select(exists(periods())).get_result(conn)?;
+    if !ever_held {
         return Err(RegistryError::RecordNotFound);
     }
+    let inside_a_period = exists(
+        periods()
+            .filter(holding_periods::start_time.le(access_events::access_time))
+            .filter(
+                holding_periods::end_time
+                    .is_null()
+                    .or(access_events::access_time
+                        .nullable()
+                        .le(holding_periods::end_time)),
+            ),
+    );
     let mut query = access_events::table
-        .filter(access_events::nhs_number.eq(nhs_number.to_string()))
+        .filter(access_events::nhs_number.eq(nhs.clone()))
+        .filter(access_events::access_mode.eq(HISTORY_MODE))
+        .filter(inside_a_period)
         .order(access_events::id.desc())
         .limit(limit)
         .select(AccessEventRow::as_select())

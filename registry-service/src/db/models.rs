@@ -7,8 +7,8 @@ use cpis_proto::cpis::common::v1::{InactiveReason, LookedAfterLegalBasis};
 use diesel::prelude::*;
 
 use super::schema::{
-    access_events, batch_rejections, child_records, local_authorities, nhs_number_status,
-    notifications, registry_keys, upload_batches, upload_claims,
+    access_events, batch_rejections, child_records, holding_periods, local_authorities,
+    nhs_number_status, notifications, registry_keys, upload_batches, upload_claims,
 };
 use crate::domain::contacts::{Contacts, Council};
 use crate::domain::dates::{from_days, to_days};
@@ -342,6 +342,27 @@ impl From<&NhsNumberStatusRow> for Inactive {
             // An unknown stored reason still means inactive: refuse rather than accept.
             reason: InactiveReason::try_from(row.reason).unwrap_or(InactiveReason::Unspecified),
             replacement: row.replacement_nhs_number.clone(),
+        }
+    }
+}
+
+/// The opening of a council's holding period for an NHS number (it closes when the record is
+/// removed).
+#[derive(Clone, Debug, Insertable)]
+#[diesel(table_name = holding_periods)]
+pub(crate) struct NewHoldingPeriod {
+    pub local_authority: String,
+    pub nhs_number: String,
+    pub start_time: i64,
+}
+
+impl From<&NewChildRecord> for NewHoldingPeriod {
+    /// The period a newly created record opens, from its creation.
+    fn from(record: &NewChildRecord) -> Self {
+        Self {
+            local_authority: record.local_authority.clone(),
+            nhs_number: record.nhs_number.clone(),
+            start_time: record.create_time,
         }
     }
 }

@@ -2,15 +2,18 @@
 //! upload, a listing). Functions take a connection, run in the
 //! caller's transaction or their own (as each says), and speak domain and row types.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::NaiveDate;
 use cpis_core::{nhs_number::NhsNumber, ods::OdsCode};
 use diesel::prelude::*;
 
 use super::{
-    DbConnection, dialect,
-    models::{ChildRecordRow, LocalAuthorityRow, NewChildRecord, NewLocalAuthority, RecordContent},
+    DbConnection, dialect, holdings,
+    models::{
+        ChildRecordRow, LocalAuthorityRow, NewChildRecord, NewHoldingPeriod, NewLocalAuthority,
+        RecordContent,
+    },
     nhs_status::inactive_numbers,
     schema::{child_records, local_authorities},
 };
@@ -134,11 +137,13 @@ pub(crate) fn put_record(
     super::retry_races(version_race, || {
         conn.transaction(|conn| {
             require_contacts(conn, ods_code)?;
-            if let Some(status) = inactive_numbers(conn, &[record.nhs_number.to_string()])?
+            let nhs = record.nhs_number.to_string();
+            if let Some(status) = inactive_numbers(conn, std::slice::from_ref(&nhs))?
                 .values()
                 .next()
             {
-                return Err(Inactive::from(status).into());
+                let held = holdings::ever_held(conn, ods_code, std::slice::from_ref(&nhs))?;
+                return Err(Inactive::from(status).told_to(held.contains(&nhs)).into());
             }
             let existing = get_row(conn, ods_code, &record.nhs_number)?;
             let actual = existing.as_ref().map_or(0, |r| r.version);
@@ -149,9 +154,11 @@ pub(crate) fn put_record(
             }
             match existing {
                 None => {
+                    let row = NewChildRecord::new(ods_code, record, now);
                     diesel::insert_into(child_records::table)
-                        .values(NewChildRecord::new(ods_code, record, now))
+                        .values(&row)
                         .execute(conn)?;
+                    holdings::open(conn, &[NewHoldingPeriod::from(&row)])?;
                 }
                 Some(row) => update_if_changed(conn, row, record, now)?,
             }
@@ -240,6 +247,12 @@ fn apply_chunk_once(
             .map(|r| r.record.nhs_number.to_string())
             .collect();
         let inactive = inactive_numbers(conn, &numbers)?;
+        let held = if inactive.is_empty() {
+            HashSet::new()
+        } else {
+            let refused: Vec<String> = inactive.keys().cloned().collect();
+            holdings::ever_held(conn, ods_code, &refused)?
+        };
         let mut existing: HashMap<String, ChildRecordRow> = child_records::table
             .filter(child_records::local_authority.eq(ods_code.as_str()))
             .filter(child_records::nhs_number.eq_any(&numbers))
@@ -252,7 +265,10 @@ fn apply_chunk_once(
         let mut refused = Vec::new();
         for (item, nhs) in chunk.iter().zip(numbers) {
             if let Some(status) = inactive.get(&nhs) {
-                refused.push((item.position, Inactive::from(status)));
+                refused.push((
+                    item.position,
+                    Inactive::from(status).told_to(held.contains(&nhs)),
+                ));
                 continue;
             }
             match existing.remove(&nhs) {
@@ -263,6 +279,8 @@ fn apply_chunk_once(
         for rows in inserts.chunks(dialect::INSERT_ROWS) {
             dialect::insert_child_records(conn, rows)?;
         }
+        let periods: Vec<NewHoldingPeriod> = inserts.iter().map(NewHoldingPeriod::from).collect();
+        holdings::open(conn, &periods)?;
         Ok(refused)
     })
 }
@@ -324,13 +342,14 @@ pub(crate) fn list_records(
         .collect())
 }
 
-/// Removes a record, in one transaction; `expected_version` guards against removing a newer
-/// state.
+/// Removes a record at `now`, in one transaction, closing the council's holding period;
+/// `expected_version` guards against removing a newer state.
 pub(crate) fn delete_record(
     conn: &mut DbConnection,
     ods_code: &OdsCode,
     nhs_number: &NhsNumber,
     expected_version: Option<i64>,
+    now: i64,
 ) -> Result<(), RegistryError> {
     conn.transaction(|conn| {
         let existing = get_row(conn, ods_code, nhs_number)?.ok_or(RegistryError::RecordNotFound)?;
@@ -344,7 +363,7 @@ pub(crate) fn delete_record(
         }
         diesel::delete(child_records::table.filter(child_records::id.eq(existing.id)))
             .execute(conn)?;
-        Ok(())
+        holdings::close(conn, ods_code, &existing.nhs_number, now)
     })
 }
 

@@ -109,6 +109,18 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    holding_periods (id) {
+        id -> BigInt,
+        local_authority -> Text,
+        nhs_number -> Text,
+        start_time -> BigInt,
+        end_time -> Nullable<BigInt>,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(access_events, holding_periods);
+
 /// Every table, for the drift test.
 #[cfg(test)]
 pub(crate) const TABLES: &[&str] = &[
@@ -121,4 +133,5 @@ pub(crate) const TABLES: &[&str] = &[
     "registry_keys",
     "upload_claims",
     "batch_rejections",
+    "holding_periods",
 ];

@@ -56,7 +56,8 @@ fn declared() -> BTreeMap<String, Vec<String>> {
         access_events,
         notifications,
         nhs_number_status,
-        registry_keys
+        registry_keys,
+        holding_periods
     );
     assert_eq!(map.keys().cloned().collect::<Vec<_>>(), {
         let mut t: Vec<String> = schema::TABLES.iter().map(|s| (*s).to_owned()).collect();

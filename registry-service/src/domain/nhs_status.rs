@@ -43,6 +43,17 @@ impl Inactive {
         self.reason == InactiveReason::Superseded
     }
 
+    /// The refusal as a council is told it: the replacement only when the council holds or has
+    /// held a record on the number (it was notified of the change); to any other council it
+    /// would reveal a child's new NHS number.
+    #[must_use]
+    pub fn told_to(mut self, held: bool) -> Self {
+        if !held {
+            self.replacement = None;
+        }
+        self
+    }
+
     /// What a council reads when a write is refused.
     pub fn message(&self) -> &'static str {
         if self.is_superseded() {

@@ -2,6 +2,7 @@
 //! every behaviour on both SQLite and PostgreSQL (each test its own fresh database).
 #![allow(clippy::expect_used, clippy::unwrap_used)] // tests: a failed expectation is a failed test
 
+mod access_history;
 mod auth;
 mod bulk;
 mod contacts;

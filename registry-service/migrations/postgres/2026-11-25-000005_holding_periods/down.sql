@@ -1,0 +1,1 @@
+DROP TABLE holding_periods;
