@@ -57,7 +57,9 @@ fn declared() -> BTreeMap<String, Vec<String>> {
         notifications,
         nhs_number_status,
         registry_keys,
-        holding_periods
+        holding_periods,
+        upload_claims,
+        batch_rejections
     );
     assert_eq!(map.keys().cloned().collect::<Vec<_>>(), {
         let mut t: Vec<String> = schema::TABLES.iter().map(|s| (*s).to_owned()).collect();
