@@ -62,10 +62,8 @@ type Mutation = Box<dyn Fn(&mut ChildRecord)>;
 fn cases() -> Vec<(&'static str, Mutation, &'static str, ErrorReason)> {
     let period = |r: &mut ChildRecord| {
         r.child_protection_plan
-            .as_mut()
-            .and_then(|p| p.period.as_mut())
+            .and_then(|p| p.period)
             .expect("a cpp period")
-            .clone()
     };
     let set = move |r: &mut ChildRecord, f: &dyn Fn(&mut PlanPeriod)| {
         let mut p = period(r);
