@@ -388,6 +388,37 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+
+        /// Any change, any date: validation never panics, and an accepted effective date lies
+        /// within the contract's bounds.
+        #[test]
+        fn any_change_validates_without_panicking(
+            date in proptest::option::of(crate::api::convert::properties::any_wire_date()),
+            reason in -1..5i32,
+            replacement in proptest::sample::select(vec!["", "9990000026", "9990000018", "1"]),
+            today_days in 0..60_000i32,
+        ) {
+            let today = crate::domain::dates::from_days(today_days).unwrap_or_default();
+            let change = NhsNumberStatusChange {
+                nhs_number: "9990000018".into(),
+                reason,
+                replacement_nhs_number: replacement.into(),
+                effective_date: date,
+            };
+            match validate(&change, today) {
+                Ok(valid) => {
+                    if let Some(d) = valid.effective_date {
+                        proptest::prop_assert!(d >= EARLIEST_PLAUSIBLE);
+                        proptest::prop_assert!(plus_months(today, 12).is_some_and(|l| d <= l));
+                    }
+                }
+                Err(v) => proptest::prop_assert!(v.field.starts_with("change.")),
+            }
+        }
+    }
+
     #[test]
     fn a_wrong_header_is_refused() {
         assert!(parse_csv("nhs,reason\n9990000018,adopted,,\n").is_err());

@@ -218,3 +218,131 @@ mod tests {
         assert_eq!(evaluate(&record, today).plans.len(), 1);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Whatever dates a stored record carries (chrono's whole calendar, far beyond the wire's),
+    //! evaluating it never panics, and each plan block is either evaluated or reported
+    //! unevaluable, never silently lost.
+    use cpis_core::nhs_number::NhsNumber;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::domain::dates::from_days;
+    use crate::domain::record::{LookedAfter, UnbornPlan};
+
+    /// Any date chrono can hold, biased towards the edges and today's neighbourhood.
+    fn any_date() -> impl Strategy<Value = NaiveDate> {
+        prop_oneof![
+            any::<i32>().prop_filter_map("outside chrono", from_days),
+            (-30_000..60_000i32).prop_filter_map("outside chrono", from_days),
+            prop::sample::select(vec![
+                NaiveDate::MIN,
+                NaiveDate::MAX,
+                crate::domain::dates::LAST_WIRE_DATE,
+                crate::domain::dates::FIRST_WIRE_DATE,
+            ]),
+        ]
+    }
+
+    fn any_period() -> impl Strategy<Value = PlanPeriod> {
+        (
+            any_date(),
+            prop::option::of(any_date()),
+            prop::option::of(any_date()),
+        )
+            .prop_map(|(start, end, delete)| PlanPeriod { start, end, delete })
+    }
+
+    fn any_record() -> impl Strategy<Value = ChildRecord> {
+        (
+            any_date(),
+            prop::option::of(any_period()),
+            prop::option::of(any_period()),
+            prop::option::of((any_period(), any_date())),
+        )
+            .prop_map(|(dob, cpp, lac, ucpp)| ChildRecord {
+                nhs_number: NhsNumber::parse("9990000018").unwrap_or_else(|e| panic!("{e}")),
+                local_case_id: None,
+                given_name: String::new(),
+                family_name: String::new(),
+                date_of_birth: dob,
+                child_protection_plan: cpp,
+                looked_after_child: lac.map(|period| LookedAfter {
+                    period,
+                    legal_basis: LookedAfterLegalBasis::Section20VoluntaryAccommodation,
+                }),
+                unborn_child_protection_plan: ucpp.map(|(period, expected_delivery)| UnbornPlan {
+                    period,
+                    expected_delivery,
+                }),
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        #[test]
+        fn every_block_is_evaluated_or_reported(record in any_record(), today in any_date()) {
+            let evaluation = evaluate(&record, today);
+            let mut present = Vec::new();
+            if record.child_protection_plan.is_some() {
+                present.push(PlanType::ChildProtectionPlan);
+            }
+            if record.looked_after_child.is_some() {
+                present.push(PlanType::LookedAfterChild);
+            }
+            if record.unborn_child_protection_plan.is_some() {
+                present.push(PlanType::UnbornChildProtectionPlan);
+            }
+            // Nothing is counted twice, and nothing that is not there is invented.
+            let mut seen: Vec<PlanType> = evaluation.plans.iter().map(|p| p.plan_type).collect();
+            seen.extend(&evaluation.unevaluable);
+            seen.sort_by_key(|t| *t as i32);
+            seen.dedup();
+            prop_assert_eq!(
+                seen.len(),
+                evaluation.plans.len() + evaluation.unevaluable.len()
+            );
+            prop_assert!(seen.iter().all(|t| present.contains(t)));
+            // A shown plan carries only dates the wire can carry.
+            for plan in &evaluation.plans {
+                let dates = [Some(plan.start), plan.end, plan.expected_delivery];
+                prop_assert!(dates.into_iter().flatten().all(on_the_wire));
+            }
+            // A block is unevaluable only if one of the dates it depends on is off the wire.
+            for plan in &evaluation.unevaluable {
+                let explained = match plan {
+                    PlanType::ChildProtectionPlan => record
+                        .child_protection_plan
+                        .is_some_and(|p| off_wire(&p) || !on_the_wire(record.date_of_birth)),
+                    PlanType::LookedAfterChild => record
+                        .looked_after_child
+                        .is_some_and(|l| off_wire(&l.period) || !on_the_wire(record.date_of_birth)),
+                    PlanType::UnbornChildProtectionPlan => record
+                        .unborn_child_protection_plan
+                        .is_some_and(|u| off_wire(&u.period) || !on_the_wire(u.expected_delivery)),
+                    PlanType::Unspecified => false,
+                };
+                prop_assert!(explained, "{plan:?} unevaluable without cause");
+            }
+            // A record whose dates are all on the wire is always fully evaluated.
+            let all_on_the_wire = on_the_wire(record.date_of_birth)
+                && record.child_protection_plan.is_none_or(|p| !off_wire(&p))
+                && record.looked_after_child.is_none_or(|l| !off_wire(&l.period))
+                && record
+                    .unborn_child_protection_plan
+                    .is_none_or(|u| !off_wire(&u.period) && on_the_wire(u.expected_delivery));
+            if all_on_the_wire {
+                prop_assert!(evaluation.unevaluable.is_empty());
+            }
+        }
+    }
+
+    fn off_wire(p: &PlanPeriod) -> bool {
+        ![Some(p.start), p.end, p.delete]
+            .into_iter()
+            .flatten()
+            .all(on_the_wire)
+    }
+}
