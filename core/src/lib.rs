@@ -1,4 +1,4 @@
-//! What both CP-IS services share: the validated seam (NHS number, ODS code, accessor), gRPC status building, server plumbing (health, reflection, graceful drain),
+//! What both CP-IS services share: the validated seam (NHS number, ODS code, accessor), gRPC status building, server plumbing (health, reflection, graceful drain, panics answered INTERNAL),
 //! shutdown signals and structured logging.
 #![forbid(unsafe_code)]
 
@@ -8,6 +8,7 @@ pub mod config;
 pub mod deadline;
 pub mod nhs_number;
 pub mod ods;
+pub mod panics;
 pub mod server;
 pub mod shutdown;
 pub mod status;

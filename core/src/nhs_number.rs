@@ -250,3 +250,31 @@ mod tests {
         assert!(n.is_test_range());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// Any text, never a panic; an accepted number is 10 ASCII digits that print back as
+        /// given, and the field violation names the field it was given.
+        #[test]
+        fn any_text_parses_or_is_refused(text in prop_oneof!["(?s).{0,16}", "[0-9 ]{8,14}"]) {
+            match NhsNumber::parse(&text) {
+                Ok(n) => {
+                    let printed = n.to_string();
+                    prop_assert!(printed.len() == 10 && printed.bytes().all(|b| b.is_ascii_digit()));
+                    prop_assert_eq!(printed, text);
+                }
+                Err(_) => {
+                    let v = NhsNumber::parse_field(&text, "x.nhs_number").err();
+                    prop_assert_eq!(v.map(|v| v.field), Some("x.nhs_number".to_owned()));
+                }
+            }
+        }
+    }
+}

@@ -84,3 +84,24 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// Any text, never a panic; an accepted code is 3 to 10 upper-case letters and digits.
+        #[test]
+        fn any_text_parses_or_is_refused(text in prop_oneof!["(?s).{0,12}", "[A-Z0-9a-z]{2,11}"]) {
+            if let Ok(code) = OdsCode::parse(&text) {
+                let s = code.as_str();
+                prop_assert!((3..=10).contains(&s.len()));
+                prop_assert!(s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()));
+            }
+        }
+    }
+}

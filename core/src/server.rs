@@ -1,6 +1,7 @@
 //! Runs a set of gRPC services the way every CP-IS server runs them: on a caller-bound listener
 //! with TCP_NODELAY, beside gRPC health and reflection (v1 and v1alpha), and with a graceful
-//! drain on shutdown (NOT_SERVING first, then stop accepting, then a bounded wait).
+//! drain on shutdown (NOT_SERVING first, then stop accepting, then a bounded wait); a panicking
+//! handler answers INTERNAL (`panics`).
 
 use std::{future::Future, time::Duration};
 
@@ -144,6 +145,9 @@ where
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let (stop_accepting, stop_accepting_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
+        // Outermost, so a panic anywhere beneath (auth interceptors, handlers) answers INTERNAL
+        // on that call alone and the connection keeps serving.
+        .layer(crate::panics::catch_panics())
         .max_concurrent_streams(Some(options.max_concurrent_streams))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))

@@ -66,6 +66,8 @@ where
     };
     // An already-installed subscriber is fine (tests, dev stack); nothing else can fail here.
     drop(result);
+    // Panics then log as one event in the chosen format, not as plain-text lines.
+    crate::panics::install_hook();
 }
 
 /// A service binary's command line: the logging flags every service takes, and its subcommands.

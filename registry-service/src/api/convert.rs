@@ -13,7 +13,9 @@ use cpis_proto::cpis::common::v1::{
 use cpis_proto::google::r#type::Date;
 
 use crate::domain::contacts::Council;
-use crate::domain::dates::{plus_months, timestamp, ymd};
+use crate::domain::dates::{
+    EARLIEST_PLAUSIBLE, HORIZON_MONTHS, on_the_wire, plus_months, timestamp, ymd,
+};
 use crate::domain::record::{
     ChildRecord, LookedAfter, MAX_CASE_ID, MAX_NAME, PlanPeriod, StoredRecord, UnbornPlan,
 };
@@ -58,14 +60,12 @@ fn check_text(v: &mut Violations<'_>, field: &str, value: &str, required: bool, 
     }
 }
 
-/// Converts a google.type.Date with year, month and day all set.
+/// Converts a google.type.Date with year, month and day all set, within google.type.Date's own
+/// range (year 1..=9999): chrono accepts years up to 262143, which the wire cannot carry back.
 pub(crate) fn to_naive(date: &Date) -> Option<NaiveDate> {
     let month = u32::try_from(date.month).ok()?;
     let day = u32::try_from(date.day).ok()?;
-    if date.year < 1 {
-        return None;
-    }
-    NaiveDate::from_ymd_opt(date.year, month, day)
+    NaiveDate::from_ymd_opt(date.year, month, day).filter(|d| on_the_wire(*d))
 }
 
 /// The wire form of a date.
@@ -79,27 +79,59 @@ pub(crate) fn to_wire_date(date: NaiveDate) -> Date {
     }
 }
 
-fn required_date(v: &mut Violations<'_>, field: &str, date: Option<&Date>) -> Option<NaiveDate> {
+fn required_date(
+    v: &mut Violations<'_>,
+    field: &str,
+    date: Option<&Date>,
+    too_early: ErrorReason,
+) -> Option<NaiveDate> {
     match date {
         None => {
             v.add(field, ErrorReason::FieldRequired, "is required");
             None
         }
-        Some(d) => optional_date(v, field, Some(d)),
+        Some(d) => optional_date(v, field, Some(d), too_early),
     }
 }
 
-fn optional_date(v: &mut Violations<'_>, field: &str, date: Option<&Date>) -> Option<NaiveDate> {
+/// A date in the contract's calendar: a real date from 1900-01-01 (`too_early` before it) to
+/// 9999-12-31. `None` when absent or refused, so no later rule reasons about a refused date.
+fn optional_date(
+    v: &mut Violations<'_>,
+    field: &str,
+    date: Option<&Date>,
+    too_early: ErrorReason,
+) -> Option<NaiveDate> {
     let d = date?;
-    let parsed = to_naive(d);
-    if parsed.is_none() {
+    let Some(parsed) = to_naive(d) else {
         v.add(
             field,
             ErrorReason::FieldFormat,
-            "must be a real calendar date with year, month and day set",
+            "must be a real calendar date with year (1-9999), month and day set",
         );
+        return None;
+    };
+    if parsed < EARLIEST_PLAUSIBLE {
+        v.add(field, too_early, "must not be before 1900-01-01");
+        return None;
     }
-    parsed
+    Some(parsed)
+}
+
+/// Refuses `date` (DATE_IN_FUTURE) when it is more than `months` after `today`.
+fn not_beyond(
+    v: &mut Violations<'_>,
+    field: &str,
+    date: Option<NaiveDate>,
+    today: NaiveDate,
+    months: u32,
+    description: &str,
+) {
+    if let Some(date) = date
+        && plus_months(today, months).is_none_or(|limit| date > limit)
+    {
+        v.add(field, ErrorReason::DateInFuture, description);
+    }
 }
 
 fn period(
@@ -116,25 +148,25 @@ fn period(
         );
         return None;
     };
-    let start = required_date(
-        v,
-        &format!("{block}.period.start_date"),
-        p.start_date.as_ref(),
-    );
-    let end = optional_date(v, &format!("{block}.period.end_date"), p.end_date.as_ref());
-    let delete = optional_date(
-        v,
-        &format!("{block}.period.delete_date"),
-        p.delete_date.as_ref(),
-    );
+    let early = ErrorReason::FieldFormat;
+    let start_field = format!("{block}.period.start_date");
+    let start = required_date(v, &start_field, p.start_date.as_ref(), early);
+    let end_field = format!("{block}.period.end_date");
+    let end = optional_date(v, &end_field, p.end_date.as_ref(), early);
+    let delete_field = format!("{block}.period.delete_date");
+    let delete = optional_date(v, &delete_field, p.delete_date.as_ref(), early);
+    let horizon = "must not be more than 25 years in the future";
+    not_beyond(v, &end_field, end, today, HORIZON_MONTHS, horizon);
+    not_beyond(v, &delete_field, delete, today, HORIZON_MONTHS, horizon);
     let start = start?;
-    if plus_months(today, 12).is_some_and(|limit| start > limit) {
-        v.add(
-            &format!("{block}.period.start_date"),
-            ErrorReason::DateInFuture,
-            "must not be more than 1 year in the future",
-        );
-    }
+    not_beyond(
+        v,
+        &start_field,
+        Some(start),
+        today,
+        12,
+        "must not be more than 1 year in the future",
+    );
     if let Some(end) = end
         && end < start
     {
@@ -178,7 +210,12 @@ pub(crate) fn validate_record(
     check_text(&mut v, "given_name", &record.given_name, true, MAX_NAME);
     check_text(&mut v, "family_name", &record.family_name, true, MAX_NAME);
 
-    let dob = required_date(&mut v, "date_of_birth", record.date_of_birth.as_ref());
+    let dob = required_date(
+        &mut v,
+        "date_of_birth",
+        record.date_of_birth.as_ref(),
+        ErrorReason::DateOfBirthImplausible,
+    );
     if let Some(dob) = dob
         && dob > today
     {
@@ -230,9 +267,10 @@ pub(crate) fn validate_record(
             &mut v,
             "unborn_child_protection_plan.expected_delivery_date",
             b.expected_delivery_date.as_ref(),
+            ErrorReason::FieldFormat,
         );
         if let (Some(p), Some(edd)) = (p, edd)
-            && (edd < p.start || plus_months(p.start, 10).is_some_and(|limit| edd > limit))
+            && (edd < p.start || plus_months(p.start, 10).is_none_or(|limit| edd > limit))
         {
             v.add(
                 "unborn_child_protection_plan.expected_delivery_date",
@@ -391,5 +429,173 @@ pub(crate) fn recent_access(event: &AccessEvent) -> RecentAccess {
         accessor_name: name,
         job_role_name: role,
         access_mode: event.access_mode,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod properties {
+    //! Whatever a caller sends, validation never panics: it accepts a record whose every date
+    //! is within the contract's bounds, or names real fields.
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::domain::dates::LAST_WIRE_DATE;
+
+    /// Any google.type.Date: anything at all, near the plausible range, or at the edges.
+    pub(crate) fn any_wire_date() -> impl Strategy<Value = Date> {
+        let edge = prop::sample::select(vec![
+            i32::MIN,
+            -1,
+            0,
+            1,
+            1899,
+            1900,
+            9999,
+            10_000,
+            262_142,
+            262_143,
+            262_144,
+            i32::MAX,
+        ]);
+        prop_oneof![
+            (any::<i32>(), any::<i32>(), any::<i32>()),
+            (1890..2060i32, -1..14i32, -1..33i32),
+            (edge, 0..14i32, 0..33i32),
+        ]
+        .prop_map(|(year, month, day)| Date { year, month, day })
+    }
+
+    fn any_period() -> impl Strategy<Value = Option<wire::PlanPeriod>> {
+        let date = || prop::option::weighted(0.8, any_wire_date());
+        prop::option::weighted(
+            0.9,
+            (date(), date(), date()).prop_map(|(start_date, end_date, delete_date)| {
+                wire::PlanPeriod {
+                    start_date,
+                    end_date,
+                    delete_date,
+                }
+            }),
+        )
+    }
+
+    fn any_record() -> impl Strategy<Value = wire::ChildRecord> {
+        let nhs = prop::sample::select(vec!["9990000018", "9991234560", "", "99900000189"]);
+        let text = "(?s).{0,110}";
+        let cpp =
+            prop::option::of(any_period().prop_map(|period| wire::ChildProtectionPlan { period }));
+        let lac = prop::option::of((any_period(), -1..6i32).prop_map(|(period, legal_basis)| {
+            wire::LookedAfterChild {
+                period,
+                legal_basis,
+            }
+        }));
+        let ucpp = prop::option::of(
+            (any_period(), prop::option::weighted(0.9, any_wire_date())).prop_map(
+                |(period, expected_delivery_date)| wire::UnbornChildProtectionPlan {
+                    period,
+                    expected_delivery_date,
+                },
+            ),
+        );
+        (
+            nhs,
+            text,
+            text,
+            prop::option::weighted(0.9, any_wire_date()),
+            cpp,
+            lac,
+            ucpp,
+        )
+            .prop_map(
+                |(nhs, given, family, dob, cpp, lac, ucpp)| wire::ChildRecord {
+                    nhs_number: nhs.to_owned(),
+                    given_name: given,
+                    family_name: family,
+                    date_of_birth: dob,
+                    child_protection_plan: cpp,
+                    looked_after_child: lac,
+                    unborn_child_protection_plan: ucpp,
+                    ..Default::default()
+                },
+            )
+    }
+
+    /// Every field path validation may name (under "record.").
+    fn known_fields() -> Vec<String> {
+        let mut fields: Vec<String> = [
+            "nhs_number",
+            "local_case_id",
+            "given_name",
+            "family_name",
+            "date_of_birth",
+            "looked_after_child.legal_basis",
+            "unborn_child_protection_plan.expected_delivery_date",
+        ]
+        .iter()
+        .map(|f| format!("record.{f}"))
+        .collect();
+        for block in [
+            "child_protection_plan",
+            "looked_after_child",
+            "unborn_child_protection_plan",
+        ] {
+            for tail in [
+                "period",
+                "period.start_date",
+                "period.end_date",
+                "period.delete_date",
+            ] {
+                fields.push(format!("record.{block}.{tail}"));
+            }
+        }
+        fields.push("record".to_owned());
+        fields
+    }
+
+    fn check_accepted(record: &ChildRecord, today: NaiveDate) {
+        let within = |d: NaiveDate| (EARLIEST_PLAUSIBLE..=LAST_WIRE_DATE).contains(&d);
+        let horizon = plus_months(today, HORIZON_MONTHS).unwrap_or(LAST_WIRE_DATE);
+        let start_limit = plus_months(today, 12).unwrap_or(LAST_WIRE_DATE);
+        assert!(within(record.date_of_birth) && record.date_of_birth <= today);
+        let periods = [
+            record.child_protection_plan,
+            record.looked_after_child.map(|l| l.period),
+            record.unborn_child_protection_plan.map(|u| u.period),
+        ];
+        for p in periods.into_iter().flatten() {
+            assert!(within(p.start) && p.start <= start_limit);
+            for d in [p.end, p.delete].into_iter().flatten() {
+                assert!(within(d) && d <= horizon);
+            }
+            assert!(p.end.is_none_or(|end| end >= p.start));
+        }
+        if let Some(u) = record.unborn_child_protection_plan {
+            assert!(u.expected_delivery >= u.period.start);
+            assert!(plus_months(u.period.start, 10).is_some_and(|l| u.expected_delivery <= l));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        #[test]
+        fn validation_accepts_bounded_records_or_names_real_fields(
+            record in any_record(),
+            today_days in 0..60_000i32,
+        ) {
+            let today = crate::domain::dates::from_days(today_days).unwrap_or_default();
+            let known = known_fields();
+            match validate_record(&record, "record.", today) {
+                Ok(valid) => check_accepted(&valid, today),
+                Err(violations) => {
+                    prop_assert!(!violations.is_empty());
+                    for v in violations {
+                        prop_assert!(known.contains(&v.field), "unknown field {}", v.field);
+                        prop_assert!(v.reason != ErrorReason::Unspecified);
+                    }
+                }
+            }
+        }
     }
 }

@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::Registry;
 use super::convert::{to_naive, to_wire_date};
 use crate::db::{Database, nhs_status};
+use crate::domain::dates::{EARLIEST_PLAUSIBLE, plus_months};
 use crate::domain::nhs_status::StatusChange;
 use crate::error::RegistryError;
 use crate::notify::Notifier;
@@ -32,8 +33,11 @@ pub(crate) const CSV_HEADER: &str = "nhs_number,reason,replacement_nhs_number,ef
 #[derive(Clone, Debug)]
 pub(crate) struct OperatorApi(pub Arc<Registry>);
 
-/// Validates a wire change.
-fn validate(change: &NhsNumberStatusChange) -> Result<StatusChange, FieldViolation> {
+/// Validates a wire change; `today` bounds its effective date.
+fn validate(
+    change: &NhsNumberStatusChange,
+    today: NaiveDate,
+) -> Result<StatusChange, FieldViolation> {
     let nhs_number = NhsNumber::parse_field(&change.nhs_number, "change.nhs_number")?;
     let reason = match InactiveReason::try_from(change.reason) {
         Ok(InactiveReason::Unspecified) | Err(_) => {
@@ -65,15 +69,33 @@ fn validate(change: &NhsNumberStatusChange) -> Result<StatusChange, FieldViolati
         }
         Some(replacement)
     };
+    let field = "change.effective_date";
     let effective_date = match &change.effective_date {
         None => None,
-        Some(d) => Some(to_naive(d).ok_or_else(|| {
-            FieldViolation::new(
-                "change.effective_date",
-                ErrorReason::FieldFormat,
-                "must be a real calendar date",
-            )
-        })?),
+        Some(d) => Some(match to_naive(d) {
+            None => {
+                return Err(FieldViolation::new(
+                    field,
+                    ErrorReason::FieldFormat,
+                    "must be a real calendar date with year (1-9999), month and day set",
+                ));
+            }
+            Some(d) if d < EARLIEST_PLAUSIBLE => {
+                return Err(FieldViolation::new(
+                    field,
+                    ErrorReason::FieldFormat,
+                    "must not be before 1900-01-01",
+                ));
+            }
+            Some(d) if plus_months(today, 12).is_none_or(|limit| d > limit) => {
+                return Err(FieldViolation::new(
+                    field,
+                    ErrorReason::DateInFuture,
+                    "must not be more than 1 year in the future",
+                ));
+            }
+            Some(d) => d,
+        }),
     };
     Ok(StatusChange {
         nhs_number,
@@ -88,6 +110,7 @@ pub(crate) struct Import<'a> {
     db: &'a Database,
     notifier: &'a Notifier,
     now: i64,
+    today: NaiveDate,
     chunk: Vec<StatusChange>,
     report: ImportNhsNumberStatusChangesResponse,
 }
@@ -99,6 +122,11 @@ impl<'a> Import<'a> {
             db,
             notifier,
             now,
+            // An instant outside chrono's range is no real clock: 1970-01-01 then refuses every
+            // effective date more than a year after it rather than panicking.
+            today: chrono::DateTime::from_timestamp_micros(now)
+                .unwrap_or_default()
+                .date_naive(),
             chunk: Vec::with_capacity(CHUNK),
             report: ImportNhsNumberStatusChangesResponse::default(),
         }
@@ -120,7 +148,7 @@ impl<'a> Import<'a> {
         entry: Result<NhsNumberStatusChange, FieldViolation>,
     ) -> Result<(), RegistryError> {
         self.report.received_count += 1;
-        match entry.and_then(|change| validate(&change)) {
+        match entry.and_then(|change| validate(&change, self.today)) {
             Ok(change) => self.chunk.push(change),
             Err(violation) => self.reject(position, violation),
         }
@@ -324,6 +352,71 @@ mod tests {
             })
             .collect();
         assert_eq!(fields, ["reason", "line", "effective_date"]);
+    }
+
+    #[test]
+    fn effective_dates_stay_within_the_contract_calendar() {
+        let today = NaiveDate::from_ymd_opt(2026, 6, 15).unwrap_or_default();
+        let change = |year: i32, month: i32, day: i32| NhsNumberStatusChange {
+            nhs_number: "9990000018".into(),
+            reason: InactiveReason::Adopted as i32,
+            replacement_nhs_number: String::new(),
+            effective_date: Some(cpis_proto::google::r#type::Date { year, month, day }),
+        };
+        let refused = |c: &NhsNumberStatusChange| validate(c, today).err().map(|v| v.reason);
+        for (year, month, day) in [(262_142, 6, 1), (10_000, 1, 1), (0, 1, 1), (1899, 12, 31)] {
+            assert_eq!(
+                refused(&change(year, month, day)),
+                Some(ErrorReason::FieldFormat),
+                "{year}"
+            );
+        }
+        assert_eq!(
+            refused(&change(2027, 6, 16)),
+            Some(ErrorReason::DateInFuture)
+        );
+        assert_eq!(refused(&change(2027, 6, 15)), None);
+        assert_eq!(refused(&change(1900, 1, 1)), None);
+        // The CSV form: chrono reads years past 9999; the change is then refused, not stored.
+        let parsed = parse_csv(
+            "nhs_number,reason,replacement_nhs_number,effective_date\n\
+             9990000018,adopted,,+262142-06-01\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        if let Some((_, Ok(c))) = parsed.first() {
+            assert_eq!(refused(c), Some(ErrorReason::FieldFormat));
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+
+        /// Any change, any date: validation never panics, and an accepted effective date lies
+        /// within the contract's bounds.
+        #[test]
+        fn any_change_validates_without_panicking(
+            date in proptest::option::of(crate::api::convert::properties::any_wire_date()),
+            reason in -1..5i32,
+            replacement in proptest::sample::select(vec!["", "9990000026", "9990000018", "1"]),
+            today_days in 0..60_000i32,
+        ) {
+            let today = crate::domain::dates::from_days(today_days).unwrap_or_default();
+            let change = NhsNumberStatusChange {
+                nhs_number: "9990000018".into(),
+                reason,
+                replacement_nhs_number: replacement.into(),
+                effective_date: date,
+            };
+            match validate(&change, today) {
+                Ok(valid) => {
+                    if let Some(d) = valid.effective_date {
+                        proptest::prop_assert!(d >= EARLIEST_PLAUSIBLE);
+                        proptest::prop_assert!(plus_months(today, 12).is_some_and(|l| d <= l));
+                    }
+                }
+                Err(v) => proptest::prop_assert!(v.field.starts_with("change.")),
+            }
+        }
     }
 
     #[test]

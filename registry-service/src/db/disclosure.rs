@@ -24,7 +24,7 @@ use crate::domain::access::{RECENT_SCAN, collapse};
 use crate::domain::contacts::Council;
 use crate::domain::dates::timestamp;
 use crate::domain::record::StoredRecord;
-use crate::domain::visibility::{VisiblePlan, visible_plans};
+use crate::domain::visibility::{VisiblePlan, evaluate};
 use crate::error::RegistryError;
 
 /// One disclosure to record.
@@ -63,13 +63,13 @@ fn new_access_id(now: i64) -> String {
     format!("acc-{now:x}-{:016x}{:016x}", rng.next_u64(), rng.next_u64())
 }
 
-/// The records held on `nhs_number`, in council order. A corrupt plan block is reported and left
-/// out, and so is a record whose identity does not decode: one damaged row must not blind a
-/// lookup of another plan.
+/// The records held on `nhs_number`, in council order, with their row ids. A corrupt plan block
+/// is reported and left out, and so is a record whose identity does not decode: one damaged row
+/// must not blind a lookup of another plan.
 fn records_on(
     conn: &mut DbConnection,
     nhs_number: &NhsNumber,
-) -> Result<Vec<(StoredRecord, Option<String>)>, RegistryError> {
+) -> Result<Vec<(StoredRecord, Option<String>, i64)>, RegistryError> {
     let rows: Vec<ChildRecordRow> = child_records::table
         .filter(child_records::nhs_number.eq(nhs_number.to_string()))
         .order(child_records::local_authority.asc())
@@ -78,8 +78,8 @@ fn records_on(
     Ok(rows
         .into_iter()
         .filter_map(|row| {
-            let case_id = row.content.local_case_id.clone();
-            row.into_disclosable().map(|r| (r, case_id))
+            let (case_id, id) = (row.content.local_case_id.clone(), row.id);
+            row.into_disclosable().map(|r| (r, case_id, id))
         })
         .collect())
 }
@@ -114,8 +114,18 @@ fn disclose_once(
     let outcome = conn.transaction(|conn| {
         let visible: Vec<_> = records_on(conn, &request.nhs_number)?
             .into_iter()
-            .filter_map(|(stored, case_id)| {
-                let plans = visible_plans(&stored.record, request.today);
+            .filter_map(|(stored, case_id, id)| {
+                let evaluation = evaluate(&stored.record, request.today);
+                for plan in &evaluation.unevaluable {
+                    // The row and the block only: never the child's data or the dates.
+                    tracing::warn!(
+                        table = "child_records",
+                        key = id,
+                        plan = plan.as_str_name(),
+                        "plan cannot be evaluated (a date outside the contract's calendar); left out of the disclosure"
+                    );
+                }
+                let plans = evaluation.plans;
                 (!plans.is_empty()).then_some((stored.local_authority, case_id, plans))
             })
             .collect();

@@ -66,10 +66,13 @@ pub(crate) fn start(
     // that ends a stalled subscription always fits.
     let (tx, rx) = mpsc::channel(options.buffer.max(1) + 1);
     tokio::spawn(async move {
-        let ended = deliver(&db, seat, shutdown, options, &ods_code, cursor, &tx).await;
-        if let End::Error(status) = ended {
-            // Best effort: the subscriber may already be gone.
-            let _ = tx.try_send(Err(status.into()));
+        let delivered = deliver(&db, seat, shutdown, options, &ods_code, cursor, &tx);
+        // Beyond the server's panic layer: a panic here would otherwise drop `tx` and end the
+        // stream as if complete. Best effort sends: the subscriber may already be gone.
+        match cpis_core::panics::unless_panicked(delivered).await {
+            Some(End::Error(status)) => drop(tx.try_send(Err(status.into()))),
+            Some(_) => {}
+            None => drop(tx.try_send(Err(cpis_core::panics::panicked_status()))),
         }
         tracing::info!(la = %ods_code, "subscriber disconnected");
     });

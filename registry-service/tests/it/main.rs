@@ -9,6 +9,7 @@ mod contacts;
 mod corrupt;
 mod crash;
 mod crowds;
+mod dates;
 mod harness;
 mod nhs_oracle;
 mod notifications;

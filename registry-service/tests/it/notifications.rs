@@ -328,6 +328,13 @@ async fn nhs_status_import_notifies_holders(backend: Backend) {
             reason: InactiveReason::Deceased as i32,
             ..Default::default()
         },
+        // A date google.type.Date cannot carry is refused for that change alone.
+        NhsNumberStatusChange {
+            nhs_number: nhs(8),
+            reason: InactiveReason::Adopted as i32,
+            effective_date: Some(cpis_testkit::fixtures::date(262_142, 6, 1)),
+            ..Default::default()
+        },
     ];
     let import = |token: String, changes: Vec<NhsNumberStatusChange>| {
         let server = &reg.registry;
@@ -360,10 +367,17 @@ async fn nhs_status_import_notifies_holders(backend: Backend) {
             report.applied_count,
             report.notifications_queued
         ),
-        (3, 2, 2)
+        (4, 2, 2)
     );
-    assert_eq!(report.rejections.len(), 1);
-    assert_eq!(report.rejections[0].position, 3);
+    let rejected: Vec<(u64, &str)> = report
+        .rejections
+        .iter()
+        .map(|r| (r.position, r.field.as_str()))
+        .collect();
+    assert_eq!(
+        rejected,
+        [(3, "change.nhs_number"), (4, "change.effective_date")]
+    );
     // Re-importing the same feed notifies nobody again.
     let again = import(operator, changes).await.expect("re-import");
     assert_eq!(again.notifications_queued, 0);
