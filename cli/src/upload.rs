@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use cpis_proto::cpis::common::v1::ErrorReason;
 use cpis_proto::cpis::registry::v1::{
-    BatchHeader, BatchOutcome, ListBatchRejectionsRequest, UploadBatchRequest, UploadBatchResponse,
-    upload_batch_request::Item,
+    BatchHeader, BatchOutcome, ListBatchRejectionsRequest, RecordRejection, UploadBatchRequest,
+    UploadBatchResponse, upload_batch_request::Item,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
@@ -218,9 +218,39 @@ pub async fn run(args: UploadArgs, json_output: bool) -> Result<u8, CliError> {
     progress.finish_and_clear();
     let mut response: UploadBatchResponse = response?.into_inner();
     let mut result = response.result.take().unwrap_or_default();
-    // The answer carries the first rejections only; the report needs every one.
-    let rejections = if result.rejections_truncated {
-        let mut all = Vec::new();
+    let report_path = args.report.clone().unwrap_or_else(|| {
+        let mut name = args.file.clone().into_os_string();
+        name.push(".rejections.csv");
+        PathBuf::from(name)
+    });
+    // The report is written as the rejections arrive, merged by line with the rows the tool
+    // found malformed: a million rejections never sit in memory at once.
+    let malformed_count = read.malformed.len() as u64;
+    let mut report = Report::create(&report_path, read.malformed)?;
+    let mut write_page = |rejections: Vec<RecordRejection>| -> Result<(), CliError> {
+        for rejection in rejections {
+            let line = usize::try_from(rejection.position)
+                .ok()
+                .and_then(|p| p.checked_sub(1))
+                .and_then(|i| read.lines.get(i))
+                .copied()
+                .unwrap_or(0);
+            let reason = ErrorReason::try_from(rejection.reason)
+                .map(ErrorReason::as_info_reason)
+                .unwrap_or("UNSPECIFIED");
+            report.write(&ReportLine {
+                line,
+                local_case_id: rejection.local_case_id,
+                reason: reason.to_owned(),
+                field: rejection.field,
+                message: rejection.message,
+                replacement_nhs_number: rejection.replacement_nhs_number,
+            })?;
+        }
+        Ok(())
+    };
+    if result.rejections_truncated {
+        // The answer carries the first rejections only; the report needs every one.
         let mut page_token = String::new();
         loop {
             let page = client
@@ -232,56 +262,16 @@ pub async fn run(args: UploadArgs, json_output: bool) -> Result<u8, CliError> {
                 })
                 .await?
                 .into_inner();
-            all.extend(page.rejections);
+            write_page(page.rejections)?;
             if page.next_page_token.is_empty() {
-                break all;
+                break;
             }
             page_token = page.next_page_token;
         }
     } else {
-        std::mem::take(&mut result.rejections)
-    };
-
-    let mut report: Vec<ReportLine> = read
-        .malformed
-        .into_iter()
-        .map(|m| ReportLine {
-            line: m.line,
-            local_case_id: m.local_case_id,
-            reason: m.reason.to_owned(),
-            field: m.field,
-            message: m.message,
-            replacement_nhs_number: String::new(),
-        })
-        .collect();
-    let malformed_count = report.len() as u64;
-    for rejection in &rejections {
-        let line = usize::try_from(rejection.position)
-            .ok()
-            .and_then(|p| p.checked_sub(1))
-            .and_then(|i| read.lines.get(i))
-            .copied()
-            .unwrap_or(0);
-        let reason = ErrorReason::try_from(rejection.reason)
-            .map(ErrorReason::as_info_reason)
-            .unwrap_or("UNSPECIFIED");
-        report.push(ReportLine {
-            line,
-            local_case_id: rejection.local_case_id.clone(),
-            reason: reason.to_owned(),
-            field: rejection.field.clone(),
-            message: rejection.message.clone(),
-            replacement_nhs_number: rejection.replacement_nhs_number.clone(),
-        });
+        write_page(std::mem::take(&mut result.rejections))?;
     }
-    report.sort_by_key(|r| r.line);
-
-    let report_path = args.report.clone().unwrap_or_else(|| {
-        let mut name = args.file.clone().into_os_string();
-        name.push(".rejections.csv");
-        PathBuf::from(name)
-    });
-    write_report(&report_path, &report)?;
+    let rejected_rows = report.finish()?;
 
     let elapsed = started.elapsed();
     let outcome = BatchOutcome::try_from(result.outcome)
@@ -296,7 +286,6 @@ pub async fn run(args: UploadArgs, json_output: bool) -> Result<u8, CliError> {
     } else {
         0.0
     };
-    let rejected_rows = report.len() as u64;
     if json_output {
         let summary = json!({
             "batch_id": result.batch_id,
@@ -342,40 +331,100 @@ pub async fn run(args: UploadArgs, json_output: bool) -> Result<u8, CliError> {
     Ok(if rejected_rows == 0 { 0 } else { EXIT_REJECTED })
 }
 
-/// Writes the report as CSV with a header; always written, so an old report never outlives a
-/// clean run.
-fn write_report(path: &Path, lines: &[ReportLine]) -> Result<(), CliError> {
-    let file = std::fs::File::create(path)
-        .map_err(|e| CliError::Other(format!("cannot write {}: {e}", path.display())))?;
-    let mut writer = csv::Writer::from_writer(std::io::BufWriter::new(file));
-    let io = |e: csv::Error| CliError::Other(format!("cannot write {}: {e}", path.display()));
-    writer
-        .write_record([
+/// The rejection report being written: CSV with a header, lines in file order. Always written,
+/// so an old report never outlives a new upload. Rejections arrive in position order (which is
+/// line order); the tool's own malformed rows are merged in by line.
+struct Report {
+    path: PathBuf,
+    writer: csv::Writer<std::io::BufWriter<std::fs::File>>,
+    malformed: std::iter::Peekable<std::vec::IntoIter<MalformedRow>>,
+    rows: u64,
+}
+
+impl Report {
+    fn create(path: &Path, malformed: Vec<MalformedRow>) -> Result<Self, CliError> {
+        let file = std::fs::File::create(path)
+            .map_err(|e| CliError::Other(format!("cannot write {}: {e}", path.display())))?;
+        let mut report = Self {
+            path: path.to_owned(),
+            writer: csv::Writer::from_writer(std::io::BufWriter::new(file)),
+            malformed: malformed.into_iter().peekable(),
+            rows: 0,
+        };
+        report.record([
             "line",
             "local_case_id",
             "reason",
             "field",
             "message",
             "replacement_nhs_number",
-        ])
-        .map_err(io)?;
-    for line in lines {
-        writer
-            .write_record([
-                line.line.to_string().as_str(),
-                &line.local_case_id,
-                &line.reason,
-                &line.field,
-                &line.message,
-                &line.replacement_nhs_number,
-            ])
-            .map_err(io)?;
+        ])?;
+        Ok(report)
     }
-    let mut inner = writer
-        .into_inner()
-        .map_err(|e| CliError::Other(format!("cannot write {}: {e}", path.display())))?;
-    inner.flush()?;
-    Ok(())
+
+    fn record<'a>(&mut self, fields: impl IntoIterator<Item = &'a str>) -> Result<(), CliError> {
+        self.writer
+            .write_record(fields)
+            .map_err(|e| CliError::Other(format!("cannot write {}: {e}", self.path.display())))
+    }
+
+    /// Writes the malformed rows before `line` (all of them for `None`).
+    fn malformed_before(&mut self, line: Option<u64>) -> Result<(), CliError> {
+        while let Some(bad) = self
+            .malformed
+            .next_if(|bad| line.is_none_or(|line| bad.line < line))
+        {
+            let line = ReportLine {
+                line: bad.line,
+                local_case_id: bad.local_case_id,
+                reason: bad.reason.to_owned(),
+                field: bad.field,
+                message: bad.message,
+                replacement_nhs_number: String::new(),
+            };
+            self.line(&line)?;
+        }
+        Ok(())
+    }
+
+    fn line(&mut self, line: &ReportLine) -> Result<(), CliError> {
+        self.rows += 1;
+        self.record([
+            line.line.to_string().as_str(),
+            &line.local_case_id,
+            &line.reason,
+            &line.field,
+            &line.message,
+            &line.replacement_nhs_number,
+        ])
+    }
+
+    /// Writes one registry rejection in its place.
+    fn write(&mut self, line: &ReportLine) -> Result<(), CliError> {
+        self.malformed_before(Some(line.line))?;
+        self.line(line)
+    }
+
+    /// Writes what is left and flushes; returns the number of rows written.
+    fn finish(mut self) -> Result<u64, CliError> {
+        self.malformed_before(None)?;
+        let mut inner = self
+            .writer
+            .into_inner()
+            .map_err(|e| CliError::Other(format!("cannot write {}: {e}", self.path.display())))?;
+        inner.flush()?;
+        Ok(self.rows)
+    }
+}
+
+/// Writes a whole report (for tests).
+#[cfg(test)]
+fn write_report(path: &Path, lines: &[ReportLine]) -> Result<(), CliError> {
+    let mut report = Report::create(path, Vec::new())?;
+    for line in lines {
+        report.write(line)?;
+    }
+    report.finish().map(|_| ())
 }
 
 /// Reads a report back (for tests): (line, reason, field) per row.
