@@ -4,15 +4,12 @@
 use cpis_core::status::reason_of;
 use cpis_proto::cpis::common::v1::{ChildRecord, ErrorReason};
 use cpis_proto::cpis::registry::v1::{
-    BatchHeader, BatchOutcome, GetBatchRequest, ListChildRecordsRequest, UploadBatchRequest,
-    upload_batch_request::Item,
+    BatchHeader, BatchOutcome, GetBatchRequest, UploadBatchRequest, upload_batch_request::Item,
 };
 use cpis_testkit::{both_backends, db::Backend};
 use tonic::Code;
 
-use cpis_testkit::Stack;
-
-use crate::harness::{batch, cpp_record, nhs, nhs_numbers, start, upload};
+use crate::harness::{batch, count_records, cpp_record, nhs, nhs_numbers, start, upload};
 
 both_backends!(
     mixed_batch,
@@ -21,30 +18,6 @@ both_backends!(
     malformed_streams,
     large_batch_in_chunks
 );
-
-async fn count_records(reg: &Stack, ods: &str) -> usize {
-    let mut client = reg.council().await;
-    let (mut token, mut count) = (String::new(), 0);
-    loop {
-        let page = client
-            .list_child_records(reg.as_council(
-                ods,
-                ListChildRecordsRequest {
-                    page_size: 1000,
-                    page_token: token,
-                    ..Default::default()
-                },
-            ))
-            .await
-            .expect("list")
-            .into_inner();
-        count += page.records.len();
-        if page.next_page_token.is_empty() {
-            return count;
-        }
-        token = page.next_page_token;
-    }
-}
 
 async fn mixed_batch(backend: Backend) {
     let Some(reg) = start(backend).await else {

@@ -9,7 +9,7 @@ use cpis_proto::cpis::common::v1::{
     ChildRecord, LookedAfterChild, LookedAfterLegalBasis, PlanPeriod, UnbornChildProtectionPlan,
 };
 use cpis_proto::cpis::registry::v1::{
-    BatchHeader, UploadBatchRequest, UploadBatchResponse,
+    BatchHeader, ListChildRecordsRequest, UploadBatchRequest, UploadBatchResponse,
     council_service_client::CouncilServiceClient, upload_batch_request::Item,
 };
 use cpis_testkit::{Stack, StackBuilder, TestServer, db::Backend};
@@ -200,4 +200,29 @@ pub async fn upload(
         .upload_batch(reg.as_council(ods, tokio_stream::iter(messages)))
         .await
         .map(tonic::Response::into_inner)
+}
+
+/// How many records council `ods` holds, listed a page at a time.
+pub async fn count_records(reg: &Stack, ods: &str) -> usize {
+    let mut client = reg.council().await;
+    let (mut token, mut count) = (String::new(), 0);
+    loop {
+        let page = client
+            .list_child_records(reg.as_council(
+                ods,
+                ListChildRecordsRequest {
+                    page_size: 1000,
+                    page_token: token,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("list")
+            .into_inner();
+        count += page.records.len();
+        if page.next_page_token.is_empty() {
+            return count;
+        }
+        token = page.next_page_token;
+    }
 }

@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 use cpis_core::status::reason_of;
 use cpis_proto::cpis::common::v1::{ChildRecord, ErrorReason};
 use cpis_proto::cpis::registry::v1::{
-    BatchHeader, GetBatchRequest, ListBatchRejectionsRequest, ListChildRecordsRequest,
-    RecordRejection, UploadBatchRequest, upload_batch_request::Item,
+    BatchHeader, GetBatchRequest, ListBatchRejectionsRequest, RecordRejection, UploadBatchRequest,
+    upload_batch_request::Item,
 };
-use cpis_testkit::{Stack, both_backends, db::Backend};
+use cpis_testkit::{both_backends, db::Backend};
 use tonic::Code;
 
-use crate::harness::{batch, cpp_record, nhs, stack, start, upload};
+use crate::harness::{batch, count_records, cpp_record, nhs, stack, start, upload};
 
 both_backends!(
     a_fast_python_client_is_never_cut_off,
@@ -25,30 +25,6 @@ both_backends!(
 
 /// Records in the fast upload: the figure.
 const FAST_RECORDS: usize = 200_000;
-
-async fn count_records(reg: &Stack, ods: &str) -> usize {
-    let mut client = reg.council().await;
-    let (mut token, mut count) = (String::new(), 0);
-    loop {
-        let page = client
-            .list_child_records(reg.as_council(
-                ods,
-                ListChildRecordsRequest {
-                    page_size: 1000,
-                    page_token: token,
-                    ..Default::default()
-                },
-            ))
-            .await
-            .expect("list")
-            .into_inner();
-        count += page.records.len();
-        if page.next_page_token.is_empty() {
-            return count;
-        }
-        token = page.next_page_token;
-    }
-}
 
 fn header(batch_id: &str) -> UploadBatchRequest {
     UploadBatchRequest {
