@@ -58,9 +58,20 @@ pub struct LogSafe<'a>(pub &'a str);
 
 impl fmt::Display for LogSafe<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&LogSafeUpTo(self.0, MAX_LOGGED_CHARS), f)
+    }
+}
+
+/// As [`LogSafe`], showing up to the given number of characters (for text that is longer by
+/// nature, such as a panic's message).
+#[derive(Clone, Copy)]
+pub struct LogSafeUpTo<'a>(pub &'a str, pub usize);
+
+impl fmt::Display for LogSafeUpTo<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut shown = 0;
         for (at, c) in self.0.char_indices() {
-            if shown == MAX_LOGGED_CHARS {
+            if shown == self.1 {
                 let rest = self.0.len() - at;
                 return write!(f, "…[cut: {} bytes in all, {rest} not shown]", self.0.len());
             }

@@ -4,6 +4,7 @@
 //! a subscriber that stops reading is cut off with a clean error telling it to resume from its
 //! last acknowledged sequence.
 
+use tracing::Instrument as _;
 use std::time::Duration;
 
 use cpis_core::ods::OdsCode;
@@ -75,7 +76,9 @@ pub(crate) fn start(
             None => drop(tx.try_send(Err(cpis_core::panics::panicked_status()))),
         }
         tracing::info!(la = %ods_code, "subscriber disconnected");
-    });
+    }
+    // The stream's log lines belong to the call that opened it (its request id).
+    .in_current_span());
     rx
 }
 
