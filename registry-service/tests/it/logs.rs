@@ -4,16 +4,19 @@
 
 use std::time::Duration;
 
-use cpis_proto::cpis::registry::v1::{GetContactDetailsRequest, PutChildRecordRequest};
+use cpis_proto::cpis::registry::v1::{
+    GetChildRecordRequest, GetContactDetailsRequest, PutChildRecordRequest,
+};
 use cpis_testkit::{both_backends, db::Backend, logs};
 use serde_json::Value;
 use tonic::{Code, Request, metadata::MetadataMap};
 
-use crate::harness::{cpp_record, nhs, start, with_token};
+use crate::harness::{cpp_record, full_record, nhs, start, with_token};
 
 both_backends!(
     hostile_values_cannot_forge_colour_or_flood_the_log,
-    request_ids_are_logged_and_echoed
+    request_ids_are_logged_and_echoed,
+    database_work_logs_under_its_call
 );
 
 /// A request id unique to this test run.
@@ -201,4 +204,44 @@ async fn request_ids_are_logged_and_echoed(backend: Backend) {
     let generated = echoed(answer.metadata());
     assert_eq!(generated.len(), 32, "{generated}");
     lines_until(&captured, &generated, "record stored").await;
+}
+
+/// What a call's work logs on the database threads carries the call's request id too.
+async fn database_work_logs_under_its_call(backend: Backend) {
+    let captured = logs::capture();
+    let Some(reg) = start(backend).await else {
+        return;
+    };
+    reg.register_council("AB1").await;
+    reg.put("AB1", full_record(&nhs(0))).await;
+    let damaged = reg.db.execute(&format!(
+        "UPDATE child_records SET lac_legal_basis = 999 WHERE nhs_number = '{}'",
+        nhs(0)
+    ));
+    assert_eq!(damaged, 1);
+    let id = unique("db");
+    let failed = reg
+        .council()
+        .await
+        .get_child_record(with_request_id(
+            reg.as_council(
+                "AB1",
+                GetChildRecordRequest {
+                    nhs_number: nhs(0),
+                    ..Default::default()
+                },
+            ),
+            &id,
+        ))
+        .await
+        .expect_err("a row that does not decode");
+    assert_eq!(failed.code(), Code::Internal, "{failed:?}");
+    assert_eq!(echoed(failed.metadata()), id);
+    let (json, _) = lines_until(&captured, &id, "stored row does not decode").await;
+    let line: Value = json
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|l| l["message"] == "stored row does not decode")
+        .unwrap();
+    assert_eq!(span_request_ids(&line), [id.clone()]);
 }
