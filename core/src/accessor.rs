@@ -401,7 +401,9 @@ mod tests {
             "Dr\u{200f}",
             "Dr\u{061c}",
         ] {
-            let refused = ValidAccessor::try_from(person(bad, "RXX01")).err().unwrap();
+            let Err(refused) = ValidAccessor::try_from(person(bad, "RXX01")) else {
+                panic!("{bad:?} accepted");
+            };
             assert_eq!(refused.len(), 1, "{bad:?}");
             assert_eq!(refused[0].field, AccessorField::PersonName, "{bad:?}");
             assert_eq!(refused[0].reason, ErrorReason::FieldFormat, "{bad:?}");

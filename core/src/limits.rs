@@ -80,7 +80,9 @@ fn reword_oversized(headers: &mut http::HeaderMap) {
     let answer = crate::status::with_reason(
         Code::ResourceExhausted,
         ErrorReason::MessageTooLarge,
-        format!("a request message is larger than this server accepts ({sizes}); send smaller messages"),
+        format!(
+            "a request message is larger than this server accepts ({sizes}); send smaller messages"
+        ),
     );
     headers.remove(Status::GRPC_STATUS_DETAILS);
     // Our own status always encodes; if it did not, the original answer stands.
@@ -108,7 +110,10 @@ mod tests {
             crate::status::reason_of(&status),
             Some(ErrorReason::MessageTooLarge)
         );
-        assert!(status.message().contains("found 5000000 bytes"), "{status:?}");
+        assert!(
+            status.message().contains("found 5000000 bytes"),
+            "{status:?}"
+        );
 
         let mut headers = http::HeaderMap::new();
         let sequence = crate::status::with_reason(

@@ -254,8 +254,14 @@ mod tests {
         assert_eq!(line["level"], "ERROR");
         assert_eq!(line["message"], "panicked");
         let message = line["panic.message"].as_str().unwrap();
-        assert!(message.starts_with("boom\\n{\"level\":\"INFO\"} x"), "{message}");
-        assert!(message.ends_with("…[cut: 10022 bytes in all, 9510 not shown]"), "{message}");
+        assert!(
+            message.starts_with("boom\\n{\"level\":\"INFO\"} x"),
+            "{message}"
+        );
+        assert!(
+            message.ends_with("…[cut: 10022 bytes in all, 9510 not shown]"),
+            "{message}"
+        );
         assert_eq!(line["panic.file"], file!());
         assert!(line["panic.line"].as_u64().unwrap() > 0);
         assert!(!text.contains("stack backtrace"));

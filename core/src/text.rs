@@ -69,13 +69,11 @@ pub struct LogSafeUpTo<'a>(pub &'a str, pub usize);
 
 impl fmt::Display for LogSafeUpTo<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut shown = 0;
-        for (at, c) in self.0.char_indices() {
+        for (shown, (at, c)) in self.0.char_indices().enumerate() {
             if shown == self.1 {
                 let rest = self.0.len() - at;
                 return write!(f, "…[cut: {} bytes in all, {rest} not shown]", self.0.len());
             }
-            shown += 1;
             match c {
                 '\\' => f.write_str("\\\\")?,
                 '\n' => f.write_str("\\n")?,
@@ -154,7 +152,12 @@ mod tests {
     fn visible_means_something_shows() {
         assert!(has_visible("Ann"));
         assert!(has_visible("\u{200b}A"));
-        for empty in ["", " \t", "\u{200b}\u{200c}\u{200d}\u{2060}\u{feff}", "\u{3000}"] {
+        for empty in [
+            "",
+            " \t",
+            "\u{200b}\u{200c}\u{200d}\u{2060}\u{feff}",
+            "\u{3000}",
+        ] {
             assert!(!has_visible(empty), "{empty:?}");
         }
     }

@@ -4,9 +4,7 @@
 
 use std::time::Duration;
 
-use cpis_core::{
-    auth::TokenVerifier, nhs_number::NhsNumber, status::FieldViolation, text::LogOds,
-};
+use cpis_core::{auth::TokenVerifier, nhs_number::NhsNumber, status::FieldViolation, text::LogOds};
 use cpis_proto::cpis::common::v1::{AccessMode, CareSetting, ErrorReason};
 use cpis_proto::cpis::lookup::v1::{
     LookupChildRequest, LookupChildResponse, lookup_service_server::LookupService,

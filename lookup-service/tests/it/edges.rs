@@ -187,7 +187,11 @@ async fn name_claims_need_something_visible(backend: Backend) {
             .lookup(&claims, NHS_A, AccessMode::Unscheduled)
             .await
             .expect_err("malformed name");
-        assert_eq!(refused.code(), Code::Unauthenticated, "{name:?}: {refused:?}");
+        assert_eq!(
+            refused.code(),
+            Code::Unauthenticated,
+            "{name:?}: {refused:?}"
+        );
         assert_eq!(reason_of(&refused), Some(ErrorReason::TokenInvalid));
         assert!(refused.message().contains("claim name"), "{refused:?}");
     }

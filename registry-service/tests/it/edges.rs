@@ -17,8 +17,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::{Code, Request};
 
 use crate::harness::{
-    DISCLOSURE_TOKEN, batch, cpp_record, disclose, ed_clinician, next_sequence, nhs, stack,
-    start, subscribe, with_token,
+    DISCLOSURE_TOKEN, batch, cpp_record, disclose, ed_clinician, next_sequence, nhs, stack, start,
+    subscribe, with_token,
 };
 
 both_backends!(
@@ -91,7 +91,10 @@ async fn large_tokens_get_a_grpc_status(backend: Backend) {
     // 20 KB: over hyper's default header limit (16 KiB), well within ours: accepted.
     let big = padded_token(&reg, 15_000);
     assert!(big.len() > 20_000, "{}", big.len());
-    client.get_contact_details(ask(&big)).await.expect("a 20 KB token is read");
+    client
+        .get_contact_details(ask(&big))
+        .await
+        .expect("a 20 KB token is read");
 
     // 40 KB: read, and refused in words.
     let too_big = padded_token(&reg, 30_000);
@@ -132,7 +135,10 @@ async fn bearer_is_case_insensitive(backend: Backend) {
         request
             .metadata_mut()
             .insert("authorization", not_bearer.parse().unwrap());
-        let refused = council.get_contact_details(request).await.expect_err("refused");
+        let refused = council
+            .get_contact_details(request)
+            .await
+            .expect_err("refused");
         assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
     }
 
@@ -181,9 +187,21 @@ async fn accessor_names_need_something_visible(backend: Backend) {
             ))
             .await
             .expect_err("refused");
-        assert_eq!(refused.code(), Code::InvalidArgument, "{name:?}: {refused:?}");
-        assert_eq!(reason_of(&refused), Some(ErrorReason::FieldFormat), "{name:?}");
-        assert_eq!(violated_fields(&refused), ["accessor.person.name"], "{name:?}");
+        assert_eq!(
+            refused.code(),
+            Code::InvalidArgument,
+            "{name:?}: {refused:?}"
+        );
+        assert_eq!(
+            reason_of(&refused),
+            Some(ErrorReason::FieldFormat),
+            "{name:?}"
+        );
+        assert_eq!(
+            violated_fields(&refused),
+            ["accessor.person.name"],
+            "{name:?}"
+        );
     }
 }
 

@@ -45,13 +45,13 @@ fn echoed(metadata: &MetadataMap) -> String {
 }
 
 /// The request ids of the spans a JSON line was written in.
-fn span_request_ids(line: &Value) -> Vec<String> {
+fn span_request_ids(line: &Value) -> Vec<&str> {
     line["spans"]
         .as_array()
         .map(|spans| {
             spans
                 .iter()
-                .filter_map(|s| s["request_id"].as_str().map(str::to_owned))
+                .filter_map(|s| s["request_id"].as_str())
                 .collect()
         })
         .unwrap_or_default()
@@ -84,9 +84,12 @@ async fn hostile_values_cannot_forge_colour_or_flood_the_log(backend: Backend) {
     // A refused cross-council read naming a "council" that is a forged JSON line, a terminal
     // colour escape and 3 MB of padding.
     let forged_line = format!("\n{{\"level\":\"ERROR\",\"message\":\"{marker}\"}}\n");
-    let requested = format!("X26{forged_line}\u{1b}[31mred\u{202e}{}", "x".repeat(3 << 20));
+    let requested = format!(
+        "X26{forged_line}\u{1b}[31mred\u{202e}{}",
+        "x".repeat(3 << 20)
+    );
     // The token's subject (logged as text) carries a forged line and a colour escape too.
-    let subject = format!("sub\n{{\"level\":\"ERROR\",\"message\":\"forged-sub\"}}\u{1b}[2J");
+    let subject = "sub\n{\"level\":\"ERROR\",\"message\":\"forged-sub\"}\u{1b}[2J";
     let token = reg
         .council_signer
         .mint(
@@ -124,11 +127,14 @@ async fn hostile_values_cannot_forge_colour_or_flood_the_log(backend: Backend) {
             assert!(subject.starts_with("sub\\n{\"level\""), "{subject}");
             assert!(subject.contains("\\u{001b}[2J"), "{subject}");
             assert!(!subject.contains(['\n', '\u{1b}']), "{subject}");
-            assert_eq!(span_request_ids(&parsed), [id.clone()]);
+            assert_eq!(span_request_ids(&parsed), [id.as_str()]);
         }
     }
     for line in &text {
-        assert!(!line.contains('\u{1b}'), "no escape reaches a terminal: {line:?}");
+        assert!(
+            !line.contains('\u{1b}'),
+            "no escape reaches a terminal: {line:?}"
+        );
         assert!(line.len() < 4096, "a bounded line: {} bytes", line.len());
     }
     let security = text
@@ -181,7 +187,7 @@ async fn request_ids_are_logged_and_echoed(backend: Backend) {
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
         .find(|l| l["message"] == "record stored")
         .unwrap();
-    assert_eq!(span_request_ids(&stored), [id.clone()]);
+    assert_eq!(span_request_ids(&stored), [id.as_str()]);
     assert!(text.iter().any(|l| l.contains(&format!("request_id={id}"))));
 
     // A malformed one (a space, or too long) is replaced by a generated one, echoed and logged.
@@ -243,5 +249,5 @@ async fn database_work_logs_under_its_call(backend: Backend) {
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
         .find(|l| l["message"] == "stored row does not decode")
         .unwrap();
-    assert_eq!(span_request_ids(&line), [id.clone()]);
+    assert_eq!(span_request_ids(&line), [id.as_str()]);
 }
