@@ -154,6 +154,19 @@ impl Checks {
                 ErrorReason::FieldFormat,
                 "must not contain control characters",
             );
+        } else if value.chars().any(crate::text::is_bidi_control) {
+            // They reorder what the council and the next clinician read.
+            self.fail(
+                field,
+                ErrorReason::FieldFormat,
+                "must not contain bidirectional control characters",
+            );
+        } else if !crate::text::has_visible(value) {
+            self.fail(
+                field,
+                ErrorReason::FieldFormat,
+                "must contain a visible character",
+            );
         }
     }
 
@@ -376,6 +389,27 @@ mod tests {
             fields(ValidAccessor::try_from(person("Dr\nForged line", "RXX01"))),
             [AccessorField::PersonName]
         );
+    }
+
+    #[test]
+    fn names_need_something_visible_and_no_bidi_controls() {
+        for bad in [
+            "\u{200b}\u{200c}\u{200d}\u{2060}\u{feff}",
+            "   ",
+            "Dr \u{202e}reversed",
+            "\u{2066}Dr Who\u{2069}",
+            "Dr\u{200f}",
+            "Dr\u{061c}",
+        ] {
+            let Err(refused) = ValidAccessor::try_from(person(bad, "RXX01")) else {
+                panic!("{bad:?} accepted");
+            };
+            assert_eq!(refused.len(), 1, "{bad:?}");
+            assert_eq!(refused[0].field, AccessorField::PersonName, "{bad:?}");
+            assert_eq!(refused[0].reason, ErrorReason::FieldFormat, "{bad:?}");
+        }
+        // Zero-width characters inside a visible name are kept (ZWNJ is ordinary in Persian).
+        assert!(ValidAccessor::try_from(person("Dr Test\u{200c}a", "RXX01")).is_ok());
     }
 
     #[test]

@@ -160,15 +160,7 @@ impl TokenVerifier {
         &self,
         metadata: &MetadataMap,
     ) -> Result<C, AuthError> {
-        let value = metadata.get("authorization").ok_or(AuthError::Missing)?;
-        let value = value
-            .to_str()
-            .map_err(|_| AuthError::Invalid("authorization is not ASCII".into()))?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .ok_or_else(|| AuthError::Invalid("authorization is not a Bearer token".into()))?;
-        self.verify(token.trim())
+        self.verify(bearer_token(metadata)?)
     }
 
     /// Verifies a compact JWT.
@@ -207,6 +199,28 @@ impl TokenVerifier {
                 _ => AuthError::Invalid("token rejected".into()),
             })
     }
+}
+
+/// The token of a request's `authorization: Bearer <token>` metadata. The scheme is matched
+/// without regard to case (RFC 7235: `bearer`, `BEARER`); a token over
+/// [`MAX_TOKEN_BYTES`](crate::limits::MAX_TOKEN_BYTES) is refused before any parsing.
+pub fn bearer_token(metadata: &MetadataMap) -> Result<&str, AuthError> {
+    let value = metadata.get("authorization").ok_or(AuthError::Missing)?;
+    let value = value
+        .to_str()
+        .map_err(|_| AuthError::Invalid("authorization is not ASCII".into()))?;
+    let (_, token) = value
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .ok_or_else(|| AuthError::Invalid("authorization is not a Bearer token".into()))?;
+    let token = token.trim();
+    if token.len() > crate::limits::MAX_TOKEN_BYTES {
+        return Err(AuthError::Invalid(format!(
+            "token too long: at most {} bytes",
+            crate::limits::MAX_TOKEN_BYTES
+        )));
+    }
+    Ok(token)
 }
 
 /// A development (and test) ES256 signer: a fresh key pair, its public JWKS, and token minting.

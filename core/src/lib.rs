@@ -1,15 +1,21 @@
-//! What both CP-IS services share: the validated seam (NHS number, ODS code, accessor), gRPC status building, server plumbing (health, reflection, graceful drain, panics answered INTERNAL),
-//! shutdown signals and structured logging.
+//! What both CP-IS services share: the validated seam (NHS number, ODS code, accessor, names),
+//! gRPC status building, server plumbing (health, reflection, graceful drain, panics answered
+//! INTERNAL, request ids, connection timeouts), shutdown signals and structured logging (caller
+//! text escaped and bounded: `text`).
 #![forbid(unsafe_code)]
 
 pub mod accessor;
 pub mod auth;
 pub mod config;
+pub mod connection;
 pub mod deadline;
+pub mod limits;
 pub mod nhs_number;
 pub mod ods;
 pub mod panics;
+pub mod request_id;
 pub mod server;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
+pub mod text;

@@ -58,12 +58,11 @@ pub fn install_hook() {
                 previous(info);
                 return;
             }
-            let message: String = info
+            let message = info
                 .payload_as_str()
-                .unwrap_or("(a panic without a message)")
-                .chars()
-                .take(MAX_MESSAGE)
-                .collect();
+                .unwrap_or("(a panic without a message)");
+            // A message may quote a value: escaped and bounded like any caller text.
+            let message = crate::text::LogSafeUpTo(message, MAX_MESSAGE);
             let (file, line) = info.location().map_or(("", 0), |l| (l.file(), l.line()));
             tracing::error!(
                 panic.message = %message,
@@ -245,7 +244,7 @@ mod tests {
             .finish();
         let long = "x".repeat(10_000);
         tracing::subscriber::with_default(subscriber, || {
-            let result = std::panic::catch_unwind(|| panic!("boom {long}"));
+            let result = std::panic::catch_unwind(|| panic!("boom\n{{\"level\":\"INFO\"}} {long}"));
             assert!(result.is_err());
         });
         let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
@@ -255,8 +254,14 @@ mod tests {
         assert_eq!(line["level"], "ERROR");
         assert_eq!(line["message"], "panicked");
         let message = line["panic.message"].as_str().unwrap();
-        assert!(message.starts_with("boom x"));
-        assert_eq!(message.chars().count(), MAX_MESSAGE);
+        assert!(
+            message.starts_with("boom\\n{\"level\":\"INFO\"} x"),
+            "{message}"
+        );
+        assert!(
+            message.ends_with("…[cut: 10022 bytes in all, 9510 not shown]"),
+            "{message}"
+        );
         assert_eq!(line["panic.file"], file!());
         assert!(line["panic.line"].as_u64().unwrap() > 0);
         assert!(!text.contains("stack backtrace"));

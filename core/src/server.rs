@@ -1,7 +1,9 @@
 //! Runs a set of gRPC services the way every CP-IS server runs them: on a caller-bound listener
 //! with TCP_NODELAY, beside gRPC health and reflection (v1 and v1alpha), and with a graceful
 //! drain on shutdown (NOT_SERVING first, then stop accepting, then a bounded wait); a panicking
-//! handler answers INTERNAL (`panics`).
+//! handler answers INTERNAL (`panics`); every call carries a request id (`request_id`); an
+//! oversized message answers RESOURCE_EXHAUSTED (`limits`); silent and idle connections are
+//! closed (`connection`).
 
 use std::{future::Future, time::Duration};
 
@@ -39,6 +41,17 @@ pub struct ServerOptions {
     /// Most concurrent calls on one connection (HTTP/2 streams served at once).
     #[arg(long, env = "CPIS_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
     pub max_concurrent_streams: u32,
+
+    /// A connection that has not sent the HTTP/2 preface this long after it was accepted is
+    /// closed (a client that connects and says nothing holds no socket for long).
+    #[arg(long, env = "CPIS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// A connection that has carried no call (none open, none started or finished) this long is
+    /// closed; clients reconnect when they next call. An open stream (notifications) counts as
+    /// a call, so it keeps its connection.
+    #[arg(long, env = "CPIS_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
 }
 
 impl Default for ServerOptions {
@@ -47,6 +60,8 @@ impl Default for ServerOptions {
             shutdown_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(10),
             max_concurrent_streams: 256,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -142,13 +157,27 @@ where
         .add_service(reflection_v1alpha);
 
     // Nagle's algorithm adds tens of milliseconds to small gRPC replies: turn it off.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = crate::connection::guard(
+        TcpIncoming::from(listener).with_nodelay(Some(true)),
+        options.handshake_timeout,
+        options.idle_timeout,
+    );
     let (stop_accepting, stop_accepting_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
-        // Outermost, so a panic anywhere beneath (auth interceptors, handlers) answers INTERNAL
-        // on that call alone and the connection keeps serving.
+        // Outermost: a call counts for its connection's idle timeout until its answer is sent.
+        .layer(crate::connection::CallCountingLayer)
+        // Next, so every log line of a call (a panic's too) carries its request id, and every
+        // answer (a panic's INTERNAL too) echoes it.
+        .layer(crate::request_id::RequestIdLayer)
+        // Above the handlers that read the request: tonic's OUT_OF_RANGE for an oversized
+        // message becomes RESOURCE_EXHAUSTED before the answer leaves.
+        .layer(crate::limits::OversizedLayer)
+        // Beneath only what cannot panic, so a panic anywhere lower (auth interceptors,
+        // handlers) answers INTERNAL on that call alone and the connection keeps serving.
         .layer(crate::panics::catch_panics())
         .max_concurrent_streams(Some(options.max_concurrent_streams))
+        // Large enough for a token up to MAX_TOKEN_BYTES, refused in words by the verifier.
+        .http2_max_header_list_size(Some(crate::limits::MAX_HEADER_LIST_BYTES))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         // Receive windows sized so a client streaming small messages as fast as it can (one

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use cpis_core::{auth::TokenVerifier, nhs_number::NhsNumber, status::FieldViolation};
+use cpis_core::{auth::TokenVerifier, nhs_number::NhsNumber, status::FieldViolation, text::LogOds};
 use cpis_proto::cpis::common::v1::{AccessMode, CareSetting, ErrorReason};
 use cpis_proto::cpis::lookup::v1::{
     LookupChildRequest, LookupChildResponse, lookup_service_server::LookupService,
@@ -13,7 +13,11 @@ use cpis_proto::cpis::registry::v1::{
     DiscloseRequest, disclosure_service_client::DisclosureServiceClient,
 };
 use secrecy::SecretString;
-use tonic::{Code, Request, Response, Status, metadata::MetadataMap, transport::Channel};
+use tonic::{
+    Code, Request, Response, Status,
+    metadata::{MetadataMap, MetadataValue},
+    transport::Channel,
+};
 
 use crate::error::LookupError;
 use crate::identity::{ClaimsError, NhsClaims};
@@ -56,15 +60,17 @@ impl LookupApi {
     }
 }
 
-/// The optional `x-request-id`: at most 128 printable ASCII characters.
+/// The optional `x-request-id` as the caller sent it, for the access event: at most 128
+/// printable ASCII characters, else refused (the contract). The request's log lines carry it
+/// (or a generated one) through `cpis_core::request_id`.
 fn request_id(metadata: &MetadataMap) -> Result<String, LookupError> {
-    let Some(value) = metadata.get("x-request-id") else {
+    let Some(value) = metadata.get(cpis_core::request_id::HEADER) else {
         return Ok(String::new());
     };
     let text = value
         .to_str()
         .ok()
-        .filter(|v| v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .filter(|v| v.is_empty() || cpis_core::request_id::is_well_formed(v))
         .ok_or_else(|| {
             LookupError::Header(
                 "x-request-id must be at most 128 printable ASCII characters".into(),
@@ -92,6 +98,12 @@ impl LookupService for LookupApi {
             Err(ClaimsError::UnknownCareSetting { org }) => Err(org),
         };
         let request_id = request_id(request.metadata())?;
+        // The id this call logs under (the caller's, or generated): the registry logs the
+        // disclosure under the same one.
+        let log_id = request
+            .extensions()
+            .get::<cpis_core::request_id::RequestId>()
+            .and_then(|id| MetadataValue::try_from(id.as_str()).ok());
         let deadline = cpis_core::deadline::remaining(request.metadata());
         let body = request.into_inner();
 
@@ -122,7 +134,7 @@ impl LookupService for LookupApi {
             // Who was refused and why, never which child.
             tracing::warn!(
                 target: "security",
-                org,
+                org = %LogOds(org),
                 setting = setting.as_str_name(),
                 mode = mode.as_str_name(),
                 why,
@@ -154,6 +166,11 @@ impl LookupService for LookupApi {
             return Err(LookupError::DeadlineExceeded.into());
         }
         outbound.set_timeout(budget);
+        if let Some(id) = log_id {
+            outbound
+                .metadata_mut()
+                .insert(cpis_core::request_id::HEADER, id);
+        }
         crate::registry_check::authorize(&mut outbound, self.registry_token.as_ref());
         let mut registry = self.registry.clone();
         let call = registry.disclose(outbound);

@@ -1,12 +1,14 @@
 //! Test-only helpers shared by every crate's integration tests and the benchmark: boot the
 //! registry and lookup service together ([`Stack`]) or any server alone on an ephemeral loopback
 //! port, reach them through generated clients (health, reflection), and locate the third-party
-//! tools (Python client tooling, grpcurl) that `scripts/tools.sh` installs.
+//! tools (Python client tooling, grpcurl) that `scripts/tools.sh` installs; capture what servers
+//! log ([`logs`]).
 #![forbid(unsafe_code)]
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test support: a failed expectation is a failed test
 
 pub mod db;
 pub mod fixtures;
+pub mod logs;
 pub mod nhs;
 pub mod pg_cluster;
 pub mod server;

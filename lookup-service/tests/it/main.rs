@@ -3,6 +3,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // tests: a failed expectation is a failed test
 
 mod disclosure;
+mod edges;
 mod faults;
 mod harness;
 mod roles;

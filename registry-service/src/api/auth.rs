@@ -8,6 +8,7 @@
 use cpis_core::{
     auth::{AuthError, TokenVerifier},
     ods::OdsCode,
+    text::{LogOds, LogSafe},
 };
 use cpis_proto::cpis::registry::v1 as api;
 use secrecy::{ExposeSecret as _, SecretString};
@@ -153,12 +154,12 @@ pub(crate) fn authorize(
         .ok_or_else(|| RegistryError::Internal("council call without its interceptor".into()))?;
     if !requested.is_empty() && requested != caller.ods_code.as_str() {
         // A security event for the operator: who tried what, never whose child. The requested
-        // code is caller text: logged escaped and bounded.
+        // code is caller text: logged only if it is an ODS code (else "invalid" and its length).
         tracing::warn!(
             target: "security",
             caller = %caller.ods_code,
-            subject = %bounded(&caller.subject),
-            requested = %bounded(requested),
+            subject = %LogSafe(&caller.subject),
+            requested = %LogOds(requested),
             rpc,
             "cross-council access refused"
         );
@@ -174,14 +175,6 @@ pub(crate) fn authorize(
     Ok(caller.ods_code.clone())
 }
 
-/// Caller text for a log field: escaped (no forged lines) and at most 64 characters.
-fn bounded(text: &str) -> String {
-    text.chars()
-        .take(64)
-        .flat_map(char::escape_default)
-        .collect()
-}
-
 /// Verifies operator tokens (`OperatorService`): any valid token with scope "operator".
 #[derive(Clone, Debug)]
 pub(crate) struct OperatorInterceptor(pub TokenVerifier);
@@ -192,7 +185,7 @@ impl Interceptor for OperatorInterceptor {
         if !claims.has_scope("operator") {
             return Err(RegistryError::ScopeMissing("operator").into());
         }
-        tracing::info!(target: "security", subject = %bounded(&claims.sub), "operator call");
+        tracing::info!(target: "security", subject = %LogSafe(&claims.sub), "operator call");
         Ok(request)
     }
 }
@@ -228,14 +221,7 @@ impl Interceptor for DisclosureInterceptor {
                 "the disclosure service has no caller configured".into(),
             ))
         })?;
-        let token = request
-            .metadata()
-            .get("authorization")
-            .ok_or_else(|| refuse(AuthError::Missing))?
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| refuse(AuthError::Invalid("not a bearer credential".into())))?;
+        let token = cpis_core::auth::bearer_token(request.metadata()).map_err(refuse)?;
         // Comparing digests keeps the comparison's timing independent of how much of the
         // secret a guess got right.
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();

@@ -5,7 +5,11 @@
 //! (`domain::visibility::VisiblePlan`) and its line in `disclosed_plan` here.
 
 use chrono::NaiveDate;
-use cpis_core::{nhs_number::NhsNumber, status::FieldViolation};
+use cpis_core::{
+    nhs_number::NhsNumber,
+    status::FieldViolation,
+    text::{has_visible, is_bidi_control},
+};
 use cpis_proto::cpis::common::v1::{
     self as wire, AccessEvent, DisclosedPlan, ErrorReason, LocalAuthority, LookedAfterLegalBasis,
     Organisation, RecentAccess, accessor::Kind,
@@ -37,7 +41,8 @@ impl Violations<'_> {
     }
 }
 
-/// Text fields: bounded, no control characters.
+/// Text fields: bounded, no control characters, no bidi controls (they reorder what a clinician
+/// or council reads), and something visible (not only zero-width characters).
 fn check_text(v: &mut Violations<'_>, field: &str, value: &str, required: bool, max: usize) {
     if value.trim().is_empty() {
         if required {
@@ -56,6 +61,18 @@ fn check_text(v: &mut Violations<'_>, field: &str, value: &str, required: bool, 
             field,
             ErrorReason::FieldFormat,
             "must not contain control characters",
+        );
+    } else if value.chars().any(is_bidi_control) {
+        v.add(
+            field,
+            ErrorReason::FieldFormat,
+            "must not contain bidirectional control characters (U+202A-U+202E, U+2066-U+2069, U+200E, U+200F, U+061C)",
+        );
+    } else if !has_visible(value) {
+        v.add(
+            field,
+            ErrorReason::FieldFormat,
+            "must contain a visible character (not only zero-width or blank characters)",
         );
     }
 }

@@ -226,7 +226,10 @@ impl Database {
         F: FnOnce(&mut DbConnection) -> Result<T, RegistryError> + Send + 'static,
     {
         let pool = self.pool.clone();
+        // The work's log lines belong to the call that asked for it (its request id).
+        let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
+            let _call = span.enter();
             let mut pooled = pool.get().map_err(|_| RegistryError::Unavailable)?;
             let result = work(&mut pooled.conn);
             let suspect = matches!(

@@ -5,6 +5,7 @@
 //! last acknowledged sequence.
 
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use cpis_core::ods::OdsCode;
 use cpis_proto::cpis::registry::v1::{
@@ -65,17 +66,21 @@ pub(crate) fn start(
     // One slot more than the buffer: notifications never take the last one, so the status
     // that ends a stalled subscription always fits.
     let (tx, rx) = mpsc::channel(options.buffer.max(1) + 1);
-    tokio::spawn(async move {
-        let delivered = deliver(&db, seat, shutdown, options, &ods_code, cursor, &tx);
-        // Beyond the server's panic layer: a panic here would otherwise drop `tx` and end the
-        // stream as if complete. Best effort sends: the subscriber may already be gone.
-        match cpis_core::panics::unless_panicked(delivered).await {
-            Some(End::Error(status)) => drop(tx.try_send(Err(status.into()))),
-            Some(_) => {}
-            None => drop(tx.try_send(Err(cpis_core::panics::panicked_status()))),
+    tokio::spawn(
+        async move {
+            let delivered = deliver(&db, seat, shutdown, options, &ods_code, cursor, &tx);
+            // Beyond the server's panic layer: a panic here would otherwise drop `tx` and end the
+            // stream as if complete. Best effort sends: the subscriber may already be gone.
+            match cpis_core::panics::unless_panicked(delivered).await {
+                Some(End::Error(status)) => drop(tx.try_send(Err(status.into()))),
+                Some(_) => {}
+                None => drop(tx.try_send(Err(cpis_core::panics::panicked_status()))),
+            }
+            tracing::info!(la = %ods_code, "subscriber disconnected");
         }
-        tracing::info!(la = %ods_code, "subscriber disconnected");
-    });
+        // The stream's log lines belong to the call that opened it (its request id).
+        .in_current_span(),
+    );
     rx
 }
 

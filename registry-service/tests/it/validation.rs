@@ -102,6 +102,36 @@ fn cases() -> Vec<Case> {
             Some(("family_name", ErrorReason::FieldFormat)),
         ),
         (
+            "given name only zero-width characters",
+            Box::new(|r| r.given_name = "\u{200b}\u{200c}\u{200d}\u{2060}\u{feff}".into()),
+            Some(("given_name", ErrorReason::FieldFormat)),
+        ),
+        (
+            "family name right-to-left override",
+            Box::new(|r| r.family_name = "Smith\u{202e}htimS".into()),
+            Some(("family_name", ErrorReason::FieldFormat)),
+        ),
+        (
+            "given name isolate",
+            Box::new(|r| r.given_name = "\u{2066}Ann\u{2069}".into()),
+            Some(("given_name", ErrorReason::FieldFormat)),
+        ),
+        (
+            "family name right-to-left mark",
+            Box::new(|r| r.family_name = "Ali\u{200f}".into()),
+            Some(("family_name", ErrorReason::FieldFormat)),
+        ),
+        (
+            "family name arabic letter mark",
+            Box::new(|r| r.family_name = "Ali\u{061c}".into()),
+            Some(("family_name", ErrorReason::FieldFormat)),
+        ),
+        (
+            "given name with a joiner inside",
+            Box::new(|r| r.given_name = "Sa\u{200c}ra".into()),
+            None,
+        ),
+        (
             "case id 64",
             Box::new(|r| r.local_case_id = "C".repeat(64)),
             None,

@@ -1,0 +1,177 @@
+//! The request id (`x-request-id`) every call carries through the logs: the caller's when it is
+//! well formed (1 to 128 printable ASCII characters), else a generated one; put on a tracing
+//! span around the whole call so every log line of the request names it, handed to handlers as a
+//! request extension (the lookup service passes it on to the registry), and echoed in the
+//! response metadata so a caller can quote it.
+
+use std::fmt;
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use http::HeaderValue;
+use tracing::Instrument as _;
+
+use crate::text::LogSafe;
+
+/// The metadata key.
+pub const HEADER: &str = "x-request-id";
+
+/// Longest request id accepted from a caller, in characters (the contracts' bound).
+pub const MAX_LEN: usize = 128;
+
+/// The request id of a call, in its request extensions.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RequestId {
+    id: String,
+    /// Whether the caller sent this id (false: generated here).
+    from_caller: bool,
+}
+
+impl RequestId {
+    /// The caller's id if well formed.
+    pub fn parse(value: &str) -> Option<Self> {
+        is_well_formed(value).then(|| Self {
+            id: value.to_owned(),
+            from_caller: true,
+        })
+    }
+
+    /// A new random id (32 hex digits).
+    pub fn generate() -> Self {
+        use rand_core::RngCore as _;
+        let mut bytes = [0_u8; 16];
+        if rand_core::OsRng.try_fill_bytes(&mut bytes).is_err() {
+            // No entropy (never seen in practice): an id unique within this process still
+            // correlates a call's lines.
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            bytes[..8].copy_from_slice(&n.to_be_bytes());
+        }
+        Self {
+            id: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+            from_caller: false,
+        }
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.id
+    }
+
+    /// Whether the caller sent it (false: generated because it was absent or malformed).
+    pub fn from_caller(&self) -> bool {
+        self.from_caller
+    }
+
+    /// The id of a call: the caller's when well formed, else a generated one.
+    pub fn of(headers: &http::HeaderMap) -> Self {
+        headers
+            .get(HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(Self::parse)
+            .unwrap_or_else(Self::generate)
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.id)
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RequestId({})", self.id)
+    }
+}
+
+/// The contracts' rule: 1 to 128 printable ASCII characters (no spaces, no controls), so the id
+/// is safe in a log line and in metadata as it is.
+pub fn is_well_formed(value: &str) -> bool {
+    !value.is_empty() && value.len() <= MAX_LEN && value.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The layer giving every call its request id, span and echoed header.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestIdLayer;
+
+impl<S> tower::Layer<S> for RequestIdLayer {
+    type Service = RequestIds<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestIds { inner }
+    }
+}
+
+/// The service [`RequestIdLayer`] wraps around a server's routes.
+#[derive(Clone, Debug)]
+pub struct RequestIds<S> {
+    inner: S,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for RequestIds<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let id = RequestId::of(request.headers());
+        // The path is caller text too (any URI path reaches here): escaped and bounded.
+        let span = tracing::info_span!(
+            "request",
+            request_id = %id,
+            path = %LogSafe(request.uri().path()),
+        );
+        if !id.from_caller() && request.headers().contains_key(HEADER) {
+            tracing::info!(parent: &span, "malformed x-request-id replaced");
+        }
+        // Checked well formed or generated as hex, so always a valid header value.
+        let echo = HeaderValue::from_str(id.as_str()).ok();
+        request.extensions_mut().insert(id);
+        // Interceptors run when the call is made, so it is made inside the span as well.
+        let future = span.in_scope(|| self.inner.call(request));
+        Box::pin(
+            async move {
+                let mut response = future.await?;
+                if let Some(echo) = echo {
+                    response.headers_mut().insert(HEADER, echo);
+                }
+                Ok(response)
+            }
+            .instrument(span),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests: a failed expectation is a failed test
+
+    use super::*;
+
+    #[test]
+    fn well_formed_ids_are_kept_and_others_replaced() {
+        let mut headers = http::HeaderMap::new();
+        assert!(!RequestId::of(&headers).from_caller());
+        headers.insert(HEADER, HeaderValue::from_static("abc-123_X"));
+        let kept = RequestId::of(&headers);
+        assert!(kept.from_caller());
+        assert_eq!(kept.as_str(), "abc-123_X");
+        for bad in ["has space", "", &"x".repeat(MAX_LEN + 1)] {
+            headers.insert(HEADER, HeaderValue::from_str(bad).unwrap());
+            let replaced = RequestId::of(&headers);
+            assert!(!replaced.from_caller(), "{bad:?}");
+            assert_eq!(replaced.as_str().len(), 32);
+            assert!(replaced.as_str().bytes().all(|b| b.is_ascii_hexdigit()));
+        }
+        assert_ne!(RequestId::generate(), RequestId::generate());
+    }
+}
