@@ -56,7 +56,8 @@ for target in "${targets[@]}"; do
   set +e
   # One process, one worker (libFuzzer's default without -jobs): the machine is shared.
   fuzz run "$target" "$work" "fuzz/corpus/$target" -- \
-    "${limit[@]}" -max_len=65536 -print_final_stats=1 2>&1 | tee "$log" | grep -v '^#[0-9]' | grep -Ev '^\s*(Compiling|Finished|Running)' >&2
+    "${limit[@]}" -max_len=65536 -print_final_stats=1 2>&1 | tee "$log" \
+    | grep -Ev '^(#[0-9]|\s*NEW_FUNC|"|#+ .*dictionary|\s*(Compiling|Finished|Running) )' >&2
   code=${PIPESTATUS[0]}
   set -e
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)

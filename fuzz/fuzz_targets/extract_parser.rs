@@ -41,7 +41,10 @@ fn read(bytes: &[u8], format: Format) -> Vec<ChildRecord> {
         };
         // Lines of the file, in order; the CSV header is line 1, so a CSV row starts on line 2.
         let first = if format == Format::Csv { 2 } else { 1 };
-        assert!(line >= first && line > last_line, "line {line} after {last_line}");
+        assert!(
+            line >= first && line > last_line,
+            "line {line} after {last_line}"
+        );
         last_line = line;
         if let Row::Record { record, .. } = row {
             check_shape(&record);
@@ -53,7 +56,11 @@ fn read(bytes: &[u8], format: Format) -> Vec<ChildRecord> {
 
 fn check_date(date: Option<&Date>) {
     if let Some(d) = date {
-        assert!((0..=9999).contains(&d.year) && (0..=99).contains(&d.month) && (0..=99).contains(&d.day));
+        assert!(
+            (0..=9999).contains(&d.year)
+                && (0..=99).contains(&d.month)
+                && (0..=99).contains(&d.day)
+        );
     }
 }
 
@@ -61,14 +68,28 @@ fn check_date(date: Option<&Date>) {
 /// dates of the `YYYY-MM-DD` shape, a known (or absent) legal basis, every block with a period.
 fn check_shape(record: &ChildRecord) {
     assert!(!record.nhs_number.contains(' '));
-    for text in [&record.nhs_number, &record.local_case_id, &record.given_name, &record.family_name] {
+    for text in [
+        &record.nhs_number,
+        &record.local_case_id,
+        &record.given_name,
+        &record.family_name,
+    ] {
         assert_eq!(text.trim(), text.as_str());
     }
     check_date(record.date_of_birth.as_ref());
     let periods = [
-        record.child_protection_plan.as_ref().map(|p| p.period.as_ref()),
-        record.looked_after_child.as_ref().map(|l| l.period.as_ref()),
-        record.unborn_child_protection_plan.as_ref().map(|u| u.period.as_ref()),
+        record
+            .child_protection_plan
+            .as_ref()
+            .map(|p| p.period.as_ref()),
+        record
+            .looked_after_child
+            .as_ref()
+            .map(|l| l.period.as_ref()),
+        record
+            .unborn_child_protection_plan
+            .as_ref()
+            .map(|u| u.period.as_ref()),
     ];
     for period in periods.into_iter().flatten() {
         let period = period.unwrap_or_else(|| panic!("a block without a period"));
@@ -86,11 +107,31 @@ fn check_shape(record: &ChildRecord) {
 
 /// The record's cells in `COLUMNS` order, as a council's system would write them.
 fn cells(record: &ChildRecord) -> Vec<String> {
-    let date = |d: Option<&Date>| d.map_or(String::new(), |d| format!("{:04}-{:02}-{:02}", d.year, d.month, d.day));
-    let cpp = record.child_protection_plan.as_ref().and_then(|p| p.period.clone()).unwrap_or_default();
-    let lac = record.looked_after_child.as_ref().and_then(|l| l.period.clone()).unwrap_or_default();
-    let ucpp = record.unborn_child_protection_plan.as_ref().and_then(|u| u.period.clone()).unwrap_or_default();
-    let basis = match record.looked_after_child.as_ref().map(|l| LookedAfterLegalBasis::try_from(l.legal_basis)) {
+    let date = |d: Option<&Date>| {
+        d.map_or(String::new(), |d| {
+            format!("{:04}-{:02}-{:02}", d.year, d.month, d.day)
+        })
+    };
+    let cpp = record
+        .child_protection_plan
+        .as_ref()
+        .and_then(|p| p.period.clone())
+        .unwrap_or_default();
+    let lac = record
+        .looked_after_child
+        .as_ref()
+        .and_then(|l| l.period.clone())
+        .unwrap_or_default();
+    let ucpp = record
+        .unborn_child_protection_plan
+        .as_ref()
+        .and_then(|u| u.period.clone())
+        .unwrap_or_default();
+    let basis = match record
+        .looked_after_child
+        .as_ref()
+        .map(|l| LookedAfterLegalBasis::try_from(l.legal_basis))
+    {
         Some(Ok(LookedAfterLegalBasis::Section31CareOrder)) => "s31",
         Some(Ok(LookedAfterLegalBasis::Section38InterimCareOrder)) => "s38",
         Some(Ok(LookedAfterLegalBasis::Section20VoluntaryAccommodation)) => "s20",
@@ -112,7 +153,12 @@ fn cells(record: &ChildRecord) -> Vec<String> {
         date(ucpp.start_date.as_ref()),
         date(ucpp.end_date.as_ref()),
         date(ucpp.delete_date.as_ref()),
-        date(record.unborn_child_protection_plan.as_ref().and_then(|u| u.expected_delivery_date.as_ref())),
+        date(
+            record
+                .unborn_child_protection_plan
+                .as_ref()
+                .and_then(|u| u.expected_delivery_date.as_ref()),
+        ),
     ]
 }
 
