@@ -8,6 +8,7 @@ mkdir -p "$TOOLS"
 
 # Pinned versions: change here only.
 BUF_VERSION="1.75.0"
+CARGO_FUZZ_VERSION="0.13.2"
 PY_REQUIREMENTS=(
   "grpcio==1.85.1"
   "grpcio-tools==1.85.1"
@@ -34,4 +35,12 @@ if [ "$(cat "$STAMP" 2>/dev/null || true)" != "${PY_REQUIREMENTS[*]}" ]; then
   echo "tools: installing python packages" >&2
   "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "${PY_REQUIREMENTS[@]}" >&2
   echo "${PY_REQUIREMENTS[*]}" > "$STAMP"
+fi
+
+# cargo-fuzz, from crates.io, for scripts/fuzz.sh (libFuzzer itself is vendored by the fuzz
+# crate's libfuzzer-sys dependency). Built once into .tools/cargo; its build directory is a
+# temporary one, so a CARGO_TARGET_DIR set for the project is left alone.
+if [ ! -x "$TOOLS/cargo/bin/cargo-fuzz" ] || ! "$TOOLS/cargo/bin/cargo-fuzz" --version | grep -q " $CARGO_FUZZ_VERSION\$"; then
+  echo "tools: installing cargo-fuzz $CARGO_FUZZ_VERSION" >&2
+  env -u CARGO_TARGET_DIR cargo install --quiet --locked --root "$TOOLS/cargo" --version "$CARGO_FUZZ_VERSION" cargo-fuzz >&2
 fi

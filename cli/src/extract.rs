@@ -3,7 +3,9 @@
 //! or a `MalformedRow` naming its line; the server remains the judge of everything else (NHS
 //! number checksum, date rules, plan rules), so this module only parses shapes.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, Read};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use cpis_proto::cpis::common::v1::{
     ChildProtectionPlan, ChildRecord, LookedAfterChild, LookedAfterLegalBasis, PlanPeriod,
@@ -119,13 +121,88 @@ pub fn rows<R: Read + Send + 'static>(
     }
 }
 
+/// The line ends the csv reader has pulled in but no row has been numbered past yet. The csv
+/// crate counts only LF as a line end; a person (and the report's `line`) counts LF, CR LF and a
+/// lone CR (old Mac and some spreadsheet exports), so rows are numbered from their byte offset.
+/// Holds at most the line ends of the csv reader's buffer.
+#[derive(Debug, Default)]
+struct LineEnds {
+    /// Bytes read so far.
+    read: u64,
+    /// Whether the last byte read was a CR (an LF right after it ends the same line).
+    after_cr: bool,
+    /// Where each line end not yet passed by a row starts and ends (a CR LF is one).
+    ahead: VecDeque<(u64, u64)>,
+    /// Line ends already passed.
+    passed: u64,
+}
+
+impl LineEnds {
+    /// Notes the next byte read.
+    fn note(&mut self, byte: u8) {
+        let at = self.read;
+        self.read += 1;
+        let joins_cr = byte == b'\n' && self.after_cr;
+        self.after_cr = byte == b'\r';
+        match (byte, self.ahead.back_mut()) {
+            (b'\n', Some((_, end))) if joins_cr && *end == at => *end = at + 1,
+            (b'\n' | b'\r', _) => self.ahead.push_back((at, at + 1)),
+            _ => {}
+        }
+    }
+
+    /// The 1-based line of a row whose position is `offset`; offsets must not decrease between
+    /// calls. csv may place a row at (or inside) the line ends it skipped before it, so line
+    /// ends that follow `offset` with no byte between are passed too.
+    fn line_at(&mut self, offset: u64) -> u64 {
+        let mut at = offset;
+        while let Some(&(start, end)) = self.ahead.front() {
+            if start > at {
+                break;
+            }
+            // A line end at (or around) the row's position: the row starts after it.
+            at = at.max(end);
+            self.ahead.pop_front();
+            self.passed += 1;
+        }
+        self.passed + 1
+    }
+}
+
+/// The extract as the csv reader reads it, noting the line ends in `ends` on the way.
+struct CountingLines<R> {
+    source: R,
+    ends: Arc<Mutex<LineEnds>>,
+}
+
+impl<R: Read> Read for CountingLines<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.source.read(buf)?;
+        let mut ends = self.ends.lock().unwrap_or_else(PoisonError::into_inner);
+        for &byte in buf.get(..n).unwrap_or_default() {
+            ends.note(byte);
+        }
+        Ok(n)
+    }
+}
+
 fn csv_rows<R: Read + Send + 'static>(
     source: R,
 ) -> Result<Box<dyn Iterator<Item = Result<Row, ExtractError>> + Send>, ExtractError> {
+    let ends = Arc::new(Mutex::new(LineEnds::default()));
+    let line_of = {
+        let ends = Arc::clone(&ends);
+        move |position: Option<&csv::Position>| {
+            let offset = position.map_or(0, csv::Position::byte);
+            ends.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .line_at(offset)
+        }
+    };
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
         .has_headers(true)
-        .from_reader(source);
+        .from_reader(CountingLines { source, ends });
     let header = reader
         .byte_headers()
         .map_err(|e| ExtractError::Header(format!("cannot read the CSV header: {e}")))?
@@ -164,7 +241,7 @@ fn csv_rows<R: Read + Send + 'static>(
         let record = match result {
             Ok(record) => record,
             Err(error) => {
-                let line = error.position().map_or(0, csv::Position::line);
+                let line = line_of(error.position());
                 return match error.kind() {
                     csv::ErrorKind::Io(_) => {
                         Err(ExtractError::Io(std::io::Error::other(error.to_string())))
@@ -179,7 +256,7 @@ fn csv_rows<R: Read + Send + 'static>(
                 };
             }
         };
-        let line = record.position().map_or(0, csv::Position::line);
+        let line = line_of(record.position());
         let mut cells: Cells = Default::default();
         let mut bad_utf8 = None;
         for (slot, value) in slots.iter().zip(record.iter()) {
@@ -475,6 +552,36 @@ mod tests {
             panic!("{rows:?}")
         };
         assert_eq!((short.line, short.reason), (4, "BATCH_MALFORMED"));
+    }
+
+    /// Found by the `extract_parser` fuzz target: csv counts only LF as a line end, so every
+    /// row of a file with lone-CR line ends (old Mac, some spreadsheet exports) was reported on
+    /// line 1, the header's, and rows split by a stray CR shared a line.
+    #[test]
+    fn lines_are_counted_however_they_end() {
+        for (text, expected) in [
+            (
+                "nhs_number,local_case_id\r9990000018,C1\r9990000026\r\r9990000034,C3\r",
+                vec![2, 3, 5],
+            ),
+            (
+                "nhs_number,local_case_id\r\n9990000018,C1\r\n9990000026\r\n\r\n9990000034,C3\r\n",
+                vec![2, 3, 5],
+            ),
+            (
+                "nhs_number,local_case_id\n9990000018,\"C\r\n1\"\n9990000026,C2\r9990000034,C3",
+                vec![2, 4, 5],
+            ),
+        ] {
+            let lines: Vec<u64> = collect(text, Format::Csv)
+                .iter()
+                .map(|row| match row {
+                    Row::Record { line, .. } => *line,
+                    Row::Malformed(m) => m.line,
+                })
+                .collect();
+            assert_eq!(lines, expected, "{text:?}");
+        }
     }
 
     #[test]

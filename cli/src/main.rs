@@ -8,7 +8,8 @@ mod client;
 mod contacts;
 mod demo;
 mod dev;
-mod extract;
+// The extract parser lives in the library target, so the fuzz targets can call it.
+use cpis::extract;
 mod lookup;
 mod notifications;
 mod render;

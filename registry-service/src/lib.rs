@@ -33,6 +33,9 @@ mod config;
 mod db;
 mod domain;
 mod error;
+// Thin entry points for the fuzz targets (`fuzz/`, `scripts/fuzz.sh`); not part of the API.
+#[doc(hidden)]
+pub mod fuzzing;
 mod notify;
 
 use std::future::Future;

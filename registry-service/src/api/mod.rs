@@ -5,7 +5,7 @@
 //! `operator`.
 
 mod auth;
-mod convert;
+pub(crate) mod convert;
 mod council;
 mod disclosure;
 mod notifications;
