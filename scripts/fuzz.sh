@@ -35,7 +35,11 @@ export PATH="$ROOT/.tools/cargo/bin:$PATH"
 # libFuzzer's instrumentation needs nightly compiler flags: allowed for this command only.
 # No sanitizer: the code under test forbids unsafe code, and without ASan each execution is
 # several times cheaper; debug assertions (-a) keep overflow checks on.
-fuzz() { RUSTC_BOOTSTRAP=1 cargo fuzz "$1" --sanitizer none --debug-assertions "${@:2}"; }
+# The smoke builds without optimisation (a few minutes less of CI on 2 cores; ten seconds of
+# slower executions still reach every seed); long runs build optimised.
+profile=()
+[ "$mode" = smoke ] && profile=(--dev)
+fuzz() { RUSTC_BOOTSTRAP=1 cargo fuzz "$1" --sanitizer none --debug-assertions "${profile[@]}" "${@:2}"; }
 
 start=$(date +%s)
 fuzz build
