@@ -67,8 +67,10 @@ for target in "${targets[@]}"; do
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
   secs=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -1)
-  crash=$( [ "$code" -eq 0 ] && echo 0 || echo 1 )
-  echo "fuzz: $target: ${execs:-?} executions in ${secs:-?} s (${rate:-?} exec/s), crashes: $crash" >&2
+  if [ "$code" -eq 0 ]; then outcome="no crash"
+  elif grep -q 'libFuzzer: run interrupted' "$log"; then outcome="interrupted, no crash"
+  else outcome="FAILED (a crash is in fuzz/artifacts/$target, or the build failed)"; fi
+  echo "fuzz: $target: ${execs:-?} executions in ${secs:-?} s (${rate:-?} exec/s): $outcome" >&2
   [ "$mode" = smoke ] && rm -rf "$work"
   rm -f "$log"
   [ "$code" -eq 0 ] || status=1
