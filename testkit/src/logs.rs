@@ -85,7 +85,8 @@ pub fn capture() -> Captured {
                 )
                 .try_init()
                 .expect("no other global subscriber in a test process that captures logs");
-            cpis_core::panics::install_hook();
+            // No panic hook here: a failing test's panic must reach the test harness's output,
+            // not this capture (core's own tests cover the hook).
             captured
         })
         .clone()

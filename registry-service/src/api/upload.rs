@@ -441,10 +441,13 @@ async fn await_completion(
             registry
                 .db
                 .run(move |conn| {
-                    Ok((
-                        batches::get_batch(conn, &batch.ods, &batch.batch_id)?,
-                        batches::is_claimed(conn, &batch.ods, &batch.batch_id, now)?,
-                    ))
+                    // The claim first, then the outcome: completion stores the outcome and drops
+                    // the claim in one transaction, so a claim found gone means an outcome, if
+                    // any, is already visible. (The other order saw "no outcome", then "no
+                    // claim" when the holder completed in between, and called a completed
+                    // batch failed.)
+                    let held = batches::is_claimed(conn, &batch.ods, &batch.batch_id, now)?;
+                    Ok((batches::get_batch(conn, &batch.ods, &batch.batch_id)?, held))
                 })
                 .await?
         };
