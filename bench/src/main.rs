@@ -60,8 +60,9 @@ enum Scenario {
         /// Engines.
         #[arg(long, value_enum, default_value_t = Backends::Both)]
         backend: Backends,
-        /// Then again beside this many idle notification subscribers (0: skip), reported as a
-        /// ratio to the same lookups without them, with the process's memory growth.
+        /// Then again beside this many idle notification subscribers on councils outside the
+        /// flood (0: skip), reported as a ratio to the same lookups without them (before and
+        /// after), with the process's memory growth.
         #[arg(long, default_value_t = 0)]
         idle_subscribers: usize,
     },

@@ -162,36 +162,46 @@ fn cells(record: &ChildRecord) -> Vec<String> {
     ]
 }
 
-/// Written back in each format, the records read back the same.
-fn round_trip(records: &[ChildRecord]) {
+/// Written back in the format it was read from, the records read back the same. (Each format's
+/// writer is checked against its own reader only: crossing formats would triple the readers
+/// built per input, the target's main cost, and find nothing a same-format trip does not.)
+fn round_trip(records: &[ChildRecord], format: Format) {
     if records.is_empty() {
         return;
     }
-    let mut csv = csv::Writer::from_writer(Vec::new());
-    let mut ndjson = Vec::new();
-    let _ = csv.write_record(COLUMNS);
-    for record in records {
-        let cells = cells(record);
-        let _ = csv.write_record(&cells);
-        let object: serde_json::Map<String, serde_json::Value> = COLUMNS
-            .iter()
-            .zip(cells)
-            .map(|(name, cell)| ((*name).to_owned(), serde_json::Value::String(cell)))
-            .collect();
-        if let Ok(line) = serde_json::to_vec(&object) {
-            ndjson.extend_from_slice(&line);
-            ndjson.push(b'\n');
+    let written = match format {
+        Format::Csv => {
+            let mut csv = csv::Writer::from_writer(Vec::new());
+            let _ = csv.write_record(COLUMNS);
+            for record in records {
+                let _ = csv.write_record(cells(record));
+            }
+            let Ok(csv) = csv.into_inner() else {
+                panic!("writing CSV to memory failed");
+            };
+            csv
         }
-    }
-    let Ok(csv) = csv.into_inner() else {
-        panic!("writing CSV to memory failed");
+        Format::Ndjson => {
+            let mut written = Vec::new();
+            for record in records {
+                let object: serde_json::Map<String, serde_json::Value> = COLUMNS
+                    .iter()
+                    .zip(cells(record))
+                    .map(|(name, cell)| ((*name).to_owned(), serde_json::Value::String(cell)))
+                    .collect();
+                if let Ok(line) = serde_json::to_vec(&object) {
+                    written.extend_from_slice(&line);
+                    written.push(b'\n');
+                }
+            }
+            written
+        }
     };
-    assert_eq!(read(&csv, Format::Csv), records, "CSV round trip");
-    assert_eq!(read(&ndjson, Format::Ndjson), records, "NDJSON round trip");
+    assert_eq!(read(&written, format), records, "{format:?} round trip");
 }
 
 fuzz_target!(|data: &[u8]| {
     for format in [Format::Csv, Format::Ndjson] {
-        round_trip(&read(data, format));
+        round_trip(&read(data, format), format);
     }
 });

@@ -281,12 +281,32 @@ impl From<RegistryError> for Status {
     }
 }
 
+/// The SQLSTATE of a database error kind. diesel does not pass the engine's code on, but each
+/// kind it names stands for one code (SQLite's equivalents are given PostgreSQL's codes, so logs
+/// read the same on both engines); the rest are "?".
+fn sqlstate(kind: &diesel::result::DatabaseErrorKind) -> &'static str {
+    use diesel::result::DatabaseErrorKind as K;
+    match kind {
+        K::UniqueViolation => "23505",
+        K::ForeignKeyViolation => "23503",
+        K::NotNullViolation => "23502",
+        K::CheckViolation => "23514",
+        K::SerializationFailure => "40001",
+        K::ReadOnlyTransaction => "25006",
+        K::RestrictViolation => "23001",
+        K::ExclusionViolation => "23P01",
+        K::ClosedConnection | K::UnableToSendCommand => "08006",
+        _ => "?",
+    }
+}
+
 /// Describes a database error without its message text: PostgreSQL puts key values (NHS
 /// numbers) into constraint messages, and those must never reach the logs.
 fn describe_database_error(error: &diesel::result::Error) -> String {
     match error {
         diesel::result::Error::DatabaseError(kind, info) => format!(
-            "{kind:?} (table {}, constraint {})",
+            "{kind:?} (SQLSTATE {}, table {}, constraint {})",
+            sqlstate(kind),
             info.table_name().unwrap_or("?"),
             info.constraint_name().unwrap_or("?")
         ),
@@ -307,5 +327,31 @@ fn describe_database_error(error: &diesel::result::Error) -> String {
             }
             .into()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::result::{DatabaseErrorKind, Error};
+
+    use super::*;
+
+    #[test]
+    fn a_database_error_is_logged_by_code_and_never_by_its_text() {
+        // PostgreSQL's message for a unique violation quotes the key: an NHS number here.
+        let error = RegistryError::Database(Error::DatabaseError(
+            DatabaseErrorKind::UniqueViolation,
+            Box::new(String::from(
+                "duplicate key value violates unique constraint: Key (nhs_number)=(9434765919)",
+            )),
+        ));
+        let logged = error.to_string();
+        assert!(logged.contains("SQLSTATE 23505"), "{logged}");
+        assert!(!logged.contains("9434765919"), "{logged}");
+        let unknown = RegistryError::Database(Error::DatabaseError(
+            DatabaseErrorKind::Unknown,
+            Box::new(String::from("deadlock detected")),
+        ));
+        assert!(unknown.to_string().contains("SQLSTATE ?"), "{unknown}");
     }
 }
