@@ -76,11 +76,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
         council_signer.verifier()?,
     );
     registry_config.disclosure_token = Some(disclosure_token.clone());
-    let lookup_config = lookup_service::Config::with(
+    registry_config.token_max_lifetime = tokens::DEV_MAX_LIFETIME;
+    let mut lookup_config = lookup_service::Config::with(
         format!("http://{registry_addr}"),
         disclosure_token,
         nhs_signer.verifier()?,
     );
+    lookup_config.token_max_lifetime = tokens::DEV_MAX_LIFETIME;
 
     let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
     let stopped = |stop: &tokio::sync::broadcast::Sender<()>| {

@@ -16,6 +16,11 @@ pub const ISSUER: &str = "cpis";
 pub const REGISTRY_AUDIENCE: &str = "cpis-registry";
 /// Audience of NHS tokens (the lookup service's default `--jwt-audience`).
 pub const LOOKUP_AUDIENCE: &str = "cpis-lookup";
+/// The longest token lifetime the dev stack's services accept: dev tokens last a week (`--ttl`
+/// default) so that a guide printed once stays usable; production services accept an hour
+/// (lookup) or a day (registry). Services run by hand on `cpis token jwks` need
+/// `--token-max-lifetime 30d` for these tokens.
+pub const DEV_MAX_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// A council with the given scopes (space-separated: read, write, operator).
 pub fn council(ods_code: &str, scope: &str) -> Value {
@@ -170,6 +175,9 @@ pub enum TokenKind {
     Clinician(ClinicianArgs),
     /// A system such as NHS 111 acting for a responsible person (for the lookup service).
     System(SystemArgs),
+    /// The dev signing key's public JWKS, for `registry-service --jwks-file` and
+    /// `lookup-service --jwks-file` run by hand.
+    Jwks,
 }
 
 /// Prints one token.
@@ -179,6 +187,12 @@ pub fn run(args: TokenArgs) -> anyhow::Result<u8> {
         TokenKind::Council { ods_code, scope } => (council(ods_code, scope), REGISTRY_AUDIENCE),
         TokenKind::Clinician(who) => (clinician(who), LOOKUP_AUDIENCE),
         TokenKind::System(what) => (system(what), LOOKUP_AUDIENCE),
+        TokenKind::Jwks => {
+            // Public keys only: the JWK of the signing key's public half (no "d").
+            let signer = DevSigner::from_pkcs8_pem(&pem, ISSUER, REGISTRY_AUDIENCE)?;
+            println!("{}", serde_json::to_string_pretty(signer.jwks())?);
+            return Ok(0);
+        }
     };
     let signer = DevSigner::from_pkcs8_pem(&pem, ISSUER, audience)?;
     println!("{}", signer.mint(&claims, args.ttl)?);

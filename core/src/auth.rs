@@ -1,18 +1,22 @@
 //! Bearer-token verification shared by both services: JWTs signed with ES256 or RS256 by keys
-//! from a JWKS file, checked for issuer, audience and expiry. Keys are parsed once at start-up
-//! and looked up by `kid`, so the hot path is one signature check.
+//! from a JWKS file or URL that may rotate (`crate::keys`), checked for issuer, audience,
+//! expiry, issue time and lifetime. Keys are looked up by `kid` (or RFC 7638 thumbprint), and
+//! verified claims are cached until expiry, so the hot path is a hash and a map look-up.
 //! Also a development signer that generates an ES256 key pair and mints tokens.
 
-use std::{collections::HashMap, path::Path};
+use std::{sync::Arc, time::Duration};
 
 use cpis_proto::cpis::common::v1::ErrorReason;
 use jsonwebtoken::{
-    Algorithm, DecodingKey, EncodingKey, Header, Validation,
+    Algorithm, EncodingKey, Header, Validation,
     errors::ErrorKind,
-    jwk::{Jwk, JwkSet, KeyAlgorithm},
+    jwk::{Jwk, JwkSet},
 };
 use serde::{Serialize, de::DeserializeOwned};
+use sha2::{Digest as _, Sha256};
 use tonic::metadata::MetadataMap;
+
+use crate::keys::{KeySet, KeySource, KeyStore, RefreshPolicy};
 
 /// Why a credential was refused; maps to UNAUTHENTICATED with the matching reason.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -26,6 +30,12 @@ pub enum AuthError {
     /// Expired or not yet valid.
     #[error("token expired or not yet valid")]
     Expired,
+    /// Valid for longer than the service accepts (`exp - iat` over the maximum).
+    #[error("token lifetime exceeds the maximum of {}", humantime::format_duration(*max))]
+    LifetimeTooLong {
+        /// The maximum configured.
+        max: Duration,
+    },
 }
 
 impl AuthError {
@@ -35,6 +45,7 @@ impl AuthError {
             Self::Missing => ErrorReason::TokenMissing,
             Self::Invalid(_) => ErrorReason::TokenInvalid,
             Self::Expired => ErrorReason::TokenExpired,
+            Self::LifetimeTooLong { .. } => ErrorReason::TokenLifetimeTooLong,
         }
     }
 
@@ -51,22 +62,6 @@ impl AuthError {
 /// Why the verifier could not be built (a configuration error, reported at start-up).
 #[derive(Debug, thiserror::Error)]
 pub enum KeyConfigError {
-    /// The JWKS file could not be read.
-    #[error("cannot read JWKS file {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The JWKS file is not a valid key set.
-    #[error("JWKS file {path} is not valid: {message}")]
-    Parse {
-        /// The file.
-        path: String,
-        /// The cause.
-        message: String,
-    },
     /// The key set holds no usable ES256/RS256 key.
     #[error("JWKS holds no ES256 or RS256 key")]
     NoKeys,
@@ -75,87 +70,122 @@ pub enum KeyConfigError {
     Key(String),
 }
 
-#[derive(Clone)]
-struct VerifyingKey {
-    key: DecodingKey,
-    algorithm: Algorithm,
+/// What a token must satisfy besides a good signature from a known key.
+#[derive(Clone, Debug)]
+pub struct TokenRules {
+    /// Expected `iss`.
+    pub issuer: String,
+    /// Expected `aud`.
+    pub audience: String,
+    /// The longest lifetime accepted: `exp - iat`, or for a token without `iat` (when it is
+    /// not required) `exp - now`. A stolen long-lived token is a long-lived identity.
+    pub max_lifetime: Duration,
+    /// Whether a token must say when it was issued (`iat`).
+    pub require_iat: bool,
+    /// The clock skew tolerated on `exp`, `nbf` and `iat`.
+    pub leeway: Duration,
 }
 
-/// Verifies bearer tokens against a fixed key set, issuer and audience.
+impl TokenRules {
+    /// Default clock-skew leeway.
+    pub const LEEWAY: Duration = Duration::from_secs(30);
+    /// Default maximum lifetime (a user token's: an hour).
+    pub const MAX_LIFETIME: Duration = Duration::from_secs(3600);
+
+    /// `iss` and `aud` as given; `iat` required, lifetime at most an hour, 30 s leeway.
+    pub fn new(issuer: &str, audience: &str) -> Self {
+        Self {
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            max_lifetime: Self::MAX_LIFETIME,
+            require_iat: true,
+            leeway: Self::LEEWAY,
+        }
+    }
+}
+
+/// How many verified tokens are remembered (per verifier). At about a kilobyte of claims each,
+/// a few megabytes: enough for every active clinician of a large deployment between two
+/// expiries, and bounded whatever callers send.
+pub const VERIFIED_TOKENS_CACHED: usize = 10_000;
+
+/// A token verified earlier: its claims, until its expiry, under the key set it was verified
+/// with.
+#[derive(Clone)]
+struct Verified {
+    claims: Arc<serde_json::Value>,
+    exp: u64,
+    generation: u64,
+}
+
+/// Verifies bearer tokens against a key set that may rotate ([`KeySource`]), an issuer, an
+/// audience and lifetime rules. Verified claims are cached by the token's SHA-256 until the
+/// token expires, so a caller's repeated calls skip the signature check; an entry made under an
+/// older key set is never used, so a key removed from the set stops its tokens at once.
+/// Cloning shares the keys and the cache.
 #[derive(Clone)]
 pub struct TokenVerifier {
-    keys: HashMap<String, VerifyingKey>,
-    /// Used when a token has no `kid` and the set holds exactly one key.
-    only_key: Option<VerifyingKey>,
-    issuer: String,
-    audience: String,
+    keys: Arc<KeyStore>,
+    rules: Arc<TokenRules>,
+    cache: Arc<quick_cache::sync::Cache<[u8; 32], Verified>>,
 }
 
 impl std::fmt::Debug for TokenVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenVerifier")
-            .field("kids", &self.keys.keys().collect::<Vec<_>>())
-            .field("issuer", &self.issuer)
-            .field("audience", &self.audience)
+            .field("keys", &self.keys.current())
+            .field("rules", &self.rules)
             .finish()
     }
 }
 
 impl TokenVerifier {
-    /// Reads a JWKS file.
-    pub fn from_jwks_file(
-        path: &Path,
-        issuer: &str,
-        audience: &str,
-    ) -> Result<Self, KeyConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let set: JwkSet = serde_json::from_str(&text).map_err(|e| KeyConfigError::Parse {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        Self::from_jwks(&set, issuer, audience)
-    }
-
-    /// Uses an in-memory key set.
-    pub fn from_jwks(set: &JwkSet, issuer: &str, audience: &str) -> Result<Self, KeyConfigError> {
-        let mut keys = HashMap::new();
-        let mut all = Vec::new();
-        for jwk in &set.keys {
-            let algorithm = match (&jwk.common.key_algorithm, &jwk.algorithm) {
-                (Some(KeyAlgorithm::ES256), _) => Algorithm::ES256,
-                (Some(KeyAlgorithm::RS256), _) => Algorithm::RS256,
-                (None, jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_)) => {
-                    Algorithm::ES256
-                }
-                (None, jsonwebtoken::jwk::AlgorithmParameters::RSA(_)) => Algorithm::RS256,
-                // Other algorithms (HMAC shared secrets, EdDSA) are not accepted here.
-                _ => continue,
-            };
-            let Ok(key) = DecodingKey::from_jwk(jwk) else {
-                continue;
-            };
-            let entry = VerifyingKey { key, algorithm };
-            if let Some(kid) = &jwk.common.key_id {
-                keys.insert(kid.clone(), entry.clone());
-            }
-            all.push(entry);
-        }
-        if all.is_empty() {
-            return Err(KeyConfigError::NoKeys);
-        }
-        let only_key = if all.len() == 1 { all.pop() } else { None };
-        Ok(Self {
+    fn new(keys: Arc<KeyStore>, rules: TokenRules) -> Self {
+        Self {
             keys,
-            only_key,
-            issuer: issuer.to_owned(),
-            audience: audience.to_owned(),
-        })
+            rules: Arc::new(rules),
+            cache: Arc::new(quick_cache::sync::Cache::new(VERIFIED_TOKENS_CACHED)),
+        }
     }
 
-    /// Extracts and verifies the bearer token of a request, returning its claims.
+    /// Uses a fixed in-memory key set, with [`TokenRules::new`]'s defaults.
+    pub fn from_jwks(set: &JwkSet, issuer: &str, audience: &str) -> Result<Self, KeyConfigError> {
+        Ok(Self::new(
+            Arc::new(KeyStore::fixed(KeySet::from_jwks(set)?)),
+            TokenRules::new(issuer, audience),
+        ))
+    }
+
+    /// Loads keys from `source` and keeps them fresh while the verifier lives (see
+    /// [`KeyStore`](crate::keys)); an error when no key could be loaded.
+    pub async fn load(
+        source: KeySource,
+        refresh: RefreshPolicy,
+        rules: TokenRules,
+    ) -> Result<Self, String> {
+        Ok(Self::new(KeyStore::load(source, refresh).await?, rules))
+    }
+
+    /// The same keys under other lifetime rules (a service's configuration applied to a
+    /// verifier a test or the dev stack injected), with a cache of its own.
+    #[must_use]
+    pub fn with_lifetime(&self, max_lifetime: Duration, require_iat: bool) -> Self {
+        let rules = TokenRules {
+            max_lifetime,
+            require_iat,
+            ..(*self.rules).clone()
+        };
+        Self::new(self.keys.clone(), rules)
+    }
+
+    /// The key set in effect.
+    pub fn keys(&self) -> Arc<KeySet> {
+        self.keys.current()
+    }
+
+    /// Extracts and verifies the bearer token of a request, returning its claims, with the
+    /// keys in effect now (see [`Self::verify_metadata_fresh`] and [`FreshKeys`] for a token
+    /// whose key is not known yet).
     pub fn verify_metadata<C: DeserializeOwned>(
         &self,
         metadata: &MetadataMap,
@@ -163,27 +193,83 @@ impl TokenVerifier {
         self.verify(bearer_token(metadata)?)
     }
 
-    /// Verifies a compact JWT.
+    /// Like [`Self::verify_metadata`], but a token naming a key id not in the set first makes
+    /// the set refresh from its source (rate-limited).
+    pub async fn verify_metadata_fresh<C: DeserializeOwned>(
+        &self,
+        metadata: &MetadataMap,
+    ) -> Result<C, AuthError> {
+        let token = bearer_token(metadata)?;
+        if let Some(kid) = self.unknown_key_id(token) {
+            self.keys.refresh_for_unknown(Some(&kid)).await;
+        }
+        self.verify(token)
+    }
+
+    /// The key id `token` names when the set does not hold it and refreshing could help; `None`
+    /// for a known key, a token without `kid`, a malformed token or fixed keys.
+    fn unknown_key_id(&self, token: &str) -> Option<String> {
+        if !self.keys.refreshes() {
+            return None;
+        }
+        let kid = jsonwebtoken::decode_header(token).ok()?.kid?;
+        (!self.keys.current().knows(Some(&kid))).then_some(kid)
+    }
+
+    /// Verifies a compact JWT: signature by a key of the set, `iss`, `aud`, `exp`, `nbf`, then
+    /// `iat` and the lifetime.
     pub fn verify<C: DeserializeOwned>(&self, token: &str) -> Result<C, AuthError> {
+        let keys = self.keys.current();
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let leeway = self.rules.leeway.as_secs();
+        let claims = match self.cache.get(&digest) {
+            Some(hit) if hit.generation == keys.generation && now_secs() <= hit.exp + leeway => {
+                hit.claims
+            }
+            stale => {
+                if stale.is_some() {
+                    self.cache.remove(&digest);
+                }
+                let (claims, exp) = self.verify_signed(&keys, token)?;
+                let claims = Arc::new(claims);
+                self.cache.insert(
+                    digest,
+                    Verified {
+                        claims: claims.clone(),
+                        exp,
+                        generation: keys.generation,
+                    },
+                );
+                claims
+            }
+        };
+        C::deserialize(&*claims)
+            .map_err(|_| AuthError::Invalid("claims do not have the expected shape".into()))
+    }
+
+    /// The signature and every rule; the claims and `exp` when all hold.
+    fn verify_signed(
+        &self,
+        keys: &KeySet,
+        token: &str,
+    ) -> Result<(serde_json::Value, u64), AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthError::Invalid("malformed token".into()))?;
-        let key = match &header.kid {
-            Some(kid) => self.keys.get(kid),
-            None => self.only_key.as_ref(),
-        }
-        .ok_or_else(|| AuthError::Invalid("unknown signing key".into()))?;
+        let key = keys
+            .find(header.kid.as_deref())
+            .ok_or_else(|| AuthError::Invalid("unknown signing key".into()))?;
         if header.alg != key.algorithm {
             return Err(AuthError::Invalid(
                 "algorithm does not match the key".into(),
             ));
         }
         let mut validation = Validation::new(key.algorithm);
-        validation.set_issuer(&[&self.issuer]);
-        validation.set_audience(&[&self.audience]);
+        validation.set_issuer(&[&self.rules.issuer]);
+        validation.set_audience(&[&self.rules.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.validate_nbf = true;
-        validation.leeway = 30;
-        jsonwebtoken::decode::<C>(token, &key.key, &validation)
+        validation.leeway = self.rules.leeway.as_secs();
+        let claims = jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &validation)
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature | ErrorKind::ImmatureSignature => AuthError::Expired,
@@ -197,7 +283,111 @@ impl TokenVerifier {
                     AuthError::Invalid("claims do not have the expected shape".into())
                 }
                 _ => AuthError::Invalid("token rejected".into()),
-            })
+            })?;
+        let exp = self.check_lifetime(&claims)?;
+        Ok((claims, exp))
+    }
+
+    /// `iat` (required unless configured otherwise, not in the future) and the lifetime; the
+    /// token's `exp` when they hold.
+    fn check_lifetime(&self, claims: &serde_json::Value) -> Result<u64, AuthError> {
+        let exp = claims
+            .get("exp")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| AuthError::Invalid("claim exp is not a number of seconds".into()))?;
+        let now = now_secs();
+        let leeway = self.rules.leeway.as_secs();
+        let too_long = || AuthError::LifetimeTooLong {
+            max: self.rules.max_lifetime,
+        };
+        let max = self.rules.max_lifetime.as_secs();
+        match claims.get("iat") {
+            None if self.rules.require_iat => Err(AuthError::Invalid("missing claim iat".into())),
+            None => {
+                // Without iat the lifetime is unknown; what is left of it must still fit.
+                if exp.saturating_sub(now) > max.saturating_add(leeway) {
+                    return Err(too_long());
+                }
+                Ok(exp)
+            }
+            Some(iat) => {
+                let iat = iat.as_u64().ok_or_else(|| {
+                    AuthError::Invalid("claim iat is not a number of seconds".into())
+                })?;
+                if iat > now.saturating_add(leeway) {
+                    // Issued in the future: not yet valid.
+                    return Err(AuthError::Expired);
+                }
+                if exp.saturating_sub(iat) > max {
+                    return Err(too_long());
+                }
+                Ok(exp)
+            }
+        }
+    }
+}
+
+/// A gRPC service whose interceptor verifies tokens synchronously (tonic interceptors cannot
+/// wait), wrapped so that a token naming a key id the verifier does not hold first makes the
+/// key set refresh (rate-limited), and the interceptor then sees the fresh keys.
+#[derive(Clone)]
+pub struct FreshKeys<S> {
+    verifier: TokenVerifier,
+    inner: S,
+}
+
+impl<S> std::fmt::Debug for FreshKeys<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FreshKeys").finish_non_exhaustive()
+    }
+}
+
+impl<S> FreshKeys<S> {
+    /// Wraps `inner`, whose interceptor verifies with `verifier` (or a verifier sharing its
+    /// keys).
+    pub fn new(verifier: TokenVerifier, inner: S) -> Self {
+        Self { verifier, inner }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for FreshKeys<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tower::Service<http::Request<B>> for FreshKeys<S>
+where
+    S: tower::Service<http::Request<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let unknown = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| bearer_in(value).ok())
+            .and_then(|token| self.verifier.unknown_key_id(token));
+        // The service made ready is the one to call; a clone takes its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let keys = self.verifier.keys.clone();
+        Box::pin(async move {
+            if let Some(kid) = unknown {
+                keys.refresh_for_unknown(Some(&kid)).await;
+            }
+            inner.call(request).await
+        })
     }
 }
 
@@ -209,6 +399,11 @@ pub fn bearer_token(metadata: &MetadataMap) -> Result<&str, AuthError> {
     let value = value
         .to_str()
         .map_err(|_| AuthError::Invalid("authorization is not ASCII".into()))?;
+    bearer_in(value)
+}
+
+/// The token of an `authorization` value.
+fn bearer_in(value: &str) -> Result<&str, AuthError> {
     let (_, token) = value
         .split_once(' ')
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
@@ -228,7 +423,7 @@ pub fn bearer_token(metadata: &MetadataMap) -> Result<&str, AuthError> {
 #[derive(Clone)]
 pub struct DevSigner {
     encoding: EncodingKey,
-    kid: String,
+    kid: Option<String>,
     jwks: JwkSet,
     /// Issuer put in minted tokens.
     pub issuer: String,
@@ -277,11 +472,27 @@ impl DevSigner {
         jwk.common.key_id = Some(kid.clone());
         Ok(Self {
             encoding,
-            kid,
+            kid: Some(kid),
             jwks: JwkSet { keys: vec![jwk] },
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
         })
+    }
+
+    /// The same key published and used under another key id, or under none (then a verifier
+    /// knows it by its RFC 7638 thumbprint): for tests of key rotation and unknown key ids.
+    #[must_use]
+    pub fn with_key_id(mut self, kid: Option<&str>) -> Self {
+        self.kid = kid.map(str::to_owned);
+        for jwk in &mut self.jwks.keys {
+            jwk.common.key_id = self.kid.clone();
+        }
+        self
+    }
+
+    /// The key id tokens are signed under.
+    pub fn key_id(&self) -> Option<&str> {
+        self.kid.as_deref()
     }
 
     /// The public key set to configure verifiers with.
@@ -300,7 +511,7 @@ impl DevSigner {
         claims: &serde_json::Value,
         ttl: std::time::Duration,
     ) -> Result<String, KeyConfigError> {
-        let now = chrono_now_secs();
+        let now = now_secs();
         let mut body = serde_json::Map::new();
         body.insert("iss".into(), self.issuer.clone().into());
         body.insert("aud".into(), self.audience.clone().into());
@@ -317,13 +528,13 @@ impl DevSigner {
     /// Signs exactly `claims` (for tests that need malformed or expired tokens).
     pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, KeyConfigError> {
         let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(self.kid.clone());
+        header.kid = self.kid.clone();
         jsonwebtoken::encode(&header, claims, &self.encoding)
             .map_err(|e| KeyConfigError::Key(e.to_string()))
     }
 }
 
-fn chrono_now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

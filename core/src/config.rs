@@ -1,11 +1,13 @@
 //! Configuration plumbing both services share: parsing a service's flags from a given argument
-//! list (testable without touching the process), and choosing its token verifier.
+//! list (testable without touching the process), and choosing its token verifier (keys from a
+//! file or URL, lifetime rules).
 
 use std::path::Path;
 
 use clap::Parser;
 
-use crate::auth::TokenVerifier;
+use crate::auth::{TokenRules, TokenVerifier};
+use crate::keys::{JwksUrl, KeySource, RefreshPolicy};
 
 #[derive(Parser)]
 struct Standalone<C: clap::Args> {
@@ -24,18 +26,42 @@ where
     Standalone::<C>::try_parse_from(args).map(|s| s.config)
 }
 
-/// The token verifier in effect: the one injected (tests, the dev stack), or one built from the
-/// JWKS file the operator configured with `flag`.
-pub fn token_verifier(
-    injected: Option<&TokenVerifier>,
-    jwks_file: Option<&Path>,
-    flag: &str,
-    issuer: &str,
-    audience: &str,
-) -> Result<TokenVerifier, String> {
-    if let Some(verifier) = injected {
-        return Ok(verifier.clone());
+/// Where a service's token keys come from and what its tokens must satisfy, from its flags.
+#[derive(Debug)]
+pub struct TokenSettings<'a> {
+    /// A verifier given directly (tests, the dev stack); the lifetime rules below still apply.
+    pub injected: Option<&'a TokenVerifier>,
+    /// `--jwks-file`.
+    pub jwks_file: Option<&'a Path>,
+    /// `--jwks-url`.
+    pub jwks_url: Option<&'a str>,
+    /// How the file or URL is refreshed.
+    pub refresh: RefreshPolicy,
+    /// The flags that name a key source, for the message when none is set.
+    pub flags: &'a str,
+    /// Issuer, audience and lifetime rules.
+    pub rules: TokenRules,
+}
+
+/// The token verifier in effect: the one injected (tests, the dev stack) under this service's
+/// lifetime rules, or one loading the JWKS file or URL the operator configured. Fails when no
+/// source is set, when both are, or when no key can be loaded at start: a service that could
+/// authenticate nobody does not start.
+pub async fn token_verifier(settings: TokenSettings<'_>) -> Result<TokenVerifier, String> {
+    let rules = settings.rules;
+    if let Some(verifier) = settings.injected {
+        return Ok(verifier.with_lifetime(rules.max_lifetime, rules.require_iat));
     }
-    let path = jwks_file.ok_or_else(|| format!("no token keys: set {flag}"))?;
-    TokenVerifier::from_jwks_file(path, issuer, audience).map_err(|e| e.to_string())
+    let source = match (settings.jwks_file, settings.jwks_url) {
+        (Some(path), None) => KeySource::File(path.to_owned()),
+        (None, Some(url)) => KeySource::Url(JwksUrl::parse(url)?),
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "token keys: set one of {}, not both",
+                settings.flags
+            ));
+        }
+        (None, None) => return Err(format!("no token keys: set {}", settings.flags)),
+    };
+    TokenVerifier::load(source, settings.refresh, rules).await
 }

@@ -3,7 +3,12 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use cpis_core::{auth::TokenVerifier, server::ServerOptions};
+use cpis_core::{
+    auth::{TokenRules, TokenVerifier},
+    config::TokenSettings,
+    keys::RefreshPolicy,
+    server::ServerOptions,
+};
 use secrecy::SecretString;
 
 use crate::policy::RolePolicy;
@@ -31,9 +36,34 @@ pub struct Config {
     #[arg(long, env = "CPIS_REGISTRY_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub registry_timeout: Duration,
 
-    /// JWKS file with the public keys (ES256/RS256) that sign NHS user and system tokens.
+    /// JWKS file with the public keys (ES256/RS256) that sign NHS user and system tokens;
+    /// re-read when it changes (checked every 2 s).
     #[arg(long, env = "CPIS_LOOKUP_JWKS_FILE")]
     pub jwks_file: Option<PathBuf>,
+
+    /// JWKS URL with those keys (https; http only on a loopback address), instead of
+    /// --jwks-file: fetched at start (no keys, no start), every --jwks-refresh, and at once when
+    /// a token names an unknown key id (at most once per --jwks-min-refetch). A failed fetch
+    /// keeps the last good keys.
+    #[arg(long, env = "CPIS_LOOKUP_JWKS_URL")]
+    pub jwks_url: Option<String>,
+
+    /// How often --jwks-url is fetched again.
+    #[arg(long, env = "CPIS_LOOKUP_JWKS_REFRESH", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub jwks_refresh: Duration,
+
+    /// The least time between two fetches of --jwks-url caused by unknown key ids (a flood of
+    /// tokens naming random keys cannot hammer the identity provider).
+    #[arg(long, env = "CPIS_LOOKUP_JWKS_MIN_REFETCH", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub jwks_min_refetch: Duration,
+
+    /// The longest token lifetime accepted (NHS user tokens are short-lived): `exp` minus `iat`.
+    #[arg(long, env = "CPIS_LOOKUP_TOKEN_MAX_LIFETIME", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub token_max_lifetime: Duration,
+
+    /// Whether tokens must carry `iat` (without it, only what is left until `exp` is bounded).
+    #[arg(long, env = "CPIS_LOOKUP_TOKEN_REQUIRE_IAT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub token_require_iat: bool,
 
     /// Expected `iss` of NHS tokens.
     #[arg(long, env = "CPIS_LOOKUP_JWT_ISSUER", default_value = "cpis")]
@@ -47,7 +77,8 @@ pub struct Config {
     #[command(flatten)]
     pub policy: RolePolicy,
 
-    /// A verifier given directly (tests, the dev stack) instead of --jwks-file.
+    /// A verifier given directly (tests, the dev stack) instead of --jwks-file or --jwks-url
+    /// (the lifetime rules above still apply to it).
     #[arg(skip)]
     pub verifier: Option<TokenVerifier>,
 }
@@ -74,6 +105,11 @@ impl Config {
             registry_token: Some(registry_token),
             registry_timeout: Duration::from_secs(2),
             jwks_file: None,
+            jwks_url: None,
+            jwks_refresh: Duration::from_secs(300),
+            jwks_min_refetch: Duration::from_secs(10),
+            token_max_lifetime: Duration::from_secs(3600),
+            token_require_iat: true,
             jwt_issuer: "cpis".into(),
             jwt_audience: "cpis-lookup".into(),
             policy: RolePolicy::default(),
@@ -81,15 +117,24 @@ impl Config {
         }
     }
 
-    /// The token verifier in effect: injected, or from the JWKS file.
-    pub fn token_verifier(&self) -> Result<TokenVerifier, crate::LookupError> {
-        cpis_core::config::token_verifier(
-            self.verifier.as_ref(),
-            self.jwks_file.as_deref(),
-            "--jwks-file (CPIS_LOOKUP_JWKS_FILE)",
-            &self.jwt_issuer,
-            &self.jwt_audience,
-        )
+    /// The token verifier in effect: injected, or loading the JWKS file or URL; this
+    /// service's lifetime rules either way.
+    pub async fn token_verifier(&self) -> Result<TokenVerifier, crate::LookupError> {
+        let mut rules = TokenRules::new(&self.jwt_issuer, &self.jwt_audience);
+        rules.max_lifetime = self.token_max_lifetime;
+        rules.require_iat = self.token_require_iat;
+        cpis_core::config::token_verifier(TokenSettings {
+            injected: self.verifier.as_ref(),
+            jwks_file: self.jwks_file.as_deref(),
+            jwks_url: self.jwks_url.as_deref(),
+            refresh: RefreshPolicy {
+                interval: self.jwks_refresh,
+                min_refetch: self.jwks_min_refetch,
+            },
+            flags: "--jwks-file (CPIS_LOOKUP_JWKS_FILE) or --jwks-url (CPIS_LOOKUP_JWKS_URL)",
+            rules,
+        })
+        .await
         .map_err(crate::LookupError::Config)
     }
 }

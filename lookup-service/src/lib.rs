@@ -42,7 +42,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), LookupError> {
-    let verifier = config.token_verifier()?;
+    let verifier = config.token_verifier().await?;
     if config.registry_token.is_none() {
         tracing::warn!("no --registry-token: the registry will refuse every disclosure");
     }

@@ -89,7 +89,8 @@ impl LookupService for LookupApi {
         let started = std::time::Instant::now();
         let claims: NhsClaims = self
             .verifier
-            .verify_metadata(request.metadata())
+            .verify_metadata_fresh(request.metadata())
+            .await
             .map_err(LookupError::from)?;
         // A malformed identity is refused first; an unserved care setting is the policy's call.
         let caller = match claims.into_caller() {

@@ -3,7 +3,12 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use cpis_core::{auth::TokenVerifier, server::ServerOptions};
+use cpis_core::{
+    auth::{TokenRules, TokenVerifier},
+    config::TokenSettings,
+    keys::RefreshPolicy,
+    server::ServerOptions,
+};
 
 use crate::{clock::Clock, db::DatabaseUrl};
 
@@ -36,9 +41,34 @@ pub struct Config {
     #[arg(long, env = "CPIS_MIGRATE_ON_START")]
     pub migrate_on_start: bool,
 
-    /// JWKS file with the public keys (ES256/RS256) that sign council and service tokens.
+    /// JWKS file with the public keys (ES256/RS256) that sign council and service tokens;
+    /// re-read when it changes (checked every 2 s).
     #[arg(long, env = "CPIS_JWKS_FILE")]
     pub jwks_file: Option<PathBuf>,
+
+    /// JWKS URL with those keys (https; http only on a loopback address), instead of
+    /// --jwks-file: fetched at start (no keys, no start), every --jwks-refresh, and at once when
+    /// a token names an unknown key id (at most once per --jwks-min-refetch). A failed fetch
+    /// keeps the last good keys.
+    #[arg(long, env = "CPIS_JWKS_URL")]
+    pub jwks_url: Option<String>,
+
+    /// How often --jwks-url is fetched again.
+    #[arg(long, env = "CPIS_JWKS_REFRESH", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub jwks_refresh: Duration,
+
+    /// The least time between two fetches of --jwks-url caused by unknown key ids (a flood of
+    /// tokens naming random keys cannot hammer the identity provider).
+    #[arg(long, env = "CPIS_JWKS_MIN_REFETCH", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub jwks_min_refetch: Duration,
+
+    /// The longest token lifetime accepted (council case systems' tokens): `exp` minus `iat`.
+    #[arg(long, env = "CPIS_TOKEN_MAX_LIFETIME", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub token_max_lifetime: Duration,
+
+    /// Whether tokens must carry `iat` (without it, only what is left until `exp` is bounded).
+    #[arg(long, env = "CPIS_TOKEN_REQUIRE_IAT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub token_require_iat: bool,
 
     /// Expected `iss` of tokens.
     #[arg(long, env = "CPIS_JWT_ISSUER", default_value = "cpis")]
@@ -87,7 +117,8 @@ pub struct Config {
     #[arg(long, env = "CPIS_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
 
-    /// A verifier given directly (tests, the dev stack) instead of --jwks-file.
+    /// A verifier given directly (tests, the dev stack) instead of --jwks-file or --jwks-url
+    /// (the lifetime rules above still apply to it).
     #[arg(skip)]
     pub verifier: Option<TokenVerifier>,
 
@@ -120,6 +151,11 @@ impl Config {
             db_acquire_timeout: Duration::from_secs(5),
             migrate_on_start: true,
             jwks_file: None,
+            jwks_url: None,
+            jwks_refresh: Duration::from_secs(300),
+            jwks_min_refetch: Duration::from_secs(10),
+            token_max_lifetime: Duration::from_secs(24 * 3600),
+            token_require_iat: true,
             jwt_issuer: "cpis".into(),
             jwt_audience: "cpis-registry".into(),
             upload_chunk: 2000,
@@ -163,15 +199,24 @@ impl Config {
             .unwrap_or_else(|| DatabaseUrl::Sqlite(self.data_dir.join("registry.sqlite3")))
     }
 
-    /// The token verifier in effect: injected, or from the JWKS file.
-    pub fn token_verifier(&self) -> Result<TokenVerifier, crate::RegistryError> {
-        cpis_core::config::token_verifier(
-            self.verifier.as_ref(),
-            self.jwks_file.as_deref(),
-            "--jwks-file (CPIS_JWKS_FILE)",
-            &self.jwt_issuer,
-            &self.jwt_audience,
-        )
+    /// The token verifier in effect: injected, or loading the JWKS file or URL; this
+    /// service's lifetime rules either way.
+    pub async fn token_verifier(&self) -> Result<TokenVerifier, crate::RegistryError> {
+        let mut rules = TokenRules::new(&self.jwt_issuer, &self.jwt_audience);
+        rules.max_lifetime = self.token_max_lifetime;
+        rules.require_iat = self.token_require_iat;
+        cpis_core::config::token_verifier(TokenSettings {
+            injected: self.verifier.as_ref(),
+            jwks_file: self.jwks_file.as_deref(),
+            jwks_url: self.jwks_url.as_deref(),
+            refresh: RefreshPolicy {
+                interval: self.jwks_refresh,
+                min_refetch: self.jwks_min_refetch,
+            },
+            flags: "--jwks-file (CPIS_JWKS_FILE) or --jwks-url (CPIS_JWKS_URL)",
+            rules,
+        })
+        .await
         .map_err(crate::RegistryError::Config)
     }
 }

@@ -144,7 +144,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RegistryError> {
-    let verifier = config.token_verifier()?;
+    let verifier = config.token_verifier().await?;
     let db = open_database(&config)?;
     let notifier = notify::Notifier::default();
     // Other replicas' commits wake this replica's subscribers too.

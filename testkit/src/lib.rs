@@ -8,6 +8,7 @@
 
 pub mod db;
 pub mod fixtures;
+pub mod jwks;
 pub mod logs;
 pub mod nhs;
 pub mod pg_cluster;

@@ -6,6 +6,7 @@ mod disclosure;
 mod edges;
 mod faults;
 mod harness;
+mod keys;
 mod roles;
 mod seam;
 mod surface;

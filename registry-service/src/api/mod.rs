@@ -17,7 +17,7 @@ pub(crate) use upload::UploadOptions;
 
 use std::sync::Arc;
 
-use cpis_core::auth::TokenVerifier;
+use cpis_core::auth::{FreshKeys, TokenVerifier};
 use cpis_proto::cpis::registry::v1::{
     council_service_server::CouncilServiceServer,
     disclosure_service_server::DisclosureServiceServer,
@@ -93,17 +93,25 @@ pub(crate) fn routes(
 ) -> Routes {
     let mut routes = tonic::service::RoutesBuilder::default();
     routes
-        .add_service(CouncilServiceServer::with_interceptor(
-            council::CouncilApi(registry.clone()),
-            auth::CouncilInterceptor(verifier.clone()),
+        // FreshKeys: a token naming a key not yet known refreshes the keys before the
+        // (synchronous) interceptor checks it.
+        .add_service(FreshKeys::new(
+            verifier.clone(),
+            CouncilServiceServer::with_interceptor(
+                council::CouncilApi(registry.clone()),
+                auth::CouncilInterceptor(verifier.clone()),
+            ),
         ))
         .add_service(DisclosureServiceServer::with_interceptor(
             disclosure::DisclosureApi(registry.clone()),
             auth::DisclosureInterceptor::new(disclosure_token),
         ))
-        .add_service(OperatorServiceServer::with_interceptor(
-            operator::OperatorApi(registry),
-            auth::OperatorInterceptor(verifier),
+        .add_service(FreshKeys::new(
+            verifier.clone(),
+            OperatorServiceServer::with_interceptor(
+                operator::OperatorApi(registry),
+                auth::OperatorInterceptor(verifier),
+            ),
         ));
     routes.routes()
 }

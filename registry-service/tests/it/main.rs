@@ -12,6 +12,7 @@ mod crowds;
 mod dates;
 mod edges;
 mod harness;
+mod keys;
 mod logs;
 mod nhs_oracle;
 mod notifications;
