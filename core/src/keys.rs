@@ -70,7 +70,11 @@ impl KeySet {
             ) else {
                 continue;
             };
-            let id = jwk.common.key_id.clone().unwrap_or_else(|| thumbprint.clone());
+            let id = jwk
+                .common
+                .key_id
+                .clone()
+                .unwrap_or_else(|| thumbprint.clone());
             // The first key of an id wins: a set naming one id twice is the IdP's mistake, and
             // accepting either key for it would let the wrong one verify.
             if keys.contains_key(&id) {

@@ -40,7 +40,8 @@ impl JwksServer {
                     let answer = service_fn(move |_request| {
                         let mut served = served.lock().expect("lock");
                         served.fetches += 1;
-                        let mut response = Response::new(Full::new(Bytes::from(served.body.clone())));
+                        let mut response =
+                            Response::new(Full::new(Bytes::from(served.body.clone())));
                         *response.status_mut() = served.status;
                         std::future::ready(Ok::<_, std::convert::Infallible>(response))
                     });

@@ -68,7 +68,11 @@ async fn until_refused(client: &CouncilServiceClient<Channel>, token: &str, what
     loop {
         match call(client, token).await {
             Err(status) if status.code() == Code::Unauthenticated => {
-                assert_eq!(reason_of(&status), Some(ErrorReason::TokenInvalid), "{what}");
+                assert_eq!(
+                    reason_of(&status),
+                    Some(ErrorReason::TokenInvalid),
+                    "{what}"
+                );
                 return;
             }
             result => assert!(Instant::now() < deadline, "{what}: still {result:?}"),
@@ -145,8 +149,8 @@ async fn unknown_key_flood_is_rate_limited(backend: Backend) {
     let idp = JwksServer::start(&[&a]).await;
     let min_refetch = Duration::from_secs(3);
     // No periodic refresh during the test: every fetch after the first is an unknown kid's.
-    let Some(reg) = start_with_url(backend, idp.url(), Duration::from_secs(3600), min_refetch)
-        .await
+    let Some(reg) =
+        start_with_url(backend, idp.url(), Duration::from_secs(3600), min_refetch).await
     else {
         return;
     };
