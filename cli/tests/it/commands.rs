@@ -348,3 +348,74 @@ fn watch_survives_a_registry_restart_without_a_gap() {
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(sequences(&out), [1, 2, 3], "{out:?}");
 }
+
+/// `cpis token jwks` prints the dev key's public JWKS, which is all a registry run by hand
+/// (`--jwks-file`, as the README shows) needs to accept `cpis token` tokens; a week's token
+/// (the `--ttl` default) is over the registry's default maximum lifetime and refused as such.
+#[test]
+fn token_jwks_lets_services_run_by_hand() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cpis = |args: &[&str], registry_url: &str| {
+        let out = std::process::Command::new(crate::harness::cpis())
+            .args(args)
+            // Where `cpis token` keeps the dev key.
+            .env("CPIS_DATA_DIR", &data)
+            .env("CPIS_REGISTRY_URL", registry_url)
+            .output()
+            .expect("run cpis");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, jwks, stderr) = cpis(&["token", "jwks"], "");
+    assert_eq!(code, 0, "{stderr}");
+    let parsed: serde_json::Value = serde_json::from_str(&jwks).expect("JWKS is JSON");
+    let keys = parsed["keys"].as_array().expect("keys");
+    assert_eq!(keys.len(), 1, "{jwks}");
+    assert!(keys[0]["kid"].is_string(), "{jwks}");
+    assert!(keys[0].get("d").is_none(), "no private part: {jwks}");
+    let jwks_file = dir.path().join("jwks.json");
+    std::fs::write(&jwks_file, &jwks).unwrap();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(stack) = runtime.block_on(
+        cpis_testkit::Stack::builder(cpis_testkit::db::Backend::Sqlite)
+            .registry(move |config| {
+                config.verifier = None;
+                config.jwks_file = Some(jwks_file);
+            })
+            .start(),
+    ) else {
+        return;
+    };
+    let url = stack.registry.url();
+    let set = |token: &str| {
+        cpis(
+            &[
+                "contacts",
+                "set",
+                "--token",
+                token,
+                "--name",
+                "Devtown Borough Council",
+                "--emergency-duty-phone",
+                "020 7946 0000",
+            ],
+            &url,
+        )
+    };
+    let (_, week, _) = cpis(&["token", "council", "DEV01"], "");
+    let (code, _, stderr) = set(&week);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: UNAUTHENTICATED TOKEN_LIFETIME_TOO_LONG"),
+        "{stderr}"
+    );
+    let (_, hour, _) = cpis(&["token", "council", "DEV01", "--ttl", "1h"], "");
+    let (code, _, stderr) = set(&hour);
+    assert_eq!(code, 0, "{stderr}");
+    drop(stack);
+}
