@@ -230,12 +230,15 @@ struct Loader {
     state: tokio::sync::Mutex<LoadState>,
 }
 
+/// What identifies a file's version without reading it: modification time and size.
+type FileStamp = (SystemTime, u64);
+
 #[derive(Default)]
 struct LoadState {
     /// When a token with an unknown key id last caused a load (periodic loads do not count:
     /// they are already spaced, and a file's frequent polls must not starve unknown-kid loads).
     last_attempt: Option<Instant>,
-    file_stamp: Option<(SystemTime, u64)>,
+    file_stamp: Option<FileStamp>,
 }
 
 type HttpClient = hyper_util::client::legacy::Client<
@@ -388,11 +391,10 @@ impl Loader {
 }
 
 /// The file's bytes and stamp, or `None` when its stamp is still `seen`.
-#[allow(clippy::type_complexity)]
 fn read_file(
     path: &std::path::Path,
-    seen: Option<(SystemTime, u64)>,
-) -> Result<Option<((SystemTime, u64), Vec<u8>)>, String> {
+    seen: Option<FileStamp>,
+) -> Result<Option<(FileStamp, Vec<u8>)>, String> {
     let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
     let stamp = (meta.modified().map_err(|e| e.to_string())?, meta.len());
     if seen == Some(stamp) {
@@ -486,6 +488,37 @@ mod tests {
         assert!(keys.find(Some(&expected)).is_some());
         // Alone in its set, it also verifies tokens that name no key.
         assert!(keys.find(None).is_some());
+    }
+
+    #[test]
+    fn a_token_without_kid_needs_a_set_of_one() {
+        let a = crate::auth::DevSigner::generate("i", "a")
+            .unwrap()
+            .with_key_id(None);
+        let b = crate::auth::DevSigner::generate("i", "a").unwrap();
+        let claims = serde_json::json!({"sub": "x"});
+        let token = a.mint(&claims, Duration::from_secs(60)).unwrap();
+        let alone = a.verifier().unwrap();
+        alone
+            .verify::<serde_json::Value>(&token)
+            .expect("the only key");
+        let both = JwkSet {
+            keys: [a.jwks().keys.clone(), b.jwks().keys.clone()].concat(),
+        };
+        let both = crate::auth::TokenVerifier::from_jwks(&both, "i", "a").unwrap();
+        let refused = both.verify::<serde_json::Value>(&token).unwrap_err();
+        assert_eq!(
+            refused,
+            crate::auth::AuthError::Invalid("unknown signing key".into())
+        );
+        // Naming the key by its thumbprint works whatever the set holds.
+        let named = a
+            .clone()
+            .with_key_id(Some(&thumbprint(&a.jwks().keys[0]).unwrap()))
+            .mint(&claims, Duration::from_secs(60))
+            .unwrap();
+        both.verify::<serde_json::Value>(&named)
+            .expect("named by thumbprint");
     }
 
     #[test]
