@@ -249,6 +249,41 @@ mod tests {
     }
 
     #[test]
+    fn token_key_flags_parse_with_sensible_defaults() {
+        let defaults = Config::try_parse_from(["registry"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (
+                defaults.jwks_refresh,
+                defaults.jwks_min_refetch,
+                defaults.token_max_lifetime,
+                defaults.token_require_iat,
+            ),
+            (
+                Duration::from_secs(300),
+                Duration::from_secs(10),
+                Duration::from_secs(24 * 3600),
+                true
+            )
+        );
+        let config = Config::try_parse_from([
+            "registry",
+            "--jwks-url",
+            "https://idp.example/jwks",
+            "--jwks-min-refetch",
+            "30s",
+            "--token-max-lifetime",
+            "2h",
+            "--token-require-iat",
+            "false",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.jwks_url.as_deref(), Some("https://idp.example/jwks"));
+        assert_eq!(config.jwks_min_refetch, Duration::from_secs(30));
+        assert_eq!(config.token_max_lifetime, Duration::from_secs(7200));
+        assert!(!config.token_require_iat);
+    }
+
+    #[test]
     fn bad_database_url_is_refused() {
         assert!(Config::try_parse_from(["registry", "--database-url", "mysql://x"]).is_err());
     }
