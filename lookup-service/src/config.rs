@@ -4,7 +4,6 @@
 use std::{path::PathBuf, time::Duration};
 
 use cpis_core::{auth::TokenVerifier, server::ServerOptions};
-use secrecy::SecretString;
 
 use crate::policy::RolePolicy;
 
@@ -15,17 +14,34 @@ pub struct Config {
     #[command(flatten)]
     pub server: ServerOptions,
 
-    /// The registry's internal address (its DisclosureService).
+    /// The registry's internal port (its DisclosureService): https://HOST:PORT, mutual TLS.
     #[arg(
         long,
         env = "CPIS_REGISTRY_URL",
-        default_value = "http://127.0.0.1:50051"
+        default_value = "https://localhost:50053"
     )]
     pub registry_url: String,
 
-    /// This service's credential for the registry's disclosure service.
-    #[arg(long, env = "CPIS_DISCLOSURE_TOKEN", hide_env_values = true)]
-    pub registry_token: Option<SecretString>,
+    /// PEM file of the CA that signed the registry's server certificate (https URLs).
+    #[arg(long, env = "CPIS_REGISTRY_CA")]
+    pub registry_ca: Option<PathBuf>,
+
+    /// PEM file with this service's client certificate chain for the registry; its identity
+    /// (SAN) must be among the registry's --disclosure-identities.
+    #[arg(
+        long,
+        env = "CPIS_REGISTRY_CLIENT_CERT",
+        requires = "registry_client_key"
+    )]
+    pub registry_client_cert: Option<PathBuf>,
+
+    /// PEM file with the private key of --registry-client-cert.
+    #[arg(
+        long,
+        env = "CPIS_REGISTRY_CLIENT_KEY",
+        requires = "registry_client_cert"
+    )]
+    pub registry_client_key: Option<PathBuf>,
 
     /// Longest wait for the registry per lookup (the caller's deadline shortens it).
     #[arg(long, env = "CPIS_REGISTRY_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
@@ -62,16 +78,15 @@ impl Config {
         cpis_core::config::parse_from(args)
     }
 
-    /// Defaults, with the registry and verifier a test or the dev stack supplies.
-    pub fn with(
-        registry_url: String,
-        registry_token: SecretString,
-        verifier: TokenVerifier,
-    ) -> Self {
+    /// Defaults, with the registry and verifier a test or the dev stack supplies (and the
+    /// registry's TLS files set after, for an https URL).
+    pub fn with(registry_url: String, verifier: TokenVerifier) -> Self {
         Self {
             server: ServerOptions::default(),
             registry_url,
-            registry_token: Some(registry_token),
+            registry_ca: None,
+            registry_client_cert: None,
+            registry_client_key: None,
             registry_timeout: Duration::from_secs(2),
             jwks_file: None,
             jwt_issuer: "cpis".into(),
@@ -79,6 +94,46 @@ impl Config {
             policy: RolePolicy::default(),
             verifier: Some(verifier),
         }
+    }
+
+    /// The channel to the registry's internal port, connecting lazily (the registry may start
+    /// after us; each lookup fails fast, UNAVAILABLE, while it is unreachable): TLS with this
+    /// service's client certificate for an https URL.
+    pub fn registry_endpoint(&self) -> Result<tonic::transport::Endpoint, crate::LookupError> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+        let config_error = |what: String| crate::LookupError::Config(what);
+        let read = |path: &std::path::Path| {
+            std::fs::read(path)
+                .map_err(|e| config_error(format!("cannot read {}: {e}", path.display())))
+        };
+        let mut endpoint = Endpoint::from_shared(self.registry_url.clone())
+            .map_err(|e| config_error(format!("registry url: {e}")))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true);
+        if self.registry_url.starts_with("https://") {
+            let ca = self.registry_ca.as_deref().ok_or_else(|| {
+                config_error("an https --registry-url needs --registry-ca".into())
+            })?;
+            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+            if let (Some(cert), Some(key)) = (&self.registry_client_cert, &self.registry_client_key)
+            {
+                tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+            } else {
+                tracing::warn!(
+                    "no --registry-client-cert: the registry will refuse every disclosure"
+                );
+            }
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| config_error(format!("registry TLS: {e}")))?;
+        } else {
+            tracing::warn!(
+                "plaintext --registry-url: without mutual TLS the registry refuses every disclosure"
+            );
+        }
+        Ok(endpoint)
     }
 
     /// The token verifier in effect: injected, or from the JWKS file.

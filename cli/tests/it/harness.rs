@@ -69,6 +69,9 @@ impl DevStack {
                 registry,
                 "--lookup-listen",
                 lookup,
+                // A free port for the internal (mTLS) link too, so stacks run side by side.
+                "--internal-listen",
+                "127.0.0.1:0",
             ])
             .arg("--data-dir")
             .arg(dir.path().join("data"))
