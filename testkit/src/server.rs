@@ -44,7 +44,22 @@ impl TestServer {
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: Display,
     {
-        let server = Self::spawn_at(addr, serve).await;
+        Self::start_tls_at(addr, None, serve).await
+    }
+
+    /// As [`TestServer::start_at`], for a server reached over TLS with `tls`.
+    pub async fn start_tls_at<F, Fut, E>(
+        addr: SocketAddr,
+        tls: Option<ClientTlsConfig>,
+        serve: F,
+    ) -> Self
+    where
+        F: FnOnce(TcpListener, Shutdown) -> Fut,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Display,
+    {
+        let mut server = Self::spawn_at(addr, serve).await;
+        server.tls = tls;
         server.wait_serving("", Duration::from_secs(10)).await;
         server
     }
@@ -105,6 +120,7 @@ impl TestServer {
     pub fn attach(url: &str) -> Self {
         let addr = url
             .trim_start_matches("http://")
+            .trim_start_matches("https://")
             .parse()
             .expect("http://IP:PORT");
         Self {

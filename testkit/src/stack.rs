@@ -200,6 +200,14 @@ async fn start_registry(
         internal_listener.local_addr().expect("internal addr"),
         pki.client_tls(Some(&pki.lookup)),
     );
+    // A test may serve the public port with TLS too (`config.server.tls`): then it is reached
+    // trusting this PKI's CA.
+    let public_tls = config
+        .server
+        .tls
+        .tls_cert
+        .is_some()
+        .then(|| pki.client_tls(None));
     let serve = |listener, shutdown| {
         let listeners = registry_service::Listeners {
             public: listener,
@@ -207,7 +215,7 @@ async fn start_registry(
         };
         registry_service::serve(config, listeners, shutdown)
     };
-    let public = TestServer::start_at(public, serve).await;
+    let public = TestServer::start_tls_at(public, public_tls, serve).await;
     internal.wait_serving("", Duration::from_secs(10)).await;
     (public, internal)
 }
@@ -291,8 +299,18 @@ impl Stack {
         config.registry_client_cert = Some(self.pki.lookup.cert.clone());
         config.registry_client_key = Some(self.pki.lookup.key.clone());
         adjust(&mut config);
-        TestServer::spawn(|listener, shutdown| lookup_service::serve(config, listener, shutdown))
-            .await
+        let tls = config
+            .server
+            .tls
+            .tls_cert
+            .is_some()
+            .then(|| self.pki.client_tls(None));
+        let mut server = TestServer::spawn(|listener, shutdown| {
+            lookup_service::serve(config, listener, shutdown)
+        })
+        .await;
+        server.tls = tls;
+        server
     }
 
     /// Stops the registry cleanly and returns how `serve` ended. Its address stays reserved
@@ -300,7 +318,8 @@ impl Stack {
     /// panics: there is nothing left to stop).
     pub async fn stop_registry(&mut self) -> Result<(), String> {
         // The stopped server's place is taken by a handle that only remembers its address.
-        let placeholder = TestServer::attach(&self.registry.url());
+        let mut placeholder = TestServer::attach(&self.registry.addr.to_string());
+        placeholder.tls = self.registry.tls.clone();
         let running = std::mem::replace(&mut self.registry, placeholder);
         running.stop().await
     }
