@@ -344,6 +344,11 @@ where
                         let remote = tcp.peer_addr().ok();
                         match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
                             Ok(Ok(stream)) => Transport::Tls(Box::new(stream)),
+                            // A probe that connects and closes says nothing worth a line.
+                            Ok(Err(error)) if error.kind() == io::ErrorKind::UnexpectedEof => {
+                                tracing::debug!(remote = ?remote, "closed before a TLS handshake");
+                                return None;
+                            }
                             Ok(Err(error)) => {
                                 // Often a client that does not trust us or that we do not
                                 // trust (no, unknown or expired client certificate).

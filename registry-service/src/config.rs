@@ -229,6 +229,38 @@ mod tests {
     }
 
     #[test]
+    fn tls_files_and_internal_callers_are_configurable() {
+        let config = Config::try_parse_from([
+            "registry",
+            "--tls-cert",
+            "server.pem",
+            "--tls-key",
+            "server.key",
+            "--internal-client-ca",
+            "ca.pem",
+            "--disclosure-identities",
+            "spiffe://cpis/lookup,lookup.cpis.internal",
+            "--operator-identities",
+            "spiffe://cpis/operator",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.disclosure_identities,
+            ["spiffe://cpis/lookup", "lookup.cpis.internal"]
+        );
+        assert_eq!(config.operator_identities, ["spiffe://cpis/operator"]);
+        assert_eq!(
+            config.server.tls.tls_cert,
+            Some(PathBuf::from("server.pem"))
+        );
+        assert!(!config.server.tls.insecure_plaintext);
+        // A certificate without its key (or the reverse) is a usage error, not a silent
+        // plaintext start.
+        assert!(Config::try_parse_from(["registry", "--tls-cert", "server.pem"]).is_err());
+        assert!(Config::try_parse_from(["registry", "--internal-tls-key", "k.pem"]).is_err());
+    }
+
+    #[test]
     fn bad_database_url_is_refused() {
         assert!(Config::try_parse_from(["registry", "--database-url", "mysql://x"]).is_err());
     }

@@ -9,4 +9,5 @@ mod harness;
 mod roles;
 mod seam;
 mod surface;
+mod transport;
 mod visibility;

@@ -45,8 +45,8 @@ async fn spawn(db: &TestDb, jwks: &std::path::Path, pki: &TestPki) -> Process {
         .env("CPIS_DATABASE_URL", &db.url)
         .env("CPIS_JWKS_FILE", jwks)
         .env("CPIS_MIGRATE_ON_START", "true")
-        .env("CPIS_TLS_CERT", &pki.server.cert)
-        .env("CPIS_TLS_KEY", &pki.server.key)
+        .env("CPIS_INTERNAL_TLS_CERT", &pki.server.cert)
+        .env("CPIS_INTERNAL_TLS_KEY", &pki.server.key)
         .env("CPIS_INTERNAL_CLIENT_CA", pki.ca_path())
         .env(
             "CPIS_DISCLOSURE_IDENTITIES",

@@ -46,7 +46,10 @@ fn a_disclosure() -> DiscloseRequest {
 async fn the_internal_port_refuses_clients_without_a_certificate_of_its_ca() {
     let reg = start(Backend::Sqlite).await.expect("sqlite");
     let pki = &reg.pki;
-    assert!(answers(&reg.internal).await, "the lookup certificate is admitted");
+    assert!(
+        answers(&reg.internal).await,
+        "the lookup certificate is admitted"
+    );
 
     // No client certificate.
     assert!(!answers(&reg.internal.with_tls(pki.client_tls(None))).await);
@@ -78,9 +81,7 @@ async fn a_client_refuses_a_server_certificate_it_does_not_trust() {
     let reg = start(Backend::Sqlite).await.expect("sqlite");
     let other = TestPki::new("other");
     // The right client certificate, but trusting another CA for the server.
-    let tls = other
-        .client_tls(None)
-        .identity(reg.pki.lookup.identity());
+    let tls = other.client_tls(None).identity(reg.pki.lookup.identity());
     let port = reg.internal.with_tls(tls);
     assert!(!answers(&port).await);
     assert!(port.try_channel().await.is_err() || !answers(&port).await);
@@ -137,10 +138,10 @@ async fn the_wrong_identity_is_permission_denied_and_logged(backend: Backend) {
 
     let events = captured.json_lines_with("spiffe://cpis/stranger");
     assert!(
-        events
-            .iter()
-            .any(|line| line.contains("client certificate identity not admitted")
-                && line.contains("\"security\"")),
+        events.iter().any(
+            |line| line.contains("client certificate identity not admitted")
+                && line.contains("\"security\"")
+        ),
         "{events:?}"
     );
     assert!(
@@ -355,11 +356,15 @@ async fn python_and_grpcurl_connect_over_tls() {
             "INVALID_ARGUMENT",
             Some(mutual),
         );
-        if let Some(listed) =
-            cpis_testkit::tools::grpcurl_list_with(&format!("localhost:{public}"), Some(server_only))
-        {
+        if let Some(listed) = cpis_testkit::tools::grpcurl_list_with(
+            &format!("localhost:{public}"),
+            Some(server_only),
+        ) {
             assert!(listed.iter().any(|s| s == PUBLIC_SERVICES[0]), "{listed:?}");
-            assert!(!listed.iter().any(|s| s.contains("Disclosure")), "{listed:?}");
+            assert!(
+                !listed.iter().any(|s| s.contains("Disclosure")),
+                "{listed:?}"
+            );
         }
         if let Some(listed) =
             cpis_testkit::tools::grpcurl_list_with(&format!("localhost:{internal}"), Some(mutual))
