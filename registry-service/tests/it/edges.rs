@@ -187,7 +187,10 @@ async fn accessor_names_need_something_visible(backend: Backend) {
 
 /// Reads until the server closes the connection; how long that took (None: still open at
 /// `limit`).
-async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> Option<Duration> {
+pub(crate) async fn closed_within(
+    stream: &mut tokio::net::TcpStream,
+    limit: Duration,
+) -> Option<Duration> {
     let started = Instant::now();
     let mut buffer = [0_u8; 1024];
     loop {

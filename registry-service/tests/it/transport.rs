@@ -377,3 +377,34 @@ async fn python_and_grpcurl_connect_over_tls() {
     .await
     .expect("tools");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tls_handshake_falls_under_the_handshake_timeout() {
+    use tokio::io::AsyncWriteExt as _;
+    let reg = stack(Backend::Sqlite)
+        .registry(|c| c.server.handshake_timeout = Duration::from_millis(500))
+        .start()
+        .await
+        .expect("sqlite");
+    // Connects to the TLS port and says nothing: closed at the handshake timeout.
+    let mut silent = tokio::net::TcpStream::connect(reg.internal.addr)
+        .await
+        .unwrap();
+    let took = crate::edges::closed_within(&mut silent, Duration::from_secs(5))
+        .await
+        .expect("a silent TLS connection is closed");
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    // Starts a ClientHello (a TLS record header announcing more) and stalls: closed too.
+    let mut stalled = tokio::net::TcpStream::connect(reg.internal.addr)
+        .await
+        .unwrap();
+    stalled
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
+    crate::edges::closed_within(&mut stalled, Duration::from_secs(5))
+        .await
+        .expect("a stalled TLS handshake is closed");
+    // The port still serves whoever completes the handshake.
+    assert!(answers(&reg.internal).await);
+}
