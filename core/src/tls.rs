@@ -8,6 +8,10 @@
 //!
 //! A listener on a non-loopback address refuses to start in plaintext unless the operator says
 //! `--insecure-plaintext` ([`check_plaintext`]).
+//!
+//! The client side ([`ClientConnector`], the lookup service's link to the registry) verifies the
+//! server against a configured CA and presents a client certificate that is reloaded the same
+//! way, so renewing it needs no restart either (each new connection takes the current one).
 
 use std::fs;
 use std::net::SocketAddr;
@@ -15,11 +19,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
+use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::ServerName;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 /// TLS settings of a service's listeners, on both services' command lines.
@@ -219,6 +226,89 @@ impl ResolvesServerCert for ReloadingCert {
     }
 }
 
+impl ResolvesClientCert for ReloadingCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(
+            &self.current.read().unwrap_or_else(|p| p.into_inner()),
+        ))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+fn root_store(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for ca in load_certificates(path)? {
+        roots
+            .add(ca)
+            .map_err(|e| pem_error(path, format!("not a usable CA certificate: {e}")))?;
+    }
+    Ok(roots)
+}
+
+/// Connects tonic channels over TLS (for `Endpoint::connect_with_connector_lazy`): TCP with
+/// TCP_NODELAY, then a handshake verifying the server against a CA and presenting a client
+/// certificate that reloads when its files change.
+#[derive(Clone, Debug)]
+pub struct ClientConnector {
+    config: Arc<ClientConfig>,
+}
+
+impl ClientConnector {
+    /// Trusts the CA(s) in `ca`; presents `client` when the server asks for a certificate.
+    pub fn new(ca: &Path, client: Option<Arc<ReloadingCert>>) -> Result<Self, TlsError> {
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(root_store(ca)?);
+        let mut config = match client {
+            Some(cert) => builder.with_client_cert_resolver(cert),
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Self {
+            config: Arc::new(config),
+        })
+    }
+}
+
+impl tower::Service<http::Uri> for ClientConnector {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = std::io::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connector = tokio_rustls::TlsConnector::from(Arc::clone(&self.config));
+        Box::pin(async move {
+            let invalid =
+                |message: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, message);
+            let host = uri
+                .host()
+                .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+                .ok_or_else(|| invalid(format!("{uri} names no host")))?;
+            let port = uri.port_u16().unwrap_or(443);
+            let name = ServerName::try_from(host.clone())
+                .map_err(|e| invalid(format!("{host} is not a server name: {e}")))?;
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let tls = connector.connect(name, tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
+    }
+}
+
 /// A TLS acceptor presenting `cert`; with `client_ca`, every client must present a certificate
 /// chaining to one of its certificates (no certificate, an unknown CA or an expired certificate
 /// fail the handshake).
@@ -230,13 +320,8 @@ pub fn acceptor(
         ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let builder = match client_ca {
         Some(path) => {
-            let mut roots = RootCertStore::empty();
-            for ca in load_certificates(path)? {
-                roots
-                    .add(ca)
-                    .map_err(|e| pem_error(path, format!("not a usable CA certificate: {e}")))?;
-            }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            let roots = Arc::new(root_store(path)?);
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
                 .build()
                 .map_err(|e| TlsError::Config(format!("client CA {}: {e}", path.display())))?;
             builder.with_client_cert_verifier(verifier)

@@ -97,43 +97,68 @@ impl Config {
     }
 
     /// The channel to the registry's internal port, connecting lazily (the registry may start
-    /// after us; each lookup fails fast, UNAVAILABLE, while it is unreachable): TLS with this
-    /// service's client certificate for an https URL.
-    pub fn registry_endpoint(&self) -> Result<tonic::transport::Endpoint, crate::LookupError> {
-        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    /// after us; each lookup fails fast, UNAVAILABLE, while it is unreachable): for an https URL,
+    /// TLS verifying the registry against --registry-ca and presenting this service's client
+    /// certificate, re-read when its files change (new connections take the new one).
+    pub fn registry_channel(&self) -> Result<tonic::transport::Channel, crate::LookupError> {
+        use tonic::transport::Endpoint;
         let config_error = |what: String| crate::LookupError::Config(what);
-        let read = |path: &std::path::Path| {
-            std::fs::read(path)
-                .map_err(|e| config_error(format!("cannot read {}: {e}", path.display())))
+        let endpoint = |url: String| {
+            Endpoint::from_shared(url)
+                .map(|endpoint| {
+                    endpoint
+                        .connect_timeout(Duration::from_secs(1))
+                        .tcp_nodelay(true)
+                        .http2_keep_alive_interval(Duration::from_secs(30))
+                        .keep_alive_while_idle(true)
+                })
+                .map_err(|e| config_error(format!("registry url: {e}")))
         };
-        let mut endpoint = Endpoint::from_shared(self.registry_url.clone())
-            .map_err(|e| config_error(format!("registry url: {e}")))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true);
-        if self.registry_url.starts_with("https://") {
-            let ca = self.registry_ca.as_deref().ok_or_else(|| {
-                config_error("an https --registry-url needs --registry-ca".into())
-            })?;
-            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
-            if let (Some(cert), Some(key)) = (&self.registry_client_cert, &self.registry_client_key)
-            {
-                tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
-            } else {
-                tracing::warn!(
-                    "no --registry-client-cert: the registry will refuse every disclosure"
-                );
-            }
-            endpoint = endpoint
-                .tls_config(tls)
-                .map_err(|e| config_error(format!("registry TLS: {e}")))?;
-        } else {
+        if !self.registry_url.starts_with("https://") {
             tracing::warn!(
                 "plaintext --registry-url: without mutual TLS the registry refuses every disclosure"
             );
+            return Ok(endpoint(self.registry_url.clone())?.connect_lazy());
         }
-        Ok(endpoint)
+        let tls_error = |e: cpis_core::tls::TlsError| config_error(e.to_string());
+        let ca = self
+            .registry_ca
+            .as_deref()
+            .ok_or_else(|| config_error("an https --registry-url needs --registry-ca".into()))?;
+        let client = match (&self.registry_client_cert, &self.registry_client_key) {
+            (Some(cert), Some(key)) => Some(
+                cpis_core::tls::ReloadingCert::start(
+                    cert.clone(),
+                    key.clone(),
+                    self.server.tls.tls_reload_interval,
+                )
+                .map_err(tls_error)?,
+            ),
+            _ => {
+                tracing::warn!(
+                    "no --registry-client-cert: the registry will refuse every disclosure"
+                );
+                None
+            }
+        };
+        let connector = cpis_core::tls::ClientConnector::new(ca, client).map_err(tls_error)?;
+        // Our connector does the TLS, so tonic must not insist on its own for an https URI: it
+        // dials the same host and port as http, while requests still name the https origin.
+        let origin: tonic::codegen::http::Uri = self
+            .registry_url
+            .parse()
+            .map_err(|e| config_error(format!("registry url: {e}")))?;
+        let authority = origin
+            .authority()
+            .ok_or_else(|| config_error("the registry url names no host".into()))?;
+        let dial = format!(
+            "http://{}:{}",
+            authority.host(),
+            authority.port_u16().unwrap_or(443)
+        );
+        Ok(endpoint(dial)?
+            .origin(origin)
+            .connect_with_connector_lazy(connector))
     }
 
     /// The token verifier in effect: injected, or from the JWKS file.

@@ -51,7 +51,7 @@ pub async fn serve(
         Ok(None) => None,
         Err(e) => return Err(LookupError::Config(e.to_string())),
     };
-    let registry = config.registry_endpoint()?.connect_lazy();
+    let registry = config.registry_channel()?;
     let api = lookup::LookupApi::new(
         verifier,
         config.policy.clone(),

@@ -139,3 +139,43 @@ async fn a_non_loopback_plaintext_listener_needs_insecure_plaintext() {
     .await;
     server.stop().await.expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_client_certificate_is_presented_without_a_restart() {
+    let mut stack = start(Backend::Sqlite).await.expect("sqlite");
+    stack.register_council("AB1").await;
+    stack.put("AB1", cpp(NHS_A)).await;
+    // The lookup service starts with a certificate the registry does not admit.
+    let files = tempfile::tempdir().expect("temp dir");
+    let (cert, key) = (
+        files.path().join("client.pem"),
+        files.path().join("client.key"),
+    );
+    let stranger = stack.pki.client("stranger", "spiffe://cpis/stranger");
+    std::fs::write(&cert, &stranger.cert_pem).unwrap();
+    std::fs::write(&key, &stranger.key_pem).unwrap();
+    let (cert_path, key_path) = (cert.clone(), key.clone());
+    let lookup = stack
+        .another_lookup(move |config| {
+            config.registry_client_cert = Some(cert_path);
+            config.registry_client_key = Some(key_path);
+            config.server.tls.tls_reload_interval = Duration::from_millis(100);
+        })
+        .await;
+    never_serving(&lookup).await;
+
+    // Renewed on disk with the admitted identity; the next connection (here after the
+    // registry's restart) presents it, and the service turns SERVING without a restart.
+    std::fs::write(&key, &stack.pki.lookup.key_pem).unwrap();
+    std::fs::write(&cert, &stack.pki.lookup.cert_pem).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stack.restart_registry(|_| {}).await.expect("restart");
+    lookup.wait_serving("", Duration::from_secs(20)).await;
+    let token = stack.nhs_token(&person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT"));
+    let answer = LookupServiceClient::new(lookup.channel().await)
+        .lookup_child(unscheduled_lookup(NHS_A, &token))
+        .await
+        .expect("a lookup with the renewed certificate")
+        .into_inner();
+    assert_eq!(answer.alerts.len(), 1);
+}
