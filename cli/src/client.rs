@@ -1,6 +1,8 @@
-//! Talking to the services: a channel with the caller's bearer token on every call, and the
-//! one-line rendering of a gRPC error (code, reason, field, message) that every command prints.
+//! Talking to the services: a channel (plaintext for `http://`, TLS trusting `--ca-cert` for
+//! `https://`, with a client certificate where a service asks for one) with the caller's bearer
+//! token on every call, and the one-line rendering of a gRPC error (code, reason, field, message) that every command prints.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cpis_proto::cpis::lookup::v1::lookup_service_client::LookupServiceClient;
@@ -8,7 +10,7 @@ use cpis_proto::cpis::registry::v1::council_service_client::CouncilServiceClient
 use secrecy::{ExposeSecret as _, SecretString};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Status};
 use tonic_types::StatusExt as _;
 
@@ -108,7 +110,7 @@ impl tonic::service::Interceptor for Bearer {
 /// Where the registry is and the council's credential, shared by every council command.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CouncilArgs {
-    /// The registry's council-facing address.
+    /// The registry's council-facing address (http:// or https://).
     #[arg(
         long,
         env = "CPIS_REGISTRY_URL",
@@ -116,6 +118,9 @@ pub struct CouncilArgs {
         global = true
     )]
     pub registry_url: String,
+    /// PEM file of the CA that signed the registry's certificate (https:// URLs).
+    #[arg(long, env = "CPIS_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
     /// The council's bearer token (from the council's identity provider, or `cpis token council`).
     #[arg(
         long,
@@ -131,18 +136,55 @@ impl CouncilArgs {
     pub async fn client(
         &self,
     ) -> Result<CouncilServiceClient<InterceptedService<Channel, Bearer>>, CliError> {
-        council(&self.registry_url, self.token.as_ref()).await
+        council(
+            &self.registry_url,
+            self.ca_cert.as_deref(),
+            self.token.as_ref(),
+        )
+        .await
     }
 }
 
-/// Connects to `url` (http://HOST:PORT) within a few seconds.
-pub async fn connect(url: &str) -> Result<Channel, CliError> {
+/// A client certificate and its key (PEM files), for services that admit callers by
+/// certificate.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientCert<'a> {
+    /// The certificate chain.
+    pub cert: &'a Path,
+    /// Its private key.
+    pub key: &'a Path,
+}
+
+/// Connects to `url` (http://HOST:PORT, or https://HOST:PORT trusting `ca` and presenting
+/// `client` when given) within a few seconds.
+pub async fn connect_with(
+    url: &str,
+    ca: Option<&Path>,
+    client: Option<ClientCert<'_>>,
+) -> Result<Channel, CliError> {
     let connect_error = |message: String| CliError::Connect {
         url: url.to_owned(),
         message,
     };
-    Endpoint::from_shared(url.to_owned())
-        .map_err(|e| connect_error(e.to_string()))?
+    let read = |path: &Path| {
+        std::fs::read(path)
+            .map_err(|e| CliError::Other(format!("cannot read {}: {e}", path.display())))
+    };
+    let mut endpoint =
+        Endpoint::from_shared(url.to_owned()).map_err(|e| connect_error(e.to_string()))?;
+    if url.starts_with("https://") {
+        let ca = ca.ok_or_else(|| {
+            CliError::Other(format!("{url} is https: give the CA with --ca-cert"))
+        })?;
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+        if let Some(client) = client {
+            tls = tls.identity(Identity::from_pem(read(client.cert)?, read(client.key)?));
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| connect_error(source_chain(&e)))?;
+    }
+    endpoint
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .connect()
@@ -162,24 +204,26 @@ pub fn bearer(token: Option<&SecretString>) -> Result<Bearer, CliError> {
     Ok(Bearer(Some(value)))
 }
 
-/// A council client on `url` with `token`.
+/// A council client on `url` (trusting `ca` for https) with `token`.
 pub async fn council(
     url: &str,
+    ca: Option<&Path>,
     token: Option<&SecretString>,
 ) -> Result<CouncilServiceClient<InterceptedService<Channel, Bearer>>, CliError> {
-    let channel = connect(url).await?;
+    let channel = connect_with(url, ca, None).await?;
     Ok(CouncilServiceClient::with_interceptor(
         channel,
         bearer(token)?,
     ))
 }
 
-/// A lookup client on `url` with `token`.
+/// A lookup client on `url` (trusting `ca` for https) with `token`.
 pub async fn lookup(
     url: &str,
+    ca: Option<&Path>,
     token: Option<&SecretString>,
 ) -> Result<LookupServiceClient<InterceptedService<Channel, Bearer>>, CliError> {
-    let channel = connect(url).await?;
+    let channel = connect_with(url, ca, None).await?;
     Ok(LookupServiceClient::with_interceptor(
         channel,
         bearer(token)?,

@@ -188,9 +188,13 @@ pub fn guide() -> Vec<DemoChild> {
     ]
 }
 
-/// Writes the demo dataset through the registry at `url`, once per council: a council that
+/// Writes the demo dataset through the registry at `url` (trusting `ca` for https), once per council: a council that
 /// already has contact details is left as it is. Returns how many councils were seeded.
-pub async fn seed(url: &str, signer: &DevSigner) -> Result<usize, CliError> {
+pub async fn seed(
+    url: &str,
+    ca: Option<&std::path::Path>,
+    signer: &DevSigner,
+) -> Result<usize, CliError> {
     let records = records(Utc::now().date_naive());
     let mut seeded = 0;
     for (ods, name, edt, office) in COUNCILS {
@@ -201,7 +205,7 @@ pub async fn seed(url: &str, signer: &DevSigner) -> Result<usize, CliError> {
             )
             .map_err(|e| CliError::Other(e.to_string()))?;
         let token = SecretString::from(token);
-        let mut council = client::council(url, Some(&token)).await?;
+        let mut council = client::council(url, ca, Some(&token)).await?;
         match council
             .get_contact_details(GetContactDetailsRequest::default())
             .await

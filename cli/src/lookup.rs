@@ -19,13 +19,16 @@ pub struct LookupArgs {
     /// unscheduled access.
     #[arg(long)]
     pub scheduled: bool,
-    /// The lookup service's address.
+    /// The lookup service's address (http:// or https://).
     #[arg(
         long,
         env = "CPIS_LOOKUP_URL",
         default_value = "http://127.0.0.1:50052"
     )]
     pub lookup_url: String,
+    /// PEM file of the CA that signed the lookup service's certificate (https:// URLs).
+    #[arg(long, env = "CPIS_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// The clinician's or system's bearer token (CIS2-style; `cpis token clinician` in dev).
     #[arg(long, env = "CPIS_NHS_TOKEN", hide_env_values = true)]
     pub token: Option<SecretString>,
@@ -33,7 +36,12 @@ pub struct LookupArgs {
 
 /// Runs the lookup; returns the exit code.
 pub async fn run(args: LookupArgs, json_output: bool) -> Result<u8, CliError> {
-    let mut client = client::lookup(&args.lookup_url, args.token.as_ref()).await?;
+    let mut client = client::lookup(
+        &args.lookup_url,
+        args.ca_cert.as_deref(),
+        args.token.as_ref(),
+    )
+    .await?;
     let access_mode = if args.scheduled {
         AccessMode::ScheduledSilentRead
     } else {

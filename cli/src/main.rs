@@ -8,6 +8,7 @@ mod client;
 mod contacts;
 mod demo;
 mod dev;
+mod dev_pki;
 // The extract parser lives in the library target, so the fuzz targets can call it.
 use cpis::extract;
 mod lookup;

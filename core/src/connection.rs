@@ -4,6 +4,10 @@
 //! `TimedOut` and hyper drops the connection. Calls are counted per connection by a layer
 //! (`CallCounting`) from the moment a call arrives until its answer's body is finished, so a
 //! long notification stream keeps its connection.
+//!
+//! With TLS (`crate::tls`), each accepted socket is handshaken here, concurrently with the
+//! others and within the same handshake timeout (TLS and HTTP/2 preface together); the
+//! connection's peer certificate and its identities then ride in [`ConnectionInfo`].
 
 use std::io;
 use std::net::SocketAddr;
@@ -15,9 +19,11 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt as _};
 use http_body::{Body, Frame, SizeHint};
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// The HTTP/2 client connection preface ("PRI * HTTP/2.0…"), in bytes.
@@ -73,18 +79,98 @@ impl Drop for CallGuard {
     }
 }
 
+/// The certificate a TLS client presented (verified against the listener's client CA).
+#[derive(Debug)]
+pub struct PeerCertificate {
+    /// The chain as presented, leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's identities: SAN URIs and DNS names.
+    pub identities: Vec<String>,
+}
+
 /// What handlers find in a request's extensions about its connection.
 #[derive(Clone, Debug)]
 pub struct ConnectionInfo {
     /// The peer's address.
     pub remote: Option<SocketAddr>,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// The client's certificate, on a TLS listener that asks for one.
+    pub peer_certificate: Option<Arc<PeerCertificate>>,
     calls: Arc<Calls>,
+}
+
+impl ConnectionInfo {
+    /// The identities of the client's certificate (none without one).
+    pub fn peer_identities(&self) -> &[String] {
+        self.peer_certificate
+            .as_deref()
+            .map_or(&[], |peer| peer.identities.as_slice())
+    }
+}
+
+/// The byte stream of an accepted connection: the socket itself, or TLS over it.
+#[derive(Debug)]
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// Forwards an I/O call to whichever stream the transport holds.
+macro_rules! forward {
+    ($self:expr, $io:ident => $call:expr) => {
+        match $self {
+            Transport::Plain($io) => $call,
+            Transport::Tls($io) => $call,
+        }
+    };
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        forward!(self.get_mut(), io => Pin::new(io).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        forward!(self.get_mut(), io => Pin::new(io).poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        forward!(self.get_mut(), io => Pin::new(io).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        forward!(self.get_mut(), io => Pin::new(io).poll_shutdown(cx))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        forward!(self.get_mut(), io => Pin::new(io).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        forward!(self, io => io.is_write_vectored())
+    }
 }
 
 /// An accepted connection with handshake and idle timeouts.
 #[derive(Debug)]
 pub struct Guarded {
-    io: TcpStream,
+    io: Transport,
+    info: ConnectionInfo,
     calls: Arc<Calls>,
     /// Bytes read so far, counted up to the preface's length.
     received: usize,
@@ -94,15 +180,38 @@ pub struct Guarded {
 }
 
 impl Guarded {
-    fn new(io: TcpStream, handshake: Duration, idle: Duration) -> Self {
-        let now = Instant::now();
+    /// `deadline`: when the handshake (TLS and HTTP/2 preface) must be over, counted from the
+    /// accept.
+    fn new(io: Transport, deadline: Instant, idle: Duration) -> Self {
+        let calls = Arc::new(Calls::new());
+        let (remote, tls, peer_certificate) = match &io {
+            Transport::Plain(tcp) => (tcp.connect_info().remote_addr(), false, None),
+            Transport::Tls(stream) => {
+                let (tcp, session) = stream.get_ref();
+                let info: TcpConnectInfo = tcp.connect_info();
+                let peer = session.peer_certificates().and_then(|chain| {
+                    let leaf = chain.first()?;
+                    Some(Arc::new(PeerCertificate {
+                        identities: crate::tls::certificate_identities(leaf),
+                        chain: chain.iter().map(|c| c.clone().into_owned()).collect(),
+                    }))
+                });
+                (info.remote_addr(), true, peer)
+            }
+        };
         Self {
             io,
-            calls: Arc::new(Calls::new()),
+            info: ConnectionInfo {
+                remote,
+                tls,
+                peer_certificate,
+                calls: Arc::clone(&calls),
+            },
+            calls,
             received: 0,
             idle,
-            last_read: now,
-            timer: Box::pin(tokio::time::sleep_until(now + handshake)),
+            last_read: Instant::now(),
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
         }
     }
 
@@ -125,11 +234,7 @@ impl Connected for Guarded {
     type ConnectInfo = ConnectionInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        let tcp: TcpConnectInfo = self.io.connect_info();
-        ConnectionInfo {
-            remote: tcp.remote_addr(),
-            calls: Arc::clone(&self.calls),
-        }
+        self.info.clone()
     }
 }
 
@@ -208,16 +313,68 @@ impl AsyncWrite for Guarded {
     }
 }
 
-/// Wraps each accepted connection of `incoming` with the timeouts.
+/// Most TLS handshakes in progress at once; beyond this the listener stops accepting (the
+/// kernel's backlog holds the rest) until one finishes or times out.
+const MAX_HANDSHAKES: usize = 1024;
+
+/// Wraps each accepted connection of `incoming` with the timeouts, after a TLS handshake when
+/// `tls` is given. Handshakes run concurrently; one that fails or outlasts the handshake
+/// timeout drops its connection (logged) and never reaches the server.
 pub fn guard<I>(
     incoming: I,
     handshake: Duration,
     idle: Duration,
+    tls: Option<TlsAcceptor>,
 ) -> impl Stream<Item = io::Result<Guarded>>
 where
     I: Stream<Item = io::Result<TcpStream>>,
 {
-    incoming.map(move |accepted| accepted.map(|io| Guarded::new(io, handshake, idle)))
+    incoming
+        .map(move |accepted| {
+            let tls = tls.clone();
+            async move {
+                let tcp = match accepted {
+                    Ok(tcp) => tcp,
+                    Err(e) => return Some(Err(e)),
+                };
+                let deadline = Instant::now() + handshake;
+                let io = match tls {
+                    None => Transport::Plain(tcp),
+                    Some(acceptor) => {
+                        let remote = tcp.peer_addr().ok();
+                        match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+                            Ok(Ok(stream)) => Transport::Tls(Box::new(stream)),
+                            // A probe that connects and closes says nothing worth a line.
+                            Ok(Err(error)) if error.kind() == io::ErrorKind::UnexpectedEof => {
+                                tracing::debug!(remote = ?remote, "closed before a TLS handshake");
+                                return None;
+                            }
+                            Ok(Err(error)) => {
+                                // Often a client that does not trust us or that we do not
+                                // trust (no, unknown or expired client certificate).
+                                tracing::info!(
+                                    target: "security",
+                                    remote = ?remote,
+                                    %error,
+                                    "TLS handshake failed"
+                                );
+                                return None;
+                            }
+                            Err(_) => {
+                                tracing::debug!(
+                                    remote = ?remote,
+                                    "no TLS handshake within the handshake timeout"
+                                );
+                                return None;
+                            }
+                        }
+                    }
+                };
+                Some(Ok(Guarded::new(io, deadline, idle)))
+            }
+        })
+        .buffer_unordered(MAX_HANDSHAKES)
+        .filter_map(std::future::ready)
 }
 
 /// The layer counting each connection's open calls (see the module).

@@ -1,6 +1,6 @@
 //! What both CP-IS services share: the validated seam (NHS number, ODS code, accessor, names),
 //! gRPC status building, server plumbing (health, reflection, graceful drain, panics answered
-//! INTERNAL, request ids, connection timeouts), shutdown signals and structured logging (caller
+//! INTERNAL, request ids, connection timeouts, TLS with reloading certificates), shutdown signals and structured logging (caller
 //! text escaped and bounded: `text`).
 #![forbid(unsafe_code)]
 
@@ -20,3 +20,4 @@ pub mod shutdown;
 pub mod status;
 pub mod telemetry;
 pub mod text;
+pub mod tls;

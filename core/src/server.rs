@@ -3,11 +3,13 @@
 //! drain on shutdown (NOT_SERVING first, then stop accepting, then a bounded wait); a panicking
 //! handler answers INTERNAL (`panics`); every call carries a request id (`request_id`); an
 //! oversized message answers RESOURCE_EXHAUSTED (`limits`); silent and idle connections are
-//! closed (`connection`).
+//! closed (`connection`); TLS, when configured, is ours (`tls`), and a non-loopback listener
+//! refuses to start in plaintext unless told `--insecure-plaintext`.
 
 use std::{future::Future, time::Duration};
 
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tonic::service::Routes;
 use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -52,6 +54,10 @@ pub struct ServerOptions {
     /// a call, so it keeps its connection.
     #[arg(long, env = "CPIS_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
+
+    /// TLS certificate, reloading and the plaintext escape hatch.
+    #[command(flatten)]
+    pub tls: crate::tls::TlsOptions,
 }
 
 impl Default for ServerOptions {
@@ -62,6 +68,7 @@ impl Default for ServerOptions {
             max_concurrent_streams: 256,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
+            tls: crate::tls::TlsOptions::default(),
         }
     }
 }
@@ -78,6 +85,9 @@ pub enum ServeError {
     /// The gRPC transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// TLS could not be set up, or a plaintext listener is not allowed here.
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Health status handle for a server's services, so readiness can follow dependencies.
@@ -108,6 +118,9 @@ impl Health {
 /// drains: health turns NOT_SERVING, the server keeps answering for `shutdown_delay`, stops
 /// accepting, and waits up to `shutdown_grace` for in-flight calls.
 ///
+/// `tls` (from [`crate::tls::acceptor`]) makes the listener TLS; without it a listener off
+/// loopback is refused unless `options.tls.insecure_plaintext`.
+///
 /// `services` are the fully qualified names health reports on. `ready` runs after the listener
 /// is up and before health turns SERVING (a service uses it to wait for its dependencies); if it
 /// fails, the server stays NOT_SERVING and the error is returned. It may hand back a signal that
@@ -116,6 +129,7 @@ pub async fn serve_grpc<R, E>(
     routes: Routes,
     services: &[&'static str],
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     options: &ServerOptions,
     ready: R,
     shutdown: impl Future<Output = ()> + Send,
@@ -125,6 +139,9 @@ where
     E: From<ServeError>,
 {
     let local_addr = listener.local_addr().map_err(ServeError::from)?;
+    crate::tls::check_plaintext(local_addr, tls.is_some(), options.tls.insecure_plaintext)
+        .map_err(ServeError::from)?;
+    let scheme = if tls.is_some() { "tls" } else { "plaintext" };
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = Health {
         reporter,
@@ -161,6 +178,7 @@ where
         TcpIncoming::from(listener).with_nodelay(Some(true)),
         options.handshake_timeout,
         options.idle_timeout,
+        tls,
     );
     let (stop_accepting, stop_accepting_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
@@ -195,7 +213,7 @@ where
         });
     tokio::pin!(server);
 
-    tracing::info!(addr = %local_addr, "listening");
+    tracing::info!(addr = %local_addr, transport = scheme, "listening");
     // Readiness: the server already accepts connections (so health can be asked) but reports
     // NOT_SERVING until its dependencies are ready.
     tokio::pin!(ready);

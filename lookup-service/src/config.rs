@@ -9,7 +9,6 @@ use cpis_core::{
     keys::RefreshPolicy,
     server::ServerOptions,
 };
-use secrecy::SecretString;
 
 use crate::policy::RolePolicy;
 
@@ -20,17 +19,34 @@ pub struct Config {
     #[command(flatten)]
     pub server: ServerOptions,
 
-    /// The registry's internal address (its DisclosureService).
+    /// The registry's internal port (its DisclosureService): https://HOST:PORT, mutual TLS.
     #[arg(
         long,
         env = "CPIS_REGISTRY_URL",
-        default_value = "http://127.0.0.1:50051"
+        default_value = "https://localhost:50053"
     )]
     pub registry_url: String,
 
-    /// This service's credential for the registry's disclosure service.
-    #[arg(long, env = "CPIS_DISCLOSURE_TOKEN", hide_env_values = true)]
-    pub registry_token: Option<SecretString>,
+    /// PEM file of the CA that signed the registry's server certificate (https URLs).
+    #[arg(long, env = "CPIS_REGISTRY_CA")]
+    pub registry_ca: Option<PathBuf>,
+
+    /// PEM file with this service's client certificate chain for the registry; its identity
+    /// (SAN) must be among the registry's --disclosure-identities.
+    #[arg(
+        long,
+        env = "CPIS_REGISTRY_CLIENT_CERT",
+        requires = "registry_client_key"
+    )]
+    pub registry_client_cert: Option<PathBuf>,
+
+    /// PEM file with the private key of --registry-client-cert.
+    #[arg(
+        long,
+        env = "CPIS_REGISTRY_CLIENT_KEY",
+        requires = "registry_client_cert"
+    )]
+    pub registry_client_key: Option<PathBuf>,
 
     /// Longest wait for the registry per lookup (the caller's deadline shortens it).
     #[arg(long, env = "CPIS_REGISTRY_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
@@ -93,16 +109,15 @@ impl Config {
         cpis_core::config::parse_from(args)
     }
 
-    /// Defaults, with the registry and verifier a test or the dev stack supplies.
-    pub fn with(
-        registry_url: String,
-        registry_token: SecretString,
-        verifier: TokenVerifier,
-    ) -> Self {
+    /// Defaults, with the registry and verifier a test or the dev stack supplies (and the
+    /// registry's TLS files set after, for an https URL).
+    pub fn with(registry_url: String, verifier: TokenVerifier) -> Self {
         Self {
             server: ServerOptions::default(),
             registry_url,
-            registry_token: Some(registry_token),
+            registry_ca: None,
+            registry_client_cert: None,
+            registry_client_key: None,
             registry_timeout: Duration::from_secs(2),
             jwks_file: None,
             jwks_url: None,
@@ -115,6 +130,71 @@ impl Config {
             policy: RolePolicy::default(),
             verifier: Some(verifier),
         }
+    }
+
+    /// The channel to the registry's internal port, connecting lazily (the registry may start
+    /// after us; each lookup fails fast, UNAVAILABLE, while it is unreachable): for an https URL,
+    /// TLS verifying the registry against --registry-ca and presenting this service's client
+    /// certificate, re-read when its files change (new connections take the new one).
+    pub fn registry_channel(&self) -> Result<tonic::transport::Channel, crate::LookupError> {
+        use tonic::transport::Endpoint;
+        let config_error = |what: String| crate::LookupError::Config(what);
+        let endpoint = |url: String| {
+            Endpoint::from_shared(url)
+                .map(|endpoint| {
+                    endpoint
+                        .connect_timeout(Duration::from_secs(1))
+                        .tcp_nodelay(true)
+                        .http2_keep_alive_interval(Duration::from_secs(30))
+                        .keep_alive_while_idle(true)
+                })
+                .map_err(|e| config_error(format!("registry url: {e}")))
+        };
+        if !self.registry_url.starts_with("https://") {
+            tracing::warn!(
+                "plaintext --registry-url: without mutual TLS the registry refuses every disclosure"
+            );
+            return Ok(endpoint(self.registry_url.clone())?.connect_lazy());
+        }
+        let tls_error = |e: cpis_core::tls::TlsError| config_error(e.to_string());
+        let ca = self
+            .registry_ca
+            .as_deref()
+            .ok_or_else(|| config_error("an https --registry-url needs --registry-ca".into()))?;
+        let client = match (&self.registry_client_cert, &self.registry_client_key) {
+            (Some(cert), Some(key)) => Some(
+                cpis_core::tls::ReloadingCert::start(
+                    cert.clone(),
+                    key.clone(),
+                    self.server.tls.tls_reload_interval,
+                )
+                .map_err(tls_error)?,
+            ),
+            _ => {
+                tracing::warn!(
+                    "no --registry-client-cert: the registry will refuse every disclosure"
+                );
+                None
+            }
+        };
+        let connector = cpis_core::tls::ClientConnector::new(ca, client).map_err(tls_error)?;
+        // Our connector does the TLS, so tonic must not insist on its own for an https URI: it
+        // dials the same host and port as http, while requests still name the https origin.
+        let origin: tonic::codegen::http::Uri = self
+            .registry_url
+            .parse()
+            .map_err(|e| config_error(format!("registry url: {e}")))?;
+        let authority = origin
+            .authority()
+            .ok_or_else(|| config_error("the registry url names no host".into()))?;
+        let dial = format!(
+            "http://{}:{}",
+            authority.host(),
+            authority.port_u16().unwrap_or(443)
+        );
+        Ok(endpoint(dial)?
+            .origin(origin)
+            .connect_with_connector_lazy(connector))
     }
 
     /// The token verifier in effect: injected, or loading the JWKS file or URL; this

@@ -10,7 +10,8 @@
 //! - `lookup`: the `LookupChild` handler: identity, policy, NHS number, then one `Disclose` call
 //!   to the registry, whose answer becomes the minimal response (the registry's
 //!   `api::convert` decides what a disclosed plan carries).
-//! - `registry_check`: health follows whether the registry accepts this service's credential.
+//! - `registry_check`: health follows whether the registry accepts this service's client
+//!   certificate (the internal port is mutual TLS).
 //! - `error`: the one mapping to gRPC codes, including how the registry's refusals reach the
 //!   clinician (`lookup::map_registry_status`).
 #![forbid(unsafe_code)]
@@ -22,7 +23,7 @@ pub mod lookup;
 pub mod policy;
 mod registry_check;
 
-use std::{future::Future, time::Duration};
+use std::future::Future;
 
 use cpis_proto::cpis::lookup::v1::lookup_service_server::LookupServiceServer;
 use cpis_proto::service_names;
@@ -43,35 +44,29 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), LookupError> {
     let verifier = config.token_verifier().await?;
-    if config.registry_token.is_none() {
-        tracing::warn!("no --registry-token: the registry will refuse every disclosure");
-    }
-    // Connect lazily: the registry may start after us; each lookup fails fast (UNAVAILABLE)
-    // while it is unreachable.
-    let registry = tonic::transport::Endpoint::from_shared(config.registry_url.clone())
-        .map_err(|e| LookupError::Config(format!("registry url: {e}")))?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true)
-        .connect_lazy();
+    let tls = match config.server.tls.server_cert() {
+        Ok(Some(cert)) => Some(
+            cpis_core::tls::acceptor(cert, None).map_err(|e| LookupError::Config(e.to_string()))?,
+        ),
+        Ok(None) => None,
+        Err(e) => return Err(LookupError::Config(e.to_string())),
+    };
+    let registry = config.registry_channel()?;
     let api = lookup::LookupApi::new(
         verifier,
         config.policy.clone(),
         registry.clone(),
-        config.registry_token.clone(),
         config.registry_timeout,
     );
     let mut routes = tonic::service::RoutesBuilder::default();
     routes.add_service(LookupServiceServer::new(api));
     // NOT_SERVING until the registry accepts this service (see `registry_check`).
-    let token = config.registry_token.clone();
-    let ready =
-        async move { Ok::<_, LookupError>(Some(registry_check::accepted(registry, token).await)) };
+    let ready = async move { Ok::<_, LookupError>(Some(registry_check::accepted(registry).await)) };
     cpis_core::server::serve_grpc(
         routes.routes(),
         SERVICES,
         listener,
+        tls,
         &config.server,
         ready,
         shutdown,

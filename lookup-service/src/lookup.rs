@@ -12,7 +12,6 @@ use cpis_proto::cpis::lookup::v1::{
 use cpis_proto::cpis::registry::v1::{
     DiscloseRequest, disclosure_service_client::DisclosureServiceClient,
 };
-use secrecy::SecretString;
 use tonic::{
     Code, Request, Response, Status,
     metadata::{MetadataMap, MetadataValue},
@@ -29,7 +28,6 @@ pub struct LookupApi {
     verifier: TokenVerifier,
     policy: RolePolicy,
     registry: DisclosureServiceClient<Channel>,
-    registry_token: Option<SecretString>,
     registry_timeout: Duration,
 }
 
@@ -42,19 +40,18 @@ impl std::fmt::Debug for LookupApi {
 }
 
 impl LookupApi {
-    /// Creates the handler around a (lazily connecting) channel to the registry.
+    /// Creates the handler around a (lazily connecting) channel to the registry's internal port,
+    /// on which this service presents its client certificate.
     pub fn new(
         verifier: TokenVerifier,
         policy: RolePolicy,
         registry: Channel,
-        registry_token: Option<SecretString>,
         registry_timeout: Duration,
     ) -> Self {
         Self {
             verifier,
             policy,
             registry: DisclosureServiceClient::new(registry),
-            registry_token,
             registry_timeout,
         }
     }
@@ -172,7 +169,6 @@ impl LookupService for LookupApi {
                 .metadata_mut()
                 .insert(cpis_core::request_id::HEADER, id);
         }
-        crate::registry_check::authorize(&mut outbound, self.registry_token.as_ref());
         let mut registry = self.registry.clone();
         let call = registry.disclose(outbound);
         let answer = match tokio::time::timeout(budget, call).await {

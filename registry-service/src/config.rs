@@ -78,10 +78,31 @@ pub struct Config {
     #[arg(long, env = "CPIS_JWT_AUDIENCE", default_value = "cpis-registry")]
     pub jwt_audience: String,
 
-    /// The lookup service's credential for the internal disclosure service. Unset: every
-    /// disclosure is refused.
-    #[arg(long, env = "CPIS_DISCLOSURE_TOKEN", hide_env_values = true)]
-    pub disclosure_token: Option<secrecy::SecretString>,
+    /// PEM certificate chain the internal port (DisclosureService, OperatorService) presents.
+    /// Default: --tls-cert. Set it to serve TLS inside while the public port stays plaintext
+    /// on loopback (tests, the dev stack), or to use an internal CA's certificate there.
+    #[arg(long, env = "CPIS_INTERNAL_TLS_CERT", requires = "internal_tls_key")]
+    pub internal_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --internal-tls-cert.
+    #[arg(long, env = "CPIS_INTERNAL_TLS_KEY", requires = "internal_tls_cert")]
+    pub internal_tls_key: Option<PathBuf>,
+
+    /// PEM file of the CA(s) whose client certificates the internal port accepts. The internal
+    /// port then requires one (mutual TLS): no certificate, an unknown CA or an expired
+    /// certificate fail the handshake. Required whenever the internal port serves TLS.
+    #[arg(long, env = "CPIS_INTERNAL_CLIENT_CA")]
+    pub internal_client_ca: Option<PathBuf>,
+
+    /// Client-certificate identities (SAN URI or DNS name, comma-separated) admitted to
+    /// DisclosureService: the lookup service's, e.g. spiffe://cpis/lookup.
+    #[arg(long, env = "CPIS_DISCLOSURE_IDENTITIES", value_delimiter = ',')]
+    pub disclosure_identities: Vec<String>,
+
+    /// Client-certificate identities (SAN URI or DNS name, comma-separated) admitted to
+    /// OperatorService (whose calls also need an operator token).
+    #[arg(long, env = "CPIS_OPERATOR_IDENTITIES", value_delimiter = ',')]
+    pub operator_identities: Vec<String>,
 
     /// Records per database transaction in bulk uploads.
     #[arg(long, env = "CPIS_UPLOAD_CHUNK", default_value_t = 2000)]
@@ -160,7 +181,11 @@ impl Config {
             jwt_audience: "cpis-registry".into(),
             upload_chunk: 2000,
             upload_idle_timeout: Duration::from_secs(60),
-            disclosure_token: None,
+            internal_tls_cert: None,
+            internal_tls_key: None,
+            internal_client_ca: None,
+            disclosure_identities: Vec::new(),
+            operator_identities: Vec::new(),
             notification_poll: Duration::from_secs(1),
             subscriber_send_timeout: Duration::from_secs(10),
             subscriber_buffer: 64,
@@ -281,6 +306,38 @@ mod tests {
         assert_eq!(config.jwks_min_refetch, Duration::from_secs(30));
         assert_eq!(config.token_max_lifetime, Duration::from_secs(7200));
         assert!(!config.token_require_iat);
+    }
+
+    #[test]
+    fn tls_files_and_internal_callers_are_configurable() {
+        let config = Config::try_parse_from([
+            "registry",
+            "--tls-cert",
+            "server.pem",
+            "--tls-key",
+            "server.key",
+            "--internal-client-ca",
+            "ca.pem",
+            "--disclosure-identities",
+            "spiffe://cpis/lookup,lookup.cpis.internal",
+            "--operator-identities",
+            "spiffe://cpis/operator",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.disclosure_identities,
+            ["spiffe://cpis/lookup", "lookup.cpis.internal"]
+        );
+        assert_eq!(config.operator_identities, ["spiffe://cpis/operator"]);
+        assert_eq!(
+            config.server.tls.tls_cert,
+            Some(PathBuf::from("server.pem"))
+        );
+        assert!(!config.server.tls.insecure_plaintext);
+        // A certificate without its key (or the reverse) is a usage error, not a silent
+        // plaintext start.
+        assert!(Config::try_parse_from(["registry", "--tls-cert", "server.pem"]).is_err());
+        assert!(Config::try_parse_from(["registry", "--internal-tls-key", "k.pem"]).is_err());
     }
 
     #[test]

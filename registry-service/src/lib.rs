@@ -1,6 +1,7 @@
 //! The CP-IS registry: the system of record. It serves councils (`cpis.registry.v1.
-//! CouncilService`), the lookup service's internal disclosure call (`DisclosureService`) and
-//! operators (`OperatorService`), and it alone owns the database.
+//! CouncilService`) on its public port, and the lookup service's internal disclosure call
+//! (`DisclosureService`) and operators (`OperatorService`) on its internal port, where callers
+//! are admitted by client certificate (mTLS); it alone owns the database.
 //!
 //! # Layout
 //! The layers depend one way: `api` on all the others, `notify` and `db` on `domain` (and
@@ -51,12 +52,20 @@ pub use config::Config;
 pub use db::DatabaseUrl;
 pub use error::RegistryError;
 
-/// The services this server registers, as health and reflection name them.
-pub const SERVICES: &[&str] = &[
-    service_names::COUNCIL,
-    service_names::DISCLOSURE,
-    service_names::OPERATOR,
-];
+/// The services of the public (council-facing) port, as health and reflection name them.
+pub const PUBLIC_SERVICES: &[&str] = &[service_names::COUNCIL];
+
+/// The services of the internal port (the lookup service and operators, over mTLS).
+pub const INTERNAL_SERVICES: &[&str] = &[service_names::DISCLOSURE, service_names::OPERATOR];
+
+/// The registry's listeners, one per audience.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Councils: `CouncilService`.
+    pub public: TcpListener,
+    /// The lookup service and operators: `DisclosureService`, `OperatorService`.
+    pub internal: TcpListener,
+}
 
 /// Opens the configured database and applies pending migrations (`registry-service migrate`).
 pub async fn migrate(config: &Config) -> Result<Vec<String>, RegistryError> {
@@ -135,16 +144,74 @@ fn open_database(config: &Config) -> Result<db::Database, RegistryError> {
     )
 }
 
-/// Runs the registry on `listener` until `shutdown` completes, then drains gracefully.
-/// `main`, the tests and the all-in-one dev stack all call this. Health turns SERVING only once
-/// the database answers and its schema is current; a schema that is behind stops the server
-/// with a message saying what to run.
+/// The TLS acceptors of the two ports (`None`: plaintext). The public port presents
+/// `--tls-cert`; the internal port presents `--internal-tls-cert` (default `--tls-cert`) and
+/// requires a client certificate from `--internal-client-ca`.
+type Acceptors = (
+    Option<tokio_rustls::TlsAcceptor>,
+    Option<tokio_rustls::TlsAcceptor>,
+);
+
+fn acceptors(config: &Config) -> Result<Acceptors, RegistryError> {
+    use cpis_core::tls::{ReloadingCert, TlsError, acceptor};
+    let tls_error = |e: TlsError| RegistryError::Config(e.to_string());
+    let public_cert = config.server.tls.server_cert().map_err(tls_error)?;
+    let internal_cert = match (&config.internal_tls_cert, &config.internal_tls_key) {
+        (Some(cert), Some(key)) => Some(
+            ReloadingCert::start(
+                cert.clone(),
+                key.clone(),
+                config.server.tls.tls_reload_interval,
+            )
+            .map_err(tls_error)?,
+        ),
+        (None, None) => public_cert.clone(),
+        _ => {
+            return Err(RegistryError::Config(
+                "--internal-tls-cert and --internal-tls-key go together".into(),
+            ));
+        }
+    };
+    let internal = match (internal_cert, config.internal_client_ca.as_deref()) {
+        (Some(cert), Some(client_ca)) => Some(acceptor(cert, Some(client_ca)).map_err(tls_error)?),
+        (Some(_), None) => {
+            return Err(RegistryError::Config(
+                "the internal port serves TLS and needs --internal-client-ca: its callers are \
+                 admitted by client certificate"
+                    .into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(RegistryError::Config(
+                "--internal-client-ca needs a certificate for the internal port: \
+                 --internal-tls-cert or --tls-cert"
+                    .into(),
+            ));
+        }
+        (None, None) => None,
+    };
+    let public = public_cert
+        .map(|cert| acceptor(cert, None))
+        .transpose()
+        .map_err(tls_error)?;
+    Ok((public, internal))
+}
+
+/// Runs the registry on `listeners` until `shutdown` completes, then drains both ports
+/// gracefully. `main`, the tests and the all-in-one dev stack all call this. Health turns
+/// SERVING (on both ports) only once the database answers and its schema is current; a schema
+/// that is behind stops the server with a message saying what to run. If either port fails,
+/// the other stops too.
 pub async fn serve(
     config: Config,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RegistryError> {
     let verifier = config.token_verifier().await?;
+    let (public_tls, internal_tls) = acceptors(&config)?;
+    if config.disclosure_identities.is_empty() {
+        tracing::warn!("no --disclosure-identities: every disclosure will be refused");
+    }
     let db = open_database(&config)?;
     let notifier = notify::Notifier::default();
     // Other replicas' commits wake this replica's subscribers too.
@@ -161,9 +228,19 @@ pub async fn serve(
         config.subscription_options(),
         draining_rx,
     ));
-    let routes = api::routes(registry, verifier, config.disclosure_token.as_ref());
+    let public_routes = api::public_routes(registry.clone(), verifier.clone());
+    let internal_routes = api::internal_routes(
+        registry,
+        verifier,
+        &api::InternalCallers {
+            disclosure: &config.disclosure_identities,
+            operator: &config.operator_identities,
+        },
+    );
     let engine = db.engine();
     let migrate_on_start = config.migrate_on_start;
+    // The database check runs once, on the public port's start; the internal port follows it.
+    let (database_ready, database_ready_rx) = tokio::sync::oneshot::channel();
     let ready = async move {
         // A registry may start before its database: wait as NOT_SERVING rather than exit.
         if !db.answers().await {
@@ -187,21 +264,74 @@ pub async fn serve(
             });
         }
         tracing::info!(engine, "database ready");
-        Ok(Some(follow_database(db)))
+        let follow = follow_database(db);
+        let _ = database_ready.send(follow.clone());
+        Ok(Some(follow))
     };
-    cpis_core::server::serve_grpc(
-        routes,
-        SERVICES,
-        listener,
-        &config.server,
-        ready,
+    let internal_ready = async move {
+        match database_ready_rx.await {
+            Ok(follow) => Ok(Some(follow)),
+            // The public port failed before the database was ready; it stops both.
+            Err(_) => std::future::pending().await,
+        }
+    };
+
+    // One stop for both ports: the caller's shutdown, or either port ending.
+    let (stop, _) = tokio::sync::watch::channel(false);
+    let stopped = |stop: &tokio::sync::watch::Sender<bool>| {
+        let mut rx = stop.subscribe();
         async move {
-            shutdown.await;
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
+    };
+    let Listeners {
+        public: public_listener,
+        internal: internal_listener,
+    } = listeners;
+    let public = async {
+        let result = cpis_core::server::serve_grpc(
+            public_routes,
+            PUBLIC_SERVICES,
+            public_listener,
+            public_tls,
+            &config.server,
+            ready,
+            stopped(&stop),
+        )
+        // Every log line names the server and port, so the dev stack's mixed output stays
+        // readable.
+        .instrument(tracing::info_span!("registry", port = "public"))
+        .await;
+        stop.send_replace(true);
+        result
+    };
+    let internal = async {
+        let result = cpis_core::server::serve_grpc(
+            internal_routes,
+            INTERNAL_SERVICES,
+            internal_listener,
+            internal_tls,
+            &config.server,
+            internal_ready,
+            stopped(&stop),
+        )
+        .instrument(tracing::info_span!("registry", port = "internal"))
+        .await;
+        stop.send_replace(true);
+        result
+    };
+    let ports = async {
+        let (public, internal) = tokio::join!(public, internal);
+        public.and(internal)
+    };
+    tokio::pin!(ports);
+    tokio::select! {
+        result = &mut ports => result,
+        () = shutdown => {
             // Subscribers end first, telling councils to reconnect elsewhere.
             let _ = draining.send(true);
-        },
-    )
-    // Every log line of this server names it, so the dev stack's mixed output stays readable.
-    .instrument(tracing::info_span!("registry"))
-    .await
+            stop.send_replace(true);
+            ports.await
+        }
+    }
 }

@@ -10,11 +10,17 @@ use cpis_core::telemetry::{ServiceCli, bind};
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve the council, disclosure and operator gRPC services.
+    /// Serve the council gRPC service (public port) and the disclosure and operator services
+    /// (internal port, mTLS).
     Serve {
-        /// Address to listen on. Use 0.0.0.0:50051 in a container.
+        /// Public (council-facing) address. Use 0.0.0.0:50051 in a container.
         #[arg(long, env = "CPIS_REGISTRY_LISTEN", default_value = "127.0.0.1:50051")]
         listen: SocketAddr,
+
+        /// Internal address (the lookup service and operators; mutual TLS). Use 0.0.0.0:50053
+        /// in a container, reachable only from inside the cluster.
+        #[arg(long, env = "CPIS_INTERNAL_LISTEN", default_value = "127.0.0.1:50053")]
+        internal_listen: SocketAddr,
 
         #[command(flatten)]
         config: registry_service::Config,
@@ -42,9 +48,16 @@ async fn main() -> anyhow::Result<()> {
         "The CP-IS registry: the system of record for councils' child protection records.",
     );
     match cli.command {
-        Command::Serve { listen, config } => {
-            let listener = bind(listen).await?;
-            registry_service::serve(config, listener, cpis_core::shutdown::signal()).await?;
+        Command::Serve {
+            listen,
+            internal_listen,
+            config,
+        } => {
+            let listeners = registry_service::Listeners {
+                public: bind(listen).await?,
+                internal: bind(internal_listen).await?,
+            };
+            registry_service::serve(config, listeners, cpis_core::shutdown::signal()).await?;
         }
         Command::ImportNhsStatus { file, config } => {
             let text = std::fs::read_to_string(&file)

@@ -1,6 +1,7 @@
 //! Test-only helpers shared by every crate's integration tests and the benchmark: boot the
 //! registry and lookup service together ([`Stack`]) or any server alone on an ephemeral loopback
-//! port, reach them through generated clients (health, reflection), and locate the third-party
+//! port, reach them through generated clients (health, reflection) over plaintext or mutual TLS
+//! (a throwaway PKI: [`pki`]), and locate the third-party
 //! tools (Python client tooling, grpcurl) that `scripts/tools.sh` installs; capture what servers
 //! log ([`logs`]).
 #![forbid(unsafe_code)]
@@ -12,6 +13,7 @@ pub mod jwks;
 pub mod logs;
 pub mod nhs;
 pub mod pg_cluster;
+pub mod pki;
 pub mod server;
 pub mod stack;
 pub mod sweep;

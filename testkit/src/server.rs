@@ -1,11 +1,12 @@
 //! A real server on `127.0.0.1:0`, started through the service's own `serve` function, with
-//! helpers to ask it for health and to list its services by reflection (v1 and v1alpha).
+//! helpers to ask it for health and to list its services by reflection (v1 and v1alpha). A
+//! server reached over TLS carries the client TLS settings (CA, client certificate) with it.
 
 use std::{fmt::Display, future::Future, net::SocketAddr, pin::Pin, time::Duration};
 
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tokio_stream::StreamExt as _;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -17,6 +18,8 @@ pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub struct TestServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// How clients reach it over TLS; `None`: plaintext.
+    pub tls: Option<ClientTlsConfig>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), String>>>,
 }
@@ -41,7 +44,22 @@ impl TestServer {
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: Display,
     {
-        let server = Self::spawn_at(addr, serve).await;
+        Self::start_tls_at(addr, None, serve).await
+    }
+
+    /// As [`TestServer::start_at`], for a server reached over TLS with `tls`.
+    pub async fn start_tls_at<F, Fut, E>(
+        addr: SocketAddr,
+        tls: Option<ClientTlsConfig>,
+        serve: F,
+    ) -> Self
+    where
+        F: FnOnce(TcpListener, Shutdown) -> Fut,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Display,
+    {
+        let mut server = Self::spawn_at(addr, serve).await;
+        server.tls = tls;
         server.wait_serving("", Duration::from_secs(10)).await;
         server
     }
@@ -75,9 +93,26 @@ impl TestServer {
         let handle = tokio::spawn(async move { fut.await.map_err(|e| e.to_string()) });
         Self {
             addr,
+            tls: None,
             shutdown: Some(tx),
             handle: Some(handle),
         }
+    }
+
+    /// A handle on a TLS port at `addr` that another handle's server runs (the registry's
+    /// internal port): it can be reached with `tls`, not stopped.
+    pub fn reach(addr: SocketAddr, tls: ClientTlsConfig) -> Self {
+        Self {
+            addr,
+            tls: Some(tls),
+            shutdown: None,
+            handle: None,
+        }
+    }
+
+    /// The same port reached with other TLS settings (another client certificate, CA...).
+    pub fn with_tls(&self, tls: ClientTlsConfig) -> Self {
+        Self::reach(self.addr, tls)
     }
 
     /// A handle on a server that runs elsewhere (another process): it can be reached, not
@@ -85,38 +120,50 @@ impl TestServer {
     pub fn attach(url: &str) -> Self {
         let addr = url
             .trim_start_matches("http://")
+            .trim_start_matches("https://")
             .parse()
             .expect("http://IP:PORT");
         Self {
             addr,
+            tls: None,
             shutdown: None,
             handle: None,
         }
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://` when reached over TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// An endpoint for the server, with its TLS settings.
+    pub fn endpoint(&self) -> Endpoint {
+        let endpoint = Endpoint::from_shared(self.url()).expect("endpoint");
+        match &self.tls {
+            Some(tls) => endpoint.tls_config(tls.clone()).expect("client TLS"),
+            None => endpoint,
+        }
     }
 
     /// A connected channel to the server.
     pub async fn channel(&self) -> Channel {
-        Endpoint::from_shared(self.url())
-            .expect("endpoint")
+        self.try_channel().await.expect("connect to test server")
+    }
+
+    /// A channel to the server, or why it could not connect (a refused TLS handshake...).
+    pub async fn try_channel(&self) -> Result<Channel, tonic::transport::Error> {
+        self.endpoint()
             .connect_timeout(Duration::from_secs(5))
             .connect()
             .await
-            .expect("connect to test server")
     }
 
     /// Polls health for `service` until SERVING; panics after `limit`.
     pub async fn wait_serving(&self, service: &str, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let channel = Endpoint::from_shared(self.url())
-                .expect("endpoint")
-                .connect()
-                .await;
+            let channel = self.endpoint().connect().await;
             if let Ok(channel) = channel
                 && health(channel, service).await == Some(ServingStatus::Serving)
             {

@@ -1,7 +1,9 @@
 //! The one way tests, the benchmark and tools boot the CP-IS stack: a registry (and optionally a
 //! lookup service in front of it) through their own `serve` on `127.0.0.1:0`, on a fresh
-//! database of either engine, with a council signer, an NHS signer, an injectable clock and the
-//! disclosure credential wired between them; plus the tokens and clients every caller needs.
+//! database of either engine, with a council signer, an NHS signer, an injectable clock and a
+//! throwaway PKI ([`TestPki`]): the registry's internal port (disclosure, operator) runs mutual
+//! TLS, and the lookup service reaches it with its client certificate; the public ports stay
+//! plaintext on loopback. Plus the tokens and clients every caller needs.
 //!
 //! ```ignore
 //! let Some(stack) = Stack::builder(backend)
@@ -15,6 +17,8 @@
 //! };
 //! ```
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cpis_core::auth::DevSigner;
@@ -26,15 +30,17 @@ use cpis_proto::cpis::registry::v1::{
     GetChildRecordRequest, ListAccessEventsRequest, ListNotificationsRequest, Notification,
     PutChildRecordRequest, SetContactDetailsRequest, council_service_client::CouncilServiceClient,
     disclosure_service_client::DisclosureServiceClient,
+    operator_service_client::OperatorServiceClient,
 };
 use registry_service::{Clock, DatabaseUrl};
-use secrecy::SecretString;
 use serde_json::Value;
+use tokio::net::TcpListener;
 use tonic::{Request, Status, transport::Channel};
 
 use crate::{
     TestServer,
     db::{Backend, TestDb},
+    pki::{LOOKUP_IDENTITY, OPERATOR_IDENTITY, TestPki},
 };
 
 /// The issuer of every test token (the services' default).
@@ -43,8 +49,6 @@ pub const ISSUER: &str = "cpis";
 pub const REGISTRY_AUDIENCE: &str = "cpis-registry";
 /// The audience of NHS user and system tokens (the lookup service's default).
 pub const LOOKUP_AUDIENCE: &str = "cpis-lookup";
-/// The credential the lookup service presents to the registry's disclosure service.
-pub const DISCLOSURE_TOKEN: &str = "test-disclosure-credential";
 
 /// How long minted test tokens stay valid: longer than any test or benchmark run.
 const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
@@ -61,14 +65,25 @@ pub fn nhs_signer() -> DevSigner {
     DevSigner::generate(ISSUER, LOOKUP_AUDIENCE).expect("generate NHS key")
 }
 
-/// A registry config on `db` trusting `signer`, accepting [`DISCLOSURE_TOKEN`]; everything else
-/// at the defaults.
-pub fn registry_config(db: &TestDb, signer: &DevSigner) -> registry_service::Config {
+/// A registry config on `db` trusting `signer`, serving mutual TLS on the internal port with
+/// `pki`'s server certificate and client CA (the public port stays plaintext on loopback) (admitting [`LOOKUP_IDENTITY`]
+/// to disclosures and [`OPERATOR_IDENTITY`] to operator calls); everything else at the
+/// defaults.
+pub fn registry_config(db: &TestDb, signer: &DevSigner, pki: &TestPki) -> registry_service::Config {
     let url = DatabaseUrl::parse(&db.url).expect("test database url");
     let mut config =
         registry_service::Config::with(url, signer.verifier().expect("council verifier"));
-    config.disclosure_token = Some(SecretString::from(DISCLOSURE_TOKEN.to_owned()));
+    secure_registry(&mut config, pki);
     config
+}
+
+/// Sets `config`'s TLS files and internal callers from `pki` (see [`registry_config`]).
+pub fn secure_registry(config: &mut registry_service::Config, pki: &TestPki) {
+    config.internal_tls_cert = Some(pki.server.cert.clone());
+    config.internal_tls_key = Some(pki.server.key.clone());
+    config.internal_client_ca = Some(pki.ca_path().to_owned());
+    config.disclosure_identities = vec![LOOKUP_IDENTITY.to_owned()];
+    config.operator_identities = vec![OPERATOR_IDENTITY.to_owned()];
 }
 
 /// `message` with `authorization: Bearer token`.
@@ -134,15 +149,18 @@ impl StackBuilder {
         let db = TestDb::create(self.backend)?;
         let council_signer = council_signer();
         let nhs_signer = nhs_signer();
-        let mut registry_config = registry_config(&db, &council_signer);
+        let pki = Arc::new(TestPki::new("stack"));
+        let mut registry_config = registry_config(&db, &council_signer, &pki);
         registry_config.clock = self.clock.clone();
         for adjust in self.registry {
             adjust(&mut registry_config);
         }
-        let registry = start_registry(None, registry_config.clone()).await;
+        let (registry, internal) = start_registry(None, registry_config.clone(), &pki).await;
         let mut stack = Stack {
             lookup: None,
             registry,
+            internal,
+            pki,
             council_signer,
             nhs_signer,
             clock: self.clock,
@@ -164,15 +182,42 @@ impl StackBuilder {
     }
 }
 
+/// Starts a registry on `addrs` (public, internal; default: free ports) and returns its public
+/// port (which owns the server) and its internal port, reached as the lookup service.
 async fn start_registry(
-    addr: Option<std::net::SocketAddr>,
+    addrs: Option<(SocketAddr, SocketAddr)>,
     config: registry_service::Config,
-) -> TestServer {
-    let serve = |listener, shutdown| registry_service::serve(config, listener, shutdown);
-    match addr {
-        Some(addr) => TestServer::start_at(addr, serve).await,
-        None => TestServer::start(serve).await,
-    }
+    pki: &TestPki,
+) -> (TestServer, TestServer) {
+    let (public, internal) = addrs.unwrap_or((
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    ));
+    let internal_listener = TcpListener::bind(internal)
+        .await
+        .unwrap_or_else(|e| panic!("bind {internal}: {e}"));
+    let internal = TestServer::reach(
+        internal_listener.local_addr().expect("internal addr"),
+        pki.client_tls(Some(&pki.lookup)),
+    );
+    // A test may serve the public port with TLS too (`config.server.tls`): then it is reached
+    // trusting this PKI's CA.
+    let public_tls = config
+        .server
+        .tls
+        .tls_cert
+        .is_some()
+        .then(|| pki.client_tls(None));
+    let serve = |listener, shutdown| {
+        let listeners = registry_service::Listeners {
+            public: listener,
+            internal: internal_listener,
+        };
+        registry_service::serve(config, listeners, shutdown)
+    };
+    let public = TestServer::start_tls_at(public, public_tls, serve).await;
+    internal.wait_serving("", Duration::from_secs(10)).await;
+    (public, internal)
 }
 
 /// A running registry, optionally a lookup service in front of it, and what a caller needs to
@@ -180,8 +225,13 @@ async fn start_registry(
 pub struct Stack {
     // Declared (so dropped) front to back: the lookup, the registry, then the database.
     lookup: Option<TestServer>,
-    /// The registry.
+    /// The registry's public (council-facing) port; stopping it stops the registry.
     pub registry: TestServer,
+    /// The registry's internal port (mTLS), reached with the lookup service's certificate
+    /// (`with_tls` for another).
+    pub internal: TestServer,
+    /// The CA and certificates of this stack.
+    pub pki: Arc<TestPki>,
     /// Signs council tokens the registry trusts.
     pub council_signer: DevSigner,
     /// Signs NHS tokens the lookup service trusts.
@@ -231,7 +281,7 @@ impl Stack {
     ) -> TestServer {
         let mut config = self.registry_config();
         adjust(&mut config);
-        start_registry(None, config).await
+        start_registry(None, config, &self.pki).await.0
     }
 
     /// Starts another lookup service trusting this stack's NHS signer, in front of this
@@ -242,13 +292,25 @@ impl Stack {
         adjust: impl FnOnce(&mut lookup_service::Config),
     ) -> TestServer {
         let mut config = lookup_service::Config::with(
-            self.registry.url(),
-            SecretString::from(DISCLOSURE_TOKEN.to_owned()),
+            self.internal.url(),
             self.nhs_signer.verifier().expect("NHS verifier"),
         );
+        config.registry_ca = Some(self.pki.ca_path().to_owned());
+        config.registry_client_cert = Some(self.pki.lookup.cert.clone());
+        config.registry_client_key = Some(self.pki.lookup.key.clone());
         adjust(&mut config);
-        TestServer::spawn(|listener, shutdown| lookup_service::serve(config, listener, shutdown))
-            .await
+        let tls = config
+            .server
+            .tls
+            .tls_cert
+            .is_some()
+            .then(|| self.pki.client_tls(None));
+        let mut server = TestServer::spawn(|listener, shutdown| {
+            lookup_service::serve(config, listener, shutdown)
+        })
+        .await;
+        server.tls = tls;
+        server
     }
 
     /// Stops the registry cleanly and returns how `serve` ended. Its address stays reserved
@@ -256,7 +318,8 @@ impl Stack {
     /// panics: there is nothing left to stop).
     pub async fn stop_registry(&mut self) -> Result<(), String> {
         // The stopped server's place is taken by a handle that only remembers its address.
-        let placeholder = TestServer::attach(&self.registry.url());
+        let mut placeholder = TestServer::attach(&self.registry.addr.to_string());
+        placeholder.tls = self.registry.tls.clone();
         let running = std::mem::replace(&mut self.registry, placeholder);
         running.stop().await
     }
@@ -271,7 +334,8 @@ impl Stack {
         let stopped = self.stop_registry().await;
         let mut config = self.registry_config();
         adjust(&mut config);
-        self.registry = start_registry(Some(self.registry.addr), config).await;
+        let addrs = (self.registry.addr, self.internal.addr);
+        (self.registry, self.internal) = start_registry(Some(addrs), config, &self.pki).await;
         stopped
     }
 
@@ -297,9 +361,22 @@ impl Stack {
             .expect("mint NHS token")
     }
 
-    /// `message` with the lookup service's credential for the disclosure service.
+    /// `message` as the lookup service sends it (its credential is its client certificate,
+    /// on the channel of [`Stack::disclosure`]).
     pub fn as_lookup_service<T>(&self, message: T) -> Request<T> {
-        with_token(message, DISCLOSURE_TOKEN)
+        Request::new(message)
+    }
+
+    /// `message` with an operator token (scope "operator"), for [`Stack::operator`].
+    pub fn as_operator<T>(&self, message: T) -> Request<T> {
+        let token = self
+            .council_signer
+            .mint(
+                &serde_json::json!({ "sub": "operator-1", "scope": "operator" }),
+                TOKEN_LIFETIME,
+            )
+            .expect("mint operator token");
+        with_token(message, &token)
     }
 
     /// A council client of the registry.
@@ -308,9 +385,18 @@ impl Stack {
             .max_decoding_message_size(MAX_MESSAGE)
     }
 
-    /// A client of the registry's internal disclosure service.
+    /// A client of the registry's internal disclosure service, presenting the lookup
+    /// service's certificate.
     pub async fn disclosure(&self) -> DisclosureServiceClient<Channel> {
-        DisclosureServiceClient::new(self.registry.channel().await)
+        DisclosureServiceClient::new(self.internal.channel().await)
+    }
+
+    /// A client of the registry's operator service, presenting the operator's certificate.
+    pub async fn operator(&self) -> OperatorServiceClient<Channel> {
+        let port = self
+            .internal
+            .with_tls(self.pki.client_tls(Some(&self.pki.operator)));
+        OperatorServiceClient::new(port.channel().await)
     }
 
     /// A client of the lookup service; panics when the stack has none.

@@ -60,14 +60,46 @@ pub fn python_client_check(
     call: &str,
     expect: &str,
 ) -> bool {
+    python_client_check_with(&addr.to_string(), services, call, expect, None)
+}
+
+/// How a tool reaches a TLS port: the CA of its server certificate, and a client certificate
+/// and key for mutual TLS.
+#[derive(Clone, Copy, Debug)]
+pub struct ToolTls<'a> {
+    /// The CA's PEM file.
+    pub ca: &'a Path,
+    /// The client certificate and key PEM files (mutual TLS).
+    pub client: Option<(&'a Path, &'a Path)>,
+}
+
+/// [`python_client_check`] against `target` (HOST:PORT), over TLS with `tls`
+/// (`grpc.ssl_channel_credentials`).
+pub fn python_client_check_with(
+    target: &str,
+    services: &[&str],
+    call: &str,
+    expect: &str,
+    tls: Option<ToolTls<'_>>,
+) -> bool {
     let Some(python) = python() else {
         return false;
     };
     let mut command = std::process::Command::new(python);
     command
         .arg(repo_root().join("tests/python/client_check.py"))
-        .arg(addr.to_string())
+        .arg(target)
         .args(["--call", call, "--expect", expect]);
+    if let Some(tls) = tls {
+        command.arg("--ca-cert").arg(tls.ca);
+        if let Some((cert, key)) = tls.client {
+            command
+                .arg("--client-cert")
+                .arg(cert)
+                .arg("--client-key")
+                .arg(key);
+        }
+    }
     for service in services {
         command.args(["--service", service]);
     }
@@ -86,9 +118,27 @@ pub fn python_client_check(
 /// Runs `grpcurl -plaintext ADDR list` and returns the listed services, or `None` when grpcurl
 /// is missing outside CI.
 pub fn grpcurl_list(addr: std::net::SocketAddr) -> Option<Vec<String>> {
+    grpcurl_list_with(&addr.to_string(), None)
+}
+
+/// `grpcurl list` against `target` (HOST:PORT): plaintext, or TLS with `-cacert` (and `-cert`,
+/// `-key` for mutual TLS).
+pub fn grpcurl_list_with(target: &str, tls: Option<ToolTls<'_>>) -> Option<Vec<String>> {
     let grpcurl = grpcurl()?;
-    let output = std::process::Command::new(grpcurl)
-        .args(["-plaintext", "-max-time", "10", &addr.to_string(), "list"])
+    let mut command = std::process::Command::new(grpcurl);
+    match tls {
+        None => {
+            command.arg("-plaintext");
+        }
+        Some(tls) => {
+            command.arg("-cacert").arg(tls.ca);
+            if let Some((cert, key)) = tls.client {
+                command.arg("-cert").arg(cert).arg("-key").arg(key);
+            }
+        }
+    }
+    let output = command
+        .args(["-max-time", "10", target, "list"])
         .output()
         .expect("run grpcurl");
     assert!(

@@ -5,7 +5,11 @@ then, against a running server: checks gRPC health is SERVING, lists services th
 reflection (v1alpha, what grpcio-reflection speaks) and expects each --service, and makes one
 real call to --call (Service/Method) with an empty request, expecting the gRPC status --expect.
 
+With --ca-cert (and --client-cert/--client-key for mutual TLS) the channel is TLS,
+grpc.ssl_channel_credentials, and ADDR's host must be one the server certificate names.
+
 Usage: client_check.py ADDR --service NAME [--service NAME ...] --call Svc/Method --expect CODE
+       [--ca-cert PEM [--client-cert PEM --client-key PEM]]
 Exit 0 on success; prints what it checked.
 """
 
@@ -42,6 +46,9 @@ def main() -> None:
     parser.add_argument("--service", action="append", required=True)
     parser.add_argument("--call", required=True, help="package.Service/Method")
     parser.add_argument("--expect", required=True, help="expected gRPC status code name")
+    parser.add_argument("--ca-cert", help="PEM CA of the server certificate: connect with TLS")
+    parser.add_argument("--client-cert", help="PEM client certificate (mutual TLS)")
+    parser.add_argument("--client-key", help="PEM key of --client-cert")
     opts = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -49,7 +56,17 @@ def main() -> None:
         generate(out)
         sys.path.insert(0, str(out))
 
-        channel = grpc.insecure_channel(opts.addr)
+        if opts.ca_cert:
+            read = lambda path: pathlib.Path(path).read_bytes() if path else None  # noqa: E731
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=read(opts.ca_cert),
+                private_key=read(opts.client_key),
+                certificate_chain=read(opts.client_cert),
+            )
+            channel = grpc.secure_channel(opts.addr, credentials)
+            print("channel: TLS")
+        else:
+            channel = grpc.insecure_channel(opts.addr)
         grpc.channel_ready_future(channel).result(timeout=10)
 
         status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)

@@ -190,3 +190,75 @@ fn dev_refuses_a_non_loopback_address() {
     assert_eq!(out.code, 1, "{out:?}");
     assert!(out.stderr.contains("loopback"), "{out:?}");
 }
+
+#[test]
+fn tls_serves_the_public_ports_and_the_dev_certificates_are_kept() {
+    let stack = DevStack::start_in_with(tempfile::tempdir().unwrap(), &["--tls"]);
+    assert!(
+        stack.registry_url.starts_with("https://"),
+        "{}",
+        stack.registry_url
+    );
+    assert!(
+        stack.lookup_url.starts_with("https://"),
+        "{}",
+        stack.lookup_url
+    );
+    let ca = stack.ca_cert.clone().expect("the ready file names the CA");
+    // cpis over TLS (CPIS_CA_CERT): a lookup through both TLS ports and the mTLS link.
+    assert_eq!(councils(&stack.ed_lookup(&nhs(0))), ["DEV01"]);
+    assert_eq!(stack.council(&["contacts"]).code, 0);
+    let guide = stack.guide();
+    for expected in [
+        format!("export CPIS_CA_CERT={ca}"),
+        format!("-cacert {ca}"),
+        "grpc.ssl_channel_credentials".to_owned(),
+    ] {
+        assert!(
+            guide.contains(&expected),
+            "guide lacks {expected:?}:\n{guide}"
+        );
+    }
+    // Without the CA, an https URL is refused in words.
+    let out = crate::harness::run_in(
+        stack.dir.path(),
+        &["lookup", &nhs(0), "--token", &stack.ed_token],
+        &[("CPIS_LOOKUP_URL", stack.lookup_url.as_str())],
+    );
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("--ca-cert"), "{out:?}");
+
+    // A second start keeps the certificates.
+    let tls = stack.data_dir().join("tls");
+    let first_ca = std::fs::read(tls.join("ca.pem")).unwrap();
+    let dir = stack.restartable();
+    let again = DevStack::start_in_with(dir, &["--tls"]);
+    assert_eq!(
+        std::fs::read(tls_dir(&again).join("ca.pem")).unwrap(),
+        first_ca
+    );
+    assert_eq!(councils(&again.ed_lookup(&nhs(0))), ["DEV01"]);
+
+    // An expired certificate is issued anew (with a new CA), and the stack works.
+    let expired = cpis_testkit::pki::TestPki::new("old").issue(
+        "expired",
+        cpis_testkit::pki::Usage::Client,
+        Some("spiffe://cpis/lookup"),
+        |params| {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        },
+    );
+    std::fs::write(tls_dir(&again).join("lookup.pem"), &expired.cert_pem).unwrap();
+    let dir = again.restartable();
+    let renewed = DevStack::start_in_with(dir, &["--tls"]);
+    assert_ne!(
+        std::fs::read(tls_dir(&renewed).join("ca.pem")).unwrap(),
+        first_ca
+    );
+    assert_eq!(councils(&renewed.ed_lookup(&nhs(0))), ["DEV01"]);
+}
+
+fn tls_dir(stack: &DevStack) -> std::path::PathBuf {
+    stack.data_dir().join("tls")
+}

@@ -15,6 +15,8 @@ pub struct DevStack {
     child: Option<Child>,
     pub registry_url: String,
     pub lookup_url: String,
+    /// The dev CA, when the public ports serve TLS (`--tls`).
+    pub ca_cert: Option<String>,
     pub council_token: String,
     pub ed_token: String,
     pub gp_token: String,
@@ -54,6 +56,15 @@ impl DevStack {
 
     /// Starts a dev stack on `dir` listening on the given addresses.
     pub fn start_on(dir: tempfile::TempDir, registry: &str, lookup: &str) -> Self {
+        Self::start_with(dir, registry, lookup, &[])
+    }
+
+    /// Starts a dev stack on `dir` on free ports with `extra` arguments (`--tls`).
+    pub fn start_in_with(dir: tempfile::TempDir, extra: &[&str]) -> Self {
+        Self::start_with(dir, "127.0.0.1:0", "127.0.0.1:0", extra)
+    }
+
+    fn start_with(dir: tempfile::TempDir, registry: &str, lookup: &str, extra: &[&str]) -> Self {
         let ready = dir.path().join("ready.json");
         let _ = std::fs::remove_file(&ready);
         let run = std::fs::read_dir(dir.path())
@@ -69,7 +80,11 @@ impl DevStack {
                 registry,
                 "--lookup-listen",
                 lookup,
+                // A free port for the internal (mTLS) link too, so stacks run side by side.
+                "--internal-listen",
+                "127.0.0.1:0",
             ])
+            .args(extra)
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .arg("--ready-file")
@@ -85,6 +100,7 @@ impl DevStack {
             child: Some(child),
             registry_url: String::new(),
             lookup_url: String::new(),
+            ca_cert: None,
             council_token: String::new(),
             ed_token: String::new(),
             gp_token: String::new(),
@@ -117,6 +133,7 @@ impl DevStack {
         let field = |name: &str| ready[name].as_str().expect(name).to_owned();
         stack.registry_url = field("registry_url");
         stack.lookup_url = field("lookup_url");
+        stack.ca_cert = ready["ca_cert"].as_str().map(str::to_owned);
         stack.council_token = field("council_token");
         stack.ed_token = field("ed_token");
         stack.gp_token = field("gp_token");
@@ -136,14 +153,14 @@ impl DevStack {
 
     /// Starts `cpis ARGS` with the stack's addresses in the environment, without waiting.
     pub fn spawn(&self, args: &[&str]) -> Running {
-        spawn_in(
-            self.dir.path(),
-            args,
-            &[
-                ("CPIS_REGISTRY_URL", self.registry_url.as_str()),
-                ("CPIS_LOOKUP_URL", self.lookup_url.as_str()),
-            ],
-        )
+        let mut env = vec![
+            ("CPIS_REGISTRY_URL", self.registry_url.as_str()),
+            ("CPIS_LOOKUP_URL", self.lookup_url.as_str()),
+        ];
+        if let Some(ca) = &self.ca_cert {
+            env.push(("CPIS_CA_CERT", ca.as_str()));
+        }
+        spawn_in(self.dir.path(), args, &env)
     }
 
     /// Runs a council command with the DEV01 token.

@@ -14,7 +14,6 @@ use cpis_proto::cpis::registry::v1::notification;
 use cpis_testkit::{Stack, both_backends, db::Backend};
 use diesel::{Connection as _, RunQueryDsl as _};
 use registry_service::Clock;
-use secrecy::SecretString;
 use tonic::Code;
 
 use crate::harness::{
@@ -441,7 +440,6 @@ async fn registry_down_is_unavailable_within_the_deadline() {
     let hung = stack
         .another_lookup(|config| {
             config.registry_url = format!("http://{silent_addr}");
-            config.registry_token = Some(SecretString::from("x".to_owned()));
         })
         .await;
     let mut client = LookupServiceClient::new(hung.channel().await);

@@ -167,12 +167,14 @@ async fn a_registry_started_before_its_database_waits() {
         signer.verifier().expect("verifier"),
     );
     config.db_acquire_timeout = Duration::from_secs(1);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
+    let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+    let listeners = registry_service::Listeners {
+        public: bind().await.expect("bind"),
+        internal: bind().await.expect("bind"),
+    };
+    let addr = listeners.public.local_addr().expect("addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(registry_service::serve(config, listener, async {
+    let server = tokio::spawn(registry_service::serve(config, listeners, async {
         let _ = stopped.await;
     }));
     let registry = cpis_testkit::TestServer::attach(&format!("http://{addr}"));

@@ -10,4 +10,5 @@ mod keys;
 mod roles;
 mod seam;
 mod surface;
+mod transport;
 mod visibility;

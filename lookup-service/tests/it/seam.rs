@@ -11,7 +11,6 @@ use cpis_proto::cpis::lookup::v1::lookup_service_client::LookupServiceClient;
 use cpis_proto::cpis::registry::v1::{DiscloseRequest, GetChildRecordRequest};
 use cpis_testkit::both_backends;
 use cpis_testkit::db::Backend;
-use secrecy::SecretString;
 use tonic::Code;
 
 use crate::harness::{NHS_A, cpp, person, person_named, start, unscheduled_lookup};
@@ -204,11 +203,14 @@ async fn a_refused_service_credential_is_not_serving_and_not_retry(backend: Back
     };
     stack.register_council("AB1").await;
     stack.put("AB1", cpp(NHS_A)).await;
-    // A lookup service configured with the wrong credential: the registry refuses it every
-    // time, so "unavailable, retry" would send the clinician round in circles.
+    // A lookup service presenting a certificate of the right CA but another identity: the
+    // registry refuses it every time (PERMISSION_DENIED), so "unavailable, retry" would send the
+    // clinician round in circles.
+    let stranger = stack.pki.client("stranger", "spiffe://cpis/stranger");
     let misconfigured = stack
-        .another_lookup(|config| {
-            config.registry_token = Some(SecretString::from("not-the-credential".to_owned()));
+        .another_lookup(move |config| {
+            config.registry_client_cert = Some(stranger.cert);
+            config.registry_client_key = Some(stranger.key);
         })
         .await;
     // It does not claim to be ready while the registry refuses it.

@@ -1,20 +1,24 @@
 //! Who is calling the registry, decided once per call by an interceptor in front of each service:
-//! a council (its token names one ODS code and carries scopes), an operator (scope "operator"),
-//! or the lookup service (its service credential). The interceptor puts the typed caller in the
+//! a council (its token names one ODS code and carries scopes), an operator (a client
+//! certificate naming an admitted identity, and a token with scope "operator"), or the lookup
+//! service (a client certificate naming an admitted identity, on the mTLS internal port). The interceptor puts the typed caller in the
 //! request's extensions; handlers only check the scope and council a call needs
 //! (`authorize`), and never parse tokens. An attempt on another council's data is refused and
 //! logged, without any child's data.
 
+use std::sync::Arc;
+
 use cpis_core::{
     auth::{AuthError, TokenVerifier},
+    connection::ConnectionInfo,
     ods::OdsCode,
+    status::with_reason,
     text::{LogOds, LogSafe},
 };
+use cpis_proto::cpis::common::v1::ErrorReason;
 use cpis_proto::cpis::registry::v1 as api;
-use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
-use tonic::{Request, Status, service::Interceptor};
+use tonic::{Code, Request, Status, service::Interceptor};
 
 use crate::error::RegistryError;
 
@@ -175,62 +179,103 @@ pub(crate) fn authorize(
     Ok(caller.ods_code.clone())
 }
 
-/// Verifies operator tokens (`OperatorService`): any valid token with scope "operator".
+/// Admits to an internal service only callers whose verified client certificate (the internal
+/// port's mTLS) names one of the configured identities.
 #[derive(Clone, Debug)]
-pub(crate) struct OperatorInterceptor(pub TokenVerifier);
+pub(crate) struct IdentityGate {
+    /// The service guarded, for the refusal and the security log.
+    service: &'static str,
+    allowed: Arc<[String]>,
+}
+
+impl IdentityGate {
+    /// A gate for `service` admitting `allowed` (SAN URIs or DNS names); empty admits no one.
+    pub fn new(service: &'static str, allowed: &[String]) -> Self {
+        Self {
+            service,
+            allowed: allowed.iter().map(|id| id.trim().to_owned()).collect(),
+        }
+    }
+
+    /// The admitted identity of the caller of `request`.
+    fn admit<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        let connection = request.extensions().get::<ConnectionInfo>();
+        let Some(peer) = connection.and_then(|c| c.peer_certificate.as_deref()) else {
+            tracing::warn!(
+                target: "security",
+                service = self.service,
+                remote = ?connection.and_then(|c| c.remote),
+                "internal call without a client certificate refused"
+            );
+            return Err(with_reason(
+                Code::Unauthenticated,
+                ErrorReason::ClientCertificateMissing,
+                format!(
+                    "{} admits only callers with a client certificate (mutual TLS)",
+                    self.service
+                ),
+            ));
+        };
+        if let Some(identity) = peer.identities.iter().find(|id| self.allowed.contains(id)) {
+            return Ok(identity.clone());
+        }
+        // A security event: which certificate tried which service; never a request's content.
+        let presented = peer.identities.join(" ");
+        tracing::warn!(
+            target: "security",
+            service = self.service,
+            presented = %LogSafe(&presented),
+            remote = ?connection.and_then(|c| c.remote),
+            "client certificate identity not admitted"
+        );
+        Err(with_reason(
+            Code::PermissionDenied,
+            ErrorReason::ClientIdentityNotAllowed,
+            format!(
+                "the client certificate's identity is not admitted to {}",
+                self.service
+            ),
+        ))
+    }
+}
+
+/// Admits operators (`OperatorService`): a client certificate naming an operator identity, and
+/// a valid token with scope "operator" (a second factor naming the person).
+#[derive(Clone, Debug)]
+pub(crate) struct OperatorInterceptor {
+    /// Admitted operator certificates.
+    pub gate: IdentityGate,
+    /// Operator tokens.
+    pub verifier: TokenVerifier,
+}
 
 impl Interceptor for OperatorInterceptor {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let claims: Claims = self.0.verify_metadata(request.metadata()).map_err(refuse)?;
+        let identity = self.gate.admit(&request)?;
+        let claims: Claims = self
+            .verifier
+            .verify_metadata(request.metadata())
+            .map_err(refuse)?;
         if !claims.has_scope("operator") {
             return Err(RegistryError::ScopeMissing("operator").into());
         }
-        tracing::info!(target: "security", subject = %LogSafe(&claims.sub), "operator call");
+        tracing::info!(
+            target: "security",
+            subject = %LogSafe(&claims.sub),
+            certificate = %LogSafe(&identity),
+            "operator call"
+        );
         Ok(request)
     }
 }
 
-/// Admits only the lookup service to `DisclosureService`, by its credential.
-#[derive(Clone)]
-pub(crate) struct DisclosureInterceptor {
-    /// SHA-256 of the lookup service's token; `None` refuses every caller.
-    credential: Option<[u8; 32]>,
-}
-
-impl std::fmt::Debug for DisclosureInterceptor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DisclosureInterceptor")
-            .field("configured", &self.credential.is_some())
-            .finish()
-    }
-}
-
-impl DisclosureInterceptor {
-    /// `token` is the lookup service's credential.
-    pub fn new(token: Option<&SecretString>) -> Self {
-        Self {
-            credential: token.map(|t| Sha256::digest(t.expose_secret().as_bytes()).into()),
-        }
-    }
-}
+/// Admits only the lookup service to `DisclosureService`, by its client certificate.
+#[derive(Clone, Debug)]
+pub(crate) struct DisclosureInterceptor(pub IdentityGate);
 
 impl Interceptor for DisclosureInterceptor {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let expected = self.credential.ok_or_else(|| {
-            refuse(AuthError::Invalid(
-                "the disclosure service has no caller configured".into(),
-            ))
-        })?;
-        let token = cpis_core::auth::bearer_token(request.metadata()).map_err(refuse)?;
-        // Comparing digests keeps the comparison's timing independent of how much of the
-        // secret a guess got right.
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if digest != expected {
-            tracing::warn!(target: "security", "disclosure refused: unknown service credential");
-            return Err(refuse(AuthError::Invalid(
-                "unknown service credential".into(),
-            )));
-        }
+        self.0.admit(&request)?;
         Ok(request)
     }
 }

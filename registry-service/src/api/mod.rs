@@ -23,7 +23,6 @@ use cpis_proto::cpis::registry::v1::{
     disclosure_service_server::DisclosureServiceServer,
     operator_service_server::OperatorServiceServer,
 };
-use secrecy::SecretString;
 use tokio::sync::watch;
 use tonic::service::Routes;
 
@@ -85,32 +84,55 @@ impl Registry {
     }
 }
 
-/// The three services, each behind the interceptor that decides who may call it.
-pub(crate) fn routes(
+/// The council-facing port's service, behind the token interceptor.
+pub(crate) fn public_routes(registry: Arc<Registry>, verifier: TokenVerifier) -> Routes {
+    let mut routes = tonic::service::RoutesBuilder::default();
+    // FreshKeys: a token naming a key not yet known refreshes the keys before the (synchronous)
+    // interceptor checks it.
+    routes.add_service(FreshKeys::new(
+        verifier.clone(),
+        CouncilServiceServer::with_interceptor(
+            council::CouncilApi(registry),
+            auth::CouncilInterceptor(verifier),
+        ),
+    ));
+    routes.routes()
+}
+
+/// Who may call the internal port's services: client-certificate identities (SAN URI or DNS).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct InternalCallers<'a> {
+    /// Admitted to DisclosureService (the lookup service).
+    pub disclosure: &'a [String],
+    /// Admitted to OperatorService (with an operator token too).
+    pub operator: &'a [String],
+}
+
+/// The internal port's services (lookup service and operators), each behind the interceptor
+/// that checks the caller's client certificate.
+pub(crate) fn internal_routes(
     registry: Arc<Registry>,
     verifier: TokenVerifier,
-    disclosure_token: Option<&SecretString>,
+    callers: &InternalCallers<'_>,
 ) -> Routes {
+    use cpis_proto::service_names;
     let mut routes = tonic::service::RoutesBuilder::default();
     routes
-        // FreshKeys: a token naming a key not yet known refreshes the keys before the
-        // (synchronous) interceptor checks it.
-        .add_service(FreshKeys::new(
-            verifier.clone(),
-            CouncilServiceServer::with_interceptor(
-                council::CouncilApi(registry.clone()),
-                auth::CouncilInterceptor(verifier.clone()),
-            ),
-        ))
         .add_service(DisclosureServiceServer::with_interceptor(
             disclosure::DisclosureApi(registry.clone()),
-            auth::DisclosureInterceptor::new(disclosure_token),
+            auth::DisclosureInterceptor(auth::IdentityGate::new(
+                service_names::DISCLOSURE,
+                callers.disclosure,
+            )),
         ))
         .add_service(FreshKeys::new(
             verifier.clone(),
             OperatorServiceServer::with_interceptor(
                 operator::OperatorApi(registry),
-                auth::OperatorInterceptor(verifier),
+                auth::OperatorInterceptor {
+                    gate: auth::IdentityGate::new(service_names::OPERATOR, callers.operator),
+                    verifier,
+                },
             ),
         ));
     routes.routes()

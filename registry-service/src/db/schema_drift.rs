@@ -146,12 +146,14 @@ async fn refuses_to_start_on_a_schema_behind(backend: Backend) {
     };
     let mut cfg = config(&test_db);
     cfg.migrate_on_start = false;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+    let listeners = crate::Listeners {
+        public: bind().await.expect("bind"),
+        internal: bind().await.expect("bind"),
+    };
     let result = tokio::time::timeout(
         std::time::Duration::from_secs(20),
-        crate::serve(cfg, listener, std::future::pending()),
+        crate::serve(cfg, listeners, std::future::pending()),
     )
     .await
     .expect("serve returns instead of serving");

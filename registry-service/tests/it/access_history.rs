@@ -11,7 +11,6 @@ use cpis_proto::cpis::common::v1::{InactiveReason, accessor::Kind};
 use cpis_proto::cpis::registry::v1::{
     DeleteChildRecordRequest, DiscloseRequest, ImportNhsNumberStatusChangesRequest,
     ListAccessEventsRequest, NhsNumberStatusChange, PutChildRecordRequest,
-    operator_service_client::OperatorServiceClient,
 };
 use cpis_testkit::{Stack, both_backends, db::Backend};
 use registry_service::Clock;
@@ -322,7 +321,8 @@ async fn an_inactive_numbers_replacement_is_told_only_to_councils_that_held_it(b
             Duration::from_secs(60),
         )
         .expect("mint");
-    OperatorServiceClient::new(reg.registry.channel().await)
+    reg.operator()
+        .await
         .import_nhs_number_status_changes(with_token(
             tokio_stream::iter([ImportNhsNumberStatusChangesRequest {
                 change: Some(NhsNumberStatusChange {

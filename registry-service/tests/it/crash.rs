@@ -14,9 +14,10 @@ use cpis_testkit::{both_backends, db::Backend, db::TestDb, server::health};
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_check_response::ServingStatus;
 
+use cpis_testkit::{TestServer, pki::TestPki};
+
 use crate::harness::{
-    DISCLOSURE_TOKEN, cpp_record, ed_clinician, next_sequence, nhs, signer, subscribe_at,
-    with_token,
+    cpp_record, ed_clinician, next_sequence, nhs, signer, subscribe_at, with_token,
 };
 
 both_backends!(kill_9_loses_nothing_committed);
@@ -24,6 +25,8 @@ both_backends!(kill_9_loses_nothing_committed);
 struct Process {
     child: Child,
     url: String,
+    /// The internal port, reached with the lookup service's certificate.
+    internal: TestServer,
 }
 
 fn free_port() -> u16 {
@@ -33,15 +36,22 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-async fn spawn(db: &TestDb, jwks: &std::path::Path) -> Process {
-    let port = free_port();
+async fn spawn(db: &TestDb, jwks: &std::path::Path, pki: &TestPki) -> Process {
+    let (port, internal_port) = (free_port(), free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_registry-service"))
         .arg("serve")
         .env("CPIS_REGISTRY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("CPIS_INTERNAL_LISTEN", format!("127.0.0.1:{internal_port}"))
         .env("CPIS_DATABASE_URL", &db.url)
         .env("CPIS_JWKS_FILE", jwks)
         .env("CPIS_MIGRATE_ON_START", "true")
-        .env("CPIS_DISCLOSURE_TOKEN", DISCLOSURE_TOKEN)
+        .env("CPIS_INTERNAL_TLS_CERT", &pki.server.cert)
+        .env("CPIS_INTERNAL_TLS_KEY", &pki.server.key)
+        .env("CPIS_INTERNAL_CLIENT_CA", pki.ca_path())
+        .env(
+            "CPIS_DISCLOSURE_IDENTITIES",
+            cpis_testkit::pki::LOOKUP_IDENTITY,
+        )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -63,7 +73,15 @@ async fn spawn(db: &TestDb, jwks: &std::path::Path) -> Process {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Process { child, url }
+    let internal = TestServer::reach(
+        ([127, 0, 0, 1], internal_port).into(),
+        pki.client_tls(Some(&pki.lookup)),
+    );
+    Process {
+        child,
+        url,
+        internal,
+    }
 }
 
 async fn channel(url: &str) -> Channel {
@@ -89,7 +107,8 @@ async fn kill_9_loses_nothing_committed(backend: Backend) {
         )
         .expect("mint");
 
-    let mut first = spawn(&db, &jwks).await;
+    let pki = TestPki::new("crash");
+    let mut first = spawn(&db, &jwks, &pki).await;
     let mut council = CouncilServiceClient::new(channel(&first.url).await);
     council
         .set_contact_details(with_token(
@@ -114,18 +133,15 @@ async fn kill_9_loses_nothing_committed(backend: Backend) {
         ))
         .await
         .expect("put");
-    let mut disclosure = DisclosureServiceClient::new(channel(&first.url).await);
+    let mut disclosure = DisclosureServiceClient::new(first.internal.channel().await);
     for _ in 0..5 {
         disclosure
-            .disclose(with_token(
-                DiscloseRequest {
-                    nhs_number: nhs(0),
-                    accessor: Some(ed_clinician("555000000001")),
-                    access_mode: AccessMode::Unscheduled as i32,
-                    request_id: String::new(),
-                },
-                DISCLOSURE_TOKEN,
-            ))
+            .disclose(DiscloseRequest {
+                nhs_number: nhs(0),
+                accessor: Some(ed_clinician("555000000001")),
+                access_mode: AccessMode::Unscheduled as i32,
+                request_id: String::new(),
+            })
             .await
             .expect("disclose");
     }
@@ -133,7 +149,7 @@ async fn kill_9_loses_nothing_committed(backend: Backend) {
     first.child.kill().expect("kill -9");
     first.child.wait().expect("reaped");
 
-    let mut second = spawn(&db, &jwks).await;
+    let mut second = spawn(&db, &jwks, &pki).await;
     let probe = cpis_testkit::TestServer::attach(&second.url);
     let mut stream = subscribe_at(&probe, &token, Some(0))
         .await

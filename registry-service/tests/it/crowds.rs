@@ -46,7 +46,7 @@ async fn disclosure_rate(reg: &Stack, span: Duration) -> f64 {
     let workers = (0..4).map(|worker| {
         let (stop, done) = (&stop, &done);
         async move {
-            let mut client = DisclosureServiceClient::new(reg.registry.channel().await);
+            let mut client = DisclosureServiceClient::new(reg.internal.channel().await);
             let mut i = worker;
             while !stop.load(Ordering::SeqCst) {
                 client

@@ -17,8 +17,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::{Code, Request};
 
 use crate::harness::{
-    DISCLOSURE_TOKEN, batch, cpp_record, disclose, ed_clinician, next_sequence, nhs, stack, start,
-    subscribe, with_token,
+    batch, cpp_record, disclose, ed_clinician, next_sequence, nhs, stack, start, subscribe,
+    with_token,
 };
 
 both_backends!(
@@ -141,23 +141,6 @@ async fn bearer_is_case_insensitive(backend: Backend) {
             .expect_err("refused");
         assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
     }
-
-    // The lookup service's credential too.
-    let mut request = Request::new(DiscloseRequest {
-        nhs_number: nhs(0),
-        accessor: Some(ed_clinician("555000000001")),
-        access_mode: AccessMode::Unscheduled as i32,
-        request_id: String::new(),
-    });
-    request.metadata_mut().insert(
-        "authorization",
-        format!("BEARER {DISCLOSURE_TOKEN}").parse().unwrap(),
-    );
-    reg.disclosure()
-        .await
-        .disclose(request)
-        .await
-        .expect("BEARER credential");
 }
 
 async fn accessor_names_need_something_visible(backend: Backend) {
@@ -176,15 +159,12 @@ async fn accessor_names_need_something_visible(backend: Backend) {
             person.name = name.into();
         }
         let refused = disclosure
-            .disclose(with_token(
-                DiscloseRequest {
-                    nhs_number: nhs(0),
-                    accessor: Some(accessor),
-                    access_mode: AccessMode::Unscheduled as i32,
-                    request_id: String::new(),
-                },
-                DISCLOSURE_TOKEN,
-            ))
+            .disclose(DiscloseRequest {
+                nhs_number: nhs(0),
+                accessor: Some(accessor),
+                access_mode: AccessMode::Unscheduled as i32,
+                request_id: String::new(),
+            })
             .await
             .expect_err("refused");
         assert_eq!(
@@ -207,7 +187,10 @@ async fn accessor_names_need_something_visible(backend: Backend) {
 
 /// Reads until the server closes the connection; how long that took (None: still open at
 /// `limit`).
-async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> Option<Duration> {
+pub(crate) async fn closed_within(
+    stream: &mut tokio::net::TcpStream,
+    limit: Duration,
+) -> Option<Duration> {
     let started = Instant::now();
     let mut buffer = [0_u8; 1024];
     loop {

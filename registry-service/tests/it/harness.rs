@@ -15,7 +15,7 @@ use cpis_proto::cpis::registry::v1::{
 use cpis_testkit::{Stack, StackBuilder, TestServer, db::Backend};
 use tonic::Status;
 
-pub use cpis_testkit::stack::{DISCLOSURE_TOKEN, with_token};
+pub use cpis_testkit::stack::with_token;
 
 /// Records per upload transaction in these tests: small, so a few thousand records span several
 /// commits.
@@ -95,7 +95,7 @@ pub async fn disclose(
     nhs_number: &str,
     mode: cpis_proto::cpis::common::v1::AccessMode,
 ) -> cpis_proto::cpis::registry::v1::DiscloseResponse {
-    disclose_at(&reg.registry, nhs_number, mode).await
+    disclose_at(&reg.internal, nhs_number, mode).await
 }
 
 /// A notification subscription for council `ods` after `after` (None: the stored cursor).
@@ -110,7 +110,8 @@ pub async fn subscribe(
     subscribe_at(&reg.registry, &reg.council_token(ods, "read"), after).await
 }
 
-/// Discloses through the disclosure service of `server`.
+/// Discloses through the disclosure service of `server` (a registry's internal port, reached
+/// with the lookup service's certificate).
 pub async fn disclose_at(
     server: &TestServer,
     nhs_number: &str,
@@ -120,15 +121,12 @@ pub async fn disclose_at(
         DiscloseRequest, disclosure_service_client::DisclosureServiceClient,
     };
     DisclosureServiceClient::new(server.channel().await)
-        .disclose(with_token(
-            DiscloseRequest {
-                nhs_number: nhs_number.into(),
-                accessor: Some(ed_clinician("555000000001")),
-                access_mode: mode as i32,
-                request_id: "req-1".into(),
-            },
-            DISCLOSURE_TOKEN,
-        ))
+        .disclose(DiscloseRequest {
+            nhs_number: nhs_number.into(),
+            accessor: Some(ed_clinician("555000000001")),
+            access_mode: mode as i32,
+            request_id: "req-1".into(),
+        })
         .await
         .expect("disclose")
         .into_inner()

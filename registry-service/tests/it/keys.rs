@@ -244,6 +244,14 @@ async fn no_keys_no_start(backend: Backend) {
         return;
     };
     let idp = JwksServer::start(&[]).await;
+    let pki = cpis_testkit::pki::TestPki::new("keys");
+    let listeners = || async {
+        let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+        registry_service::Listeners {
+            public: bind().await.expect("bind"),
+            internal: bind().await.expect("bind"),
+        }
+    };
     let cases = [
         (Some(idp.url()), "no token keys could be loaded"),
         (
@@ -253,15 +261,12 @@ async fn no_keys_no_start(backend: Backend) {
         (None, "no token keys: set --jwks-file"),
     ];
     for (url, expected) in cases {
-        let mut config = cpis_testkit::stack::registry_config(&db, &signer());
+        let mut config = cpis_testkit::stack::registry_config(&db, &signer(), &pki);
         config.verifier = None;
         config.jwks_url = url;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
         let error = tokio::time::timeout(
             Duration::from_secs(20),
-            registry_service::serve(config, listener, std::future::pending()),
+            registry_service::serve(config, listeners().await, std::future::pending()),
         )
         .await
         .expect("serve ends at once")
@@ -270,13 +275,10 @@ async fn no_keys_no_start(backend: Backend) {
     }
     // The endpoint answering errors: the same.
     idp.fail(hyper::StatusCode::INTERNAL_SERVER_ERROR);
-    let mut config = cpis_testkit::stack::registry_config(&db, &signer());
+    let mut config = cpis_testkit::stack::registry_config(&db, &signer(), &pki);
     config.verifier = None;
     config.jwks_url = Some(idp.url());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let error = registry_service::serve(config, listener, std::future::pending())
+    let error = registry_service::serve(config, listeners().await, std::future::pending())
         .await
         .expect_err("no start");
     assert!(error.to_string().contains("HTTP 500"), "{error}");

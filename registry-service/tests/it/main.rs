@@ -21,5 +21,6 @@ mod races;
 mod records;
 mod restart;
 mod surface;
+mod transport;
 mod upload_edges;
 mod validation;

@@ -10,8 +10,7 @@ use cpis_proto::cpis::common::v1::{AccessMode, ErrorReason, InactiveReason};
 use cpis_proto::cpis::registry::v1::{
     AcknowledgeNotificationsRequest, BatchHeader, ImportNhsNumberStatusChangesRequest,
     NhsNumberStatusChange, PutChildRecordRequest, UploadBatchRequest, notification,
-    operator_service_client::OperatorServiceClient, subscribe_notifications_response::Event,
-    upload_batch_request::Item,
+    subscribe_notifications_response::Event, upload_batch_request::Item,
 };
 use cpis_testkit::{both_backends, db::Backend};
 use tonic::Code;
@@ -337,9 +336,10 @@ async fn nhs_status_import_notifies_holders(backend: Backend) {
         },
     ];
     let import = |token: String, changes: Vec<NhsNumberStatusChange>| {
-        let server = &reg.registry;
+        let reg = &reg;
         async move {
-            OperatorServiceClient::new(server.channel().await)
+            reg.operator()
+                .await
                 .import_nhs_number_status_changes(with_token(
                     tokio_stream::iter(
                         changes
@@ -486,7 +486,7 @@ async fn two_registries_on_one_postgres_wake_each_other() {
     // Let the subscription reach its wait before the disclosure.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = std::time::Instant::now();
-    disclose_at(&reg.registry, &nhs(0), AccessMode::Unscheduled).await;
+    disclose_at(&reg.internal, &nhs(0), AccessMode::Unscheduled).await;
     let n = next_sequence(&mut stream, Duration::from_secs(5)).await;
     assert_eq!(n.sequence, 1);
     assert!(

@@ -9,7 +9,6 @@ use cpis_proto::cpis::common::v1::{AccessMode, ErrorReason, InactiveReason};
 use cpis_proto::cpis::registry::v1::{
     DiscloseRequest, ImportNhsNumberStatusChangesRequest, NhsNumberStatusChange,
     PutChildRecordRequest, disclosure_service_client::DisclosureServiceClient,
-    operator_service_client::OperatorServiceClient,
 };
 use cpis_testkit::{both_backends, db::Backend};
 use tonic::Code;
@@ -136,7 +135,7 @@ async fn an_import_during_a_disclosure_flood(backend: Backend) {
         .map(|worker| {
             let (reg, stop) = (&reg, stop.clone());
             async move {
-                let channel = reg.registry.channel();
+                let channel = reg.internal.channel();
                 let mut client = DisclosureServiceClient::new(channel.await);
                 let (mut ok, mut failed, mut i) = (0usize, Vec::new(), worker);
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) && ok + failed.len() < 2000 {
@@ -173,7 +172,9 @@ async fn an_import_during_a_disclosure_flood(backend: Backend) {
                 }),
             });
         let operator = reg.council_token("OPS", "operator");
-        let report = OperatorServiceClient::new(reg.registry.channel().await)
+        let report = reg
+            .operator()
+            .await
             .import_nhs_number_status_changes(with_token(
                 tokio_stream::iter(changes.collect::<Vec<_>>()),
                 &operator,
@@ -215,7 +216,7 @@ async fn a_disclosure_deadline_sweep_is_honest(backend: Backend) {
     let workers = (0..4).map(|worker| {
         let reg = &reg;
         async move {
-            let mut client = DisclosureServiceClient::new(reg.registry.channel().await);
+            let mut client = DisclosureServiceClient::new(reg.internal.channel().await);
             let mut outcomes = Vec::new();
             for i in 0..PER_WORKER {
                 let id = format!("sweep-{worker}-{i}");

@@ -8,16 +8,19 @@ use cpis_proto::cpis::registry::v1::{
 };
 use cpis_testkit::db::Backend;
 use cpis_testkit::server::{assert_standard_surface, health};
-use registry_service::SERVICES;
+use registry_service::{INTERNAL_SERVICES, PUBLIC_SERVICES as SERVICES};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::harness::{stack, start};
 
 #[tokio::test]
 async fn health_and_reflection_through_rust_clients() {
-    let server = start(Backend::Sqlite).await.expect("sqlite").registry;
-    assert_standard_surface(&server, SERVICES).await;
-    server.stop().await.expect("clean stop");
+    let stack = start(Backend::Sqlite).await.expect("sqlite");
+    // Each port lists exactly what it serves: the public port never names the internal
+    // services.
+    assert_standard_surface(&stack.registry, SERVICES).await;
+    assert_standard_surface(&stack.internal, INTERNAL_SERVICES).await;
+    stack.registry.stop().await.expect("clean stop");
 }
 
 #[tokio::test]
