@@ -223,7 +223,10 @@ impl TokenVerifier {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let leeway = self.rules.leeway.as_secs();
         let claims = match self.cache.get(&digest) {
-            Some(hit) if hit.generation == keys.generation && now_secs() <= hit.exp + leeway => {
+            Some(hit)
+                if hit.generation == keys.generation
+                    && now_secs() <= hit.exp.saturating_add(leeway) =>
+            {
                 hit.claims
             }
             stale => {

@@ -150,7 +150,33 @@ impl Config {
                 })
                 .map_err(|e| config_error(format!("registry url: {e}")))
         };
-        if !self.registry_url.starts_with("https://") {
+        if !self
+            .registry_url
+            .to_ascii_lowercase()
+            .starts_with("https://")
+        {
+            // Every disclosure carries an NHS number and a clinician's identity, and its answer
+            // decides whether a plan is shown: in clear over a network anyone on the path could
+            // read and forge both. Plaintext only to loopback, or behind a mesh that says so.
+            let host = self
+                .registry_url
+                .parse::<tonic::codegen::http::Uri>()
+                .ok()
+                .and_then(|uri| uri.host().map(str::to_owned))
+                .unwrap_or_default();
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let loopback = host.eq_ignore_ascii_case("localhost")
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if !loopback && !self.server.tls.insecure_plaintext {
+                return Err(config_error(format!(
+                    "--registry-url {} is plaintext to a host that is not loopback: use https:// \
+                     (with --registry-ca and a client certificate), or --insecure-plaintext where \
+                     a mesh encrypts the link",
+                    cpis_core::text::LogSafe(&self.registry_url)
+                )));
+            }
             tracing::warn!(
                 "plaintext --registry-url: without mutual TLS the registry refuses every disclosure"
             );
@@ -242,5 +268,46 @@ mod tests {
             vec!["B0170", "B0107"]
         );
         assert_eq!(config.registry_timeout, Duration::from_millis(750));
+    }
+
+    #[tokio::test]
+    async fn a_plaintext_registry_link_leaves_loopback_only_when_told() {
+        let config = |args: &[&str]| {
+            let mut all = vec!["lookup"];
+            all.extend_from_slice(args);
+            Config::try_parse_from(all).unwrap_or_else(|e| panic!("{e}"))
+        };
+        for remote in [
+            "http://registry:50053",
+            "HTTP://10.0.0.5:50053",
+            "http://[::2]:1",
+        ] {
+            let refused = config(&["--registry-url", remote])
+                .registry_channel()
+                .map(|_| ())
+                .expect_err("plaintext to a remote registry is refused");
+            assert!(
+                refused.to_string().contains("--insecure-plaintext"),
+                "{refused}"
+            );
+            assert!(
+                config(&["--registry-url", remote, "--insecure-plaintext"])
+                    .registry_channel()
+                    .is_ok(),
+                "{remote} with the escape hatch"
+            );
+        }
+        for local in [
+            "http://127.0.0.1:50053",
+            "http://localhost:1",
+            "http://[::1]:1",
+        ] {
+            assert!(
+                config(&["--registry-url", local])
+                    .registry_channel()
+                    .is_ok(),
+                "{local}"
+            );
+        }
     }
 }

@@ -209,7 +209,11 @@ pub async fn serve(
 ) -> Result<(), RegistryError> {
     let verifier = config.token_verifier().await?;
     let (public_tls, internal_tls) = acceptors(&config)?;
-    if config.disclosure_identities.is_empty() {
+    if config
+        .disclosure_identities
+        .iter()
+        .all(|id| id.trim().is_empty())
+    {
         tracing::warn!("no --disclosure-identities: every disclosure will be refused");
     }
     let db = open_database(&config)?;

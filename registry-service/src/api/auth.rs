@@ -193,7 +193,14 @@ impl IdentityGate {
     pub fn new(service: &'static str, allowed: &[String]) -> Self {
         Self {
             service,
-            allowed: allowed.iter().map(|id| id.trim().to_owned()).collect(),
+            // An empty entry ("a,,b" or a trailing comma) would admit a certificate whose SAN
+            // is empty: dropped.
+            allowed: allowed
+                .iter()
+                .map(|id| id.trim())
+                .filter(|id| !id.is_empty())
+                .map(str::to_owned)
+                .collect(),
         }
     }
 
@@ -283,4 +290,18 @@ impl Interceptor for DisclosureInterceptor {
 /// UNAUTHENTICATED, with the refusal's reason.
 fn refuse(error: AuthError) -> Status {
     error.to_status()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_identities_admit_no_one() {
+        let gate = IdentityGate::new(
+            "cpis.registry.v1.DisclosureService",
+            &["spiffe://cpis/lookup".into(), String::new(), "  ".into()],
+        );
+        assert_eq!(&*gate.allowed, ["spiffe://cpis/lookup".to_owned()]);
+    }
 }
