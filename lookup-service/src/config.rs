@@ -282,10 +282,9 @@ mod tests {
             "HTTP://10.0.0.5:50053",
             "http://[::2]:1",
         ] {
-            let refused = config(&["--registry-url", remote])
-                .registry_channel()
-                .map(|_| ())
-                .expect_err("plaintext to a remote registry is refused");
+            let Err(refused) = config(&["--registry-url", remote]).registry_channel() else {
+                panic!("plaintext to {remote} is refused");
+            };
             assert!(
                 refused.to_string().contains("--insecure-plaintext"),
                 "{refused}"
