@@ -91,3 +91,16 @@ pub fn capture() -> Captured {
         })
         .clone()
 }
+
+/// The request ids of the spans a captured JSON log line was written in.
+pub fn span_request_ids(line: &serde_json::Value) -> Vec<&str> {
+    line["spans"]
+        .as_array()
+        .map(|spans| {
+            spans
+                .iter()
+                .filter_map(|s| s["request_id"].as_str())
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 use cpis_core::status::reason_of;
 use cpis_proto::cpis::common::v1::{AccessMode, ErrorReason};
 use cpis_proto::cpis::lookup::v1::LookupChildRequest;
+use cpis_testkit::logs::span_request_ids;
 use cpis_testkit::{both_backends, db::Backend, logs};
 use serde_json::{Value, json};
 use tonic::{Code, Request, metadata::MetadataMap};
@@ -55,18 +56,6 @@ async fn logged(captured: &logs::Captured, id: &str, message: &str) -> Value {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("no {message:?} line under request id {id}");
-}
-
-fn span_request_ids(line: &Value) -> Vec<&str> {
-    line["spans"]
-        .as_array()
-        .map(|spans| {
-            spans
-                .iter()
-                .filter_map(|s| s["request_id"].as_str())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 async fn request_ids_follow_a_lookup_into_the_registry(backend: Backend) {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use cpis_proto::cpis::registry::v1::{
     GetChildRecordRequest, GetContactDetailsRequest, PutChildRecordRequest,
 };
+use cpis_testkit::logs::span_request_ids;
 use cpis_testkit::{both_backends, db::Backend, logs};
 use serde_json::Value;
 use tonic::{Code, Request, metadata::MetadataMap};
@@ -42,19 +43,6 @@ fn echoed(metadata: &MetadataMap) -> String {
         .to_str()
         .unwrap()
         .to_owned()
-}
-
-/// The request ids of the spans a JSON line was written in.
-fn span_request_ids(line: &Value) -> Vec<&str> {
-    line["spans"]
-        .as_array()
-        .map(|spans| {
-            spans
-                .iter()
-                .filter_map(|s| s["request_id"].as_str())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Log lines are written after the answer may have left: wait for the one expected.
