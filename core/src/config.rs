@@ -65,3 +65,43 @@ pub async fn token_verifier(settings: TokenSettings<'_>) -> Result<TokenVerifier
     };
     TokenVerifier::load(source, settings.refresh, rules).await
 }
+
+/// A flag's duration parser (`humantime`: "250ms", "5m", "1h") that refuses values outside
+/// `min..=max` in words: zero where it would make a tight loop, or so large that adding it to a
+/// clock overflows. The bounds are humantime strings too, written beside the flag they bound.
+pub fn duration_within(
+    min: &'static str,
+    max: &'static str,
+) -> impl Fn(&str) -> Result<std::time::Duration, String> + Clone + Send + Sync + 'static {
+    move |text: &str| {
+        let bound = |b: &str| {
+            humantime::parse_duration(b).map_err(|e| format!("bad bound {b:?}: {e} (a defect)"))
+        };
+        let (low, high) = (bound(min)?, bound(max)?);
+        let value = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+        if value < low || value > high {
+            return Err(format!("must be between {min} and {max}"));
+        }
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::duration_within;
+
+    #[test]
+    fn durations_outside_their_bounds_are_refused_in_words() {
+        let parse = duration_within("10s", "1d");
+        assert_eq!(parse("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse("0s"), Err("must be between 10s and 1d".to_owned()));
+        assert_eq!(
+            parse("100000000years"),
+            Err("must be between 10s and 1d".to_owned())
+        );
+        assert!(parse("soon").is_err());
+    }
+}

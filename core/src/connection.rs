@@ -85,7 +85,7 @@ pub struct PeerCertificate {
     /// The chain as presented, leaf first.
     pub chain: Vec<CertificateDer<'static>>,
     /// The leaf's identities: SAN URIs and DNS names.
-    pub identities: Vec<String>,
+    pub identities: Vec<crate::tls::Identity>,
 }
 
 /// What handlers find in a request's extensions about its connection.
@@ -102,7 +102,7 @@ pub struct ConnectionInfo {
 
 impl ConnectionInfo {
     /// The identities of the client's certificate (none without one).
-    pub fn peer_identities(&self) -> &[String] {
+    pub fn peer_identities(&self) -> &[crate::tls::Identity] {
         self.peer_certificate
             .as_deref()
             .map_or(&[], |peer| peer.identities.as_slice())
@@ -313,68 +313,35 @@ impl AsyncWrite for Guarded {
     }
 }
 
-/// Most TLS handshakes in progress at once; beyond this the listener stops accepting (the
-/// kernel's backlog holds the rest) until one finishes or times out.
-const MAX_HANDSHAKES: usize = 1024;
-
 /// Wraps each accepted connection of `incoming` with the timeouts, after a TLS handshake when
-/// `tls` is given. Handshakes run concurrently; one that fails or outlasts the handshake
-/// timeout drops its connection (logged) and never reaches the server.
+/// `tls` is given. TLS handshakes run off the accept loop, bounded by `limits`
+/// (`crate::handshake`); one that fails or outlasts the handshake timeout drops its connection
+/// and never reaches the server.
 pub fn guard<I>(
     incoming: I,
     handshake: Duration,
     idle: Duration,
     tls: Option<TlsAcceptor>,
+    limits: crate::handshake::HandshakeLimits,
 ) -> impl Stream<Item = io::Result<Guarded>>
 where
-    I: Stream<Item = io::Result<TcpStream>>,
+    I: Stream<Item = io::Result<TcpStream>> + Send + 'static,
 {
-    incoming
-        .map(move |accepted| {
-            let tls = tls.clone();
-            async move {
-                let tcp = match accepted {
-                    Ok(tcp) => tcp,
-                    Err(e) => return Some(Err(e)),
-                };
-                let deadline = Instant::now() + handshake;
-                let io = match tls {
-                    None => Transport::Plain(tcp),
-                    Some(acceptor) => {
-                        let remote = tcp.peer_addr().ok();
-                        match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
-                            Ok(Ok(stream)) => Transport::Tls(Box::new(stream)),
-                            // A probe that connects and closes says nothing worth a line.
-                            Ok(Err(error)) if error.kind() == io::ErrorKind::UnexpectedEof => {
-                                tracing::debug!(remote = ?remote, "closed before a TLS handshake");
-                                return None;
-                            }
-                            Ok(Err(error)) => {
-                                // Often a client that does not trust us or that we do not
-                                // trust (no, unknown or expired client certificate).
-                                tracing::info!(
-                                    target: "security",
-                                    remote = ?remote,
-                                    %error,
-                                    "TLS handshake failed"
-                                );
-                                return None;
-                            }
-                            Err(_) => {
-                                tracing::debug!(
-                                    remote = ?remote,
-                                    "no TLS handshake within the handshake timeout"
-                                );
-                                return None;
-                            }
-                        }
-                    }
-                };
-                Some(Ok(Guarded::new(io, deadline, idle)))
-            }
-        })
-        .buffer_unordered(MAX_HANDSHAKES)
-        .filter_map(std::future::ready)
+    match tls {
+        None => incoming
+            .map(move |accepted| {
+                accepted.map(|tcp| {
+                    Guarded::new(Transport::Plain(tcp), Instant::now() + handshake, idle)
+                })
+            })
+            .left_stream(),
+        Some(acceptor) => crate::handshake::handshakes(incoming, acceptor, handshake, limits)
+            .map(move |finished| {
+                finished
+                    .map(|(stream, deadline)| Guarded::new(Transport::Tls(stream), deadline, idle))
+            })
+            .right_stream(),
+    }
 }
 
 /// The layer counting each connection's open calls (see the module).

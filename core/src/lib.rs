@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod deadline;
+pub mod handshake;
 pub mod keys;
 pub mod limits;
 pub mod nhs_number;

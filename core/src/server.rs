@@ -32,12 +32,12 @@ pub struct ServerOptions {
     /// After a shutdown signal, how long to keep answering (health NOT_SERVING) before refusing
     /// new connections, so load balancers stop routing here first. Keep it below the pod's
     /// terminationGracePeriodSeconds minus --shutdown-grace.
-    #[arg(long, env = "CPIS_SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CPIS_SHUTDOWN_DELAY", default_value = "0s", value_parser = crate::config::duration_within("0s", "10min"))]
     pub shutdown_delay: Duration,
 
     /// How long in-flight calls may take to finish once the server stops accepting; after this
     /// the remaining calls are cut off.
-    #[arg(long, env = "CPIS_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CPIS_SHUTDOWN_GRACE", default_value = "10s", value_parser = crate::config::duration_within("0s", "10min"))]
     pub shutdown_grace: Duration,
 
     /// Most concurrent calls on one connection (HTTP/2 streams served at once).
@@ -46,14 +46,31 @@ pub struct ServerOptions {
 
     /// A connection that has not sent the HTTP/2 preface this long after it was accepted is
     /// closed (a client that connects and says nothing holds no socket for long).
-    #[arg(long, env = "CPIS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CPIS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = crate::config::duration_within("100ms", "5min"))]
     pub handshake_timeout: Duration,
+
+    /// Most TLS handshakes in progress on one listener; a newcomer beyond it closes the oldest
+    /// in progress (a real client finishes in milliseconds, so the oldest is almost always a
+    /// connection that says nothing): silent connections cannot stop a listener accepting.
+    #[arg(long, env = "CPIS_MAX_PENDING_HANDSHAKES", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_pending_handshakes: u32,
+
+    /// Most TLS handshakes in progress from one source address; a newcomer beyond it closes
+    /// that source's oldest. Behind a proxy that hides client addresses every client shares one
+    /// source: raise it there.
+    #[arg(long, env = "CPIS_MAX_PENDING_HANDSHAKES_PER_SOURCE", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_pending_handshakes_per_source: u32,
 
     /// A connection that has carried no call (none open, none started or finished) this long is
     /// closed; clients reconnect when they next call. An open stream (notifications) counts as
     /// a call, so it keeps its connection.
-    #[arg(long, env = "CPIS_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CPIS_IDLE_TIMEOUT", default_value = "5m", value_parser = crate::config::duration_within("1s", "1d"))]
     pub idle_timeout: Duration,
+
+    /// The longest a connection stays open before it is closed gracefully (set per listener by
+    /// the service: the registry's internal port, so a revoked certificate's connection ends).
+    #[arg(skip)]
+    pub max_connection_age: Option<Duration>,
 
     /// TLS certificate, reloading and the plaintext escape hatch.
     #[command(flatten)]
@@ -67,10 +84,64 @@ impl Default for ServerOptions {
             shutdown_grace: Duration::from_secs(10),
             max_concurrent_streams: 256,
             handshake_timeout: Duration::from_secs(10),
+            max_pending_handshakes: 1024,
+            max_pending_handshakes_per_source: 64,
+            max_connection_age: None,
             idle_timeout: Duration::from_secs(300),
             tls: crate::tls::TlsOptions::default(),
         }
     }
+}
+
+impl ServerOptions {
+    /// The bounds on TLS handshakes in progress.
+    pub fn handshake_limits(&self) -> crate::handshake::HandshakeLimits {
+        let size = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+        crate::handshake::HandshakeLimits {
+            total: size(self.max_pending_handshakes),
+            per_source: size(self.max_pending_handshakes_per_source),
+        }
+    }
+}
+
+/// The part of the encoded descriptor set `encoded` that `services` need: the files defining
+/// them and every file those import, directly or not, in the set's order.
+pub fn descriptors_for(
+    encoded: &[u8],
+    services: &[&str],
+) -> Result<prost_types::FileDescriptorSet, prost::DecodeError> {
+    use prost::Message as _;
+    let set = prost_types::FileDescriptorSet::decode(encoded)?;
+    let defines = |file: &prost_types::FileDescriptorProto| {
+        file.service.iter().any(|service| {
+            let name = format!("{}.{}", file.package(), service.name());
+            services.contains(&name.as_str())
+        })
+    };
+    let mut wanted: std::collections::HashSet<&str> = set
+        .file
+        .iter()
+        .filter(|file| defines(file))
+        .map(|file| file.name())
+        .collect();
+    let mut queue: Vec<&str> = wanted.iter().copied().collect();
+    while let Some(name) = queue.pop() {
+        let Some(file) = set.file.iter().find(|f| f.name() == name) else {
+            continue;
+        };
+        for dependency in &file.dependency {
+            if wanted.insert(dependency.as_str()) {
+                queue.push(dependency.as_str());
+            }
+        }
+    }
+    let file = set
+        .file
+        .iter()
+        .filter(|f| wanted.contains(f.name()))
+        .cloned()
+        .collect();
+    Ok(prost_types::FileDescriptorSet { file })
 }
 
 /// Why a server stopped abnormally.
@@ -82,6 +153,9 @@ pub enum ServeError {
     /// The descriptor set for reflection could not be loaded (a build defect).
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The contracts' descriptor set could not be read (a build defect).
+    #[error("descriptor set: {0}")]
+    Descriptors(String),
     /// The gRPC transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -150,11 +224,14 @@ where
     health.set_all(ServingStatus::NotServing).await;
 
     // grpcurl and grpcio-reflection speak only v1alpha; newer clients use v1. Serve both, each
-    // advertising exactly the services this server runs (the descriptor set holds them all).
+    // advertising exactly the services this server runs, and describing only their contract
+    // files: the registry's public port cannot describe its internal services.
+    let contracts = descriptors_for(cpis_proto::FILE_DESCRIPTOR_SET, services)
+        .map_err(|e| ServeError::Descriptors(e.to_string()))?;
     let reflection = || {
         let mut builder = tonic_reflection::server::Builder::configure()
             .include_reflection_service(false)
-            .register_encoded_file_descriptor_set(cpis_proto::FILE_DESCRIPTOR_SET)
+            .register_file_descriptor_set(contracts.clone())
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(
@@ -179,9 +256,17 @@ where
         options.handshake_timeout,
         options.idle_timeout,
         tls,
+        options.handshake_limits(),
     );
     let (stop_accepting, stop_accepting_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = Server::builder()
+    let mut server = Server::builder();
+    if let Some(age) = options.max_connection_age {
+        // At the age the connection is closed gracefully (GOAWAY): calls in flight finish.
+        // (tonic's max_connection_age_grace would instead skip the graceful close and cut the
+        // connection at age plus grace.)
+        server = server.max_connection_age(age);
+    }
+    let server = server
         // Outermost: a call counts for its connection's idle timeout until its answer is sent.
         .layer(crate::connection::CallCountingLayer)
         // Next, so every log line of a call (a panic's too) carries its request id, and every

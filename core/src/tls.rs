@@ -20,12 +20,19 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use rustls::client::ResolvesClientCert;
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::ServerName;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime, pem::PemObject as _,
+};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -42,7 +49,7 @@ pub struct TlsOptions {
     pub tls_key: Option<PathBuf>,
 
     /// How often the certificate and key files are checked for a change.
-    #[arg(long, env = "CPIS_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CPIS_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = crate::config::duration_within("100ms", "1h"))]
     pub tls_reload_interval: Duration,
 
     /// Allow plaintext listeners on non-loopback addresses (a mesh that terminates TLS in front
@@ -309,29 +316,203 @@ impl tower::Service<http::Uri> for ClientConnector {
     }
 }
 
-/// A TLS acceptor presenting `cert`; with `client_ca`, every client must present a certificate
-/// chaining to one of its certificates (no certificate, an unknown CA or an expired certificate
-/// fail the handshake).
+/// Whether a listener asks its clients for certificates, and what it does without one.
+#[derive(Clone, Debug)]
+pub enum ClientAuth {
+    /// No client certificates (the public ports by default).
+    None,
+    /// Every client must present a certificate the trust accepts; the handshake fails without.
+    Required(Arc<ClientTrust>),
+    /// A certificate is asked for and, when presented, must be one the trust accepts; a client
+    /// without one still connects, and the services decide (a council port that wants one
+    /// answers UNAUTHENTICATED in words rather than failing the handshake).
+    Optional(Arc<ClientTrust>),
+}
+
+/// A TLS acceptor presenting `cert`, asking clients for certificates as `client_auth` says (no
+/// certificate where one is required, an unknown CA, an expired or a revoked certificate fail
+/// the handshake).
 pub fn acceptor(
     cert: Arc<ReloadingCert>,
-    client_ca: Option<&Path>,
+    client_auth: &ClientAuth,
 ) -> Result<TlsAcceptor, TlsError> {
     let builder =
         ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
-    let builder = match client_ca {
-        Some(path) => {
-            let roots = Arc::new(root_store(path)?);
-            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
-                .build()
-                .map_err(|e| TlsError::Config(format!("client CA {}: {e}", path.display())))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-        None => builder.with_no_client_auth(),
+    let builder = match client_auth {
+        ClientAuth::None => builder.with_no_client_auth(),
+        ClientAuth::Required(trust) => builder.with_client_cert_verifier(Arc::new(TrustVerifier {
+            trust: Arc::clone(trust),
+            mandatory: true,
+        })),
+        ClientAuth::Optional(trust) => builder.with_client_cert_verifier(Arc::new(TrustVerifier {
+            trust: Arc::clone(trust),
+            mandatory: false,
+        })),
     };
     let mut config = builder.with_cert_resolver(cert);
     // gRPC is HTTP/2 only.
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // No session resumption: a resumed session skips the client certificate's verification, so
+    // a revoked (or no longer trusted) certificate could come back on a ticket. gRPC connections
+    // are long-lived; a full handshake per connection costs little.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The CA(s) and certificate revocation lists client certificates are checked against, re-read
+/// (like [`ReloadingCert`]) when any of their files changes: a new CA or a new CRL takes effect
+/// for the next handshake without a restart; a bad new file keeps the previous trust and logs an
+/// error. Revocation is checked on the client's own certificate, against the CRL of its issuer,
+/// which must then be among the CRLs (an unknown status is a refusal); connections already open
+/// end at the listener's maximum connection age.
+#[derive(Debug)]
+pub struct ClientTrust {
+    ca: PathBuf,
+    crls: Vec<PathBuf>,
+    current: RwLock<Arc<dyn ClientCertVerifier>>,
+}
+
+impl ClientTrust {
+    /// Loads the CA file and CRL files (an error here stops the start-up) and watches them
+    /// every `interval`.
+    pub fn start(
+        ca: PathBuf,
+        crls: Vec<PathBuf>,
+        interval: Duration,
+    ) -> Result<Arc<Self>, TlsError> {
+        let stamps = |ca: &Path, crls: &[PathBuf]| {
+            std::iter::once(stamp(ca))
+                .chain(crls.iter().map(|p| stamp(p)))
+                .collect::<Vec<_>>()
+        };
+        let mut seen = stamps(&ca, &crls);
+        let verifier = client_verifier(&ca, &crls)?;
+        let this = Arc::new(Self {
+            ca,
+            crls,
+            current: RwLock::new(verifier),
+        });
+        let weak: Weak<Self> = Arc::downgrade(&this);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval.max(Duration::from_millis(10)));
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(this) = weak.upgrade() else { return };
+                let now = stamps(&this.ca, &this.crls);
+                if now != seen {
+                    seen = now;
+                    this.reload();
+                }
+            }
+        });
+        Ok(this)
+    }
+
+    fn reload(&self) {
+        match client_verifier(&self.ca, &self.crls) {
+            Ok(verifier) => {
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = verifier;
+                tracing::info!(ca = %self.ca.display(), crls = self.crls.len(), "client CA and revocation lists reloaded");
+            }
+            Err(error) => tracing::error!(
+                ca = %self.ca.display(),
+                %error,
+                "client CA or revocation list files changed but cannot be used; keeping the previous ones"
+            ),
+        }
+    }
+
+    fn verifier(&self) -> Arc<dyn ClientCertVerifier> {
+        Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+fn client_verifier(ca: &Path, crls: &[PathBuf]) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let roots = Arc::new(root_store(ca)?);
+    let mut lists = Vec::new();
+    for path in crls {
+        lists.extend(load_crls(path)?);
+    }
+    WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .with_crls(lists)
+        .only_check_end_entity_revocation()
+        .build()
+        .map_err(|e| TlsError::Config(format!("client CA {}: {e}", ca.display())))
+}
+
+/// Every certificate revocation list in a file (PEM, or one DER list); at least one.
+fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let bytes = read(path)?;
+    let pem = CertificateRevocationListDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(path, format!("not a PEM revocation list file: {e}")))?;
+    let lists = if pem.is_empty() && !bytes.is_empty() && !bytes.starts_with(b"-----") {
+        vec![CertificateRevocationListDer::from(bytes)]
+    } else {
+        pem
+    };
+    if lists.is_empty() {
+        return Err(pem_error(path, "holds no certificate revocation list"));
+    }
+    Ok(lists)
+}
+
+/// The verifier a listener uses: the trust's current one, asked for at each handshake.
+#[derive(Debug)]
+struct TrustVerifier {
+    trust: Arc<ClientTrust>,
+    mandatory: bool,
+}
+
+impl ClientCertVerifier for TrustVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // No hints: they would go stale when the CA file changes, and a client given hints that
+        // do not name its issuer may send no certificate at all (Go's does not).
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.trust
+            .verifier()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.trust
+            .verifier()
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.trust
+            .verifier()
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.trust.verifier().supported_verify_schemes()
+    }
 }
 
 /// A non-loopback listener without TLS is refused unless `insecure_plaintext`; allowed, it is
@@ -358,8 +539,38 @@ pub fn check_plaintext(
     Ok(())
 }
 
+/// One identity a certificate names in its subject alternative names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Identity {
+    /// A URI (`spiffe://cpis/lookup`), compared exactly.
+    Uri(String),
+    /// A DNS name, kept in lower case (DNS names are case-insensitive).
+    Dns(String),
+}
+
+impl Identity {
+    /// Whether this is the configured identity `wanted`: a URI (it has "://") matches only a
+    /// URI name, exactly; anything else matches only a DNS name, ignoring case. A DNS name that
+    /// happens to spell a URI therefore never passes for one.
+    pub fn is(&self, wanted: &str) -> bool {
+        match self {
+            Self::Uri(uri) => wanted.contains("://") && uri == wanted,
+            Self::Dns(dns) => !wanted.contains("://") && dns.eq_ignore_ascii_case(wanted),
+        }
+    }
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Uri(uri) => write!(f, "uri:{uri}"),
+            Self::Dns(dns) => write!(f, "dns:{dns}"),
+        }
+    }
+}
+
 /// The identities a client certificate names: its SAN URIs (`spiffe://…`) and DNS names.
-pub fn certificate_identities(cert: &CertificateDer<'_>) -> Vec<String> {
+pub fn certificate_identities(cert: &CertificateDer<'_>) -> Vec<Identity> {
     use x509_cert::der::{Decode as _, oid::AssociatedOid as _};
     use x509_cert::ext::pkix::{SubjectAltName, name::GeneralName};
 
@@ -376,8 +587,12 @@ pub fn certificate_identities(cert: &CertificateDer<'_>) -> Vec<String> {
         };
         for name in names.0 {
             match name {
-                GeneralName::UniformResourceIdentifier(uri) => identities.push(uri.to_string()),
-                GeneralName::DnsName(dns) => identities.push(dns.to_string()),
+                GeneralName::UniformResourceIdentifier(uri) => {
+                    identities.push(Identity::Uri(uri.to_string()));
+                }
+                GeneralName::DnsName(dns) => {
+                    identities.push(Identity::Dns(dns.to_string().to_ascii_lowercase()));
+                }
                 _ => {}
             }
         }
@@ -395,6 +610,18 @@ pub fn not_after(cert: &CertificateDer<'_>) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identities_match_by_kind() {
+        let uri = Identity::Uri("spiffe://cpis/lookup".into());
+        let dns = Identity::Dns("lookup.cpis.internal".into());
+        assert!(uri.is("spiffe://cpis/lookup"));
+        assert!(!uri.is("spiffe://cpis/Lookup"), "URIs compare exactly");
+        assert!(dns.is("Lookup.CPIS.internal"), "DNS names ignore case");
+        // A DNS name spelling a URI never passes for the URI, nor a URI for a DNS name.
+        assert!(!Identity::Dns("spiffe://cpis/lookup".into()).is("spiffe://cpis/lookup"));
+        assert!(!Identity::Uri("lookup.cpis.internal".into()).is("lookup.cpis.internal"));
+    }
 
     #[test]
     fn plaintext_is_refused_off_loopback_unless_insecure() {

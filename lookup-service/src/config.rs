@@ -49,7 +49,7 @@ pub struct Config {
     pub registry_client_key: Option<PathBuf>,
 
     /// Longest wait for the registry per lookup (the caller's deadline shortens it).
-    #[arg(long, env = "CPIS_REGISTRY_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CPIS_REGISTRY_TIMEOUT", default_value = "2s", value_parser = cpis_core::config::duration_within("10ms", "5min"))]
     pub registry_timeout: Duration,
 
     /// JWKS file with the public keys (ES256/RS256) that sign NHS user and system tokens;
@@ -65,16 +65,16 @@ pub struct Config {
     pub jwks_url: Option<String>,
 
     /// How often --jwks-url is fetched again.
-    #[arg(long, env = "CPIS_LOOKUP_JWKS_REFRESH", default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CPIS_LOOKUP_JWKS_REFRESH", default_value = "5m", value_parser = cpis_core::config::duration_within("10s", "1d"))]
     pub jwks_refresh: Duration,
 
     /// The least time between two fetches of --jwks-url caused by unknown key ids (a flood of
     /// tokens naming random keys cannot hammer the identity provider).
-    #[arg(long, env = "CPIS_LOOKUP_JWKS_MIN_REFETCH", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CPIS_LOOKUP_JWKS_MIN_REFETCH", default_value = "10s", value_parser = cpis_core::config::duration_within("1s", "1h"))]
     pub jwks_min_refetch: Duration,
 
     /// The longest token lifetime accepted (NHS user tokens are short-lived): `exp` minus `iat`.
-    #[arg(long, env = "CPIS_LOOKUP_TOKEN_MAX_LIFETIME", default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CPIS_LOOKUP_TOKEN_MAX_LIFETIME", default_value = "1h", value_parser = cpis_core::config::duration_within("1min", "30d"))]
     pub token_max_lifetime: Duration,
 
     /// Whether tokens must carry `iat` (without it, only what is left until `exp` is bounded).

@@ -46,7 +46,8 @@ pub async fn serve(
     let verifier = config.token_verifier().await?;
     let tls = match config.server.tls.server_cert() {
         Ok(Some(cert)) => Some(
-            cpis_core::tls::acceptor(cert, None).map_err(|e| LookupError::Config(e.to_string()))?,
+            cpis_core::tls::acceptor(cert, &cpis_core::tls::ClientAuth::None)
+                .map_err(|e| LookupError::Config(e.to_string()))?,
         ),
         Ok(None) => None,
         Err(e) => return Err(LookupError::Config(e.to_string())),

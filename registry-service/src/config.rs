@@ -33,7 +33,7 @@ pub struct Config {
     pub db_max_connections: u32,
 
     /// How long a call waits for a database connection before answering UNAVAILABLE.
-    #[arg(long, env = "CPIS_DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CPIS_DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = cpis_core::config::duration_within("10ms", "5min"))]
     pub db_acquire_timeout: Duration,
 
     /// Apply pending migrations at start-up (development). In production run
@@ -54,16 +54,16 @@ pub struct Config {
     pub jwks_url: Option<String>,
 
     /// How often --jwks-url is fetched again.
-    #[arg(long, env = "CPIS_JWKS_REFRESH", default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CPIS_JWKS_REFRESH", default_value = "5m", value_parser = cpis_core::config::duration_within("10s", "1d"))]
     pub jwks_refresh: Duration,
 
     /// The least time between two fetches of --jwks-url caused by unknown key ids (a flood of
     /// tokens naming random keys cannot hammer the identity provider).
-    #[arg(long, env = "CPIS_JWKS_MIN_REFETCH", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CPIS_JWKS_MIN_REFETCH", default_value = "10s", value_parser = cpis_core::config::duration_within("1s", "1h"))]
     pub jwks_min_refetch: Duration,
 
     /// The longest token lifetime accepted (council case systems' tokens): `exp` minus `iat`.
-    #[arg(long, env = "CPIS_TOKEN_MAX_LIFETIME", default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CPIS_TOKEN_MAX_LIFETIME", default_value = "24h", value_parser = cpis_core::config::duration_within("1min", "30d"))]
     pub token_max_lifetime: Duration,
 
     /// Whether tokens must carry `iat` (without it, only what is left until `exp` is bounded).
@@ -94,6 +94,45 @@ pub struct Config {
     #[arg(long, env = "CPIS_INTERNAL_CLIENT_CA")]
     pub internal_client_ca: Option<PathBuf>,
 
+    /// Certificate revocation lists (PEM or DER files, comma-separated) for the internal port's
+    /// client certificates: a revoked certificate fails the handshake. Each client certificate's
+    /// issuer must have its list here once any is given. Re-read when they change.
+    #[arg(
+        long,
+        env = "CPIS_INTERNAL_CLIENT_CRL",
+        value_delimiter = ',',
+        requires = "internal_client_ca"
+    )]
+    pub internal_client_crl: Vec<PathBuf>,
+
+    /// The longest a connection to the internal port stays open: it is then closed gracefully
+    /// (clients reconnect, handshaking again), so a revoked or no longer admitted certificate
+    /// loses an open connection within this long.
+    #[arg(long, env = "CPIS_INTERNAL_MAX_CONNECTION_AGE", default_value = "1h", value_parser = cpis_core::config::duration_within("10s", "7d"))]
+    pub internal_max_connection_age: Duration,
+
+    /// PEM file of the CA(s) issuing councils' client certificates. With it, council calls on
+    /// the public port need a client certificate naming their council (see
+    /// --council-identity) as well as a token: a stolen token alone is not enough. Without
+    /// it, councils are authenticated by token alone.
+    #[arg(long, env = "CPIS_COUNCIL_CLIENT_CA")]
+    pub council_client_ca: Option<PathBuf>,
+
+    /// Certificate revocation lists (PEM or DER, comma-separated) for councils' client
+    /// certificates; re-read when they change.
+    #[arg(
+        long,
+        env = "CPIS_COUNCIL_CLIENT_CRL",
+        value_delimiter = ',',
+        requires = "council_client_ca"
+    )]
+    pub council_client_crl: Vec<PathBuf>,
+
+    /// The identity (SAN URI, or DNS name) a council's client certificate must carry, with
+    /// {ods} standing for the council's ODS code as its token names it.
+    #[arg(long, env = "CPIS_COUNCIL_IDENTITY", default_value = COUNCIL_IDENTITY, value_parser = parse_council_identity)]
+    pub council_identity: String,
+
     /// Client-certificate identities (SAN URI or DNS name, comma-separated) admitted to
     /// DisclosureService: the lookup service's, e.g. spiffe://cpis/lookup.
     #[arg(long, env = "CPIS_DISCLOSURE_IDENTITIES", value_delimiter = ',')]
@@ -110,15 +149,15 @@ pub struct Config {
 
     /// An upload stream that sends nothing for this long is ended (DEADLINE_EXCEEDED,
     /// BATCH_STALLED); what it committed stays committed.
-    #[arg(long, env = "CPIS_UPLOAD_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CPIS_UPLOAD_IDLE_TIMEOUT", default_value = "60s", value_parser = cpis_core::config::duration_within("1s", "1h"))]
     pub upload_idle_timeout: Duration,
 
     /// Notification subscribers poll the outbox this often when no wake-up arrives.
-    #[arg(long, env = "CPIS_NOTIFICATION_POLL", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CPIS_NOTIFICATION_POLL", default_value = "1s", value_parser = cpis_core::config::duration_within("10ms", "1h"))]
     pub notification_poll: Duration,
 
     /// A subscriber that does not read for this long is cut off (RESOURCE_EXHAUSTED).
-    #[arg(long, env = "CPIS_SUBSCRIBER_SEND_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CPIS_SUBSCRIBER_SEND_TIMEOUT", default_value = "10s", value_parser = cpis_core::config::duration_within("100ms", "1h"))]
     pub subscriber_send_timeout: Duration,
 
     /// Notifications buffered per subscriber.
@@ -135,7 +174,7 @@ pub struct Config {
     pub max_subscribers: usize,
 
     /// Idle subscribers get a heartbeat this often.
-    #[arg(long, env = "CPIS_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CPIS_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = cpis_core::config::duration_within("100ms", "1h"))]
     pub heartbeat_interval: Duration,
 
     /// A verifier given directly (tests, the dev stack) instead of --jwks-file or --jwks-url
@@ -146,6 +185,17 @@ pub struct Config {
     /// The clock (tests inject a fixed one).
     #[arg(skip)]
     pub clock: Clock,
+}
+
+/// The council certificate identity by default: a SPIFFE-style URI, like the services' own.
+pub const COUNCIL_IDENTITY: &str = "spiffe://cpis/council/{ods}";
+
+fn parse_council_identity(value: &str) -> Result<String, String> {
+    if value.matches("{ods}").count() == 1 {
+        Ok(value.to_owned())
+    } else {
+        Err("must contain {ods} once (where the council's ODS code goes)".into())
+    }
 }
 
 fn parse_database_url(value: &str) -> Result<DatabaseUrl, String> {
@@ -184,6 +234,11 @@ impl Config {
             internal_tls_cert: None,
             internal_tls_key: None,
             internal_client_ca: None,
+            internal_client_crl: Vec::new(),
+            internal_max_connection_age: Duration::from_secs(3600),
+            council_client_ca: None,
+            council_client_crl: Vec::new(),
+            council_identity: COUNCIL_IDENTITY.to_owned(),
             disclosure_identities: Vec::new(),
             operator_identities: Vec::new(),
             notification_poll: Duration::from_secs(1),

@@ -145,26 +145,24 @@ fn open_database(config: &Config) -> Result<db::Database, RegistryError> {
 }
 
 /// The TLS acceptors of the two ports (`None`: plaintext). The public port presents
-/// `--tls-cert`; the internal port presents `--internal-tls-cert` (default `--tls-cert`) and
-/// requires a client certificate from `--internal-client-ca`.
+/// `--tls-cert` and, with `--council-client-ca`, asks councils for client certificates (the
+/// council interceptor then requires one naming the token's council); the internal port presents
+/// `--internal-tls-cert` (default `--tls-cert`) and requires a client certificate from
+/// `--internal-client-ca`. CAs and revocation lists are re-read when they change.
 type Acceptors = (
     Option<tokio_rustls::TlsAcceptor>,
     Option<tokio_rustls::TlsAcceptor>,
 );
 
 fn acceptors(config: &Config) -> Result<Acceptors, RegistryError> {
-    use cpis_core::tls::{ReloadingCert, TlsError, acceptor};
+    use cpis_core::tls::{ClientAuth, ClientTrust, ReloadingCert, TlsError, acceptor};
     let tls_error = |e: TlsError| RegistryError::Config(e.to_string());
+    let reload = config.server.tls.tls_reload_interval;
     let public_cert = config.server.tls.server_cert().map_err(tls_error)?;
     let internal_cert = match (&config.internal_tls_cert, &config.internal_tls_key) {
-        (Some(cert), Some(key)) => Some(
-            ReloadingCert::start(
-                cert.clone(),
-                key.clone(),
-                config.server.tls.tls_reload_interval,
-            )
-            .map_err(tls_error)?,
-        ),
+        (Some(cert), Some(key)) => {
+            Some(ReloadingCert::start(cert.clone(), key.clone(), reload).map_err(tls_error)?)
+        }
         (None, None) => public_cert.clone(),
         _ => {
             return Err(RegistryError::Config(
@@ -173,7 +171,15 @@ fn acceptors(config: &Config) -> Result<Acceptors, RegistryError> {
         }
     };
     let internal = match (internal_cert, config.internal_client_ca.as_deref()) {
-        (Some(cert), Some(client_ca)) => Some(acceptor(cert, Some(client_ca)).map_err(tls_error)?),
+        (Some(cert), Some(client_ca)) => {
+            let trust = ClientTrust::start(
+                client_ca.to_owned(),
+                config.internal_client_crl.clone(),
+                reload,
+            )
+            .map_err(tls_error)?;
+            Some(acceptor(cert, &ClientAuth::Required(trust)).map_err(tls_error)?)
+        }
         (Some(_), None) => {
             return Err(RegistryError::Config(
                 "the internal port serves TLS and needs --internal-client-ca: its callers are \
@@ -190,10 +196,22 @@ fn acceptors(config: &Config) -> Result<Acceptors, RegistryError> {
         }
         (None, None) => None,
     };
-    let public = public_cert
-        .map(|cert| acceptor(cert, None))
-        .transpose()
-        .map_err(tls_error)?;
+    let council_auth = match &config.council_client_ca {
+        Some(ca) => ClientAuth::Optional(
+            ClientTrust::start(ca.clone(), config.council_client_crl.clone(), reload)
+                .map_err(tls_error)?,
+        ),
+        None => ClientAuth::None,
+    };
+    let public = match public_cert {
+        Some(cert) => Some(acceptor(cert, &council_auth).map_err(tls_error)?),
+        None if config.council_client_ca.is_some() => {
+            return Err(RegistryError::Config(
+                "--council-client-ca needs TLS on the public port: --tls-cert and --tls-key".into(),
+            ));
+        }
+        None => None,
+    };
     Ok((public, internal))
 }
 
@@ -232,7 +250,12 @@ pub async fn serve(
         config.subscription_options(),
         draining_rx,
     ));
-    let public_routes = api::public_routes(registry.clone(), verifier.clone());
+    let council_certificates = config
+        .council_client_ca
+        .is_some()
+        .then(|| api::CouncilCertificates::new(&config.council_identity));
+    let public_routes =
+        api::public_routes(registry.clone(), verifier.clone(), council_certificates);
     let internal_routes = api::internal_routes(
         registry,
         verifier,
@@ -288,6 +311,11 @@ pub async fn serve(
             let _ = rx.wait_for(|stopped| *stopped).await;
         }
     };
+    // Inside, connections end at a maximum age, so a revoked certificate's does too.
+    let internal_options = cpis_core::server::ServerOptions {
+        max_connection_age: Some(config.internal_max_connection_age),
+        ..config.server.clone()
+    };
     let Listeners {
         public: public_listener,
         internal: internal_listener,
@@ -315,7 +343,7 @@ pub async fn serve(
             INTERNAL_SERVICES,
             internal_listener,
             internal_tls,
-            &config.server,
+            &internal_options,
             internal_ready,
             stopped(&stop),
         )

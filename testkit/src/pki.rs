@@ -174,6 +174,31 @@ impl TestPki {
         self.issue(file, Usage::Client, Some(identity), |_| {})
     }
 
+    /// A certificate revocation list signed by this CA, revoking the certificates with
+    /// `serials` (set when issuing: `params.serial_number`), written as `file` (PEM).
+    pub fn revocation_list(&self, file: &str, serials: &[u64]) -> PathBuf {
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2025, 1, 1),
+            next_update: rcgen::date_time_ymd(2100, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1_u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|serial| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(*serial),
+                    revocation_time: rcgen::date_time_ymd(2025, 6, 1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.issuer).expect("sign CRL");
+        let path = self.dir.path().join(file);
+        std::fs::write(&path, crl.pem().expect("CRL PEM")).expect("write CRL");
+        path
+    }
+
     /// Client TLS trusting this CA, presenting `identity` when given.
     pub fn client_tls(&self, identity: Option<&PemPair>) -> ClientTlsConfig {
         let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem));

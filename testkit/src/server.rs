@@ -263,6 +263,32 @@ list_services!(
     v1alpha
 );
 
+/// Whether the server's reflection (v1alpha, as grpcurl's `describe` asks) describes `symbol`,
+/// a fully qualified service or message name.
+pub async fn reflection_describes(channel: Channel, symbol: &str) -> bool {
+    use tonic_reflection::pb::v1alpha::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(symbol.to_owned())),
+    };
+    let mut stream = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .expect("reflection call")
+        .into_inner();
+    match stream.next().await.expect("a reflection answer") {
+        Ok(response) => matches!(
+            response.message_response,
+            Some(MessageResponse::FileDescriptorResponse(_))
+        ),
+        Err(status) if status.code() == tonic::Code::NotFound => false,
+        Err(status) => panic!("reflection failed: {status:?}"),
+    }
+}
+
 /// Checks what every CP-IS server must offer through generated Rust clients: health SERVING for
 /// the server and each of `services`, and reflection v1 and v1alpha listing them all (plus
 /// health and reflection themselves).

@@ -284,6 +284,17 @@ impl Stack {
         start_registry(None, config, &self.pki).await.0
     }
 
+    /// Like [`Self::another_registry`], returning both its ports: public, then internal (reached
+    /// as the lookup service).
+    pub async fn another_registry_ports(
+        &self,
+        adjust: impl FnOnce(&mut registry_service::Config),
+    ) -> (TestServer, TestServer) {
+        let mut config = self.registry_config();
+        adjust(&mut config);
+        start_registry(None, config, &self.pki).await
+    }
+
     /// Starts another lookup service trusting this stack's NHS signer, in front of this
     /// stack's registry unless `adjust` says otherwise. Not waited for: a lookup service whose
     /// registry refuses or ignores it never turns SERVING (use `wait_serving` when it should).

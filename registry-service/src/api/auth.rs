@@ -65,18 +65,30 @@ pub(crate) struct CouncilCaller {
     write: bool,
 }
 
-/// Verifies council tokens (`CouncilService`).
+/// Verifies council tokens (`CouncilService`) and, where the deployment asks for them, council
+/// client certificates.
 #[derive(Clone, Debug)]
-pub(crate) struct CouncilInterceptor(pub TokenVerifier);
+pub(crate) struct CouncilInterceptor {
+    /// Council tokens.
+    pub verifier: TokenVerifier,
+    /// With `--council-client-ca`: the certificate each call must also come with.
+    pub certificates: Option<CouncilCertificates>,
+}
 
 impl Interceptor for CouncilInterceptor {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let claims: Claims = self.0.verify_metadata(request.metadata()).map_err(refuse)?;
+        let claims: Claims = self
+            .verifier
+            .verify_metadata(request.metadata())
+            .map_err(refuse)?;
         let ods_code = claims
             .ods_code
             .as_deref()
             .and_then(|code| OdsCode::parse(code).ok())
             .ok_or_else(|| refuse(AuthError::Invalid("token names no valid ods_code".into())))?;
+        if let Some(certificates) = &self.certificates {
+            certificates.check(&request, &ods_code)?;
+        }
         let caller = CouncilCaller {
             ods_code,
             read: claims.has_scope(Scope::Read.as_str()),
@@ -86,6 +98,70 @@ impl Interceptor for CouncilInterceptor {
         request.extensions_mut().insert(caller);
         Ok(request)
     }
+}
+
+/// Council client certificates, where the deployment asks for them (`--council-client-ca`): a
+/// council call must come with a certificate (checked against the council CA in the handshake)
+/// that names the council its token names, so a stolen token alone opens nothing.
+#[derive(Clone, Debug)]
+pub(crate) struct CouncilCertificates {
+    /// The identity wanted, with `{ods}` for the council's ODS code.
+    template: Arc<str>,
+}
+
+impl CouncilCertificates {
+    /// Certificates must name `template` with `{ods}` replaced by the token's council.
+    pub fn new(template: &str) -> Self {
+        Self {
+            template: template.into(),
+        }
+    }
+
+    fn check<T>(&self, request: &Request<T>, ods_code: &OdsCode) -> Result<(), Status> {
+        let connection = request.extensions().get::<ConnectionInfo>();
+        let Some(peer) = connection.and_then(|c| c.peer_certificate.as_deref()) else {
+            tracing::warn!(
+                target: "security",
+                la = %ods_code,
+                remote = ?connection.and_then(|c| c.remote),
+                "council call without a client certificate refused"
+            );
+            return Err(with_reason(
+                Code::Unauthenticated,
+                ErrorReason::ClientCertificateMissing,
+                "council calls here need a client certificate naming the council (mutual TLS) \
+                 as well as a token",
+            ));
+        };
+        let wanted = self.template.replace("{ods}", ods_code.as_str());
+        if peer.identities.iter().any(|id| id.is(&wanted)) {
+            return Ok(());
+        }
+        let presented = presented(&peer.identities);
+        tracing::warn!(
+            target: "security",
+            la = %ods_code,
+            presented = %LogSafe(&presented),
+            remote = ?connection.and_then(|c| c.remote),
+            "council client certificate does not name the token's council"
+        );
+        Err(with_reason(
+            Code::PermissionDenied,
+            ErrorReason::ClientIdentityNotAllowed,
+            format!(
+                "the client certificate does not name council {ods_code}, which the token names"
+            ),
+        ))
+    }
+}
+
+/// A certificate's identities for a security log line.
+fn presented(identities: &[cpis_core::tls::Identity]) -> String {
+    identities
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A council request: which RPC it is, the scope it needs and the council it names.
@@ -223,11 +299,15 @@ impl IdentityGate {
                 ),
             ));
         };
-        if let Some(identity) = peer.identities.iter().find(|id| self.allowed.contains(id)) {
-            return Ok(identity.clone());
+        if let Some(admitted) = self
+            .allowed
+            .iter()
+            .find(|wanted| peer.identities.iter().any(|id| id.is(wanted)))
+        {
+            return Ok(admitted.clone());
         }
         // A security event: which certificate tried which service; never a request's content.
-        let presented = peer.identities.join(" ");
+        let presented = presented(&peer.identities);
         tracing::warn!(
             target: "security",
             service = self.service,

@@ -13,6 +13,7 @@ pub(crate) mod operator;
 mod paging;
 mod upload;
 
+pub(crate) use auth::CouncilCertificates;
 pub(crate) use upload::UploadOptions;
 
 use std::sync::Arc;
@@ -85,7 +86,11 @@ impl Registry {
 }
 
 /// The council-facing port's service, behind the token interceptor.
-pub(crate) fn public_routes(registry: Arc<Registry>, verifier: TokenVerifier) -> Routes {
+pub(crate) fn public_routes(
+    registry: Arc<Registry>,
+    verifier: TokenVerifier,
+    council_certificates: Option<CouncilCertificates>,
+) -> Routes {
     let mut routes = tonic::service::RoutesBuilder::default();
     // FreshKeys: a token naming a key not yet known refreshes the keys before the (synchronous)
     // interceptor checks it.
@@ -93,7 +98,10 @@ pub(crate) fn public_routes(registry: Arc<Registry>, verifier: TokenVerifier) ->
         verifier.clone(),
         CouncilServiceServer::with_interceptor(
             council::CouncilApi(registry),
-            auth::CouncilInterceptor(verifier),
+            auth::CouncilInterceptor {
+                verifier,
+                certificates: council_certificates,
+            },
         ),
     ));
     routes.routes()

@@ -143,8 +143,9 @@ async fn run_feed(
     ods_code: OdsCode,
     tx: broadcast::Sender<Item>,
 ) {
-    // Subscribe to wake-ups before the first read, so a commit in between still wakes us.
-    let mut wake = notifier.subscribe();
+    // Take the signal before the first read, so a commit in between still wakes us (a signal
+    // sent while nobody waits is kept as a permit).
+    let wake = notifier.signal(&ods_code);
     let mut cursor = None;
     while tx.receiver_count() > 0 {
         let ods = ods_code.clone();
@@ -166,8 +167,12 @@ async fn run_feed(
                         let _ = tx.send(Item::Notification(Arc::new(notification)));
                     }
                 }
+                // Announced only when it moves: an idle council's poll then wakes none of its
+                // subscribers (a subscriber that joins later has read the outbox itself).
+                if cursor != Some(position) {
+                    let _ = tx.send(Item::Position(position));
+                }
                 cursor = Some(position);
-                let _ = tx.send(Item::Position(position));
             }
             // The database is away: subscribers keep waiting; the next poll tries again.
             Err(error) => tracing::debug!(la = %ods_code, %error, "feed read failed"),
@@ -175,17 +180,10 @@ async fn run_feed(
         if full_page {
             continue;
         }
-        let poll_at = tokio::time::Instant::now() + poll_interval;
-        loop {
-            tokio::select! {
-                woken = wake.recv() => match woken {
-                    Ok(code) if code == ods_code => break,
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => break,
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
-                () = tokio::time::sleep_until(poll_at) => break,
-            }
-        }
+        // Woken by a commit for this council, or the poll that covers a lost wake-up.
+        let _ = tokio::time::timeout(poll_interval, wake.notified()).await;
     }
+    // A successor feed for this council may have started while this one waited, and the last
+    // wake-up may have been this one's: pass it on (at worst one needless read).
+    wake.notify_one();
 }

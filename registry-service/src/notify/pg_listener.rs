@@ -6,14 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::db::dialect::NOTIFY_CHANNEL;
+use crate::notify::Wakeups;
 use cpis_core::ods::OdsCode;
 use diesel::connection::SimpleConnection as _;
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use secrecy::{ExposeSecret as _, SecretString};
-use tokio::sync::broadcast;
-
-use crate::db::dialect::NOTIFY_CHANNEL;
 
 /// How often the listener thread checks its connection for NOTIFY messages.
 const LISTEN_POLL: Duration = Duration::from_millis(5);
@@ -32,7 +31,7 @@ impl Drop for ListenerGuard {
 
 /// Starts a thread that LISTENs on PostgreSQL and forwards each NOTIFY to `wakeups`,
 /// reconnecting with backoff when the connection drops.
-pub(crate) fn spawn(url: SecretString, wakeups: broadcast::Sender<OdsCode>) -> ListenerGuard {
+pub(crate) fn spawn(url: SecretString, wakeups: Wakeups) -> ListenerGuard {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let spawned = std::thread::Builder::new()
@@ -58,7 +57,7 @@ pub(crate) fn spawn(url: SecretString, wakeups: broadcast::Sender<OdsCode>) -> L
 
 fn listen(
     url: &SecretString,
-    wakeups: &broadcast::Sender<OdsCode>,
+    wakeups: &Wakeups,
     stop: &AtomicBool,
 ) -> Result<(), diesel::result::Error> {
     let mut conn = PgConnection::establish(url.expose_secret())
@@ -70,7 +69,7 @@ fn listen(
             let notification = notification?;
             // A payload that is not an ODS code wakes nobody; polling still delivers.
             if let Ok(ods_code) = OdsCode::parse(&notification.payload) {
-                let _ = wakeups.send(ods_code);
+                wakeups.wake(&ods_code);
             }
         }
         std::thread::sleep(LISTEN_POLL);

@@ -26,7 +26,8 @@ both_backends!(
     silent_reads_notify_nobody,
     stalled_subscriber_is_cut_off,
     heartbeat_and_shutdown,
-    nhs_status_import_notifies_holders
+    nhs_status_import_notifies_holders,
+    a_commit_wakes_its_own_councils_feed
 );
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -494,6 +495,46 @@ async fn two_registries_on_one_postgres_wake_each_other() {
         "woken in {:?}",
         started.elapsed()
     );
+}
+
+/// With polling all but off (once a minute), prompt delivery can only come from the wake-up a
+/// commit sends to its own council's feed: each council hears its own at once, and so does a
+/// feed started afresh while its predecessor still waits (the wake-up is passed on).
+async fn a_commit_wakes_its_own_councils_feed(backend: Backend) {
+    let Some(reg) = stack(backend)
+        .registry(|c| c.notification_poll = Duration::from_secs(60))
+        .start()
+        .await
+    else {
+        return;
+    };
+    for (i, ods) in ["AB1", "CD2"].into_iter().enumerate() {
+        reg.register_council(ods).await;
+        reg.put(ods, cpp_record(&nhs(i))).await;
+    }
+    let mut ab1 = subscribe(&reg, "AB1", None).await.expect("subscribe AB1");
+    let mut cd2 = subscribe(&reg, "CD2", None).await.expect("subscribe CD2");
+    // Let both feeds reach their wait.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let prompt = Duration::from_secs(3);
+
+    disclose(&reg, &nhs(0), AccessMode::Unscheduled).await;
+    assert_eq!(next_sequence(&mut ab1, prompt).await.sequence, 1);
+    disclose(&reg, &nhs(1), AccessMode::Unscheduled).await;
+    assert_eq!(next_sequence(&mut cd2, prompt).await.sequence, 1);
+
+    // AB1's only subscriber leaves; its feed waits out its minute. A new subscriber starts a new
+    // feed beside it, and still hears the next commit at once.
+    drop(ab1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = subscribe(&reg, "AB1", Some(1))
+        .await
+        .expect("subscribe AB1 again");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for expected in 2..=3 {
+        disclose(&reg, &nhs(0), AccessMode::Unscheduled).await;
+        assert_eq!(next_sequence(&mut again, prompt).await.sequence, expected);
+    }
 }
 
 /// Acknowledges council AB1's notifications up to `sequence`; the cursor it now stands at.

@@ -192,6 +192,17 @@ async fn each_port_serves_only_its_audience() {
             assert!(!listed.iter().any(|s| s == internal), "{listed:?}");
         }
     }
+    // Nor can its reflection describe them (grpcurl's `describe`), while it describes its own.
+    let public = reg.registry.channel().await;
+    for internal in INTERNAL_SERVICES {
+        assert!(
+            !cpis_testkit::server::reflection_describes(public.clone(), internal).await,
+            "the public port describes {internal}"
+        );
+    }
+    for own in PUBLIC_SERVICES {
+        assert!(cpis_testkit::server::reflection_describes(public.clone(), own).await);
+    }
     let refused = DisclosureServiceClient::new(reg.registry.channel().await)
         .disclose(a_disclosure())
         .await
@@ -207,6 +218,11 @@ async fn each_port_serves_only_its_audience() {
     let listed = cpis_testkit::server::list_services_v1(reg.internal.channel().await).await;
     for public in PUBLIC_SERVICES {
         assert!(!listed.iter().any(|s| s == public), "{listed:?}");
+    }
+    for public in PUBLIC_SERVICES {
+        assert!(
+            !cpis_testkit::server::reflection_describes(reg.internal.channel().await, public).await
+        );
     }
     let refused = CouncilServiceClient::new(reg.internal.channel().await)
         .get_contact_details(reg.as_council("AB1", GetContactDetailsRequest::default()))
@@ -407,4 +423,228 @@ async fn the_tls_handshake_falls_under_the_handshake_timeout() {
         .expect("a stalled TLS handshake is closed");
     // The port still serves whoever completes the handshake.
     assert!(answers(&reg.internal).await);
+}
+
+/// Opens `count` TCP connections to `port` that never say a word.
+async fn silent_connections(port: &TestServer, count: usize) -> Vec<tokio::net::TcpStream> {
+    let mut silent = Vec::with_capacity(count);
+    for _ in 0..count {
+        silent.push(
+            tokio::net::TcpStream::connect(port.addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    silent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_cannot_stop_a_tls_listener() {
+    // A handshake timeout long enough that only the handshake bounds can help.
+    let reg = stack(Backend::Sqlite)
+        .registry(|c| c.server.handshake_timeout = Duration::from_secs(120))
+        .start()
+        .await
+        .expect("sqlite");
+    // More silent connections than the listener holds handshakes for (1,024 by default), all
+    // from one source (64 by default).
+    let mut silent = silent_connections(&reg.internal, 1100).await;
+    let answered = tokio::time::timeout(Duration::from_secs(10), answers(&reg.internal)).await;
+    assert_eq!(
+        answered,
+        Ok(true),
+        "a real client still completes its handshake"
+    );
+    // The source's oldest handshakes made way for its newest.
+    crate::edges::closed_within(&mut silent[0], Duration::from_secs(5))
+        .await
+        .expect("the oldest silent connection is closed");
+    let newest = silent.last_mut().expect("connections");
+    assert_eq!(
+        crate::edges::closed_within(newest, Duration::from_millis(300)).await,
+        None,
+        "the newest is still waiting for its handshake"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_listeners_handshake_limit_the_oldest_make_way() {
+    let reg = stack(Backend::Sqlite)
+        .registry(|c| {
+            c.server.handshake_timeout = Duration::from_secs(120);
+            c.server.max_pending_handshakes = 32;
+            c.server.max_pending_handshakes_per_source = 1000;
+        })
+        .start()
+        .await
+        .expect("sqlite");
+    let mut silent = silent_connections(&reg.internal, 100).await;
+    let answered = tokio::time::timeout(Duration::from_secs(10), answers(&reg.internal)).await;
+    assert_eq!(answered, Ok(true));
+    for oldest in &mut silent[..10] {
+        crate::edges::closed_within(oldest, Duration::from_secs(5))
+            .await
+            .expect("the oldest are closed");
+    }
+}
+
+/// Sets council `ods`'s contact details over `port` (which may present a client certificate).
+async fn set_contacts_over(
+    reg: &cpis_testkit::Stack,
+    port: &TestServer,
+    ods: &str,
+) -> Result<(), tonic::Status> {
+    use cpis_proto::cpis::common::v1::LocalAuthority;
+    use cpis_proto::cpis::registry::v1::SetContactDetailsRequest;
+    let request = SetContactDetailsRequest {
+        local_authority: Some(LocalAuthority {
+            ods_code: ods.into(),
+            name: format!("Council {ods}"),
+            emergency_duty_phone: "020 7946 0000".into(),
+            office_hours_phone: "020 7946 0001".into(),
+            update_time: None,
+        }),
+    };
+    CouncilServiceClient::new(
+        port.try_channel()
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("connect: {e}")))?,
+    )
+    .set_contact_details(reg.as_council(ods, request))
+    .await
+    .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn council_certificates_when_the_deployment_asks_for_them() {
+    let captured = logs::capture();
+    let reg = stack(Backend::Sqlite)
+        .registry(|c| {
+            // The public port serves TLS, and councils need certificates from the stack's CA.
+            c.server.tls.tls_cert = c.internal_tls_cert.clone();
+            c.server.tls.tls_key = c.internal_tls_key.clone();
+            c.council_client_ca = c.internal_client_ca.clone();
+        })
+        .start()
+        .await
+        .expect("sqlite");
+    let pki = &reg.pki;
+    // Health and reflection need no certificate.
+    assert!(answers(&reg.registry).await);
+
+    // The council's certificate and its token: admitted.
+    let ab1 = pki.client("council-ab1", "spiffe://cpis/council/AB1");
+    let ab1_port = reg.registry.with_tls(pki.client_tls(Some(&ab1)));
+    set_contacts_over(&reg, &ab1_port, "AB1")
+        .await
+        .expect("certificate and token of one council");
+
+    // A token alone: UNAUTHENTICATED, in words, with its reason.
+    let refused = set_contacts_over(&reg, &reg.registry, "AB1")
+        .await
+        .expect_err("a token alone");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert_eq!(
+        reason_of(&refused),
+        Some(ErrorReason::ClientCertificateMissing)
+    );
+
+    // Another council's certificate with AB1's token: PERMISSION_DENIED, logged.
+    let cd2 = pki.client("council-cd2", "spiffe://cpis/council/CD2");
+    let cd2_port = reg.registry.with_tls(pki.client_tls(Some(&cd2)));
+    let refused = set_contacts_over(&reg, &cd2_port, "AB1")
+        .await
+        .expect_err("a certificate naming another council");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert_eq!(
+        reason_of(&refused),
+        Some(ErrorReason::ClientIdentityNotAllowed)
+    );
+    assert!(
+        captured
+            .json_lines_with("does not name the token's council")
+            .iter()
+            .any(|l| l.contains("spiffe://cpis/council/CD2")),
+        "the refusal is a security log line"
+    );
+    // And the same certificate with its own council's token: admitted.
+    set_contacts_over(&reg, &cd2_port, "CD2")
+        .await
+        .expect("CD2 with its own token");
+
+    // A certificate from a CA the registry does not trust fails the handshake.
+    let other = TestPki::new("other");
+    let foreign = other.client("council-ab1", "spiffe://cpis/council/AB1");
+    let foreign_port = reg.registry.with_tls(pki.client_tls(Some(&foreign)));
+    assert!(set_contacts_over(&reg, &foreign_port, "AB1").await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_lists_and_new_cas_apply_without_a_restart() {
+    let reg = start(Backend::Sqlite).await.expect("sqlite");
+    let pki = &reg.pki;
+    let other = TestPki::new("other");
+    // The registry trusts a CA file and a revocation list (revoking nothing yet) that it
+    // re-reads every 100 ms; its internal connections live at most 2 s.
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = dir.path().join("client-ca.pem");
+    std::fs::write(&ca, pki.ca_pem()).expect("write CA");
+    let crl = dir.path().join("client.crl.pem");
+    let revoking = |pki: &TestPki, serials: &[u64]| {
+        std::fs::read_to_string(pki.revocation_list("crl.pem", serials)).expect("read CRL")
+    };
+    std::fs::write(&crl, revoking(pki, &[])).expect("write CRL");
+    let (_public, internal) = reg
+        .another_registry_ports(|c| {
+            c.internal_client_ca = Some(ca.clone());
+            c.internal_client_crl = vec![crl.clone()];
+            c.server.tls.tls_reload_interval = Duration::from_millis(100);
+            c.internal_max_connection_age = Duration::from_secs(2);
+        })
+        .await;
+    let settle = || tokio::time::sleep(Duration::from_millis(600));
+
+    // A lookup certificate about to be revoked: admitted, and its connection kept open.
+    let doomed = pki.issue("doomed", Usage::Client, Some(LOOKUP_IDENTITY), |params| {
+        params.serial_number = Some(77_u64.into());
+    });
+    let doomed_port = internal.with_tls(pki.client_tls(Some(&doomed)));
+    let open = doomed_port.channel().await;
+    assert_eq!(health(open.clone(), "").await, Some(ServingStatus::Serving));
+
+    // Revoked: a new connection with it fails; the lookup service's own still works.
+    std::fs::write(&crl, revoking(pki, &[77])).expect("write CRL");
+    settle().await;
+    assert!(
+        !answers(&doomed_port).await,
+        "a revoked certificate is refused"
+    );
+    assert!(answers(&internal).await);
+    // Its open connection ends at the maximum connection age, and cannot come back.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while health(open.clone(), "").await == Some(ServingStatus::Serving) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the revoked certificate's connection outlived the maximum age"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // A new CA in the file: its certificates are admitted from the next handshake. (With
+    // revocation lists configured, every issuer needs its list: the new CA's comes too.)
+    let newcomer = internal.with_tls(pki.client_tls(Some(&other.lookup)));
+    assert!(!answers(&newcomer).await, "not trusted yet");
+    std::fs::write(&ca, format!("{}{}", pki.ca_pem(), other.ca_pem())).expect("write CAs");
+    settle().await;
+    assert!(
+        !answers(&newcomer).await,
+        "an issuer without a revocation list is refused"
+    );
+    let lists = format!("{}{}", revoking(pki, &[77]), revoking(&other, &[]));
+    std::fs::write(&crl, lists).expect("write CRLs");
+    settle().await;
+    assert!(
+        answers(&newcomer).await,
+        "the new CA is trusted without a restart"
+    );
 }
