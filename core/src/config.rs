@@ -35,6 +35,8 @@ pub struct TokenSettings<'a> {
     pub jwks_file: Option<&'a Path>,
     /// `--jwks-url`.
     pub jwks_url: Option<&'a str>,
+    /// `--jwks-ca`: a CA the URL's server may chain to, beside the Mozilla roots.
+    pub jwks_ca: Option<&'a Path>,
     /// How the file or URL is refreshed.
     pub refresh: RefreshPolicy,
     /// The flags that name a key source, for the message when none is set.
@@ -54,7 +56,7 @@ pub async fn token_verifier(settings: TokenSettings<'_>) -> Result<TokenVerifier
     }
     let source = match (settings.jwks_file, settings.jwks_url) {
         (Some(path), None) => KeySource::File(path.to_owned()),
-        (None, Some(url)) => KeySource::Url(JwksUrl::parse(url)?),
+        (None, Some(url)) => KeySource::Url(JwksUrl::parse(url)?.trusting(settings.jwks_ca)),
         (Some(_), Some(_)) => {
             return Err(format!(
                 "token keys: set one of {}, not both",

@@ -130,14 +130,24 @@ pub fn thumbprint(jwk: &Jwk) -> Result<String, KeyConfigError> {
         .map_err(|e| KeyConfigError::Key(e.to_string()))
 }
 
+/// The algorithm a key verifies: ES256 for a P-256 key, RS256 for an RSA key, and only that
+/// one. A key whose declared `alg` does not fit its type (an "ES256" RSA key, an EC key on
+/// another curve) is the publisher's mistake and is skipped, not guessed at; other algorithms
+/// (HMAC shared secrets, EdDSA) are not accepted here.
 fn algorithm_of(jwk: &Jwk) -> Option<Algorithm> {
-    match (&jwk.common.key_algorithm, &jwk.algorithm) {
-        (Some(KeyAlgorithm::ES256), _) => Some(Algorithm::ES256),
-        (Some(KeyAlgorithm::RS256), _) => Some(Algorithm::RS256),
-        (None, AlgorithmParameters::EllipticCurve(_)) => Some(Algorithm::ES256),
-        (None, AlgorithmParameters::RSA(_)) => Some(Algorithm::RS256),
-        // Other algorithms (HMAC shared secrets, EdDSA) are not accepted here.
-        _ => None,
+    use jsonwebtoken::jwk::EllipticCurve;
+    let fits = match &jwk.algorithm {
+        AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
+            Algorithm::ES256
+        }
+        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        _ => return None,
+    };
+    match jwk.common.key_algorithm {
+        None => Some(fits),
+        Some(KeyAlgorithm::ES256) if fits == Algorithm::ES256 => Some(fits),
+        Some(KeyAlgorithm::RS256) if fits == Algorithm::RS256 => Some(fits),
+        Some(_) => None,
     }
 }
 
@@ -159,9 +169,10 @@ impl std::fmt::Display for KeySource {
     }
 }
 
-/// A checked JWKS URL.
+/// A checked JWKS URL, and the CA file its server is verified against beside the Mozilla roots
+/// (an identity provider with a private CA).
 #[derive(Clone, Debug)]
-pub struct JwksUrl(http::Uri);
+pub struct JwksUrl(http::Uri, Option<PathBuf>);
 
 impl JwksUrl {
     /// Accepts https, and http only for a loopback host (a test or a sidecar on the same
@@ -175,13 +186,21 @@ impl JwksUrl {
             .host()
             .ok_or_else(|| format!("JWKS URL {text:?} names no host"))?;
         match uri.scheme_str() {
-            Some("https") => Ok(Self(uri)),
-            Some("http") if is_loopback(host) => Ok(Self(uri)),
+            Some("https") => Ok(Self(uri, None)),
+            Some("http") if is_loopback(host) => Ok(Self(uri, None)),
             Some("http") => Err(format!(
                 "JWKS URL {text:?}: http is allowed only on loopback; use https"
             )),
             _ => Err(format!("JWKS URL {text:?} must be https")),
         }
+    }
+}
+
+impl JwksUrl {
+    /// Also trusts the CA(s) in `ca` for this URL's server.
+    pub fn trusting(mut self, ca: Option<&std::path::Path>) -> Self {
+        self.1 = ca.map(ToOwned::to_owned);
+        self
     }
 }
 
@@ -259,8 +278,12 @@ impl KeyStore {
     /// start unable to authenticate anyone) and starts refreshing it in the background for
     /// as long as the store lives.
     pub async fn load(source: KeySource, policy: RefreshPolicy) -> Result<Arc<Self>, String> {
+        let extra_ca = match &source {
+            KeySource::Url(url) => url.1.as_deref(),
+            KeySource::File(_) => None,
+        };
         let loader = Loader {
-            http: http_client()?,
+            http: http_client(extra_ca)?,
             source,
             policy,
             state: tokio::sync::Mutex::new(LoadState::default()),
@@ -400,19 +423,36 @@ fn read_file(
     if seen == Some(stamp) {
         return Ok(None);
     }
-    if meta.len() > MAX_JWKS_BYTES as u64 {
+    // Bounded as read, not only by the size seen before: the file may grow in between.
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(
+            std::fs::File::open(path).map_err(|e| e.to_string())?,
+            MAX_JWKS_BYTES as u64 + 1,
+        ),
+        &mut bytes,
+    )
+    .map_err(|e| e.to_string())?;
+    if bytes.len() > MAX_JWKS_BYTES {
         return Err(format!("larger than {MAX_JWKS_BYTES} bytes"));
     }
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     Ok(Some((stamp, bytes)))
 }
 
 /// An HTTP/1.1 client over rustls with the ring provider and the Mozilla root certificates
-/// (compiled in, so a container without a CA bundle still verifies the IdP).
-fn http_client() -> Result<HttpClient, String> {
-    let roots = rustls::RootCertStore {
+/// (compiled in, so a container without a CA bundle still verifies the IdP), plus the CA(s) in
+/// `extra_ca` when given.
+fn http_client(extra_ca: Option<&std::path::Path>) -> Result<HttpClient, String> {
+    let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    if let Some(path) = extra_ca {
+        for ca in crate::tls::load_certificates(path).map_err(|e| e.to_string())? {
+            roots
+                .add(ca)
+                .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
+        }
+    }
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -475,6 +515,35 @@ mod tests {
             thumbprint(&jwk).unwrap(),
             "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
         );
+    }
+
+    #[test]
+    fn a_declared_algorithm_must_fit_the_key() {
+        let ec = r#"{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#;
+        let rsa = r#"{"kty":"RSA","n":"0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw","e":"AQAB"}"#;
+        let parse = |text: &str| -> Jwk { serde_json::from_str(text).expect("jwk") };
+        let with_alg =
+            |text: &str, alg: &str| parse(&text.replacen('{', &format!(r#"{{"alg":"{alg}","#), 1));
+        assert_eq!(algorithm_of(&parse(ec)), Some(Algorithm::ES256));
+        assert_eq!(algorithm_of(&parse(rsa)), Some(Algorithm::RS256));
+        assert_eq!(algorithm_of(&with_alg(ec, "ES256")), Some(Algorithm::ES256));
+        assert_eq!(
+            algorithm_of(&with_alg(rsa, "RS256")),
+            Some(Algorithm::RS256)
+        );
+        assert_eq!(
+            algorithm_of(&with_alg(rsa, "ES256")),
+            None,
+            "an RSA key declared ES256"
+        );
+        assert_eq!(
+            algorithm_of(&with_alg(ec, "RS256")),
+            None,
+            "an EC key declared RS256"
+        );
+        assert_eq!(algorithm_of(&with_alg(ec, "HS256")), None);
+        let p384 = ec.replace("P-256", "P-384");
+        assert_eq!(algorithm_of(&parse(&p384)), None, "ES256 needs P-256");
     }
 
     #[test]

@@ -154,10 +154,15 @@ fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError>
     Ok(CertifiedKey::from_der(chain, key_der, &provider())?)
 }
 
-/// When a file was last changed, and its size (a rewrite within one mtime tick still shows).
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let meta = fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
+/// A fingerprint of a file's content (not its modification time, which a rename-over within
+/// one clock tick, or a copy keeping times, would not change); `None` if it cannot be read.
+/// Certificate, key, CA and CRL files are small: reading them every few seconds costs nothing.
+fn stamp(path: &Path) -> Option<u64> {
+    use std::hash::{Hash as _, Hasher as _};
+    let bytes = fs::read(path).ok()?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 /// The server's certificate and key, re-read from their files when either changes (polled
@@ -202,7 +207,22 @@ impl ReloadingCert {
 
     /// Re-reads the files; a failure keeps the certificate in use and says why.
     fn reload(&self) {
-        match load_certified_key(&self.cert_path, &self.key_path) {
+        let loaded = load_certified_key(&self.cert_path, &self.key_path).and_then(|loaded| {
+            // An expired certificate would fail every handshake: keep the one in use.
+            let expired = loaded
+                .cert
+                .first()
+                .and_then(not_after)
+                .is_some_and(|end| end < SystemTime::now());
+            if expired {
+                return Err(pem_error(
+                    &self.cert_path,
+                    "the new certificate has expired",
+                ));
+            }
+            Ok(loaded)
+        });
+        match loaded {
             Ok(loaded) => {
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(loaded);
                 tracing::info!(cert = %self.cert_path.display(), "TLS certificate reloaded");

@@ -64,6 +64,11 @@ pub struct Config {
     #[arg(long, env = "CPIS_LOOKUP_JWKS_URL")]
     pub jwks_url: Option<String>,
 
+    /// PEM file of a CA that --jwks-url's server may chain to, beside the Mozilla roots compiled
+    /// in (an identity provider behind a private CA).
+    #[arg(long, env = "CPIS_LOOKUP_JWKS_CA", requires = "jwks_url")]
+    pub jwks_ca: Option<PathBuf>,
+
     /// How often --jwks-url is fetched again.
     #[arg(long, env = "CPIS_LOOKUP_JWKS_REFRESH", default_value = "5m", value_parser = cpis_core::config::duration_within("10s", "1d"))]
     pub jwks_refresh: Duration,
@@ -121,6 +126,7 @@ impl Config {
             registry_timeout: Duration::from_secs(2),
             jwks_file: None,
             jwks_url: None,
+            jwks_ca: None,
             jwks_refresh: Duration::from_secs(300),
             jwks_min_refetch: Duration::from_secs(10),
             token_max_lifetime: Duration::from_secs(3600),
@@ -233,6 +239,7 @@ impl Config {
             injected: self.verifier.as_ref(),
             jwks_file: self.jwks_file.as_deref(),
             jwks_url: self.jwks_url.as_deref(),
+            jwks_ca: self.jwks_ca.as_deref(),
             refresh: RefreshPolicy {
                 interval: self.jwks_refresh,
                 min_refetch: self.jwks_min_refetch,

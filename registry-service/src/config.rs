@@ -53,6 +53,11 @@ pub struct Config {
     #[arg(long, env = "CPIS_JWKS_URL")]
     pub jwks_url: Option<String>,
 
+    /// PEM file of a CA that --jwks-url's server may chain to, beside the Mozilla roots compiled
+    /// in (an identity provider behind a private CA).
+    #[arg(long, env = "CPIS_JWKS_CA", requires = "jwks_url")]
+    pub jwks_ca: Option<PathBuf>,
+
     /// How often --jwks-url is fetched again.
     #[arg(long, env = "CPIS_JWKS_REFRESH", default_value = "5m", value_parser = cpis_core::config::duration_within("10s", "1d"))]
     pub jwks_refresh: Duration,
@@ -223,6 +228,7 @@ impl Config {
             migrate_on_start: true,
             jwks_file: None,
             jwks_url: None,
+            jwks_ca: None,
             jwks_refresh: Duration::from_secs(300),
             jwks_min_refetch: Duration::from_secs(10),
             token_max_lifetime: Duration::from_secs(24 * 3600),
@@ -289,6 +295,7 @@ impl Config {
             injected: self.verifier.as_ref(),
             jwks_file: self.jwks_file.as_deref(),
             jwks_url: self.jwks_url.as_deref(),
+            jwks_ca: self.jwks_ca.as_deref(),
             refresh: RefreshPolicy {
                 interval: self.jwks_refresh,
                 min_refetch: self.jwks_min_refetch,
@@ -361,6 +368,57 @@ mod tests {
         assert_eq!(config.jwks_min_refetch, Duration::from_secs(30));
         assert_eq!(config.token_max_lifetime, Duration::from_secs(7200));
         assert!(!config.token_require_iat);
+    }
+
+    #[test]
+    fn council_certificates_revocation_and_bounds_are_configurable() {
+        let config = Config::try_parse_from([
+            "registry",
+            "--council-client-ca",
+            "councils.pem",
+            "--council-client-crl",
+            "a.crl,b.crl",
+            "--council-identity",
+            "{ods}.councils.example",
+            "--internal-client-ca",
+            "ca.pem",
+            "--internal-client-crl",
+            "internal.crl",
+            "--internal-max-connection-age",
+            "30m",
+            "--max-pending-handshakes-per-source",
+            "500",
+            "--jwks-url",
+            "https://idp.example/jwks",
+            "--jwks-ca",
+            "idp-ca.pem",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.council_client_ca,
+            Some(PathBuf::from("councils.pem"))
+        );
+        assert_eq!(config.council_client_crl.len(), 2);
+        assert_eq!(config.council_identity, "{ods}.councils.example");
+        assert_eq!(config.internal_client_crl, [PathBuf::from("internal.crl")]);
+        assert_eq!(
+            config.internal_max_connection_age,
+            Duration::from_secs(1800)
+        );
+        assert_eq!(config.server.max_pending_handshakes_per_source, 500);
+        assert_eq!(config.server.max_pending_handshakes, 1024);
+        assert_eq!(config.jwks_ca, Some(PathBuf::from("idp-ca.pem")));
+        // Refused in words: an identity without {ods}, a CRL without its CA, a zero refresh
+        // (a tight loop), a timeout that would overflow a clock.
+        for refused in [
+            &["registry", "--council-identity", "spiffe://cpis/council"][..],
+            &["registry", "--council-client-crl", "a.crl"],
+            &["registry", "--jwks-refresh", "0s"],
+            &["registry", "--handshake-timeout", "1000000000d"],
+            &["registry", "--max-pending-handshakes", "0"],
+        ] {
+            assert!(Config::try_parse_from(refused).is_err(), "{refused:?}");
+        }
     }
 
     #[test]

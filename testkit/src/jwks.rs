@@ -1,6 +1,6 @@
-//! A JWKS endpoint for tests of key rotation: a real HTTP/1.1 server (hyper) on 127.0.0.1:0
-//! serving whichever public keys the test puts there, counting how often it is fetched, and
-//! able to fail on demand.
+//! A JWKS endpoint for tests of key rotation: a real HTTP/1.1 server (hyper) on 127.0.0.1:0,
+//! plain or over TLS with a test PKI's server certificate, serving whichever public keys the test
+//! puts there, counting how often it is fetched, and able to fail on demand.
 
 use std::sync::{Arc, Mutex};
 
@@ -18,13 +18,35 @@ struct Served {
 /// The endpoint; stops when dropped.
 pub struct JwksServer {
     addr: std::net::SocketAddr,
+    tls: bool,
     served: Arc<Mutex<Served>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl JwksServer {
-    /// Starts serving the public keys of `signers`.
+    /// Starts serving the public keys of `signers` over plain HTTP (on loopback).
     pub async fn start(signers: &[&DevSigner]) -> Self {
+        Self::start_with(signers, None).await
+    }
+
+    /// Starts serving the public keys of `signers` over https, presenting `pki`'s server
+    /// certificate (so a service must be told to trust `pki`'s CA).
+    pub async fn start_tls(signers: &[&DevSigner], pki: &crate::pki::TestPki) -> Self {
+        use rustls::pki_types::{PrivateKeyDer, pem::PemObject as _};
+        // Not the services' acceptor: that one speaks only h2, and JWKS is fetched over HTTP/1.1.
+        let chain = cpis_core::tls::load_certificates(&pki.server.cert).expect("chain");
+        let key = PrivateKeyDer::from_pem_slice(pki.server.key_pem.as_bytes()).expect("key");
+        let config = rustls::ServerConfig::builder_with_provider(cpis_core::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("JWKS server certificate");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Self::start_with(signers, Some(acceptor)).await
+    }
+
+    async fn start_with(signers: &[&DevSigner], tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
         let served = Arc::new(Mutex::new(Served {
@@ -33,9 +55,11 @@ impl JwksServer {
             fetches: 0,
         }));
         let shared = served.clone();
+        let secure = tls.is_some();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let served = shared.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let answer = service_fn(move |_request| {
                         let mut served = served.lock().expect("lock");
@@ -45,18 +69,40 @@ impl JwksServer {
                         *response.status_mut() = served.status;
                         std::future::ready(Ok::<_, std::convert::Infallible>(response))
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), answer)
-                        .await;
+                    let http1 = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = http1
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), answer)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = http1
+                                    .serve_connection(hyper_util::rt::TokioIo::new(stream), answer)
+                                    .await;
+                            }
+                        }
+                    }
                 });
             }
         });
-        Self { addr, served, task }
+        Self {
+            addr,
+            tls: secure,
+            served,
+            task,
+        }
     }
 
-    /// The URL to give a service's `--jwks-url`.
+    /// The URL to give a service's `--jwks-url` (https with `start_tls`, at `localhost`, a name
+    /// the test PKI's server certificate carries).
     pub fn url(&self) -> String {
-        format!("http://{}/jwks.json", self.addr)
+        if self.tls {
+            format!("https://localhost:{}/jwks.json", self.addr.port())
+        } else {
+            format!("http://{}/jwks.json", self.addr)
+        }
     }
 
     /// From now on, serves the public keys of `signers`.

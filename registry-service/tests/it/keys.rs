@@ -354,3 +354,52 @@ async fn lifetimes(backend: Backend) {
         "an hour's token over a ten-minute maximum",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_over_https_from_an_idp_with_a_private_ca() {
+    let idp_pki = cpis_testkit::pki::TestPki::new("idp");
+    let a = signer();
+    let idp = JwksServer::start_tls(&[&a], &idp_pki).await;
+    assert!(idp.url().starts_with("https://"));
+
+    // Not trusting the IdP's CA: the fetch fails verification, and the registry does not start.
+    let db = TestDb::create(Backend::Sqlite).expect("sqlite");
+    let pki = cpis_testkit::pki::TestPki::new("keys");
+    let mut config = cpis_testkit::stack::registry_config(&db, &signer(), &pki);
+    config.verifier = None;
+    config.jwks_url = Some(idp.url());
+    let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+    let listeners = registry_service::Listeners {
+        public: bind().await.expect("bind"),
+        internal: bind().await.expect("bind"),
+    };
+    let error = tokio::time::timeout(
+        Duration::from_secs(20),
+        registry_service::serve(config, listeners, std::future::pending()),
+    )
+    .await
+    .expect("serve ends at once")
+    .expect_err("an untrusted IdP gives no keys");
+    assert!(
+        error.to_string().contains("no token keys could be loaded"),
+        "{error}"
+    );
+
+    // Told to trust it (--jwks-ca): its keys are served over https.
+    let ca = idp_pki.ca_path().to_owned();
+    let url = idp.url();
+    let reg = stack(Backend::Sqlite)
+        .registry(move |config| {
+            config.verifier = None;
+            config.jwks_url = Some(url);
+            config.jwks_ca = Some(ca);
+        })
+        .start()
+        .await
+        .expect("sqlite");
+    let client = reg.council().await;
+    call(&client, &token(&a))
+        .await
+        .expect("a key fetched over https");
+    assert!(idp.fetches() >= 1);
+}

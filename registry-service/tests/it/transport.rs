@@ -283,6 +283,21 @@ async fn a_rotated_certificate_is_presented_without_a_restart() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(answers(&trusting(&second)).await);
+
+    // So does an expired one, however well formed.
+    let third = TestPki::new("third");
+    let expired = third.issue("expired-server", Usage::Server, None, |params| {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    });
+    std::fs::write(&key, &expired.key_pem).unwrap();
+    std::fs::write(&cert, &expired.cert_pem).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !captured.contains("the new certificate has expired") {
+        assert!(tokio::time::Instant::now() < deadline, "no error logged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answers(&trusting(&second)).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
