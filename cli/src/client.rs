@@ -121,6 +121,13 @@ pub struct CouncilArgs {
     /// PEM file of the CA that signed the registry's certificate (https:// URLs).
     #[arg(long, env = "CPIS_CA_CERT", global = true)]
     pub ca_cert: Option<PathBuf>,
+    /// PEM file of the council's client certificate, for a registry that asks councils for one
+    /// as well as a token (`--council-client-ca` there). With --client-key.
+    #[arg(long, env = "CPIS_CLIENT_CERT", global = true, requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM file of --client-cert's private key.
+    #[arg(long, env = "CPIS_CLIENT_KEY", global = true, requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
     /// The council's bearer token (from the council's identity provider, or `cpis token council`).
     #[arg(
         long,
@@ -136,12 +143,21 @@ impl CouncilArgs {
     pub async fn client(
         &self,
     ) -> Result<CouncilServiceClient<InterceptedService<Channel, Bearer>>, CliError> {
-        council(
-            &self.registry_url,
-            self.ca_cert.as_deref(),
-            self.token.as_ref(),
-        )
-        .await
+        let client = match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => Some(ClientCert { cert, key }),
+            _ => None,
+        };
+        if client.is_some() && !self.registry_url.starts_with("https://") {
+            return Err(CliError::Other(format!(
+                "--client-cert needs an https:// registry URL, not {}",
+                self.registry_url
+            )));
+        }
+        let channel = connect_with(&self.registry_url, self.ca_cert.as_deref(), client).await?;
+        Ok(CouncilServiceClient::with_interceptor(
+            channel,
+            bearer(self.token.as_ref())?,
+        ))
     }
 }
 

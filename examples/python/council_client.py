@@ -9,7 +9,10 @@ Two things a council's case system does:
 
 The registry address comes from --registry or CPIS_REGISTRY_URL (default 127.0.0.1:50051);
 the council's bearer token from --token, COUNCIL_TOKEN or CPIS_COUNCIL_TOKEN (`cpis dev` prints
-one). Exit codes: 0 done, 1 error (the gRPC code, reason and field are printed), 3 rows rejected.
+one). An https:// address is reached over TLS trusting --ca-cert (CPIS_CA_CERT); a registry that
+asks councils for a client certificate gets --client-cert and --client-key (CPIS_CLIENT_CERT,
+CPIS_CLIENT_KEY). Exit codes: 0 done, 1 error (the gRPC code, reason and field are printed),
+3 rows rejected.
 """
 
 import argparse
@@ -181,6 +184,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--registry", default=os.environ.get("CPIS_REGISTRY_URL", "127.0.0.1:50051"))
     parser.add_argument("--token", default=os.environ.get("COUNCIL_TOKEN") or os.environ.get("CPIS_COUNCIL_TOKEN"))
+    parser.add_argument("--ca-cert", default=os.environ.get("CPIS_CA_CERT"), type=pathlib.Path)
+    parser.add_argument("--client-cert", default=os.environ.get("CPIS_CLIENT_CERT"), type=pathlib.Path)
+    parser.add_argument("--client-key", default=os.environ.get("CPIS_CLIENT_KEY"), type=pathlib.Path)
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("upload", help="upload a CSV extract as one batch")
     up.add_argument("file", type=pathlib.Path)
@@ -190,9 +196,13 @@ def main() -> int:
     wa.add_argument("--after", type=int)
     opts = parser.parse_args()
 
-    target = opts.registry.removeprefix("http://")
     metadata = [("authorization", f"Bearer {opts.token}")] if opts.token else []
-    with grpc.insecure_channel(target) as channel:
+    try:
+        channel = open_channel(opts)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    with channel:
         stub = council_pb2_grpc.CouncilServiceStub(channel)
         try:
             if opts.command == "upload":
@@ -201,6 +211,22 @@ def main() -> int:
         except grpc.RpcError as err:
             print(f"error: {describe(err)}", file=sys.stderr)
             return 1
+
+
+def open_channel(opts: argparse.Namespace) -> grpc.Channel:
+    """A channel to the registry: plaintext for http:// or a bare HOST:PORT, TLS for https://."""
+    if not opts.registry.startswith("https://"):
+        return grpc.insecure_channel(opts.registry.removeprefix("http://"))
+    if opts.ca_cert is None:
+        raise ValueError(f"{opts.registry} is https: give the CA with --ca-cert or CPIS_CA_CERT")
+    if (opts.client_cert is None) != (opts.client_key is None):
+        raise ValueError("--client-cert and --client-key go together")
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=opts.ca_cert.read_bytes(),
+        private_key=opts.client_key.read_bytes() if opts.client_key else None,
+        certificate_chain=opts.client_cert.read_bytes() if opts.client_cert else None,
+    )
+    return grpc.secure_channel(opts.registry.removeprefix("https://"), credentials)
 
 
 if __name__ == "__main__":

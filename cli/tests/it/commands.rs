@@ -419,3 +419,65 @@ fn token_jwks_lets_services_run_by_hand() {
     assert_eq!(code, 0, "{stderr}");
     drop(stack);
 }
+
+/// A registry that asks councils for client certificates: `cpis` presents one with
+/// `--client-cert`/`--client-key`, and without it says which reason the registry gave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn council_commands_present_a_client_certificate() {
+    use cpis_testkit::db::Backend;
+    let reg = cpis_testkit::Stack::builder(Backend::Sqlite)
+        .registry(|c| {
+            c.server.tls.tls_cert = c.internal_tls_cert.clone();
+            c.server.tls.tls_key = c.internal_tls_key.clone();
+            c.council_client_ca = c.internal_client_ca.clone();
+        })
+        .start()
+        .await
+        .expect("sqlite");
+    let url = format!("https://localhost:{}", reg.registry.addr.port());
+    let ca = reg.pki.ca_path().display().to_string();
+    let cert = reg.pki.client("council-ab1", "spiffe://cpis/council/AB1");
+    let token = reg.council_token("AB1", "read write");
+    let run = |with_cert: bool| {
+        let mut args = vec![
+            "contacts".to_owned(),
+            "set".to_owned(),
+            "--registry-url".to_owned(),
+            url.clone(),
+            "--ca-cert".to_owned(),
+            ca.clone(),
+            "--name".to_owned(),
+            "Council AB1".to_owned(),
+            "--emergency-duty-phone".to_owned(),
+            "020 7946 0500".to_owned(),
+            "--office-hours-phone".to_owned(),
+            "020 7946 0501".to_owned(),
+        ];
+        if with_cert {
+            args.extend([
+                "--client-cert".to_owned(),
+                cert.cert.display().to_string(),
+                "--client-key".to_owned(),
+                cert.key.display().to_string(),
+            ]);
+        }
+        let token = token.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            crate::harness::spawn_in(
+                std::path::Path::new("."),
+                &args,
+                &[("CPIS_COUNCIL_TOKEN", token.as_str())],
+            )
+            .finish()
+        })
+    };
+    let refused = run(false).await.expect("cpis");
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(
+        refused.stderr.contains("CLIENT_CERTIFICATE_MISSING"),
+        "{refused:?}"
+    );
+    let admitted = run(true).await.expect("cpis");
+    assert_eq!(admitted.code, 0, "{admitted:?}");
+}

@@ -208,6 +208,23 @@ fn tls_serves_the_public_ports_and_the_dev_certificates_are_kept() {
     // cpis over TLS (CPIS_CA_CERT): a lookup through both TLS ports and the mTLS link.
     assert_eq!(councils(&stack.ed_lookup(&nhs(0))), ["DEV01"]);
     assert_eq!(stack.council(&["contacts"]).code, 0);
+    // The Python example over TLS too (CPIS_CA_CERT).
+    if let Some(python) = cpis_testkit::tools::python() {
+        let repo = cpis_testkit::tools::repo_root();
+        let output = std::process::Command::new(python)
+            .arg(repo.join("examples/python/council_client.py"))
+            .args(["watch", "--count", "1", "--after", "0"])
+            .current_dir(&repo)
+            .env("CPIS_REGISTRY_URL", &stack.registry_url)
+            .env("CPIS_CA_CERT", &ca)
+            .env("COUNCIL_TOKEN", &stack.council_token)
+            .output()
+            .expect("run python");
+        let out = String::from_utf8_lossy(&output.stdout);
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{out}{err}");
+        assert!(out.starts_with("#1 ACCESS"), "{out}{err}");
+    }
     let guide = stack.guide();
     for expected in [
         format!("export CPIS_CA_CERT={ca}"),
