@@ -15,10 +15,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::{Stream, StreamExt as _};
+use futures::Stream;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -48,60 +50,54 @@ pub(crate) type Handshaken = (Box<TlsStream<TcpStream>>, Instant);
 
 /// Handshakes `incoming`'s connections with `acceptor` under `limits`, each within `timeout`
 /// of its accept; yields the connections whose handshake succeeded, in the order they finish.
-/// Accept errors pass through. The accept loop ends (and the listener closes) when the returned
-/// stream is dropped.
+/// Accept errors pass through. Accepting happens as the server polls the stream, and the
+/// listener lives in it: dropping the stream (the server stopping) closes the listener at once,
+/// so the port can be bound again, and aborts the handshakes in progress.
 pub(crate) fn handshakes<I>(
     incoming: I,
     acceptor: TlsAcceptor,
     timeout: Duration,
     limits: HandshakeLimits,
-) -> impl Stream<Item = io::Result<Handshaken>>
+) -> Handshakes<I>
 where
-    I: Stream<Item = io::Result<TcpStream>> + Send + 'static,
+    I: Stream<Item = io::Result<TcpStream>>,
 {
     // The server takes each finished handshake at once; a small buffer is plenty.
-    let (tx, mut rx) = mpsc::channel(64);
-    tokio::spawn(accept_loop(incoming, acceptor, timeout, limits, tx));
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    let (tx, rx) = mpsc::channel(64);
+    Handshakes {
+        incoming: Box::pin(incoming),
+        incoming_done: false,
+        acceptor,
+        timeout,
+        pending: Arc::new(Mutex::new(Pending::new(limits))),
+        logs: Arc::new(Mutex::new(LogBudget::default())),
+        tx,
+        rx,
+    }
 }
 
-async fn accept_loop<I>(
-    incoming: I,
+/// The stream of finished handshakes (see [`handshakes`]).
+pub(crate) struct Handshakes<I> {
+    incoming: Pin<Box<I>>,
+    incoming_done: bool,
     acceptor: TlsAcceptor,
     timeout: Duration,
-    limits: HandshakeLimits,
-    tx: mpsc::Sender<io::Result<Handshaken>>,
-) where
-    I: Stream<Item = io::Result<TcpStream>> + Send + 'static,
-{
-    let pending = Arc::new(Mutex::new(Pending::new(limits)));
-    let logs = Arc::new(Mutex::new(LogBudget::default()));
-    tokio::pin!(incoming);
-    loop {
-        let accepted = tokio::select! {
-            // The server has stopped taking connections: stop accepting, close the listener.
-            () = tx.closed() => return,
-            next = incoming.next() => match next {
-                Some(accepted) => accepted,
-                None => return,
-            },
-        };
-        let tcp = match accepted {
-            Ok(tcp) => tcp,
-            Err(error) => {
-                if tx.send(Err(error)).await.is_err() {
-                    return;
-                }
-                continue;
-            }
-        };
-        let deadline = Instant::now() + timeout;
+    pending: Arc<Mutex<Pending>>,
+    logs: Arc<Mutex<LogBudget>>,
+    tx: mpsc::Sender<Handshaken>,
+    rx: mpsc::Receiver<Handshaken>,
+}
+
+impl<I> Handshakes<I> {
+    /// Starts handshaking an accepted connection in a task of its own.
+    fn start(&self, tcp: TcpStream) {
+        let deadline = Instant::now() + self.timeout;
         let remote = tcp.peer_addr().ok();
         // No await between admitting and recording the task: an eviction always finds the
         // handle of the task it evicts.
-        let (slot, evicted) = Slot::admit(&pending, remote.map(|a| a.ip()));
+        let (slot, evicted) = Slot::admit(&self.pending, remote.map(|a| a.ip()));
         if evicted > 0 {
-            budget(&logs).allow(|suppressed| {
+            budget(&self.logs).allow(|suppressed| {
                 tracing::warn!(
                     target: "security",
                     evicted,
@@ -112,15 +108,51 @@ async fn accept_loop<I>(
         }
         let id = slot.id;
         let task = tokio::spawn(handshake(
-            acceptor.clone(),
+            self.acceptor.clone(),
             tcp,
             remote,
             deadline,
             slot,
-            logs.clone(),
-            tx.clone(),
+            self.logs.clone(),
+            self.tx.clone(),
         ));
-        lock(&pending).record(id, task.abort_handle());
+        lock(&self.pending).record(id, task.abort_handle());
+    }
+}
+
+impl<I> Stream for Handshakes<I>
+where
+    I: Stream<Item = io::Result<TcpStream>>,
+{
+    type Item = io::Result<Handshaken>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        // Accept everything waiting (never held up by handshakes in progress), then hand over
+        // whatever has finished.
+        while !self.incoming_done {
+            match self.incoming.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(tcp))) => self.start(tcp),
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
+                Poll::Ready(None) => self.incoming_done = true,
+                Poll::Pending => break,
+            }
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(finished)) => Poll::Ready(Some(Ok(finished))),
+            // The stream holds a sender, so the channel never closes while it lives.
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending if self.incoming_done && lock(&self.pending).is_empty() => {
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<I> Drop for Handshakes<I> {
+    fn drop(&mut self) {
+        // The server has stopped: nobody will take these connections.
+        lock(&self.pending).abort_all();
     }
 }
 
@@ -133,7 +165,7 @@ async fn handshake(
     deadline: Instant,
     slot: Slot,
     logs: Arc<Mutex<LogBudget>>,
-    tx: mpsc::Sender<io::Result<Handshaken>>,
+    tx: mpsc::Sender<Handshaken>,
 ) {
     let outcome = tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await;
     // Finished (either way): the slot is free before the server takes the connection.
@@ -141,7 +173,7 @@ async fn handshake(
     match outcome {
         Ok(Ok(stream)) => {
             // A stopped server no longer wants it: dropping it closes the connection.
-            let _ = tx.send(Ok((Box::new(stream), deadline))).await;
+            let _ = tx.send((Box::new(stream), deadline)).await;
         }
         // A probe that connects and closes says nothing worth a line.
         Ok(Err(error)) if error.kind() == io::ErrorKind::UnexpectedEof => {
@@ -255,6 +287,20 @@ impl Pending {
             }
         }
         Some(entry)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.all.is_empty()
+    }
+
+    /// Closes every handshake in progress.
+    fn abort_all(&mut self) {
+        for entry in std::mem::take(&mut self.all).into_values() {
+            if let Some(task) = entry.task {
+                task.abort();
+            }
+        }
+        self.by_source.clear();
     }
 
     #[cfg(test)]
