@@ -90,6 +90,7 @@ pub fn duration_within(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::expect_used, clippy::unwrap_used)] // tests: a failed expectation is a failed test
     use std::time::Duration;
 
     use super::duration_within;

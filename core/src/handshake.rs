@@ -386,6 +386,7 @@ impl LogBudget {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::expect_used, clippy::unwrap_used)] // tests: a failed expectation is a failed test
     use super::*;
 
     fn ip(last: u8) -> Option<IpAddr> {

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accessor;
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod connection;
@@ -15,6 +16,7 @@ pub mod limits;
 pub mod nhs_number;
 pub mod ods;
 pub mod panics;
+pub mod rate;
 pub mod request_id;
 pub mod server;
 pub mod shutdown;

@@ -67,6 +67,22 @@ pub struct ServerOptions {
     #[arg(long, env = "CPIS_IDLE_TIMEOUT", default_value = "5m", value_parser = crate::config::duration_within("1s", "1d"))]
     pub idle_timeout: Duration,
 
+    /// Most calls this server works on at once, across all connections; a call beyond it is
+    /// refused at once with RESOURCE_EXHAUSTED (OVERLOADED) and a retry delay. Health,
+    /// reflection and long-lived streams are not counted.
+    #[arg(long, env = "CPIS_MAX_IN_FLIGHT", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_in_flight: u32,
+
+    /// The longest a call may run when its caller sets no shorter deadline (DEADLINE_EXCEEDED
+    /// after it). Long-lived streams (uploads, notifications) have idle timeouts instead.
+    #[arg(long, env = "CPIS_CALL_TIMEOUT", default_value = "30s", value_parser = crate::config::duration_within("100ms", "1h"))]
+    pub call_timeout: Duration,
+
+    /// The calls (gRPC paths) of this service that are long-lived streams, exempt from
+    /// --max-in-flight and --call-timeout (set by the service, not a flag).
+    #[arg(skip)]
+    pub long_lived_calls: Vec<String>,
+
     /// The longest a connection stays open before it is closed gracefully (set per listener by
     /// the service: the registry's internal port, so a revoked certificate's connection ends).
     #[arg(skip)]
@@ -87,13 +103,30 @@ impl Default for ServerOptions {
             max_pending_handshakes: 1024,
             max_pending_handshakes_per_source: 64,
             max_connection_age: None,
+            max_in_flight: 64,
+            call_timeout: Duration::from_secs(30),
+            long_lived_calls: Vec::new(),
             idle_timeout: Duration::from_secs(300),
             tls: crate::tls::TlsOptions::default(),
         }
     }
 }
 
+/// The retry delay suggested to a caller refused for overload: long enough for the calls in
+/// progress to finish (milliseconds each), short enough that a clinician does not notice.
+pub const OVERLOAD_RETRY_AFTER: Duration = Duration::from_millis(100);
+
 impl ServerOptions {
+    /// The admission bounds (see `crate::admission`).
+    pub fn admission_limits(&self) -> crate::admission::AdmissionLimits {
+        crate::admission::AdmissionLimits {
+            max_in_flight: usize::try_from(self.max_in_flight).unwrap_or(usize::MAX),
+            default_timeout: self.call_timeout,
+            retry_after: OVERLOAD_RETRY_AFTER,
+            long_lived: self.long_lived_calls.clone().into(),
+        }
+    }
+
     /// The bounds on TLS handshakes in progress.
     pub fn handshake_limits(&self) -> crate::handshake::HandshakeLimits {
         let size = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
@@ -278,6 +311,11 @@ where
         // Beneath only what cannot panic, so a panic anywhere lower (auth interceptors,
         // handlers) answers INTERNAL on that call alone and the connection keeps serving.
         .layer(crate::panics::catch_panics())
+        // Above the routes and below the request id: a call refused for overload costs no
+        // authentication or decoding, and its answer still echoes the request id.
+        .layer(crate::admission::AdmissionLayer::new(
+            options.admission_limits(),
+        ))
         .max_concurrent_streams(Some(options.max_concurrent_streams))
         // Large enough for a token up to MAX_TOKEN_BYTES, refused in words by the verifier.
         .http2_max_header_list_size(Some(crate::limits::MAX_HEADER_LIST_BYTES))

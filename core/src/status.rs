@@ -42,6 +42,31 @@ pub fn with_reason(code: Code, reason: ErrorReason, message: impl Into<String>) 
     Status::with_error_details(code, message, details)
 }
 
+/// A status with an `ErrorInfo` carrying `reason` and a `google.rpc.RetryInfo` asking the
+/// caller to wait `delay` before trying again (overload, rate limits, throttling).
+pub fn retry_later(
+    code: Code,
+    reason: ErrorReason,
+    message: impl Into<String>,
+    delay: std::time::Duration,
+) -> Status {
+    let mut details = ErrorDetails::with_error_info(
+        reason.as_info_reason(),
+        cpis_proto::ERROR_DOMAIN,
+        std::collections::HashMap::<String, String>::new(),
+    );
+    details.set_retry_info(Some(delay));
+    Status::with_error_details(code, message, details)
+}
+
+/// The retry delay a status asks for (`google.rpc.RetryInfo`), if any.
+pub fn retry_delay(status: &Status) -> Option<std::time::Duration> {
+    status
+        .get_error_details()
+        .retry_info()
+        .and_then(|info| info.retry_delay)
+}
+
 /// INVALID_ARGUMENT with a `BadRequest` listing every violation; the `ErrorInfo` reason is the
 /// first violation's. The message names the fields so a person reading one line can act on it.
 pub fn invalid_argument(violations: &[FieldViolation]) -> Status {

@@ -10,7 +10,9 @@ use cpis_core::{
     server::ServerOptions,
 };
 
+use crate::auth::LookupLimits;
 use crate::policy::RolePolicy;
+use cpis_core::rate::{Rate, RateLimit};
 
 /// Everything `serve` needs to run the lookup service.
 #[derive(Clone, Debug, clap::Args)]
@@ -51,6 +53,17 @@ pub struct Config {
     /// Longest wait for the registry per lookup (the caller's deadline shortens it).
     #[arg(long, env = "CPIS_REGISTRY_TIMEOUT", default_value = "2s", value_parser = cpis_core::config::duration_within("10ms", "5min"))]
     pub registry_timeout: Duration,
+
+    /// Lookups allowed per user (a person, or a system with its responsible person), per
+    /// replica: COUNT/s, /min or /h, with ",burst=N". Over it: RESOURCE_EXHAUSTED RATE_LIMITED
+    /// with a retry delay. A clinician looks a child up every few minutes at the busiest; an
+    /// EPR's automatic lookups for a trust's arrivals come a few a minute.
+    #[arg(long, env = "CPIS_LOOKUP_RATE_PER_USER", default_value = DEFAULT_RATE_PER_USER)]
+    pub lookup_rate_per_user: Rate,
+
+    /// Lookups allowed per organisation (ODS code), per replica, as --lookup-rate-per-user.
+    #[arg(long, env = "CPIS_LOOKUP_RATE_PER_ORG", default_value = DEFAULT_RATE_PER_ORG)]
+    pub lookup_rate_per_org: Rate,
 
     /// JWKS file with the public keys (ES256/RS256) that sign NHS user and system tokens;
     /// re-read when it changes (checked every 2 s).
@@ -104,7 +117,22 @@ pub struct Config {
     pub verifier: Option<TokenVerifier>,
 }
 
+/// The default --lookup-rate-per-user: a sustained lookup every 200 ms with 30 at once is far
+/// above any person's or EPR integration's real pace, and far below an enumeration's.
+pub const DEFAULT_RATE_PER_USER: &str = "5/s,burst=30";
+
+/// The default --lookup-rate-per-org: a large trust's busiest hour is a few hundred lookups.
+pub const DEFAULT_RATE_PER_ORG: &str = "100/s,burst=300";
+
 impl Config {
+    /// The per-caller lookup limits.
+    pub fn lookup_limits(&self) -> LookupLimits {
+        LookupLimits {
+            per_user: RateLimit::new("lookups", "user", self.lookup_rate_per_user),
+            per_org: RateLimit::new("lookups", "organisation", self.lookup_rate_per_org),
+        }
+    }
+
     /// Parses flags (the first item is the program name); environment variables fill the rest.
     pub fn try_parse_from<I, T>(args: I) -> Result<Self, clap::Error>
     where
@@ -124,6 +152,8 @@ impl Config {
             registry_client_cert: None,
             registry_client_key: None,
             registry_timeout: Duration::from_secs(2),
+            lookup_rate_per_user: DEFAULT_RATE_PER_USER.parse().unwrap_or(Rate::UNLIMITED),
+            lookup_rate_per_org: DEFAULT_RATE_PER_ORG.parse().unwrap_or(Rate::UNLIMITED),
             jwks_file: None,
             jwks_url: None,
             jwks_ca: None,

@@ -3,6 +3,8 @@
 //! registry to disclose and record each access in one call.
 //!
 //! # Layout
+//! - `auth`: the interceptor in front of the handler: verifies the token, makes the typed caller
+//!   (`identity`), applies its rate limits (per user, per organisation).
 //! - `identity`: the caller from a verified CIS2-style token (person with a selected role, or
 //!   a system with a responsible person), validated with the same rules the registry applies
 //!   (`cpis_core::accessor`), so a malformed token is refused here as UNAUTHENTICATED.
@@ -16,6 +18,7 @@
 //!   clinician (`lookup::map_registry_status`).
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod identity;
@@ -24,6 +27,7 @@ pub mod policy;
 mod registry_check;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use cpis_proto::cpis::lookup::v1::lookup_service_server::LookupServiceServer;
 use cpis_proto::service_names;
@@ -43,6 +47,15 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), LookupError> {
+    if config.server.call_timeout <= config.registry_timeout {
+        // The server's own limit would cut a lookup off while the registry may be committing
+        // it, and answer without saying the access may have been recorded.
+        return Err(LookupError::Config(format!(
+            "--call-timeout ({}) must be longer than --registry-timeout ({})",
+            humantime::format_duration(config.server.call_timeout),
+            humantime::format_duration(config.registry_timeout)
+        )));
+    }
     let verifier = config.token_verifier().await?;
     let tls = match config.server.tls.server_cert() {
         Ok(Some(cert)) => Some(
@@ -54,13 +67,18 @@ pub async fn serve(
     };
     let registry = config.registry_channel()?;
     let api = lookup::LookupApi::new(
-        verifier,
         config.policy.clone(),
         registry.clone(),
         config.registry_timeout,
     );
+    let auth = auth::NhsAuth::new(verifier.clone(), Arc::new(config.lookup_limits()));
     let mut routes = tonic::service::RoutesBuilder::default();
-    routes.add_service(LookupServiceServer::new(api));
+    // FreshKeys: a token naming a key not yet known refreshes the keys before the (synchronous)
+    // interceptor checks it.
+    routes.add_service(cpis_core::auth::FreshKeys::new(
+        verifier,
+        LookupServiceServer::with_interceptor(api, auth),
+    ));
     // NOT_SERVING until the registry accepts this service (see `registry_check`).
     let ready = async move { Ok::<_, LookupError>(Some(registry_check::accepted(registry).await)) };
     cpis_core::server::serve_grpc(

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use cpis_core::{auth::TokenVerifier, nhs_number::NhsNumber, status::FieldViolation, text::LogOds};
+use cpis_core::{nhs_number::NhsNumber, status::FieldViolation, text::LogOds};
 use cpis_proto::cpis::common::v1::{AccessMode, CareSetting, ErrorReason};
 use cpis_proto::cpis::lookup::v1::{
     LookupChildRequest, LookupChildResponse, lookup_service_server::LookupService,
@@ -18,14 +18,13 @@ use tonic::{
     transport::Channel,
 };
 
+use crate::auth::Authenticated;
 use crate::error::LookupError;
-use crate::identity::{ClaimsError, NhsClaims};
 use crate::policy::RolePolicy;
 
-/// Handler for `cpis.lookup.v1.LookupService`.
+/// Handler for `cpis.lookup.v1.LookupService`, behind `auth::NhsAuth`.
 #[derive(Clone)]
 pub struct LookupApi {
-    verifier: TokenVerifier,
     policy: RolePolicy,
     registry: DisclosureServiceClient<Channel>,
     registry_timeout: Duration,
@@ -42,14 +41,8 @@ impl std::fmt::Debug for LookupApi {
 impl LookupApi {
     /// Creates the handler around a (lazily connecting) channel to the registry's internal port,
     /// on which this service presents its client certificate.
-    pub fn new(
-        verifier: TokenVerifier,
-        policy: RolePolicy,
-        registry: Channel,
-        registry_timeout: Duration,
-    ) -> Self {
+    pub fn new(policy: RolePolicy, registry: Channel, registry_timeout: Duration) -> Self {
         Self {
-            verifier,
             policy,
             registry: DisclosureServiceClient::new(registry),
             registry_timeout,
@@ -84,16 +77,15 @@ impl LookupService for LookupApi {
         request: Request<LookupChildRequest>,
     ) -> Result<Response<LookupChildResponse>, Status> {
         let started = std::time::Instant::now();
-        let claims: NhsClaims = self
-            .verifier
-            .verify_metadata_fresh(request.metadata())
-            .await
-            .map_err(LookupError::from)?;
-        // A malformed identity is refused first; an unserved care setting is the policy's call.
-        let caller = match claims.into_caller() {
-            Err(ClaimsError::Invalid(error)) => return Err(LookupError::from(error).into()),
-            Ok(caller) => Ok(caller),
-            Err(ClaimsError::UnknownCareSetting { org }) => Err(org),
+        // Authenticated (and rate limited) by `auth::NhsAuth`; an unserved care setting is the
+        // policy's call, below.
+        let caller = match request.extensions().get::<Authenticated>() {
+            Some(Authenticated::Caller(caller)) => Ok((**caller).clone()),
+            Some(Authenticated::UnservedSetting { org }) => Err(org.clone()),
+            None => {
+                tracing::error!("a lookup reached the handler without its caller (wiring defect)");
+                return Err(LookupError::Internal.into());
+            }
         };
         let request_id = request_id(request.metadata())?;
         // The id this call logs under (the caller's, or generated): the registry logs the

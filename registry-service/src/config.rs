@@ -3,6 +3,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
+use cpis_core::rate::Rate;
 use cpis_core::{
     auth::{TokenRules, TokenVerifier},
     config::TokenSettings,
@@ -148,6 +149,17 @@ pub struct Config {
     #[arg(long, env = "CPIS_OPERATOR_IDENTITIES", value_delimiter = ',')]
     pub operator_identities: Vec<String>,
 
+    /// Single writes (records, deletions, contact details) allowed per council, per replica:
+    /// COUNT/s, /min or /h, with ",burst=N". Over it: RESOURCE_EXHAUSTED RATE_LIMITED with a
+    /// retry delay. A case system writes as cases change; bulk loads go through uploads.
+    #[arg(long, env = "CPIS_COUNCIL_WRITE_RATE", default_value = DEFAULT_WRITE_RATE)]
+    pub council_write_rate: Rate,
+
+    /// Bulk uploads (whole batches) allowed per council, per replica, as --council-write-rate.
+    /// A council sends an extract a day, and resends after a failure.
+    #[arg(long, env = "CPIS_COUNCIL_UPLOAD_RATE", default_value = DEFAULT_UPLOAD_RATE)]
+    pub council_upload_rate: Rate,
+
     /// Records per database transaction in bulk uploads.
     #[arg(long, env = "CPIS_UPLOAD_CHUNK", default_value_t = 2000)]
     pub upload_chunk: usize,
@@ -191,6 +203,12 @@ pub struct Config {
     #[arg(skip)]
     pub clock: Clock,
 }
+
+/// The default --council-write-rate.
+pub const DEFAULT_WRITE_RATE: &str = "100/s,burst=500";
+
+/// The default --council-upload-rate.
+pub const DEFAULT_UPLOAD_RATE: &str = "10/min,burst=5";
 
 /// The council certificate identity by default: a SPIFFE-style URI, like the services' own.
 pub const COUNCIL_IDENTITY: &str = "spiffe://cpis/council/{ods}";
@@ -236,6 +254,12 @@ impl Config {
             jwt_issuer: "cpis".into(),
             jwt_audience: "cpis-registry".into(),
             upload_chunk: 2000,
+            council_write_rate: DEFAULT_WRITE_RATE
+                .parse()
+                .unwrap_or(cpis_core::rate::Rate::UNLIMITED),
+            council_upload_rate: DEFAULT_UPLOAD_RATE
+                .parse()
+                .unwrap_or(cpis_core::rate::Rate::UNLIMITED),
             upload_idle_timeout: Duration::from_secs(60),
             internal_tls_cert: None,
             internal_tls_key: None,

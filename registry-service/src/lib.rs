@@ -144,6 +144,14 @@ fn open_database(config: &Config) -> Result<db::Database, RegistryError> {
     )
 }
 
+/// The registry's long-lived calls (see `cpis_core::admission`).
+const LONG_LIVED_CALLS: &[&str] = &[
+    "/cpis.registry.v1.CouncilService/UploadBatch",
+    "/cpis.registry.v1.CouncilService/SubscribeNotifications",
+    "/cpis.registry.v1.OperatorService/ImportNhsNumberStatusChanges",
+    "/cpis.registry.v1.OperatorService/LoadDemographics",
+];
+
 /// The TLS acceptors of the two ports (`None`: plaintext). The public port presents
 /// `--tls-cert` and, with `--council-client-ca`, asks councils for client certificates (the
 /// council interceptor then requires one naming the token's council); the internal port presents
@@ -254,8 +262,15 @@ pub async fn serve(
         .council_client_ca
         .is_some()
         .then(|| api::CouncilCertificates::new(&config.council_identity));
-    let public_routes =
-        api::public_routes(registry.clone(), verifier.clone(), council_certificates);
+    let public_routes = api::public_routes(
+        registry.clone(),
+        verifier.clone(),
+        council_certificates,
+        Arc::new(api::CouncilLimits::new(
+            config.council_write_rate,
+            config.council_upload_rate,
+        )),
+    );
     let internal_routes = api::internal_routes(
         registry,
         verifier,
@@ -311,10 +326,16 @@ pub async fn serve(
             let _ = rx.wait_for(|stopped| *stopped).await;
         }
     };
+    // Long-lived streams have bounds of their own (idle timeouts, subscriber caps, one upload
+    // per batch id): not counted against --max-in-flight nor cut at --call-timeout.
+    let public_options = cpis_core::server::ServerOptions {
+        long_lived_calls: LONG_LIVED_CALLS.iter().map(|p| (*p).to_owned()).collect(),
+        ..config.server.clone()
+    };
     // Inside, connections end at a maximum age, so a revoked certificate's does too.
     let internal_options = cpis_core::server::ServerOptions {
         max_connection_age: Some(config.internal_max_connection_age),
-        ..config.server.clone()
+        ..public_options.clone()
     };
     let Listeners {
         public: public_listener,
@@ -326,7 +347,7 @@ pub async fn serve(
             PUBLIC_SERVICES,
             public_listener,
             public_tls,
-            &config.server,
+            &public_options,
             ready,
             stopped(&stop),
         )
@@ -364,6 +385,33 @@ pub async fn serve(
             let _ = draining.send(true);
             stop.send_replace(true);
             ports.await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used)] // tests: a failed expectation is a failed test
+
+    /// Each long-lived path names a real method, or its exemption would silently not apply.
+    #[test]
+    fn long_lived_calls_name_real_methods() {
+        use prost::Message as _;
+        let set = prost_types::FileDescriptorSet::decode(cpis_proto::FILE_DESCRIPTOR_SET)
+            .expect("descriptor set");
+        let methods: Vec<String> = set
+            .file
+            .iter()
+            .flat_map(|file| {
+                file.service.iter().flat_map(move |service| {
+                    service.method.iter().map(move |method| {
+                        format!("/{}.{}/{}", file.package(), service.name(), method.name())
+                    })
+                })
+            })
+            .collect();
+        for path in super::LONG_LIVED_CALLS {
+            assert!(methods.iter().any(|m| m == path), "{path} is no method");
         }
     }
 }

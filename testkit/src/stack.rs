@@ -74,6 +74,10 @@ pub fn registry_config(db: &TestDb, signer: &DevSigner, pki: &TestPki) -> regist
     let mut config =
         registry_service::Config::with(url, signer.verifier().expect("council verifier"));
     secure_registry(&mut config, pki);
+    // Tests and the benchmark write and upload as fast as they can: no per-council rate limit
+    // unless a test sets one.
+    config.council_write_rate = cpis_core::rate::Rate::UNLIMITED;
+    config.council_upload_rate = cpis_core::rate::Rate::UNLIMITED;
     config
 }
 
@@ -309,6 +313,10 @@ impl Stack {
         config.registry_ca = Some(self.pki.ca_path().to_owned());
         config.registry_client_cert = Some(self.pki.lookup.cert.clone());
         config.registry_client_key = Some(self.pki.lookup.key.clone());
+        // Tests and the benchmark drive thousands of lookups as one user: no per-caller rate
+        // limit unless a test sets one.
+        config.lookup_rate_per_user = cpis_core::rate::Rate::UNLIMITED;
+        config.lookup_rate_per_org = cpis_core::rate::Rate::UNLIMITED;
         adjust(&mut config);
         let tls = config
             .server

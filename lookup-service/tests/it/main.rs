@@ -7,6 +7,7 @@ mod edges;
 mod faults;
 mod harness;
 mod keys;
+mod protective_edge;
 mod roles;
 mod seam;
 mod surface;

@@ -12,6 +12,7 @@ use cpis_core::{
     auth::{AuthError, TokenVerifier},
     connection::ConnectionInfo,
     ods::OdsCode,
+    rate::{Rate, RateLimit},
     status::with_reason,
     text::{LogOds, LogSafe},
 };
@@ -63,6 +64,26 @@ pub(crate) struct CouncilCaller {
     subject: String,
     read: bool,
     write: bool,
+    limits: Arc<CouncilLimits>,
+}
+
+/// Writes allowed per council (per replica; see `cpis_core::rate`).
+#[derive(Debug)]
+pub(crate) struct CouncilLimits {
+    /// Single writes: records, deletions, contact details.
+    pub writes: RateLimit,
+    /// Bulk uploads (each a whole batch).
+    pub uploads: RateLimit,
+}
+
+impl CouncilLimits {
+    /// Limits of `writes` and `uploads` per council.
+    pub fn new(writes: Rate, uploads: Rate) -> Self {
+        Self {
+            writes: RateLimit::new("writes", "council", writes),
+            uploads: RateLimit::new("uploads", "council", uploads),
+        }
+    }
 }
 
 /// Verifies council tokens (`CouncilService`) and, where the deployment asks for them, council
@@ -73,6 +94,8 @@ pub(crate) struct CouncilInterceptor {
     pub verifier: TokenVerifier,
     /// With `--council-client-ca`: the certificate each call must also come with.
     pub certificates: Option<CouncilCertificates>,
+    /// Writes and uploads allowed per council.
+    pub limits: Arc<CouncilLimits>,
 }
 
 impl Interceptor for CouncilInterceptor {
@@ -94,6 +117,7 @@ impl Interceptor for CouncilInterceptor {
             read: claims.has_scope(Scope::Read.as_str()),
             write: claims.has_scope(Scope::Write.as_str()),
             subject: claims.sub,
+            limits: self.limits.clone(),
         };
         request.extensions_mut().insert(caller);
         Ok(request)
@@ -251,6 +275,17 @@ pub(crate) fn authorize(
     };
     if !allowed {
         return Err(RegistryError::ScopeMissing(scope.as_str()));
+    }
+    if scope == Scope::Write {
+        // Counted once the call is known to be allowed: a refused call spends nothing.
+        let limit = if rpc == "UploadBatch" {
+            &caller.limits.uploads
+        } else {
+            &caller.limits.writes
+        };
+        limit
+            .check(caller.ods_code.as_str())
+            .map_err(|status| RegistryError::Stream(Box::new(status)))?;
     }
     Ok(caller.ods_code.clone())
 }

@@ -13,7 +13,7 @@ pub(crate) mod operator;
 mod paging;
 mod upload;
 
-pub(crate) use auth::CouncilCertificates;
+pub(crate) use auth::{CouncilCertificates, CouncilLimits};
 pub(crate) use upload::UploadOptions;
 
 use std::sync::Arc;
@@ -90,6 +90,7 @@ pub(crate) fn public_routes(
     registry: Arc<Registry>,
     verifier: TokenVerifier,
     council_certificates: Option<CouncilCertificates>,
+    council_limits: Arc<CouncilLimits>,
 ) -> Routes {
     let mut routes = tonic::service::RoutesBuilder::default();
     // FreshKeys: a token naming a key not yet known refreshes the keys before the (synchronous)
@@ -101,6 +102,7 @@ pub(crate) fn public_routes(
             auth::CouncilInterceptor {
                 verifier,
                 certificates: council_certificates,
+                limits: council_limits,
             },
         ),
     ));

@@ -17,6 +17,7 @@ mod logs;
 mod nhs_oracle;
 mod notifications;
 mod paging;
+mod protective_edge;
 mod races;
 mod records;
 mod restart;
