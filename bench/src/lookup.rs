@@ -32,14 +32,14 @@ fn bearer(token: &str) -> anyhow::Result<MetadataValue<tonic::metadata::Ascii>> 
 }
 
 /// Latency percentiles and rate of `calls` operations run by `concurrency` workers.
-struct Measured {
-    rate: f64,
-    p50: Duration,
-    p99: Duration,
-    errors: usize,
+pub(crate) struct Measured {
+    pub rate: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub errors: usize,
 }
 
-async fn drive<F, Fut>(calls: usize, concurrency: usize, op: F) -> Measured
+pub(crate) async fn drive<F, Fut>(calls: usize, concurrency: usize, op: F) -> Measured
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,
@@ -87,21 +87,10 @@ where
     }
 }
 
-/// Runs the scenario on one engine and prints the figures.
-pub async fn run(
-    backend: Backend,
-    calls: usize,
-    concurrency: usize,
-    idle_subscribers: usize,
-) -> anyhow::Result<()> {
-    let stack = Stack::builder(backend)
-        .with_lookup()
-        .start()
-        .await
-        .context("database unavailable")?;
-
-    // CHILDREN records on CPP plans, spread over COUNCILS councils (each council's notification
-    // sequence is a serialisation point, as in real life where 152 councils share the load).
+/// Puts CHILDREN records on CPP plans, spread over COUNCILS councils (each council's
+/// notification sequence is a serialisation point, as in real life where 152 councils share the
+/// load); returns their NHS numbers.
+pub(crate) async fn seed_children(stack: &Stack) -> anyhow::Result<Vec<String>> {
     let numbers: Vec<String> = nhs_numbers().take(CHILDREN).collect();
     let mut client = stack.council().await;
     for c in 0..COUNCILS {
@@ -126,6 +115,33 @@ pub async fn run(
             .upload_batch(stack.as_council(&ods, tokio_stream::iter(messages)))
             .await?;
     }
+
+    Ok(numbers)
+}
+
+/// The bearer metadata of an emergency-department clinician.
+pub(crate) fn ed_clinician(stack: &Stack) -> anyhow::Result<MetadataValue<tonic::metadata::Ascii>> {
+    bearer(&stack.nhs_token(&serde_json::json!({
+        "sub": "555021935107", "uid": "555021935107", "name": "Dr Bench", "selected_roleid": "r1",
+        "nhsid_nrbac_roles": [{"person_roleid": "r1", "org_code": "RBEN1", "role_code": "R8000", "role_name": "Clinician", "activity_codes": ["B0107"]}],
+        "org_name": "Bench Hospital", "care_setting": "EMERGENCY_DEPARTMENT"
+    })))
+}
+
+/// Runs the scenario on one engine and prints the figures.
+pub async fn run(
+    backend: Backend,
+    calls: usize,
+    concurrency: usize,
+    idle_subscribers: usize,
+) -> anyhow::Result<()> {
+    let stack = Stack::builder(backend)
+        .with_lookup()
+        .start()
+        .await
+        .context("database unavailable")?;
+
+    let numbers = seed_children(&stack).await?;
 
     // Transport floor: the same lookup server's health check, same concurrency and count.
     let channel: Channel = stack.lookup_server().channel().await;
@@ -155,14 +171,7 @@ pub async fn run(
     .await;
 
     // The real thing: unscheduled lookups by an ED clinician, spread over the children.
-    let ed = stack.nhs_token(
-        &serde_json::json!({
-            "sub": "555021935107", "uid": "555021935107", "name": "Dr Bench", "selected_roleid": "r1",
-            "nhsid_nrbac_roles": [{"person_roleid": "r1", "org_code": "RBEN1", "role_code": "R8000", "role_name": "Clinician", "activity_codes": ["B0107"]}],
-            "org_name": "Bench Hospital", "care_setting": "EMERGENCY_DEPARTMENT"
-        }),
-    );
-    let ed = bearer(&ed)?;
+    let ed = ed_clinician(&stack)?;
     let lookup_numbers = Arc::new(numbers);
     let flood = || {
         let (channel, ed, lookup_numbers) = (channel.clone(), ed.clone(), lookup_numbers.clone());
@@ -270,7 +279,7 @@ pub async fn run(
 }
 
 /// The process's resident memory in KiB (0 where /proc is not there).
-fn resident_kib() -> i64 {
+pub(crate) fn resident_kib() -> i64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {

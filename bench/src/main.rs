@@ -8,6 +8,7 @@
 mod floors;
 mod lookup;
 mod notify;
+mod overload;
 mod upload;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -66,6 +67,22 @@ enum Scenario {
         #[arg(long, default_value_t = 0)]
         idle_subscribers: usize,
     },
+    /// The lookup service driven past what it sustains: admitted latency against unloaded,
+    /// refusal latency, failures, memory and recovery.
+    Overload {
+        /// The flood's rate as a multiple of the sustained throughput.
+        #[arg(long, default_value_t = 3.0)]
+        factor: f64,
+        /// How long the flood lasts, in seconds (bounded).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
+        seconds: u64,
+        /// The lookup service's --max-in-flight (default: its own default).
+        #[arg(long)]
+        max_in_flight: Option<u32>,
+        /// Engines.
+        #[arg(long, value_enum, default_value_t = Backends::Sqlite)]
+        backend: Backends,
+    },
 }
 
 #[tokio::main]
@@ -95,6 +112,17 @@ async fn main() -> anyhow::Result<()> {
             );
             for backend in engines(backend) {
                 lookup::run(backend, calls, concurrency, idle_subscribers).await?;
+            }
+        }
+        Scenario::Overload {
+            factor,
+            seconds,
+            max_in_flight,
+            backend,
+        } => {
+            anyhow::ensure!(factor > 1.0, "--factor must be above 1");
+            for backend in engines(backend) {
+                overload::run(backend, factor, seconds, max_in_flight).await?;
             }
         }
     }

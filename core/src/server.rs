@@ -70,7 +70,7 @@ pub struct ServerOptions {
     /// Most calls this server works on at once, across all connections; a call beyond it is
     /// refused at once with RESOURCE_EXHAUSTED (OVERLOADED) and a retry delay. Health,
     /// reflection and long-lived streams are not counted.
-    #[arg(long, env = "CPIS_MAX_IN_FLIGHT", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(long, env = "CPIS_MAX_IN_FLIGHT", default_value_t = DEFAULT_MAX_IN_FLIGHT, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_in_flight: u32,
 
     /// The longest a call may run when its caller sets no shorter deadline (DEADLINE_EXCEEDED
@@ -103,7 +103,7 @@ impl Default for ServerOptions {
             max_pending_handshakes: 1024,
             max_pending_handshakes_per_source: 64,
             max_connection_age: None,
-            max_in_flight: 64,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             call_timeout: Duration::from_secs(30),
             long_lived_calls: Vec::new(),
             idle_timeout: Duration::from_secs(300),
@@ -111,6 +111,11 @@ impl Default for ServerOptions {
         }
     }
 }
+
+/// The default bound on calls in progress per server, for 2 cores: a lookup waits mostly on the
+/// registry's commit, so a few dozen in progress keep both cores busy; more only queue (measured
+/// with `cpis-bench overload`: more in progress raised latency without raising throughput).
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 32;
 
 /// The retry delay suggested to a caller refused for overload: long enough for the calls in
 /// progress to finish (milliseconds each), short enough that a clinician does not notice.

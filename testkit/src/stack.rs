@@ -78,6 +78,7 @@ pub fn registry_config(db: &TestDb, signer: &DevSigner, pki: &TestPki) -> regist
     // unless a test sets one.
     config.council_write_rate = cpis_core::rate::Rate::UNLIMITED;
     config.council_upload_rate = cpis_core::rate::Rate::UNLIMITED;
+    config.server.max_in_flight = TESTS_MAX_IN_FLIGHT;
     config
 }
 
@@ -185,6 +186,10 @@ impl StackBuilder {
         Some(stack)
     }
 }
+
+/// The bound on calls in progress in tests: above the largest flood a test opens at once (the
+/// protective-edge tests set their own).
+pub const TESTS_MAX_IN_FLIGHT: u32 = 4096;
 
 /// Starts a registry on `addrs` (public, internal; default: free ports) and returns its public
 /// port (which owns the server) and its internal port, reached as the lookup service.
@@ -317,6 +322,8 @@ impl Stack {
         // limit unless a test sets one.
         config.lookup_rate_per_user = cpis_core::rate::Rate::UNLIMITED;
         config.lookup_rate_per_org = cpis_core::rate::Rate::UNLIMITED;
+        // Nor a bound on calls in progress below what the tests' floods open at once.
+        config.server.max_in_flight = TESTS_MAX_IN_FLIGHT;
         adjust(&mut config);
         let tls = config
             .server
