@@ -27,6 +27,8 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
+use crate::log_budget::LogBudget;
+
 /// Bounds on TLS handshakes in progress (see the module).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HandshakeLimits {
@@ -41,6 +43,22 @@ impl Default for HandshakeLimits {
         Self {
             total: 1024,
             per_source: 64,
+        }
+    }
+}
+
+/// Connections accepted per poll of the stream at most (see `poll_next`).
+const ACCEPTS_PER_POLL: usize = 32;
+
+/// The source a handshake is counted against: the address, or for IPv6 its /64 (one host
+/// commonly holds a whole /64, so counting single addresses would let it take every slot).
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            octets[8..].fill(0);
+            IpAddr::from(octets)
         }
     }
 }
@@ -95,7 +113,7 @@ impl<I> Handshakes<I> {
         let remote = tcp.peer_addr().ok();
         // No await between admitting and recording the task: an eviction always finds the
         // handle of the task it evicts.
-        let (slot, evicted) = Slot::admit(&self.pending, remote.map(|a| a.ip()));
+        let (slot, evicted) = Slot::admit(&self.pending, remote.map(|a| source_of(a.ip())));
         if evicted > 0 {
             budget(&self.logs).allow(|suppressed| {
                 tracing::warn!(
@@ -127,25 +145,35 @@ where
     type Item = io::Result<Handshaken>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        // Accept everything waiting (never held up by handshakes in progress), then hand over
-        // whatever has finished.
-        while !self.incoming_done {
+        // Finished handshakes first: under a flood of new connections, accepting must not
+        // spend the task's whole budget and leave the finished ones waiting.
+        if let Poll::Ready(Some(finished)) = self.rx.poll_recv(cx) {
+            return Poll::Ready(Some(Ok(finished)));
+        }
+        // Then accept what is waiting, a bounded number per poll (never held up by
+        // handshakes in progress); more waiting wakes this task again at once.
+        for _ in 0..ACCEPTS_PER_POLL {
+            if self.incoming_done {
+                break;
+            }
             match self.incoming.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(tcp))) => self.start(tcp),
                 Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
                 Poll::Ready(None) => self.incoming_done = true,
-                Poll::Pending => break,
+                Poll::Pending => return Poll::Pending,
             }
         }
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(finished)) => Poll::Ready(Some(Ok(finished))),
-            // The stream holds a sender, so the channel never closes while it lives.
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending if self.incoming_done && lock(&self.pending).is_empty() => {
+        if self.incoming_done {
+            // The listener has ended: done once the last handshake has.
+            return if lock(&self.pending).is_empty() {
                 Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
+            } else {
+                Poll::Pending
+            };
         }
+        // The accept budget is spent with connections perhaps still waiting: come back.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
@@ -344,46 +372,6 @@ fn budget(logs: &Mutex<LogBudget>) -> MutexGuard<'_, LogBudget> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Log lines a listener writes about handshakes per second, at most; the rest are counted and
-/// reported (`suppressed`) on the next line written.
-const LOG_LINES_PER_SECOND: u32 = 5;
-
-/// A budget of log lines per second.
-#[derive(Debug)]
-struct LogBudget {
-    window: Instant,
-    written: u32,
-    suppressed: u64,
-}
-
-impl Default for LogBudget {
-    fn default() -> Self {
-        Self {
-            window: Instant::now(),
-            written: 0,
-            suppressed: 0,
-        }
-    }
-}
-
-impl LogBudget {
-    /// Calls `log` with the number of lines suppressed since the last one written, if this
-    /// second's budget allows a line.
-    fn allow(&mut self, log: impl FnOnce(u64)) {
-        let now = Instant::now();
-        if now.duration_since(self.window) >= Duration::from_secs(1) {
-            self.window = now;
-            self.written = 0;
-        }
-        if self.written < LOG_LINES_PER_SECOND {
-            self.written += 1;
-            log(std::mem::take(&mut self.suppressed));
-        } else {
-            self.suppressed += 1;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::expect_used, clippy::unwrap_used)] // tests: a failed expectation is a failed test
@@ -428,6 +416,17 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_sources_are_counted_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(source_of(a), source_of(b));
+        assert_ne!(source_of(a), source_of(other));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(source_of(v4), v4);
+    }
+
+    #[test]
     fn a_finished_handshake_frees_its_place() {
         let mut pending = Pending::new(HandshakeLimits::default());
         let (id, _) = pending.admit(ip(1));
@@ -435,19 +434,5 @@ mod tests {
         assert!(pending.remove(id).is_none(), "removal is idempotent");
         assert_eq!(pending.len(), 0);
         assert!(pending.by_source.is_empty());
-    }
-
-    #[test]
-    fn the_log_budget_counts_what_it_suppresses() {
-        let mut budget = LogBudget::default();
-        let mut written = Vec::new();
-        for _ in 0..LOG_LINES_PER_SECOND + 3 {
-            budget.allow(|suppressed| written.push(suppressed));
-        }
-        assert_eq!(written.len(), LOG_LINES_PER_SECOND as usize);
-        assert_eq!(budget.suppressed, 3);
-        budget.window -= Duration::from_secs(2);
-        budget.allow(|suppressed| written.push(suppressed));
-        assert_eq!(written.last(), Some(&3));
     }
 }

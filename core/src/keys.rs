@@ -151,6 +151,10 @@ fn algorithm_of(jwk: &Jwk) -> Option<Algorithm> {
     }
 }
 
+/// The longest a call whose token names an unknown key waits for the keys to be loaded again
+/// (see [`KeyStore::refresh_for_unknown`]): an identity provider answers well within it.
+pub const UNKNOWN_KID_WAIT: Duration = Duration::from_millis(500);
+
 /// Where the keys come from.
 #[derive(Clone, Debug)]
 pub enum KeySource {
@@ -325,25 +329,38 @@ impl KeyStore {
     }
 
     /// A token names key `kid`, unknown here: load the source again at once, unless a load
-    /// started less than `min_refetch` ago (then the keys are as fresh as we allow). Waits for
-    /// a load in flight rather than starting another.
-    pub async fn refresh_for_unknown(&self, kid: Option<&str>) {
-        let Some(loader) = &self.source else {
-            return;
-        };
-        let mut state = loader.state.lock().await;
-        // Another caller's load may have brought the key while this one waited.
-        if self.current().knows(kid) {
-            return;
-        }
-        if state
-            .last_attempt
-            .is_some_and(|at| at.elapsed() < loader.policy.min_refetch)
-        {
+    /// started less than `min_refetch` ago (then the keys are as fresh as we allow). The load
+    /// runs in a task of its own and the caller waits for it at most [`UNKNOWN_KID_WAIT`]
+    /// (a load already in flight is waited for the same way, never started twice): a request
+    /// waiting here holds its server's admission slot, so tokens naming made-up keys must not
+    /// hold slots for a whole fetch from a slow identity provider. A token whose key arrives
+    /// later is refused as unknown, and its retry finds the key.
+    pub async fn refresh_for_unknown(self: &Arc<Self>, kid: Option<&str>) {
+        if self.source.is_none() {
             return;
         }
-        state.last_attempt = Some(Instant::now());
-        self.reload(loader, &mut state).await;
+        let kid = kid.map(str::to_owned);
+        let store = Arc::clone(self);
+        let load = tokio::spawn(async move {
+            let Some(loader) = &store.source else {
+                return;
+            };
+            let mut state = loader.state.lock().await;
+            // Another caller's load may have brought the key while this one waited.
+            if store.current().knows(kid.as_deref()) {
+                return;
+            }
+            if state
+                .last_attempt
+                .is_some_and(|at| at.elapsed() < loader.policy.min_refetch)
+            {
+                return;
+            }
+            state.last_attempt = Some(Instant::now());
+            store.reload(loader, &mut state).await;
+        });
+        // Not waited for past the bound; the load itself goes on (bounded by FETCH_TIMEOUT).
+        let _ = tokio::time::timeout(UNKNOWN_KID_WAIT, load).await;
     }
 
     async fn reload(&self, loader: &Loader, state: &mut LoadState) {

@@ -13,6 +13,7 @@ pub mod deadline;
 pub mod handshake;
 pub mod keys;
 pub mod limits;
+pub mod log_budget;
 pub mod nhs_number;
 pub mod ods;
 pub mod panics;

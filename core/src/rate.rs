@@ -90,6 +90,7 @@ pub struct RateLimit {
     rate: Rate,
     limiter: DefaultKeyedRateLimiter<String>,
     checks: AtomicU64,
+    refusals: crate::log_budget::SharedBudget,
 }
 
 impl RateLimit {
@@ -106,6 +107,7 @@ impl RateLimit {
             rate,
             limiter: DefaultKeyedRateLimiter::keyed(quota),
             checks: AtomicU64::new(0),
+            refusals: crate::log_budget::SharedBudget::default(),
         }
     }
 
@@ -120,7 +122,18 @@ impl RateLimit {
             Ok(()) => Ok(()),
             Err(not_until) => {
                 let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
-                tracing::debug!(what = self.what, per = self.per, "rate limited");
+                // Who (a staff or council identifier, never a child's), on the security log:
+                // a caller at its limit may be sweeping; a few lines a second at most.
+                self.refusals.allow(|suppressed| {
+                    tracing::warn!(
+                        target: "security",
+                        what = self.what,
+                        per = self.per,
+                        caller = %crate::text::LogSafe(key),
+                        suppressed,
+                        "rate limit reached"
+                    );
+                });
                 Err(crate::status::retry_later(
                     Code::ResourceExhausted,
                     ErrorReason::RateLimited,

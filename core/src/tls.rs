@@ -385,7 +385,8 @@ pub fn acceptor(
 /// for the next handshake without a restart; a bad new file keeps the previous trust and logs an
 /// error. Revocation is checked on the client's own certificate, against the CRL of its issuer,
 /// which must then be among the CRLs (an unknown status is a refusal); connections already open
-/// end at the listener's maximum connection age.
+/// end at the listener's maximum connection age (the registry sets one wherever callers are
+/// admitted by certificate).
 #[derive(Debug)]
 pub struct ClientTrust {
     ca: PathBuf,

@@ -56,7 +56,11 @@ impl Interceptor for NhsAuth {
             .map_err(LookupError::from)?;
         let authenticated = match claims.into_caller() {
             Err(ClaimsError::Invalid(error)) => return Err(LookupError::from(error).into()),
-            Err(ClaimsError::UnknownCareSetting { org }) => Authenticated::UnservedSetting { org },
+            Err(ClaimsError::UnknownCareSetting { org }) => {
+                // Refused by the policy later, but counted here: refusals cost log lines too.
+                self.limits.per_org.check(&org)?;
+                Authenticated::UnservedSetting { org }
+            }
             Ok(caller) => {
                 // The person first: one busy user must not spend the organisation's allowance.
                 self.limits.per_user.check(&caller.accessor.key())?;

@@ -121,8 +121,10 @@ pub struct Config {
 /// above any person's or EPR integration's real pace, and far below an enumeration's.
 pub const DEFAULT_RATE_PER_USER: &str = "5/s,burst=30";
 
-/// The default --lookup-rate-per-org: a large trust's busiest hour is a few hundred lookups.
-pub const DEFAULT_RATE_PER_ORG: &str = "100/s,burst=300";
+/// The default --lookup-rate-per-org: a large trust's busiest hour is a few hundred lookups;
+/// twenty a second sustained (with a burst for a whole department's EPR reconnecting) is far
+/// above that and far below a sweep.
+pub const DEFAULT_RATE_PER_ORG: &str = "20/s,burst=200";
 
 impl Config {
     /// The per-caller lookup limits.

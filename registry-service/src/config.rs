@@ -111,11 +111,12 @@ pub struct Config {
     )]
     pub internal_client_crl: Vec<PathBuf>,
 
-    /// The longest a connection to the internal port stays open: it is then closed gracefully
-    /// (clients reconnect, handshaking again), so a revoked or no longer admitted certificate
+    /// The longest a connection admitted by client certificate stays open (the internal port,
+    /// and the public port when --council-client-ca is set): it is then closed gracefully and
+    /// the client reconnects, handshaking again, so a revoked or no longer admitted certificate
     /// loses an open connection within this long.
-    #[arg(long, env = "CPIS_INTERNAL_MAX_CONNECTION_AGE", default_value = "1h", value_parser = cpis_core::config::duration_within("10s", "7d"))]
-    pub internal_max_connection_age: Duration,
+    #[arg(long, env = "CPIS_CERTIFICATE_CONNECTION_AGE", default_value = "1h", value_parser = cpis_core::config::duration_within("10s", "7d"))]
+    pub certificate_connection_age: Duration,
 
     /// PEM file of the CA(s) issuing councils' client certificates. With it, council calls on
     /// the public port need a client certificate naming their council (see
@@ -265,7 +266,7 @@ impl Config {
             internal_tls_key: None,
             internal_client_ca: None,
             internal_client_crl: Vec::new(),
-            internal_max_connection_age: Duration::from_secs(3600),
+            certificate_connection_age: Duration::from_secs(3600),
             council_client_ca: None,
             council_client_crl: Vec::new(),
             council_identity: COUNCIL_IDENTITY.to_owned(),
@@ -408,7 +409,7 @@ mod tests {
             "ca.pem",
             "--internal-client-crl",
             "internal.crl",
-            "--internal-max-connection-age",
+            "--certificate-connection-age",
             "30m",
             "--max-pending-handshakes-per-source",
             "500",
@@ -425,10 +426,7 @@ mod tests {
         assert_eq!(config.council_client_crl.len(), 2);
         assert_eq!(config.council_identity, "{ods}.councils.example");
         assert_eq!(config.internal_client_crl, [PathBuf::from("internal.crl")]);
-        assert_eq!(
-            config.internal_max_connection_age,
-            Duration::from_secs(1800)
-        );
+        assert_eq!(config.certificate_connection_age, Duration::from_secs(1800));
         assert_eq!(config.server.max_pending_handshakes_per_source, 500);
         assert_eq!(config.server.max_pending_handshakes, 1024);
         assert_eq!(config.jwks_ca, Some(PathBuf::from("idp-ca.pem")));

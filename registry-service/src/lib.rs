@@ -328,13 +328,18 @@ pub async fn serve(
     };
     // Long-lived streams have bounds of their own (idle timeouts, subscriber caps, one upload
     // per batch id): not counted against --max-in-flight nor cut at --call-timeout.
+    // Where callers are admitted by certificate, connections end at a maximum age, so a
+    // revoked certificate's does too: always inside, and outside when councils present one.
     let public_options = cpis_core::server::ServerOptions {
         long_lived_calls: LONG_LIVED_CALLS.iter().map(|p| (*p).to_owned()).collect(),
+        max_connection_age: config
+            .council_client_ca
+            .is_some()
+            .then_some(config.certificate_connection_age),
         ..config.server.clone()
     };
-    // Inside, connections end at a maximum age, so a revoked certificate's does too.
     let internal_options = cpis_core::server::ServerOptions {
-        max_connection_age: Some(config.internal_max_connection_age),
+        max_connection_age: Some(config.certificate_connection_age),
         ..public_options.clone()
     };
     let Listeners {

@@ -13,6 +13,8 @@ struct Served {
     body: Vec<u8>,
     status: StatusCode,
     fetches: usize,
+    /// How long each answer takes (an identity provider having a bad day).
+    stall: std::time::Duration,
 }
 
 /// The endpoint; stops when dropped.
@@ -53,6 +55,7 @@ impl JwksServer {
             body: jwks_of(signers),
             status: StatusCode::OK,
             fetches: 0,
+            stall: std::time::Duration::ZERO,
         }));
         let shared = served.clone();
         let secure = tls.is_some();
@@ -62,12 +65,18 @@ impl JwksServer {
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     let answer = service_fn(move |_request| {
-                        let mut served = served.lock().expect("lock");
-                        served.fetches += 1;
-                        let mut response =
-                            Response::new(Full::new(Bytes::from(served.body.clone())));
-                        *response.status_mut() = served.status;
-                        std::future::ready(Ok::<_, std::convert::Infallible>(response))
+                        let (response, stall) = {
+                            let mut served = served.lock().expect("lock");
+                            served.fetches += 1;
+                            let mut response =
+                                Response::new(Full::new(Bytes::from(served.body.clone())));
+                            *response.status_mut() = served.status;
+                            (response, served.stall)
+                        };
+                        async move {
+                            tokio::time::sleep(stall).await;
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
                     });
                     let http1 = hyper::server::conn::http1::Builder::new();
                     match tls {
@@ -117,6 +126,11 @@ impl JwksServer {
         let mut served = self.served.lock().expect("lock");
         served.body = b"{\"error\": \"unavailable\"}".to_vec();
         served.status = status;
+    }
+
+    /// From now on, takes `stall` to answer each request.
+    pub fn stall(&self, stall: std::time::Duration) {
+        self.served.lock().expect("lock").stall = stall;
     }
 
     /// How many requests it has answered.

@@ -131,6 +131,8 @@ impl Interceptor for CouncilInterceptor {
 pub(crate) struct CouncilCertificates {
     /// The identity wanted, with `{ods}` for the council's ODS code.
     template: Arc<str>,
+    /// Refusals a caller can repeat at will: a few log lines a second.
+    refusals: Arc<cpis_core::log_budget::SharedBudget>,
 }
 
 impl CouncilCertificates {
@@ -138,18 +140,22 @@ impl CouncilCertificates {
     pub fn new(template: &str) -> Self {
         Self {
             template: template.into(),
+            refusals: Arc::default(),
         }
     }
 
     fn check<T>(&self, request: &Request<T>, ods_code: &OdsCode) -> Result<(), Status> {
         let connection = request.extensions().get::<ConnectionInfo>();
         let Some(peer) = connection.and_then(|c| c.peer_certificate.as_deref()) else {
-            tracing::warn!(
-                target: "security",
-                la = %ods_code,
-                remote = ?connection.and_then(|c| c.remote),
-                "council call without a client certificate refused"
-            );
+            self.refusals.allow(|suppressed| {
+                tracing::warn!(
+                    target: "security",
+                    la = %ods_code,
+                    remote = ?connection.and_then(|c| c.remote),
+                    suppressed,
+                    "council call without a client certificate refused"
+                );
+            });
             return Err(with_reason(
                 Code::Unauthenticated,
                 ErrorReason::ClientCertificateMissing,
@@ -162,13 +168,16 @@ impl CouncilCertificates {
             return Ok(());
         }
         let presented = presented(&peer.identities);
-        tracing::warn!(
-            target: "security",
-            la = %ods_code,
-            presented = %LogSafe(&presented),
-            remote = ?connection.and_then(|c| c.remote),
-            "council client certificate does not name the token's council"
-        );
+        self.refusals.allow(|suppressed| {
+            tracing::warn!(
+                target: "security",
+                la = %ods_code,
+                presented = %LogSafe(&presented),
+                remote = ?connection.and_then(|c| c.remote),
+                suppressed,
+                "council client certificate does not name the token's council"
+            );
+        });
         Err(with_reason(
             Code::PermissionDenied,
             ErrorReason::ClientIdentityNotAllowed,

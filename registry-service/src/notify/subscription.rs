@@ -144,9 +144,13 @@ async fn deliver(
         Err(end) => return end,
     };
     let mut last_sent = tokio::time::Instant::now();
+    // When a catch-up the database refused is tried again: the feed of an idle council announces
+    // nothing more (positions are sent only when they move), so the subscriber retries itself.
+    let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
         let heartbeat_at = last_sent + options.heartbeat_interval;
         let behind = tokio::select! {
+            () = sleep_until_some(retry_at) => true,
             item = seat.feed.recv() => match item {
                 Ok(Item::Notification(n)) => {
                     let sequence = i64::try_from(n.sequence).unwrap_or(i64::MAX);
@@ -187,14 +191,28 @@ async fn deliver(
         if behind {
             let before = cursor;
             cursor = match catch_up(db, ods_code, cursor, tx, &options).await {
-                Ok(cursor) => cursor,
-                // The database blinked: stay connected; the feed's next position retries.
-                Err(End::Error(RegistryError::Unavailable)) => cursor,
+                Ok(cursor) => {
+                    retry_at = None;
+                    cursor
+                }
+                // The database blinked: stay connected and try again after a poll interval.
+                Err(End::Error(RegistryError::Unavailable)) => {
+                    retry_at = Some(tokio::time::Instant::now() + options.poll_interval);
+                    cursor
+                }
                 Err(end) => return end,
             };
             if cursor != before {
                 last_sent = tokio::time::Instant::now();
             }
         }
+    }
+}
+
+/// Sleeps until `at`, or forever without one (a `select!` branch that is off).
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -403,3 +403,50 @@ async fn keys_over_https_from_an_idp_with_a_private_ca() {
         .expect("a key fetched over https");
     assert!(idp.fetches() >= 1);
 }
+
+/// Tokens naming made-up keys while the identity provider is slow: each is refused within the
+/// short wait for a load (never a whole fetch), so they cannot hold the server's slots, and a
+/// genuine token (its key cached) is served at once throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_identity_provider_does_not_hold_calls() {
+    let a = signer();
+    let idp = JwksServer::start(&[&a]).await;
+    let reg = start_with_url(
+        Backend::Sqlite,
+        idp.url(),
+        Duration::from_secs(3600),
+        Duration::ZERO,
+    )
+    .await
+    .expect("sqlite");
+    let client = reg.council().await;
+    idp.stall(Duration::from_secs(4));
+    let started = Instant::now();
+    let mut flood = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        let forged = token(&a.clone().with_key_id(Some(&format!("made-up-{i}"))));
+        let client = client.clone();
+        flood.spawn(async move {
+            let started = Instant::now();
+            (call(&client, &forged).await, started.elapsed())
+        });
+    }
+    let genuine = Instant::now();
+    call(&client, &token(&a))
+        .await
+        .expect("a genuine token while the IdP stalls");
+    assert!(
+        genuine.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        genuine.elapsed()
+    );
+    while let Some(result) = flood.join_next().await {
+        let (answer, took) = result.expect("join");
+        assert_refused(answer, ErrorReason::TokenInvalid, "unknown key id");
+        assert!(
+            took < Duration::from_secs(2),
+            "a forged token held a call {took:?}"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(3));
+}

@@ -614,7 +614,7 @@ async fn revocation_lists_and_new_cas_apply_without_a_restart() {
             c.internal_client_ca = Some(ca.clone());
             c.internal_client_crl = vec![crl.clone()];
             c.server.tls.tls_reload_interval = Duration::from_millis(100);
-            c.internal_max_connection_age = Duration::from_secs(2);
+            c.certificate_connection_age = Duration::from_secs(2);
         })
         .await;
     let settle = || tokio::time::sleep(Duration::from_millis(600));
@@ -662,4 +662,115 @@ async fn revocation_lists_and_new_cas_apply_without_a_restart() {
         answers(&newcomer).await,
         "the new CA is trusted without a restart"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_council_certificate_loses_its_open_connection() {
+    use cpis_proto::cpis::common::v1::LocalAuthority;
+    use cpis_proto::cpis::registry::v1::SetContactDetailsRequest;
+    let reg = start(Backend::Sqlite).await.expect("sqlite");
+    let pki = &reg.pki;
+    let dir = tempfile::tempdir().expect("dir");
+    let crl = dir.path().join("council.crl.pem");
+    let revoking = |serials: &[u64]| {
+        std::fs::read_to_string(pki.revocation_list("council-crl.pem", serials)).expect("CRL")
+    };
+    std::fs::write(&crl, revoking(&[])).expect("write CRL");
+    let (public, _internal) = reg
+        .another_registry_ports(|c| {
+            c.server.tls.tls_cert = c.internal_tls_cert.clone();
+            c.server.tls.tls_key = c.internal_tls_key.clone();
+            c.council_client_ca = c.internal_client_ca.clone();
+            c.council_client_crl = vec![crl.clone()];
+            c.server.tls.tls_reload_interval = Duration::from_millis(100);
+            c.certificate_connection_age = Duration::from_secs(2);
+        })
+        .await;
+    let doomed = pki.issue(
+        "council-ab1-doomed",
+        Usage::Client,
+        Some("spiffe://cpis/council/AB1"),
+        |params| params.serial_number = Some(91_u64.into()),
+    );
+    let port = public.with_tls(pki.client_tls(Some(&doomed)));
+    let open = CouncilServiceClient::new(port.channel().await);
+    let contacts = || {
+        reg.as_council(
+            "AB1",
+            SetContactDetailsRequest {
+                local_authority: Some(LocalAuthority {
+                    ods_code: "AB1".into(),
+                    name: "Council AB1".into(),
+                    emergency_duty_phone: "020 7946 0000".into(),
+                    office_hours_phone: "020 7946 0001".into(),
+                    update_time: None,
+                }),
+            },
+        )
+    };
+    open.clone()
+        .set_contact_details(contacts())
+        .await
+        .expect("admitted before the revocation");
+
+    std::fs::write(&crl, revoking(&[91])).expect("write CRL");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        set_contacts_over(&reg, &port, "AB1").await.is_err(),
+        "a new connection with the revoked certificate is refused"
+    );
+    // The connection opened before the revocation ends at the maximum age, and cannot return.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while open.clone().set_contact_details(contacts()).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the revoked council certificate kept its open connection"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continuing_flood_of_silent_connections_does_not_stop_a_tls_listener() {
+    let reg = stack(Backend::Sqlite)
+        .registry(|c| c.server.handshake_timeout = Duration::from_secs(120))
+        .start()
+        .await
+        .expect("sqlite");
+    let addr = reg.internal.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // New silent connections without pause (the newest 300 held open), for as long as the
+    // real clients below take, at most 20 s.
+    let flood = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let mut held = std::collections::VecDeque::new();
+            let mut opened = 0_usize;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst)
+                && started.elapsed() < Duration::from_secs(20)
+            {
+                if let Ok(stream) = tokio::net::TcpStream::connect(addr).await {
+                    held.push_back(stream);
+                    opened += 1;
+                }
+                if held.len() > 300 {
+                    held.pop_front();
+                }
+            }
+            opened
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..5 {
+        let answered = tokio::time::timeout(Duration::from_secs(5), answers(&reg.internal)).await;
+        assert_eq!(
+            answered,
+            Ok(true),
+            "a real client is served during the flood"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let opened = flood.await.expect("flood");
+    assert!(opened > 300, "the flood opened {opened} connections");
 }
