@@ -42,6 +42,28 @@ pub fn with_reason(code: Code, reason: ErrorReason, message: impl Into<String>) 
     Status::with_error_details(code, message, details)
 }
 
+/// A status with an `ErrorInfo` carrying `reason` and a `google.rpc.RetryInfo` saying how long
+/// to wait before trying again (RESOURCE_EXHAUSTED refusals).
+pub fn with_reason_and_retry(
+    code: Code,
+    reason: ErrorReason,
+    message: impl Into<String>,
+    retry_delay: std::time::Duration,
+) -> Status {
+    let mut details = ErrorDetails::with_error_info(
+        reason.as_info_reason(),
+        cpis_proto::ERROR_DOMAIN,
+        std::collections::HashMap::<String, String>::new(),
+    );
+    details.set_retry_info(Some(retry_delay));
+    Status::with_error_details(code, message, details)
+}
+
+/// The `RetryInfo` delay of a status, if it carries one.
+pub fn retry_delay(status: &Status) -> Option<std::time::Duration> {
+    status.get_details_retry_info()?.retry_delay
+}
+
 /// INVALID_ARGUMENT with a `BadRequest` listing every violation; the `ErrorInfo` reason is the
 /// first violation's. The message names the fields so a person reading one line can act on it.
 pub fn invalid_argument(violations: &[FieldViolation]) -> Status {
