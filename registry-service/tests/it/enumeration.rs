@@ -1,6 +1,7 @@
 //! The enumeration guard at the registry, where every replica's disclosures meet: a caller at
-//! its threshold whose lookups race through two registries on one database is refused every
-//! time, nothing of the race is recorded, and the crossing is exactly one security event.
+//! its threshold whose lookups race through two registries on one PostgreSQL database (on
+//! SQLite, which serves one node, through one registry) is refused every time, nothing of the
+//! race is recorded, and the crossing is exactly one security event.
 
 use cpis_core::status::{reason_of, retry_delay};
 use cpis_proto::cpis::common::v1::{AccessMode, ErrorReason};
@@ -41,9 +42,15 @@ async fn racing_replicas_raise_one_event(backend: Backend) {
     else {
         return;
     };
-    let (_public, replica) = stack
-        .another_registry_ports(|config| config.enumeration_user_per_hour = THRESHOLD)
-        .await;
+    // SQLite serves one node (one writer connection): its race is within one registry.
+    let replica = match backend {
+        Backend::Postgres => Some(
+            stack
+                .another_registry_ports(|config| config.enumeration_user_per_hour = THRESHOLD)
+                .await,
+        ),
+        Backend::Sqlite => None,
+    };
     let threshold = THRESHOLD as usize;
     for i in 0..threshold {
         disclose(&stack.internal, nhs(i))
@@ -52,10 +59,9 @@ async fn racing_replicas_raise_one_event(backend: Backend) {
     }
     // At the threshold, eight new children at once, half through each replica.
     let racers = (0..8).map(|i| {
-        let server = if i % 2 == 0 {
-            &stack.internal
-        } else {
-            &replica
+        let server = match &replica {
+            Some((_, internal)) if i % 2 == 1 => internal,
+            _ => &stack.internal,
         };
         disclose(server, nhs(threshold + i))
     });
