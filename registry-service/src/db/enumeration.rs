@@ -18,10 +18,8 @@ use super::{
     schema::{access_events, lookup_throttles, security_events},
 };
 use crate::domain::dates::timestamp;
-use crate::domain::enumeration::{Counted, EnumerationLimits, Rule, throttled_until};
+use crate::domain::enumeration::{Counted, DAY, EnumerationLimits, HOUR, Rule, throttled_until};
 use crate::error::RegistryError;
-
-type Backend = <DbConnection as diesel::Connection>::Backend;
 
 /// Why a disclosure was refused: the caller or its organisation is throttled.
 #[derive(Debug)]
@@ -33,18 +31,6 @@ pub(crate) struct Throttled {
     /// The security events this call raised (crossings); empty when the caller was already
     /// throttled.
     pub raised: Vec<SecurityEvent>,
-}
-
-/// The access events of a rule's subject inside its window ending at `now`.
-fn in_window(rule: &Rule, now: i64) -> access_events::BoxedQuery<'_, Backend> {
-    let since = now.saturating_sub(rule.window);
-    let query = access_events::table
-        .filter(access_events::access_time.gt(since))
-        .into_boxed();
-    match &rule.counted {
-        Counted::Accessor(key) => query.filter(access_events::accessor_key.eq(key)),
-        Counted::Organisation(ods) => query.filter(access_events::organisation_ods_code.eq(ods)),
-    }
 }
 
 /// Inside the disclosure transaction, before anything is read or recorded: `Some` when this
@@ -62,32 +48,67 @@ pub(crate) fn check(
     if rules.is_empty() {
         return Ok(None);
     }
-    // A throttle in force: one primary-key probe per subject, and nothing else to do.
+    // One statement, one round trip on the hot path: the latest throttle in force on any of the
+    // caller's subjects (primary-key probes), and the distinct numbers already looked up in
+    // each window, this one left out (a child looked up again is not a new one, and never
+    // crosses a threshold). Each count is a range scan of one covering index.
     let keys: Vec<String> = rules.iter().map(Rule::throttle_key).collect();
-    let in_force: Vec<ThrottleRow> = lookup_throttles::table
-        .filter(lookup_throttles::subject.eq_any(&keys))
+    let nhs = nhs_number.to_string();
+    let key = accessor.key();
+    let ods = accessor.ods_code().to_string();
+    let by_accessor = |window: i64| {
+        access_events::table
+            .filter(access_events::accessor_key.eq(key.clone()))
+            .filter(access_events::access_time.gt(now.saturating_sub(window)))
+            .filter(access_events::nhs_number.ne(nhs.clone()))
+            .select(count(access_events::nhs_number).aggregate_distinct())
+            .single_value()
+    };
+    let by_organisation = access_events::table
+        .filter(access_events::organisation_ods_code.eq(ods.clone()))
+        .filter(access_events::access_time.gt(now.saturating_sub(HOUR)))
+        .filter(access_events::nhs_number.ne(nhs.clone()))
+        .select(count(access_events::nhs_number).aggregate_distinct())
+        .single_value();
+    let in_force = lookup_throttles::table
+        .filter(lookup_throttles::subject.eq_any(keys.clone()))
         .filter(lookup_throttles::throttled_until.gt(now))
-        .select(ThrottleRow::as_select())
-        .load(conn)?;
-    if let Some(until) = in_force.iter().map(|row| row.throttled_until).max() {
+        .select(max(lookup_throttles::throttled_until))
+        .single_value();
+    let (in_force, accessor_hour, accessor_day, organisation_hour): (
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+    ) = diesel::select((
+        in_force,
+        by_accessor(HOUR),
+        by_accessor(DAY),
+        by_organisation,
+    ))
+    .get_result(conn)?;
+    if let Some(until) = in_force {
+        // Throttled already: nothing to write. Whether it is the organisation's (rare path).
+        let organisation: i64 = lookup_throttles::table
+            .filter(lookup_throttles::subject.eq(format!("organisation:{ods}")))
+            .filter(lookup_throttles::throttled_until.gt(now))
+            .count()
+            .get_result(conn)?;
         return Ok(Some(Throttled {
             until,
-            organisation: in_force
-                .iter()
-                .any(|row| row.subject.starts_with("organisation:")),
+            organisation: organisation > 0,
             raised: Vec::new(),
         }));
     }
 
-    let nhs = nhs_number.to_string();
     let mut throttled: Option<Throttled> = None;
     for rule in &rules {
-        // The distinct numbers already looked up in the window, this one left out: a child
-        // looked up again is not a new one, and never crosses a threshold.
-        let others: i64 = in_window(rule, now)
-            .filter(access_events::nhs_number.ne(&nhs))
-            .select(count(access_events::nhs_number).aggregate_distinct())
-            .get_result(conn)?;
+        let others = match (&rule.counted, rule.window) {
+            (Counted::Organisation(_), _) => organisation_hour,
+            (Counted::Accessor(_), DAY) => accessor_day,
+            (Counted::Accessor(_), _) => accessor_hour,
+        }
+        .unwrap_or(0);
         if others < i64::from(rule.threshold) {
             continue;
         }
