@@ -26,6 +26,12 @@ use crate::{cpp_child, floors::FloorPool};
 const CHILDREN: usize = 5_000;
 /// Councils holding them.
 const COUNCILS: usize = 20;
+/// Clinicians looking them up, each under the enumeration guard's thresholds as a real one is
+/// (each sees 25 children, each several times, per flood of 20,000)...
+const CLINICIANS: usize = 400;
+/// ...in this many emergency departments (an organisation's window holds a few hundred
+/// lookups, as a busy one's hour does).
+const ORGANISATIONS: usize = 100;
 
 fn bearer(token: &str) -> anyhow::Result<MetadataValue<tonic::metadata::Ascii>> {
     Ok(format!("Bearer {token}").parse()?)
@@ -134,8 +140,18 @@ pub async fn run(
     calls: usize,
     concurrency: usize,
     idle_subscribers: usize,
+    enumeration_guard: bool,
 ) -> anyhow::Result<()> {
     let stack = Stack::builder(backend)
+        .registry(move |config| {
+            if !enumeration_guard {
+                config.enumeration_user_per_hour = 0;
+                config.enumeration_user_per_day = 0;
+                config.enumeration_system_per_hour = 0;
+                config.enumeration_system_per_day = 0;
+                config.enumeration_organisation_per_hour = 0;
+            }
+        })
         .with_lookup()
         .start()
         .await
@@ -170,18 +186,31 @@ pub async fn run(
     })
     .await;
 
-    // The real thing: unscheduled lookups by an ED clinician, spread over the children.
-    let ed = ed_clinician(&stack)?;
+    // The real thing: unscheduled lookups by ED clinicians, spread over the children.
+    let clinicians: Vec<_> = (0..CLINICIANS)
+        .map(|c| {
+            let (uid, org) = (format!("5550{c:08}"), format!("RB{:03}", c % ORGANISATIONS));
+            bearer(&stack.nhs_token(&serde_json::json!({
+                "sub": uid, "uid": uid, "name": "Dr Bench", "selected_roleid": "r1",
+                "nhsid_nrbac_roles": [{"person_roleid": "r1", "org_code": org, "role_code": "R8000", "role_name": "Clinician", "activity_codes": ["B0107"]}],
+                "org_name": "Bench Hospital", "care_setting": "EMERGENCY_DEPARTMENT"
+            })))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let clinicians: Arc<Vec<_>> = Arc::new(clinicians);
     let lookup_numbers = Arc::new(numbers);
     let flood = || {
-        let (channel, ed, lookup_numbers) = (channel.clone(), ed.clone(), lookup_numbers.clone());
+        let (channel, clinicians, lookup_numbers) =
+            (channel.clone(), clinicians.clone(), lookup_numbers.clone());
         drive(calls, concurrency, move |i| {
             let mut client = LookupServiceClient::new(channel.clone());
             let mut request = Request::new(LookupChildRequest {
                 nhs_number: lookup_numbers[i % lookup_numbers.len()].clone(),
                 access_mode: AccessMode::Unscheduled as i32,
             });
-            request.metadata_mut().insert("authorization", ed.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", clinicians[i % clinicians.len()].clone());
             async move {
                 client
                     .lookup_child(request)
@@ -193,8 +222,9 @@ pub async fn run(
     let lookups = flood().await;
 
     let engine = format!("{backend:?}").to_lowercase();
+    let guard = if enumeration_guard { "on" } else { "off" };
     println!(
-        "lookup {engine}: {calls} lookups, {concurrency} concurrent: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, errors {}",
+        "lookup {engine} (enumeration guard {guard}): {calls} lookups, {concurrency} concurrent: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, errors {}",
         lookups.rate,
         lookups.p50.as_secs_f64() * 1e3,
         lookups.p99.as_secs_f64() * 1e3,
@@ -215,7 +245,7 @@ pub async fn run(
     println!(
         "{}",
         serde_json::json!({
-            "scenario": "lookup", "engine": engine, "calls": calls, "concurrency": concurrency,
+            "scenario": "lookup", "engine": engine, "enumeration_guard": enumeration_guard, "calls": calls, "concurrency": concurrency,
             "lookups_per_s": lookups.rate.round(), "p50_ms": lookups.p50.as_secs_f64() * 1e3, "p99_ms": lookups.p99.as_secs_f64() * 1e3,
             "errors": lookups.errors, "health_per_s": health.rate.round(), "db_floor_per_s": database.rate.round(),
             "ratio_health": lookups.rate / health.rate, "ratio_db": lookups.rate / database.rate

@@ -66,6 +66,11 @@ enum Scenario {
         /// after), with the process's memory growth.
         #[arg(long, default_value_t = 0)]
         idle_subscribers: usize,
+        /// The registry's enumeration guard: on at its default thresholds (every lookup counts
+        /// its caller's and organisation's distinct children) or off (every threshold 0), to
+        /// measure what the guard costs.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        enumeration_guard: bool,
     },
     /// The lookup service driven past what it sustains: admitted latency against unloaded,
     /// refusal latency, failures, memory and recovery.
@@ -105,13 +110,21 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
             backend,
             idle_subscribers,
+            enumeration_guard,
         } => {
             anyhow::ensure!(
                 concurrency > 0 && calls >= concurrency,
                 "need at least one call per client"
             );
             for backend in engines(backend) {
-                lookup::run(backend, calls, concurrency, idle_subscribers).await?;
+                lookup::run(
+                    backend,
+                    calls,
+                    concurrency,
+                    idle_subscribers,
+                    enumeration_guard,
+                )
+                .await?;
             }
         }
         Scenario::Overload {

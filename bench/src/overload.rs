@@ -70,6 +70,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let limit = max_in_flight.unwrap_or(cpis_core::server::DEFAULT_MAX_IN_FLIGHT);
     let stack = Stack::builder(backend)
+        // One clinician sweeps every child here: this measures admission, not the enumeration
+        // guard (which would stop the sweep at its threshold).
+        .registry(|config| {
+            config.enumeration_user_per_hour = 0;
+            config.enumeration_user_per_day = 0;
+            config.enumeration_organisation_per_hour = 0;
+        })
         .lookup(move |config| config.server.max_in_flight = limit)
         .start()
         .await

@@ -184,7 +184,8 @@ impl LookupService for LookupApi {
 
 /// The registry's answer as the NHS caller should see it. The caller's own faults
 /// (INVALID_ARGUMENT) pass through with the registry's reason and field violations: they are
-/// permanent, and retrying would fail forever. A registry that refuses this service
+/// permanent, and retrying would fail forever; so does a throttled caller's RESOURCE_EXHAUSTED
+/// (LOOKUPS_THROTTLED) with its retry delay. A registry that refuses this service
 /// (UNAUTHENTICATED, PERMISSION_DENIED) or lacks the call (UNIMPLEMENTED) is a misconfiguration no
 /// retry will cure: INTERNAL, logged for the operator. Everything else, including what a broken
 /// connection looks like (INTERNAL or UNKNOWN from the transport), is "nothing disclosed; retry".
@@ -202,11 +203,22 @@ fn map_registry_status(status: &Status, deadline: Option<Duration>) -> LookupErr
             deadline: deadline.is_some(),
         },
         // Rebuilt from code, message and details only: the registry's headers stay inside.
-        Code::InvalidArgument => LookupError::Registry(Status::with_details(
-            status.code(),
-            status.message(),
-            status.details().to_vec().into(),
-        )),
+        // The enumeration guard's refusal is the caller's own too, and it is not "retry now":
+        // its RetryInfo says how long to wait, so it reaches the clinician as the registry said.
+        // So does the registry's overload refusal, made before anything was read or recorded.
+        Code::InvalidArgument | Code::ResourceExhausted
+            if status.code() == Code::InvalidArgument
+                || matches!(
+                    cpis_core::status::reason_of(status),
+                    Some(ErrorReason::LookupsThrottled | ErrorReason::Overloaded)
+                ) =>
+        {
+            LookupError::Registry(Status::with_details(
+                status.code(),
+                status.message(),
+                status.details().to_vec().into(),
+            ))
+        }
         code @ (Code::Unauthenticated | Code::PermissionDenied | Code::Unimplemented) => {
             tracing::error!(code = ?code, "the registry refuses this lookup service; check its credential and address");
             LookupError::Internal

@@ -11,7 +11,7 @@ use cpis_core::{
     server::ServerOptions,
 };
 
-use crate::{clock::Clock, db::DatabaseUrl};
+use crate::{clock::Clock, db::DatabaseUrl, domain::enumeration::EnumerationLimits};
 
 /// Everything `serve` needs to run the registry.
 #[derive(Clone, Debug, clap::Args)]
@@ -195,6 +195,31 @@ pub struct Config {
     #[arg(long, env = "CPIS_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = cpis_core::config::duration_within("100ms", "1h"))]
     pub heartbeat_interval: Duration,
 
+    /// Enumeration guard: most distinct NHS numbers one person (a CIS2 user, across
+    /// organisations) may look up in any hour, silent reads included; past it, that user's
+    /// lookups are refused (RESOURCE_EXHAUSTED, LOOKUPS_THROTTLED) and a security event is
+    /// raised. 0 switches it off.
+    #[arg(long, env = "CPIS_ENUMERATION_USER_PER_HOUR", default_value_t = DEFAULT_LIMITS.user_per_hour)]
+    pub enumeration_user_per_hour: u32,
+
+    /// Enumeration guard: most distinct NHS numbers one person may look up in any 24 hours.
+    #[arg(long, env = "CPIS_ENUMERATION_USER_PER_DAY", default_value_t = DEFAULT_LIMITS.user_per_day)]
+    pub enumeration_user_per_day: u32,
+
+    /// Enumeration guard: most distinct NHS numbers one system (with its responsible person)
+    /// may look up in any hour.
+    #[arg(long, env = "CPIS_ENUMERATION_SYSTEM_PER_HOUR", default_value_t = DEFAULT_LIMITS.system_per_hour)]
+    pub enumeration_system_per_hour: u32,
+
+    /// Enumeration guard: most distinct NHS numbers one system may look up in any 24 hours.
+    #[arg(long, env = "CPIS_ENUMERATION_SYSTEM_PER_DAY", default_value_t = DEFAULT_LIMITS.system_per_day)]
+    pub enumeration_system_per_day: u32,
+
+    /// Enumeration guard: most distinct NHS numbers all users and systems of one organisation
+    /// (ODS code) may look up in any hour; past it, the whole organisation is refused.
+    #[arg(long, env = "CPIS_ENUMERATION_ORGANISATION_PER_HOUR", default_value_t = DEFAULT_LIMITS.organisation_per_hour)]
+    pub enumeration_organisation_per_hour: u32,
+
     /// A verifier given directly (tests, the dev stack) instead of --jwks-file or --jwks-url
     /// (the lifetime rules above still apply to it).
     #[arg(skip)]
@@ -210,6 +235,9 @@ pub const DEFAULT_WRITE_RATE: &str = "100/s,burst=500";
 
 /// The default --council-upload-rate.
 pub const DEFAULT_UPLOAD_RATE: &str = "10/min,burst=5";
+
+/// The enumeration guard's defaults (see the README's "Enumeration guard" for why these).
+const DEFAULT_LIMITS: EnumerationLimits = EnumerationLimits::DEFAULT;
 
 /// The council certificate identity by default: a SPIFFE-style URI, like the services' own.
 pub const COUNCIL_IDENTITY: &str = "spiffe://cpis/council/{ods}";
@@ -278,6 +306,11 @@ impl Config {
             max_subscribers_per_council: 100,
             max_subscribers: 5000,
             heartbeat_interval: Duration::from_secs(15),
+            enumeration_user_per_hour: DEFAULT_LIMITS.user_per_hour,
+            enumeration_user_per_day: DEFAULT_LIMITS.user_per_day,
+            enumeration_system_per_hour: DEFAULT_LIMITS.system_per_hour,
+            enumeration_system_per_day: DEFAULT_LIMITS.system_per_day,
+            enumeration_organisation_per_hour: DEFAULT_LIMITS.organisation_per_hour,
             verifier: Some(verifier),
             clock: Clock::system(),
         }
@@ -301,6 +334,17 @@ impl Config {
             heartbeat_interval: self.heartbeat_interval,
         };
         (options, limits)
+    }
+
+    /// The enumeration guard's thresholds.
+    pub(crate) fn enumeration_limits(&self) -> EnumerationLimits {
+        EnumerationLimits {
+            user_per_hour: self.enumeration_user_per_hour,
+            user_per_day: self.enumeration_user_per_day,
+            system_per_hour: self.enumeration_system_per_hour,
+            system_per_day: self.enumeration_system_per_day,
+            organisation_per_hour: self.enumeration_organisation_per_hour,
+        }
     }
 
     /// The database URL in effect.
@@ -473,6 +517,37 @@ mod tests {
         // plaintext start.
         assert!(Config::try_parse_from(["registry", "--tls-cert", "server.pem"]).is_err());
         assert!(Config::try_parse_from(["registry", "--internal-tls-key", "k.pem"]).is_err());
+    }
+
+    #[test]
+    fn enumeration_thresholds_have_defaults_and_can_be_switched_off() {
+        let defaults = Config::try_parse_from(["registry"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(defaults.enumeration_limits(), EnumerationLimits::DEFAULT);
+        let config = Config::try_parse_from([
+            "registry",
+            "--enumeration-user-per-hour",
+            "5",
+            "--enumeration-user-per-day",
+            "0",
+            "--enumeration-system-per-hour",
+            "50",
+            "--enumeration-system-per-day",
+            "500",
+            "--enumeration-organisation-per-hour",
+            "20",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.enumeration_limits(),
+            EnumerationLimits {
+                user_per_hour: 5,
+                user_per_day: 0,
+                system_per_hour: 50,
+                system_per_day: 500,
+                organisation_per_hour: 20,
+            }
+        );
+        assert!(Config::try_parse_from(["registry", "--enumeration-user-per-hour", "-1"]).is_err());
     }
 
     #[test]

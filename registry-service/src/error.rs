@@ -100,6 +100,19 @@ pub enum RegistryError {
     /// The server is draining.
     #[error("the registry is shutting down; reconnect from the last acknowledged sequence")]
     ShuttingDown,
+    /// The enumeration guard refuses the lookup: the caller (or its whole organisation) looked
+    /// up more distinct NHS numbers in a window than its threshold allows.
+    #[error(
+        "{} looked up more distinct children than a care setting does in the window; lookups are refused for {}s (suspected enumeration; a security event was raised)",
+        if *.organisation { "this organisation has" } else { "this caller has" },
+        .retry_after.as_secs()
+    )]
+    LookupsThrottled {
+        /// Until the window lets the caller in again.
+        retry_after: std::time::Duration,
+        /// Whether the whole organisation is throttled.
+        organisation: bool,
+    },
     /// The caller's deadline passed before the work could commit; nothing was recorded.
     #[error("deadline exceeded before the access could be recorded")]
     DeadlineExceeded,
@@ -249,6 +262,14 @@ impl From<RegistryError> for Status {
             RegistryError::TooManySubscribers => (Code::ResourceExhausted, R::Overloaded),
             RegistryError::ShuttingDown => (Code::Unavailable, R::ShuttingDown),
             RegistryError::DeadlineExceeded => (Code::DeadlineExceeded, R::AccessNotRecorded),
+            RegistryError::LookupsThrottled { retry_after, .. } => {
+                return cpis_core::status::retry_later(
+                    Code::ResourceExhausted,
+                    R::LookupsThrottled,
+                    message,
+                    *retry_after,
+                );
+            }
             RegistryError::OutcomeUnknown => {
                 return with_reason(
                     Code::Unavailable,

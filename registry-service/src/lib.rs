@@ -257,6 +257,7 @@ pub async fn serve(
         },
         config.subscription_options(),
         draining_rx,
+        config.enumeration_limits(),
     ));
     let council_certificates = config
         .council_client_ca

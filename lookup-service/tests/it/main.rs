@@ -4,6 +4,7 @@
 
 mod disclosure;
 mod edges;
+mod enumeration;
 mod faults;
 mod harness;
 mod keys;

@@ -146,3 +146,46 @@ async fn overload_is_refused_at_once_and_passes() {
             .expect("served after the load");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registrys_overload_reaches_the_clinician_as_overload() {
+    // The registry admits one disclosure at a time; the lookup service admits them all.
+    let stack = Stack::builder(Backend::Sqlite)
+        .clock(registry_service::Clock::fixed(noon(2026, 6, 15)))
+        .registry(|c| c.server.max_in_flight = 1)
+        .with_lookup()
+        .start()
+        .await
+        .expect("sqlite");
+    stack.register_council("AB1").await;
+    stack.put("AB1", cpp(NHS_A)).await;
+    let token = stack.nhs_token(&clinician("555000000001", "RXX01"));
+    let channel = stack.lookup_server().channel().await;
+    let answers = futures::future::join_all((0..48).map(|_| {
+        let mut client =
+            cpis_proto::cpis::lookup::v1::lookup_service_client::LookupServiceClient::new(
+                channel.clone(),
+            );
+        let token = token.clone();
+        async move { client.lookup_child(unscheduled_lookup(NHS_A, &token)).await }
+    }))
+    .await;
+    let mut served = 0;
+    let mut refused = 0;
+    for answer in answers {
+        match answer {
+            Ok(_) => served += 1,
+            Err(status) => {
+                // Not "the access may have been recorded": the registry refused before reading.
+                assert_refused::<()>(Err(status), ErrorReason::Overloaded);
+                refused += 1;
+            }
+        }
+    }
+    eprintln!("registry overload: {served} served, {refused} refused");
+    assert!(
+        refused > 0,
+        "48 at once against one slot: some must be refused"
+    );
+    assert_eq!(stack.access_events("AB1", NHS_A).await, served);
+}

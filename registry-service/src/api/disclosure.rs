@@ -1,6 +1,6 @@
 //! `cpis.registry.v1.DisclosureService`, called only by the lookup service (its interceptor
 //! checks the service credential): one call that discloses the visible records for an NHS number
-//! and records the access in one transaction.
+//! and records the access in one transaction, unless the enumeration guard refuses it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,7 +14,8 @@ use tonic::{Request, Response, Status};
 
 use super::Registry;
 use super::convert::{council_to_wire, disclosed_plan, recent_access};
-use crate::db::disclosure::{DisclosureRequest, disclose};
+use crate::db::disclosure::{DisclosureRequest, Outcome, disclose};
+use crate::db::enumeration::Throttled;
 use crate::error::RegistryError;
 
 /// Longest request id (the EPR's X-Request-ID), in bytes.
@@ -101,14 +102,19 @@ impl DisclosureService for DisclosureApi {
             now,
             today: registry.clock.today(),
             deadline,
+            limits: registry.enumeration,
         };
-        let (disclosure, notified) = registry
+        let (outcome, notified) = registry
             .notifier
             .write(&registry.db, now, move |conn, outbox| {
                 disclose(conn, &work, outbox)
             })
             .await
             .map_err(RegistryError::access_not_recorded)?;
+        let disclosure = match outcome {
+            Outcome::Disclosed(disclosure) => disclosure,
+            Outcome::Throttled(throttled) => return Err(refuse(&throttled, now).into()),
+        };
         // Counts and council codes only: never the NHS number.
         tracing::info!(
             mode = mode.as_str_name(),
@@ -130,5 +136,56 @@ impl DisclosureService for DisclosureApi {
             recent_accesses: disclosure.recent.iter().map(recent_access).collect(),
             access_id: disclosure.access_id,
         }))
+    }
+}
+
+/// The refusal of a throttled lookup, after the security events it raised (committed by now)
+/// are logged: one line per crossing on target "security", with who, where, which threshold and
+/// window, and never which child. Calls refused while a throttle is in force log nothing, so a
+/// sweep cannot flood the log.
+fn refuse(throttled: &Throttled, now: i64) -> RegistryError {
+    use cpis_core::text::{LogOds, LogSafe};
+    use cpis_proto::cpis::common::v1::accessor::Kind;
+    use cpis_proto::cpis::registry::v1::ThrottledSubject;
+    for event in &throttled.raised {
+        let accessor = event.accessor.as_ref();
+        let (user, system) = match accessor.and_then(|a| a.kind.as_ref()) {
+            Some(Kind::Person(p)) => (p.user_id.as_str(), ""),
+            Some(Kind::System(s)) => (
+                s.responsible_person
+                    .as_ref()
+                    .map_or("", |p| p.user_id.as_str()),
+                s.system_id.as_str(),
+            ),
+            None => ("", ""),
+        };
+        let org = accessor
+            .and_then(|a| a.organisation.as_ref())
+            .map_or("", |o| o.ods_code.as_str());
+        let setting = accessor.map_or(0, |a| a.care_setting);
+        tracing::warn!(
+            target: "security",
+            event = "lookups_throttled",
+            subject = ThrottledSubject::try_from(event.subject)
+                .unwrap_or(ThrottledSubject::Unspecified)
+                .as_str_name(),
+            user = %LogSafe(user),
+            system = %LogSafe(system),
+            org = %LogOds(org),
+            setting = cpis_proto::cpis::common::v1::CareSetting::try_from(setting)
+                .unwrap_or_default()
+                .as_str_name(),
+            threshold = event.threshold,
+            window_secs = event.window.as_ref().map_or(0, |w| w.seconds),
+            event_id = %event.event_id,
+            "enumeration threshold crossed; lookups throttled"
+        );
+    }
+    let micros = u64::try_from(throttled.until.saturating_sub(now)).unwrap_or(0);
+    // Whole seconds, rounded up: a caller that waits as told is let in.
+    let retry_after = std::time::Duration::from_secs(micros.div_ceil(1_000_000).max(1));
+    RegistryError::LookupsThrottled {
+        retry_after,
+        organisation: throttled.organisation,
     }
 }

@@ -29,6 +29,7 @@ use tonic::service::Routes;
 
 use crate::clock::Clock;
 use crate::db::Database;
+use crate::domain::enumeration::EnumerationLimits;
 use crate::notify::{
     Notifier,
     feeds::{Feeds, Limits},
@@ -54,6 +55,8 @@ pub(crate) struct Registry {
     pub subscription: SubscriptionOptions,
     /// Turns true when the server starts draining; subscribers end with SHUTTING_DOWN.
     pub shutdown: watch::Receiver<bool>,
+    /// The enumeration guard's thresholds.
+    pub enumeration: EnumerationLimits,
 }
 
 impl Registry {
@@ -65,6 +68,7 @@ impl Registry {
         upload: upload::UploadOptions,
         subscription: (SubscriptionOptions, Limits),
         shutdown: watch::Receiver<bool>,
+        enumeration: EnumerationLimits,
     ) -> Self {
         let (subscription, limits) = subscription;
         Self {
@@ -81,6 +85,7 @@ impl Registry {
             upload,
             subscription,
             shutdown,
+            enumeration,
         }
     }
 }

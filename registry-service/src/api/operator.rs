@@ -1,7 +1,8 @@
 //! Operators' NHS-number status import (the demographics feed, standing in for PDS), in one
 //! place for both ways in: the `OperatorService` RPC (a stream of changes) and the
 //! `registry-service import-nhs-status FILE.csv` command. Each change is validated, applied in
-//! chunks (one transaction each), and every council holding the number is notified once.
+//! chunks (one transaction each), and every council holding the number is notified once. Also
+//! the listing of security events (the enumeration guard's crossings), newest first.
 
 use std::sync::Arc;
 
@@ -10,14 +11,15 @@ use cpis_core::{nhs_number::NhsNumber, status::FieldViolation};
 use cpis_proto::cpis::common::v1::{ErrorReason, InactiveReason};
 use cpis_proto::cpis::registry::v1::{
     EntryRejection, ImportNhsNumberStatusChangesRequest, ImportNhsNumberStatusChangesResponse,
-    LoadDemographicsRequest, LoadDemographicsResponse, NhsNumberStatusChange,
-    operator_service_server::OperatorService,
+    ListSecurityEventsRequest, ListSecurityEventsResponse, LoadDemographicsRequest,
+    LoadDemographicsResponse, NhsNumberStatusChange, operator_service_server::OperatorService,
 };
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Registry;
 use super::convert::{to_naive, to_wire_date};
-use crate::db::{Database, nhs_status};
+use super::paging::{Query, page_size, split_page};
+use crate::db::{Database, enumeration::list_security_events, nhs_status};
 use crate::domain::dates::{EARLIEST_PLAUSIBLE, plus_months};
 use crate::domain::nhs_status::StatusChange;
 use crate::error::RegistryError;
@@ -308,6 +310,29 @@ impl OperatorService for OperatorApi {
             import.add(position, entry).await?;
         }
         Ok(Response::new(import.finish().await?))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "ListSecurityEvents"))]
+    async fn list_security_events(
+        &self,
+        request: Request<ListSecurityEventsRequest>,
+    ) -> Result<Response<ListSecurityEventsResponse>, Status> {
+        let registry = &self.0;
+        let body = request.into_inner();
+        let limit = page_size(body.page_size)?;
+        let before = registry
+            .pages
+            .open(Query::SecurityEvents, &body.page_token)
+            .await?;
+        let rows = registry
+            .db
+            .run(move |conn| list_security_events(conn, before, limit + 1))
+            .await?;
+        let page = split_page(rows, limit);
+        Ok(Response::new(ListSecurityEventsResponse {
+            next_page_token: registry.pages.next(Query::SecurityEvents, &page).await?,
+            security_events: page.items,
+        }))
     }
 
     async fn load_demographics(

@@ -1,6 +1,6 @@
 //! Paging for every listing: page sizes, reading one row more than the page to know whether
-//! another follows, and opaque page tokens. A token is the listing's position (an NHS number, an
-//! event id or a sequence) sealed with XChaCha20-Poly1305 under a key the registry keeps in its
+//! another follows, and opaque page tokens. A token is the listing's position (a row id or a
+//! sequence) sealed with XChaCha20-Poly1305 under a key the registry keeps in its
 //! database (shared by every replica, generated once), with the query it belongs to as
 //! associated data: clients that log page tokens log no child data, and a token replayed against
 //! another query, altered or made up is refused.
@@ -97,25 +97,28 @@ pub(crate) enum Query<'a> {
         /// Which batch.
         batch_id: &'a str,
     },
+    /// ListSecurityEvents (operators: every event, no council).
+    SecurityEvents,
 }
 
 impl Query<'_> {
     /// Associated data binding a token to its query.
     fn bind(self) -> Vec<u8> {
         let (kind, council, filter, subject) = match self {
-            Self::Records { council, state } => (1u8, council, state, None),
+            Self::Records { council, state } => (1u8, Some(council), state, None),
             Self::AccessEvents {
                 council,
                 nhs_number,
-            } => (2, council, 0, Some(nhs_number.to_string())),
-            Self::Notifications { council } => (3, council, 0, None),
+            } => (2, Some(council), 0, Some(nhs_number.to_string())),
+            Self::Notifications { council } => (3, Some(council), 0, None),
             Self::BatchRejections { council, batch_id } => {
-                (4, council, 0, Some(batch_id.to_owned()))
+                (4, Some(council), 0, Some(batch_id.to_owned()))
             }
+            Self::SecurityEvents => (5, None, 0, None),
         };
         let mut bound = vec![VERSION, kind];
         bound.extend_from_slice(&filter.to_be_bytes());
-        bound.extend_from_slice(council.as_str().as_bytes());
+        bound.extend_from_slice(council.map_or("", OdsCode::as_str).as_bytes());
         bound.push(0);
         if let Some(subject) = subject {
             bound.extend_from_slice(subject.as_bytes());

@@ -1,7 +1,9 @@
 //! Disclose-and-record in one database transaction: read the visible records for an NHS number,
 //! append the access event, queue one notification per council for an unscheduled access, and
 //! read the recent accesses. If anything fails, or the caller's deadline passes before the
-//! commit, nothing is disclosed and nothing is recorded. Also the access history councils read.
+//! commit, nothing is disclosed and nothing is recorded. Before any of it, the enumeration guard
+//! (`db::enumeration`) may refuse the lookup; then only its throttle and security event are
+//! committed. Also the access history councils read.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -16,6 +18,7 @@ use prost::Message as _;
 
 use super::{
     DbConnection,
+    enumeration::{Throttled, check},
     models::{AccessEventRow, ChildRecordRow, LocalAuthorityRow, NewAccessEvent, decode},
     outbox::Outbox,
     schema::{access_events, child_records, holding_periods, local_authorities},
@@ -23,6 +26,7 @@ use super::{
 use crate::domain::access::{RECENT_SCAN, collapse};
 use crate::domain::contacts::Council;
 use crate::domain::dates::timestamp;
+use crate::domain::enumeration::EnumerationLimits;
 use crate::domain::record::StoredRecord;
 use crate::domain::visibility::{VisiblePlan, evaluate};
 use crate::error::RegistryError;
@@ -44,6 +48,17 @@ pub(crate) struct DisclosureRequest {
     pub today: NaiveDate,
     /// Roll back instead of committing after this instant.
     pub deadline: Option<Instant>,
+    /// The enumeration guard's thresholds.
+    pub limits: EnumerationLimits,
+}
+
+/// What a disclosure transaction ended with.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Disclosed and recorded.
+    Disclosed(Disclosure),
+    /// Refused by the enumeration guard: nothing disclosed, no access recorded.
+    Throttled(Throttled),
 }
 
 /// What was disclosed.
@@ -91,7 +106,7 @@ pub(crate) fn disclose(
     conn: &mut DbConnection,
     request: &DisclosureRequest,
     outbox: &mut Outbox,
-) -> Result<Disclosure, RegistryError> {
+) -> Result<Outcome, RegistryError> {
     let mark = outbox.mark();
     super::retry_races(
         |_| false,
@@ -106,12 +121,25 @@ fn disclose_once(
     conn: &mut DbConnection,
     request: &DisclosureRequest,
     outbox: &mut Outbox,
-) -> Result<Disclosure, RegistryError> {
+) -> Result<Outcome, RegistryError> {
     // Set once the work is done and only COMMIT remains: a failure after that point may have
     // committed (PostgreSQL can make a commit durable and then lose the connection), so it is
     // reported as an unknown outcome, never as "not recorded".
     let mut committing = false;
     let outcome = conn.transaction(|conn| {
+        // The guard first, before anything is read or written: a refused lookup discloses
+        // nothing and records no access. It takes no lock unless a threshold is crossed (then
+        // only the subject's throttle row, and no council row), so the one lock order below
+        // holds.
+        if let Some(throttled) = check(
+            conn,
+            &request.limits,
+            &request.accessor,
+            &request.nhs_number,
+            request.now,
+        )? {
+            return Ok(Outcome::Throttled(throttled));
+        }
         let visible: Vec<_> = records_on(conn, &request.nhs_number)?
             .into_iter()
             .filter_map(|(stored, case_id, id)| {
@@ -217,11 +245,11 @@ fn disclose_once(
             return Err(RegistryError::DeadlineExceeded);
         }
         committing = true;
-        Ok(Disclosure {
+        Ok(Outcome::Disclosed(Disclosure {
             alerts,
             recent,
             access_id,
-        })
+        }))
     });
     match outcome {
         Err(error) if committing => {

@@ -8,7 +8,8 @@ use diesel::prelude::*;
 
 use super::schema::{
     access_events, batch_rejections, child_records, holding_periods, local_authorities,
-    nhs_number_status, notifications, registry_keys, upload_batches, upload_claims,
+    lookup_throttles, nhs_number_status, notifications, registry_keys, security_events,
+    upload_batches, upload_claims,
 };
 use crate::domain::contacts::{Contacts, Council};
 use crate::domain::dates::{from_days, to_days};
@@ -312,6 +313,22 @@ pub(crate) struct NewAccessEvent {
     pub accessor_key: String,
     pub organisation_ods_code: String,
     pub care_setting: i32,
+    pub event: Vec<u8>,
+}
+
+/// A throttled subject of the enumeration guard.
+#[derive(Clone, Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = lookup_throttles)]
+pub(crate) struct ThrottleRow {
+    pub subject: String,
+    pub throttled_until: i64,
+}
+
+/// A stored security event, as encoded `cpis.registry.v1.SecurityEvent`.
+#[derive(Clone, Debug, Queryable, Selectable)]
+#[diesel(table_name = security_events)]
+pub(crate) struct SecurityEventRow {
+    pub id: i64,
     pub event: Vec<u8>,
 }
 

@@ -119,6 +119,21 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    lookup_throttles (subject) {
+        subject -> Text,
+        throttled_until -> BigInt,
+    }
+}
+
+diesel::table! {
+    security_events (id) {
+        id -> BigInt,
+        event_time -> BigInt,
+        event -> Binary,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(access_events, holding_periods);
 
 /// Every table, for the drift test.
@@ -134,4 +149,6 @@ pub(crate) const TABLES: &[&str] = &[
     "upload_claims",
     "batch_rejections",
     "holding_periods",
+    "lookup_throttles",
+    "security_events",
 ];

@@ -59,7 +59,9 @@ fn declared() -> BTreeMap<String, Vec<String>> {
         registry_keys,
         holding_periods,
         upload_claims,
-        batch_rejections
+        batch_rejections,
+        lookup_throttles,
+        security_events
     );
     assert_eq!(map.keys().cloned().collect::<Vec<_>>(), {
         let mut t: Vec<String> = schema::TABLES.iter().map(|s| (*s).to_owned()).collect();

@@ -5,6 +5,7 @@
 pub(crate) mod access;
 pub(crate) mod contacts;
 pub(crate) mod dates;
+pub(crate) mod enumeration;
 pub(crate) mod nhs_status;
 pub(crate) mod record;
 pub(crate) mod visibility;

@@ -11,6 +11,7 @@ mod crash;
 mod crowds;
 mod dates;
 mod edges;
+mod enumeration;
 mod harness;
 mod keys;
 mod logs;

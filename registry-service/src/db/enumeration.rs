@@ -1,0 +1,237 @@
+//! SQL for the enumeration guard, run first in every disclosure's transaction: is the caller (or
+//! its organisation) throttled, and would this lookup take a count of distinct NHS numbers in a
+//! sliding window past its threshold? The counts are over `access_events`, which every replica
+//! of every lookup service writes through, so they hold for the whole deployment; each count is
+//! a range scan of one index (key, time, NHS number). Crossing a threshold claims the subject's
+//! row in `lookup_throttles` (only one racing transaction can) and writes one security event.
+//! Also the operators' listing of security events.
+
+use cpis_core::{accessor::ValidAccessor, nhs_number::NhsNumber};
+use cpis_proto::cpis::registry::v1::{SecurityEvent, SecurityEventKind};
+use diesel::dsl::{count, max};
+use diesel::prelude::*;
+use prost::Message as _;
+
+use super::{
+    DbConnection,
+    models::{SecurityEventRow, ThrottleRow, decode},
+    schema::{access_events, lookup_throttles, security_events},
+};
+use crate::domain::dates::timestamp;
+use crate::domain::enumeration::{Counted, DAY, EnumerationLimits, HOUR, Rule, throttled_until};
+use crate::error::RegistryError;
+
+/// Why a disclosure was refused: the caller or its organisation is throttled.
+#[derive(Debug)]
+pub(crate) struct Throttled {
+    /// Until when (microseconds since the epoch): the latest of the throttles that apply.
+    pub until: i64,
+    /// Whether the organisation (rather than the user or system alone) is throttled.
+    pub organisation: bool,
+    /// The security events this call raised (crossings); empty when the caller was already
+    /// throttled.
+    pub raised: Vec<SecurityEvent>,
+}
+
+/// Inside the disclosure transaction, before anything is read or recorded: `Some` when this
+/// lookup of `nhs_number` by `accessor` at `now` must be refused. A lookup that crosses a
+/// threshold writes the throttle and its security event (the caller commits them, and records
+/// no access); one that finds a throttle in force writes nothing.
+pub(crate) fn check(
+    conn: &mut DbConnection,
+    limits: &EnumerationLimits,
+    accessor: &ValidAccessor,
+    nhs_number: &NhsNumber,
+    now: i64,
+) -> Result<Option<Throttled>, RegistryError> {
+    let rules = limits.rules_for(accessor);
+    if rules.is_empty() {
+        return Ok(None);
+    }
+    // One statement, one round trip on the hot path: the latest throttle in force on any of the
+    // caller's subjects (primary-key probes), and the distinct numbers already looked up in
+    // each window, this one left out (a child looked up again is not a new one, and never
+    // crosses a threshold). Each count is a range scan of one covering index.
+    let keys: Vec<String> = rules.iter().map(Rule::throttle_key).collect();
+    let nhs = nhs_number.to_string();
+    let key = accessor.key();
+    let ods = accessor.ods_code().to_string();
+    let by_accessor = |window: i64| {
+        access_events::table
+            .filter(access_events::accessor_key.eq(key.clone()))
+            .filter(access_events::access_time.gt(now.saturating_sub(window)))
+            .filter(access_events::nhs_number.ne(nhs.clone()))
+            .select(count(access_events::nhs_number).aggregate_distinct())
+            .single_value()
+    };
+    let by_organisation = access_events::table
+        .filter(access_events::organisation_ods_code.eq(ods.clone()))
+        .filter(access_events::access_time.gt(now.saturating_sub(HOUR)))
+        .filter(access_events::nhs_number.ne(nhs.clone()))
+        .select(count(access_events::nhs_number).aggregate_distinct())
+        .single_value();
+    let in_force = lookup_throttles::table
+        .filter(lookup_throttles::subject.eq_any(keys.clone()))
+        .filter(lookup_throttles::throttled_until.gt(now))
+        .select(max(lookup_throttles::throttled_until))
+        .single_value();
+    let (in_force, accessor_hour, accessor_day, organisation_hour): (
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+    ) = diesel::select((
+        in_force,
+        by_accessor(HOUR),
+        by_accessor(DAY),
+        by_organisation,
+    ))
+    .get_result(conn)?;
+    if let Some(until) = in_force {
+        // Throttled already: nothing to write. Whether it is the organisation's (rare path).
+        let organisation: i64 = lookup_throttles::table
+            .filter(lookup_throttles::subject.eq(format!("organisation:{ods}")))
+            .filter(lookup_throttles::throttled_until.gt(now))
+            .count()
+            .get_result(conn)?;
+        return Ok(Some(Throttled {
+            until,
+            organisation: organisation > 0,
+            raised: Vec::new(),
+        }));
+    }
+
+    let mut throttled: Option<Throttled> = None;
+    for rule in &rules {
+        let others = match (&rule.counted, rule.window) {
+            (Counted::Organisation(_), _) => organisation_hour,
+            (Counted::Accessor(_), DAY) => accessor_day,
+            (Counted::Accessor(_), _) => accessor_hour,
+        }
+        .unwrap_or(0);
+        if others < i64::from(rule.threshold) {
+            continue;
+        }
+        let until = crossing_until(conn, rule, &nhs, now)?;
+        let raised = claim(conn, rule, accessor, until, now)?;
+        let refusal = throttled.get_or_insert(Throttled {
+            until,
+            organisation: false,
+            raised: Vec::new(),
+        });
+        refusal.until = refusal.until.max(until);
+        refusal.organisation |= matches!(rule.counted, Counted::Organisation(_));
+        refusal.raised.push(raised);
+    }
+    Ok(throttled)
+}
+
+/// Until when a subject crossing `rule` now is refused: when enough of its numbers have left the
+/// window. Read only on a crossing (rare), so reading each number's last time is affordable.
+fn crossing_until(
+    conn: &mut DbConnection,
+    rule: &Rule,
+    nhs: &str,
+    now: i64,
+) -> Result<i64, RegistryError> {
+    let since = now.saturating_sub(rule.window);
+    let last_seen: Vec<Option<i64>> = match &rule.counted {
+        Counted::Accessor(key) => access_events::table
+            .filter(access_events::accessor_key.eq(key))
+            .filter(access_events::access_time.gt(since))
+            .filter(access_events::nhs_number.ne(nhs))
+            .group_by(access_events::nhs_number)
+            .select(max(access_events::access_time))
+            .load(conn)?,
+        Counted::Organisation(ods) => access_events::table
+            .filter(access_events::organisation_ods_code.eq(ods))
+            .filter(access_events::access_time.gt(since))
+            .filter(access_events::nhs_number.ne(nhs))
+            .group_by(access_events::nhs_number)
+            .select(max(access_events::access_time))
+            .load(conn)?,
+    };
+    let last_seen = last_seen.into_iter().flatten().collect();
+    // At least a moment from now, so a refusal always says to wait.
+    Ok(throttled_until(last_seen, rule.threshold, rule.window)
+        .unwrap_or(now)
+        .max(now.saturating_add(1)))
+}
+
+/// Claims the subject's throttle until `until` and raises its security event. A claim only
+/// succeeds over no row or a lapsed one; when another transaction holds (or has just taken) it,
+/// PostgreSQL makes this UPDATE wait for it and then find nothing to update, and this INSERT
+/// fail as a unique violation, which runs the disclosure again (`retry_races`) to find the
+/// throttle in force: one crossing, one event, however many replicas race.
+fn claim(
+    conn: &mut DbConnection,
+    rule: &Rule,
+    accessor: &ValidAccessor,
+    until: i64,
+    now: i64,
+) -> Result<SecurityEvent, RegistryError> {
+    let key = rule.throttle_key();
+    let renewed = diesel::update(
+        lookup_throttles::table
+            .filter(lookup_throttles::subject.eq(&key))
+            .filter(lookup_throttles::throttled_until.le(now)),
+    )
+    .set(lookup_throttles::throttled_until.eq(until))
+    .execute(conn)?;
+    if renewed == 0 {
+        diesel::insert_into(lookup_throttles::table)
+            .values(ThrottleRow {
+                subject: key,
+                throttled_until: until,
+            })
+            .execute(conn)?;
+    }
+    let event = SecurityEvent {
+        event_id: new_event_id(now),
+        event_time: Some(timestamp(now)),
+        kind: SecurityEventKind::LookupsThrottled as i32,
+        subject: rule.subject as i32,
+        accessor: Some(accessor.as_wire().clone()),
+        threshold: rule.threshold,
+        window: Some(prost_types::Duration {
+            seconds: rule.window / 1_000_000,
+            nanos: 0,
+        }),
+        throttled_until: Some(timestamp(until)),
+    };
+    diesel::insert_into(security_events::table)
+        .values((
+            security_events::event_time.eq(now),
+            security_events::event.eq(event.encode_to_vec()),
+        ))
+        .execute(conn)?;
+    Ok(event)
+}
+
+fn new_event_id(now: i64) -> String {
+    use rand_core::RngCore as _;
+    let mut rng = rand_core::OsRng;
+    format!("sev-{now:x}-{:016x}", rng.next_u64())
+}
+
+/// Security events, newest first, before `before` (an event's row id), each with its row id
+/// (the page cursor); an event that does not decode is reported and comes back as `None`.
+pub(crate) fn list_security_events(
+    conn: &mut DbConnection,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<(i64, Option<SecurityEvent>)>, RegistryError> {
+    let mut query = security_events::table
+        .order(security_events::id.desc())
+        .limit(limit)
+        .select(SecurityEventRow::as_select())
+        .into_boxed();
+    if let Some(before) = before {
+        query = query.filter(security_events::id.lt(before));
+    }
+    Ok(query
+        .load(conn)?
+        .into_iter()
+        .map(|row| (row.id, decode(&row.event, "security_events", row.id).ok()))
+        .collect())
+}
