@@ -187,6 +187,15 @@ impl StackBuilder {
     }
 }
 
+/// Serves `config`'s public port with TLS (the stack's server certificate) and asks councils for
+/// client certificates from the stack's CA (`--council-client-ca`), as a deployment that wants
+/// them does.
+pub fn require_council_certificates(config: &mut registry_service::Config) {
+    config.server.tls.tls_cert = config.internal_tls_cert.clone();
+    config.server.tls.tls_key = config.internal_tls_key.clone();
+    config.council_client_ca = config.internal_client_ca.clone();
+}
+
 /// The bound on calls in progress in tests: above the largest flood a test opens at once (the
 /// protective-edge tests set their own).
 pub const TESTS_MAX_IN_FLIGHT: u32 = 4096;

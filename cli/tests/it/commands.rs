@@ -426,11 +426,7 @@ fn token_jwks_lets_services_run_by_hand() {
 async fn council_commands_present_a_client_certificate() {
     use cpis_testkit::db::Backend;
     let reg = cpis_testkit::Stack::builder(Backend::Sqlite)
-        .registry(|c| {
-            c.server.tls.tls_cert = c.internal_tls_cert.clone();
-            c.server.tls.tls_key = c.internal_tls_key.clone();
-            c.council_client_ca = c.internal_client_ca.clone();
-        })
+        .registry(cpis_testkit::stack::require_council_certificates)
         .start()
         .await
         .expect("sqlite");

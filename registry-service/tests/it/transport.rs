@@ -534,12 +534,8 @@ async fn set_contacts_over(
 async fn council_certificates_when_the_deployment_asks_for_them() {
     let captured = logs::capture();
     let reg = stack(Backend::Sqlite)
-        .registry(|c| {
-            // The public port serves TLS, and councils need certificates from the stack's CA.
-            c.server.tls.tls_cert = c.internal_tls_cert.clone();
-            c.server.tls.tls_key = c.internal_tls_key.clone();
-            c.council_client_ca = c.internal_client_ca.clone();
-        })
+        // The public port serves TLS, and councils need certificates from the stack's CA.
+        .registry(cpis_testkit::stack::require_council_certificates)
         .start()
         .await
         .expect("sqlite");
@@ -678,9 +674,7 @@ async fn a_revoked_council_certificate_loses_its_open_connection() {
     std::fs::write(&crl, revoking(&[])).expect("write CRL");
     let (public, _internal) = reg
         .another_registry_ports(|c| {
-            c.server.tls.tls_cert = c.internal_tls_cert.clone();
-            c.server.tls.tls_key = c.internal_tls_key.clone();
-            c.council_client_ca = c.internal_client_ca.clone();
+            cpis_testkit::stack::require_council_certificates(c);
             c.council_client_crl = vec![crl.clone()];
             c.server.tls.tls_reload_interval = Duration::from_millis(100);
             c.certificate_connection_age = Duration::from_secs(2);
