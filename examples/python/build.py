@@ -2,10 +2,13 @@
 
 Writes the stubs into examples/python/generated/ (git-ignored). Run it after the contracts
 change; council_client.py runs it by itself when the stubs are missing or older than proto/.
+Several clients started at once on a fresh checkout build once: the build holds a lock
+(generated.lock beside it), and the others wait for it and use its stubs.
 
     python examples/python/build.py
 """
 
+import fcntl
 import pathlib
 import shutil
 import sys
@@ -15,6 +18,7 @@ from grpc_tools import protoc
 HERE = pathlib.Path(__file__).resolve().parent
 PROTO = HERE.parents[1] / "proto"
 OUT = HERE / "generated"
+LOCK = HERE / "generated.lock"
 
 
 def sources() -> list[str]:
@@ -43,9 +47,12 @@ def build() -> pathlib.Path:
 
 
 def ensure() -> pathlib.Path:
-    """Builds when needed and puts the stubs on sys.path."""
-    if stale():
-        build()
+    """Builds when needed (one process at a time) and puts the stubs on sys.path."""
+    with open(LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        # Checked under the lock: another client may have just built them.
+        if stale():
+            build()
     if str(OUT) not in sys.path:
         sys.path.insert(0, str(OUT))
     return OUT
