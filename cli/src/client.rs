@@ -147,17 +147,13 @@ impl CouncilArgs {
             (Some(cert), Some(key)) => Some(ClientCert { cert, key }),
             _ => None,
         };
-        if client.is_some() && !self.registry_url.starts_with("https://") {
-            return Err(CliError::Other(format!(
-                "--client-cert needs an https:// registry URL, not {}",
-                self.registry_url
-            )));
-        }
-        let channel = connect_with(&self.registry_url, self.ca_cert.as_deref(), client).await?;
-        Ok(CouncilServiceClient::with_interceptor(
-            channel,
-            bearer(self.token.as_ref())?,
-        ))
+        council(
+            &self.registry_url,
+            self.ca_cert.as_deref(),
+            client,
+            self.token.as_ref(),
+        )
+        .await
     }
 }
 
@@ -186,6 +182,11 @@ pub async fn connect_with(
         std::fs::read(path)
             .map_err(|e| CliError::Other(format!("cannot read {}: {e}", path.display())))
     };
+    if client.is_some() && !url.starts_with("https://") {
+        return Err(CliError::Other(format!(
+            "a client certificate needs an https:// URL, not {url}"
+        )));
+    }
     let mut endpoint =
         Endpoint::from_shared(url.to_owned()).map_err(|e| connect_error(e.to_string()))?;
     if url.starts_with("https://") {
@@ -220,13 +221,15 @@ pub fn bearer(token: Option<&SecretString>) -> Result<Bearer, CliError> {
     Ok(Bearer(Some(value)))
 }
 
-/// A council client on `url` (trusting `ca` for https) with `token`.
+/// A council client on `url` (trusting `ca` for https, presenting `client` where the registry
+/// asks councils for a certificate) with `token`.
 pub async fn council(
     url: &str,
     ca: Option<&Path>,
+    client: Option<ClientCert<'_>>,
     token: Option<&SecretString>,
 ) -> Result<CouncilServiceClient<InterceptedService<Channel, Bearer>>, CliError> {
-    let channel = connect_with(url, ca, None).await?;
+    let channel = connect_with(url, ca, client).await?;
     Ok(CouncilServiceClient::with_interceptor(
         channel,
         bearer(token)?,

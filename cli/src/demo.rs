@@ -205,7 +205,7 @@ pub async fn seed(
             )
             .map_err(|e| CliError::Other(e.to_string()))?;
         let token = SecretString::from(token);
-        let mut council = client::council(url, ca, Some(&token)).await?;
+        let mut council = client::council(url, ca, None, Some(&token)).await?;
         match council
             .get_contact_details(GetContactDetailsRequest::default())
             .await

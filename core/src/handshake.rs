@@ -27,7 +27,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
-use crate::log_budget::LogBudget;
+use crate::log_budget::SharedBudget;
 
 /// Bounds on TLS handshakes in progress (see the module).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,7 +88,7 @@ where
         acceptor,
         timeout,
         pending: Arc::new(Mutex::new(Pending::new(limits))),
-        logs: Arc::new(Mutex::new(LogBudget::default())),
+        logs: Arc::new(SharedBudget::default()),
         tx,
         rx,
     }
@@ -101,7 +101,7 @@ pub(crate) struct Handshakes<I> {
     acceptor: TlsAcceptor,
     timeout: Duration,
     pending: Arc<Mutex<Pending>>,
-    logs: Arc<Mutex<LogBudget>>,
+    logs: Arc<SharedBudget>,
     tx: mpsc::Sender<Handshaken>,
     rx: mpsc::Receiver<Handshaken>,
 }
@@ -115,7 +115,7 @@ impl<I> Handshakes<I> {
         // handle of the task it evicts.
         let (slot, evicted) = Slot::admit(&self.pending, remote.map(|a| source_of(a.ip())));
         if evicted > 0 {
-            budget(&self.logs).allow(|suppressed| {
+            self.logs.allow(|suppressed| {
                 tracing::warn!(
                     target: "security",
                     evicted,
@@ -192,7 +192,7 @@ async fn handshake(
     remote: Option<SocketAddr>,
     deadline: Instant,
     slot: Slot,
-    logs: Arc<Mutex<LogBudget>>,
+    logs: Arc<SharedBudget>,
     tx: mpsc::Sender<Handshaken>,
 ) {
     let outcome = tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await;
@@ -210,7 +210,7 @@ async fn handshake(
         Ok(Err(error)) => {
             // Often a client that does not trust us or that we do not trust (no, unknown or
             // expired client certificate).
-            budget(&logs).allow(|suppressed| {
+            logs.allow(|suppressed| {
                 tracing::info!(
                     target: "security",
                     remote = ?remote,
@@ -364,11 +364,6 @@ fn lock(pending: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
     // Nothing panics while holding it; if something did, the bookkeeping is still usable.
     pending
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn budget(logs: &Mutex<LogBudget>) -> MutexGuard<'_, LogBudget> {
-    logs.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 

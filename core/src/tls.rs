@@ -165,6 +165,37 @@ fn stamp(path: &Path) -> Option<u64> {
     Some(hasher.finish())
 }
 
+/// The fingerprints of `files`, in order.
+fn stamps(files: &[PathBuf]) -> Vec<Option<u64>> {
+    files.iter().map(|file| stamp(file)).collect()
+}
+
+/// Calls `reload` on `owner` whenever the content of any of `files` differs from what it was
+/// (`seen`: taken before the owner's first load, so a change during it is not missed), checked
+/// every `interval` by a task that ends when the last holder of `owner` drops it.
+fn watch_files<T: Send + Sync + 'static>(
+    owner: &Arc<T>,
+    files: Vec<PathBuf>,
+    mut seen: Vec<Option<u64>>,
+    interval: Duration,
+    reload: fn(&T),
+) {
+    let weak: Weak<T> = Arc::downgrade(owner);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval.max(Duration::from_millis(10)));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(owner) = weak.upgrade() else { return };
+            let now = stamps(&files);
+            if now != seen {
+                seen = now;
+                reload(&owner);
+            }
+        }
+    });
+}
+
 /// The server's certificate and key, re-read from their files when either changes (polled
 /// every `interval` by a task that ends when the last holder drops this).
 #[derive(Debug)]
@@ -181,27 +212,15 @@ impl ReloadingCert {
         key_path: PathBuf,
         interval: Duration,
     ) -> Result<Arc<Self>, TlsError> {
-        let mut stamps = (stamp(&cert_path), stamp(&key_path));
+        let files = vec![cert_path.clone(), key_path.clone()];
+        let seen = stamps(&files);
         let loaded = load_certified_key(&cert_path, &key_path)?;
         let this = Arc::new(Self {
             cert_path,
             key_path,
             current: RwLock::new(Arc::new(loaded)),
         });
-        let weak: Weak<Self> = Arc::downgrade(&this);
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(interval.max(Duration::from_millis(10)));
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                let Some(this) = weak.upgrade() else { return };
-                let now = (stamp(&this.cert_path), stamp(&this.key_path));
-                if now != stamps {
-                    stamps = now;
-                    this.reload();
-                }
-            }
-        });
+        watch_files(&this, files, seen, interval, Self::reload);
         Ok(this)
     }
 
@@ -402,32 +421,15 @@ impl ClientTrust {
         crls: Vec<PathBuf>,
         interval: Duration,
     ) -> Result<Arc<Self>, TlsError> {
-        let stamps = |ca: &Path, crls: &[PathBuf]| {
-            std::iter::once(stamp(ca))
-                .chain(crls.iter().map(|p| stamp(p)))
-                .collect::<Vec<_>>()
-        };
-        let mut seen = stamps(&ca, &crls);
+        let files: Vec<PathBuf> = std::iter::once(ca.clone()).chain(crls.clone()).collect();
+        let seen = stamps(&files);
         let verifier = client_verifier(&ca, &crls)?;
         let this = Arc::new(Self {
             ca,
             crls,
             current: RwLock::new(verifier),
         });
-        let weak: Weak<Self> = Arc::downgrade(&this);
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(interval.max(Duration::from_millis(10)));
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                let Some(this) = weak.upgrade() else { return };
-                let now = stamps(&this.ca, &this.crls);
-                if now != seen {
-                    seen = now;
-                    this.reload();
-                }
-            }
-        });
+        watch_files(&this, files, seen, interval, Self::reload);
         Ok(this)
     }
 

@@ -74,14 +74,14 @@ impl LookupService for LookupApi {
     #[tracing::instrument(skip_all, fields(rpc = "LookupChild"))]
     async fn lookup_child(
         &self,
-        request: Request<LookupChildRequest>,
+        mut request: Request<LookupChildRequest>,
     ) -> Result<Response<LookupChildResponse>, Status> {
         let started = std::time::Instant::now();
         // Authenticated (and rate limited) by `auth::NhsAuth`; an unserved care setting is the
         // policy's call, below.
-        let caller = match request.extensions().get::<Authenticated>() {
-            Some(Authenticated::Caller(caller)) => Ok((**caller).clone()),
-            Some(Authenticated::UnservedSetting { org }) => Err(org.clone()),
+        let caller = match request.extensions_mut().remove::<Authenticated>() {
+            Some(Authenticated::Caller(caller)) => Ok(*caller),
+            Some(Authenticated::UnservedSetting { org }) => Err(org),
             None => {
                 tracing::error!("a lookup reached the handler without its caller (wiring defect)");
                 return Err(LookupError::Internal.into());

@@ -187,6 +187,20 @@ impl StackBuilder {
     }
 }
 
+/// Contact details for council `ods` (its name "Council ODS", test-range phone numbers), as
+/// `Stack::register_council` sets them.
+pub fn council_contacts(ods: &str) -> SetContactDetailsRequest {
+    SetContactDetailsRequest {
+        local_authority: Some(LocalAuthority {
+            ods_code: ods.into(),
+            name: format!("Council {ods}"),
+            emergency_duty_phone: "020 7946 0000".into(),
+            office_hours_phone: "020 7946 0001".into(),
+            update_time: None,
+        }),
+    }
+}
+
 /// Serves `config`'s public port with TLS (the stack's server certificate) and asks councils for
 /// client certificates from the stack's CA (`--council-client-ca`), as a deployment that wants
 /// them does.
@@ -444,24 +458,18 @@ impl Stack {
     pub async fn register_council(&self, ods: &str) {
         self.council()
             .await
-            .set_contact_details(self.as_council(
-                ods,
-                SetContactDetailsRequest {
-                    local_authority: Some(LocalAuthority {
-                        ods_code: ods.into(),
-                        name: format!("Council {ods}"),
-                        emergency_duty_phone: "020 7946 0000".into(),
-                        office_hours_phone: "020 7946 0001".into(),
-                        update_time: None,
-                    }),
-                },
-            ))
+            .set_contact_details(self.as_council(ods, council_contacts(ods)))
             .await
             .expect("set contact details");
     }
 
     /// Stores `record` for council `ods`.
     pub async fn put(&self, ods: &str, record: ChildRecord) {
+        self.try_put(ods, record).await.expect("put record");
+    }
+
+    /// Stores `record` for council `ods`, or says why the registry refused.
+    pub async fn try_put(&self, ods: &str, record: ChildRecord) -> Result<(), Status> {
         self.council()
             .await
             .put_child_record(self.as_council(
@@ -472,7 +480,7 @@ impl Stack {
                 },
             ))
             .await
-            .expect("put record");
+            .map(|_| ())
     }
 
     /// Council `ods`'s record on `nhs_number`, as `GetChildRecord` answers it.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cpis_core::status::{reason_of, retry_delay};
 use cpis_proto::cpis::common::v1::ErrorReason;
-use cpis_proto::cpis::registry::v1::{GetContactDetailsRequest, PutChildRecordRequest};
+use cpis_proto::cpis::registry::v1::GetContactDetailsRequest;
 use tonic::Code;
 
 use crate::harness::{batch, count_records, cpp_record, nhs, stack, subscribe, upload};
@@ -37,21 +37,7 @@ async fn council_writes_and_uploads_are_rate_limited() {
     for ods in ["AB1", "CD2"] {
         reg.register_council(ods).await;
     }
-    let put = |ods: &'static str, i: usize| {
-        let reg = &reg;
-        async move {
-            reg.council()
-                .await
-                .put_child_record(reg.as_council(
-                    ods,
-                    PutChildRecordRequest {
-                        record: Some(cpp_record(&nhs(i))),
-                        ..Default::default()
-                    },
-                ))
-                .await
-        }
-    };
+    let put = |ods: &'static str, i: usize| reg.try_put(ods, cpp_record(&nhs(i)));
     put("AB1", 0).await.expect("within the burst");
     put("AB1", 1).await.expect("within the burst");
     assert_rate_limited(put("AB1", 2).await);

@@ -509,17 +509,7 @@ async fn set_contacts_over(
     port: &TestServer,
     ods: &str,
 ) -> Result<(), tonic::Status> {
-    use cpis_proto::cpis::common::v1::LocalAuthority;
-    use cpis_proto::cpis::registry::v1::SetContactDetailsRequest;
-    let request = SetContactDetailsRequest {
-        local_authority: Some(LocalAuthority {
-            ods_code: ods.into(),
-            name: format!("Council {ods}"),
-            emergency_duty_phone: "020 7946 0000".into(),
-            office_hours_phone: "020 7946 0001".into(),
-            update_time: None,
-        }),
-    };
+    let request = cpis_testkit::stack::council_contacts(ods);
     CouncilServiceClient::new(
         port.try_channel()
             .await
@@ -662,8 +652,6 @@ async fn revocation_lists_and_new_cas_apply_without_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_council_certificate_loses_its_open_connection() {
-    use cpis_proto::cpis::common::v1::LocalAuthority;
-    use cpis_proto::cpis::registry::v1::SetContactDetailsRequest;
     let reg = start(Backend::Sqlite).await.expect("sqlite");
     let pki = &reg.pki;
     let dir = tempfile::tempdir().expect("dir");
@@ -688,20 +676,7 @@ async fn a_revoked_council_certificate_loses_its_open_connection() {
     );
     let port = public.with_tls(pki.client_tls(Some(&doomed)));
     let open = CouncilServiceClient::new(port.channel().await);
-    let contacts = || {
-        reg.as_council(
-            "AB1",
-            SetContactDetailsRequest {
-                local_authority: Some(LocalAuthority {
-                    ods_code: "AB1".into(),
-                    name: "Council AB1".into(),
-                    emergency_duty_phone: "020 7946 0000".into(),
-                    office_hours_phone: "020 7946 0001".into(),
-                    update_time: None,
-                }),
-            },
-        )
-    };
+    let contacts = || reg.as_council("AB1", cpis_testkit::stack::council_contacts("AB1"));
     open.clone()
         .set_contact_details(contacts())
         .await
