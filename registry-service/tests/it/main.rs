@@ -10,6 +10,7 @@ mod corrupt;
 mod crash;
 mod crowds;
 mod dates;
+mod deploy_manifests;
 mod edges;
 mod enumeration;
 mod harness;
