@@ -14,6 +14,9 @@ FROM rust:1.95.0-slim-bookworm AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libssl-dev pkg-config \
  && rm -rf /var/lib/apt/lists/*
+# The image's toolchain is the one rust-toolchain.toml pins; naming it here stops rustup from
+# fetching the toolchain file's extra components (rustfmt, clippy) that a build does not use.
+ENV RUSTUP_TOOLCHAIN=1.95.0
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p registry-service -p lookup-service -p cpis \
