@@ -153,7 +153,7 @@ where
 /// and the transport crates' own spans (the exporter's calls among them) are left out.
 pub fn otel_layer<S>(provider: &SdkTracerProvider) -> impl Layer<S> + Send + Sync + 'static
 where
-    S: Subscriber + for<'a> LookupSpan<'a>,
+    S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
 {
     let tracer = provider.tracer("cpis");
     tracing_opentelemetry::layer()
@@ -334,7 +334,6 @@ impl opentelemetry_sdk::trace::SpanExporter for BudgetedExporter {
         &self,
         batch: Vec<opentelemetry_sdk::trace::SpanData>,
     ) -> opentelemetry_sdk::error::OTelSdkResult {
-        use opentelemetry_sdk::trace::SpanExporter as _;
         let inner = self.inner.clone();
         let result = match export_runtime() {
             Some(runtime) => runtime

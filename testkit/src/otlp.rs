@@ -20,6 +20,8 @@ pub struct Receiver {
 pub struct ExportedSpan {
     /// The resource's `service.name`.
     pub service: String,
+    /// The resource's attributes (`service.name`, `service.version`, ...).
+    pub resource: HashMap<String, String>,
     /// 32 hex digits.
     pub trace_id: String,
     /// 16 hex digits.
@@ -111,14 +113,17 @@ impl Drop for Receiver {
 fn spans_of(request: &serde_json::Value) -> Vec<ExportedSpan> {
     let mut found = Vec::new();
     for resource in request["resourceSpans"].as_array().into_iter().flatten() {
-        let service = attributes(&resource["resource"]["attributes"])
-            .remove("service.name")
+        let resource_attributes = attributes(&resource["resource"]["attributes"]);
+        let service = resource_attributes
+            .get("service.name")
+            .cloned()
             .unwrap_or_default();
         for scope in resource["scopeSpans"].as_array().into_iter().flatten() {
             for span in scope["spans"].as_array().into_iter().flatten() {
                 let text = |key: &str| span[key].as_str().unwrap_or_default().to_owned();
                 found.push(ExportedSpan {
                     service: service.clone(),
+                    resource: resource_attributes.clone(),
                     trace_id: text("traceId"),
                     span_id: text("spanId"),
                     parent_span_id: text("parentSpanId"),

@@ -220,7 +220,10 @@ impl Drop for DevStack {
         if let Some(logs) = std::env::var_os(cpis_testkit::logs::LOG_DIR_ENV) {
             static STACKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
             let stack = STACKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let runs = std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten();
+            let runs = std::fs::read_dir(self.dir.path())
+                .into_iter()
+                .flatten()
+                .flatten();
             for run in runs.filter(|r| r.file_name().to_string_lossy().ends_with(".err")) {
                 let name = format!(
                     "cpis-dev-{}-{stack}-{}.log",

@@ -117,7 +117,11 @@ async fn start_services(db: &TestDb, receiver: &Receiver) -> Services {
     let nhs_signer = cpis_testkit::stack::nhs_signer();
     let council_jwks = dir.path().join("council-jwks.json");
     let nhs_jwks = dir.path().join("nhs-jwks.json");
-    std::fs::write(&council_jwks, cpis_testkit::jwks::jwks_of(&[&council_signer])).expect("jwks");
+    std::fs::write(
+        &council_jwks,
+        cpis_testkit::jwks::jwks_of(&[&council_signer]),
+    )
+    .expect("jwks");
     std::fs::write(&nhs_jwks, cpis_testkit::jwks::jwks_of(&[&nhs_signer])).expect("jwks");
     let pki = TestPki::new("traces");
 
@@ -202,7 +206,10 @@ async fn start_services(db: &TestDb, receiver: &Receiver) -> Services {
 async fn lookup(services: &Services, traceparent: &str, request_id: &str) {
     let token = services
         .nhs_signer
-        .mint(&person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT"), Duration::from_secs(600))
+        .mint(
+            &person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT"),
+            Duration::from_secs(600),
+        )
         .expect("mint");
     let mut request = unscheduled_lookup(NHS_A, &token);
     request
@@ -228,7 +235,10 @@ fn one<'a>(spans: &'a [ExportedSpan], service: &str, name: &str) -> &'a Exported
         found.len(),
         1,
         "one {service} span {name:?} in the trace; spans: {:#?}",
-        spans.iter().map(|s| (&s.service, &s.name)).collect::<Vec<_>>()
+        spans
+            .iter()
+            .map(|s| (&s.service, &s.name))
+            .collect::<Vec<_>>()
     );
     found[0]
 }
@@ -266,7 +276,11 @@ async fn one_lookup_is_one_trace_across_both_services(backend: Backend) {
         .await;
     let trace = ours(&spans);
 
-    let lookup_server = one(&trace, "lookup-service", "cpis.lookup.v1.LookupService/LookupChild");
+    let lookup_server = one(
+        &trace,
+        "lookup-service",
+        "cpis.lookup.v1.LookupService/LookupChild",
+    );
     // The caller's trace is honoured: its span is the lookup's parent.
     assert_eq!(lookup_server.parent_span_id, CALLER_SPAN);
     assert_eq!(lookup_server.kind, "SPAN_KIND_SERVER");
@@ -297,7 +311,10 @@ async fn one_lookup_is_one_trace_across_both_services(backend: Backend) {
         .iter()
         .find(|s| s.service == "registry-service" && s.kind == "SPAN_KIND_SERVER")
         .expect("the registry's call span in the caller's trace");
-    assert_eq!(registry_server.name, "cpis.registry.v1.DisclosureService/Disclose");
+    assert_eq!(
+        registry_server.name,
+        "cpis.registry.v1.DisclosureService/Disclose"
+    );
     assert_eq!(registry_server.parent_span_id, client.span_id);
     assert_eq!(registry_server.attributes["rpc.grpc.status_code"], "0");
     // The registry logs under the id the lookup passed on.
@@ -309,12 +326,27 @@ async fn one_lookup_is_one_trace_across_both_services(backend: Backend) {
         .trim_matches('"')
         .parse()
         .expect("a statement count");
-    assert!(statements >= 3, "a disclosure reads and writes: {statements}");
+    assert!(
+        statements >= 3,
+        "a disclosure reads and writes: {statements}"
+    );
     let outbox = one(&trace, "registry-service", "outbox_enqueue");
     assert!(outbox.descends_from(transaction, &trace));
 
     // Resource attributes: name (above), version and a per-process instance id.
-    assert!(trace.iter().all(|s| s.service == "lookup-service" || s.service == "registry-service"));
+    assert!(
+        trace
+            .iter()
+            .all(|s| s.service == "lookup-service" || s.service == "registry-service")
+    );
+    for span in [lookup_server, registry_server] {
+        assert_eq!(span.resource["service.version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(span.resource["service.instance.id"].len(), 32);
+    }
+    assert_ne!(
+        lookup_server.resource["service.instance.id"],
+        registry_server.resource["service.instance.id"]
+    );
 
     // The lookup's JSON log lines name the trace and the span they were written in.
     let log = std::fs::read_to_string(&services.lookup_log).expect("lookup log");
@@ -326,7 +358,9 @@ async fn one_lookup_is_one_trace_across_both_services(backend: Backend) {
     assert_eq!(answered["trace_id"], CALLER_TRACE);
     let span_id = answered["span_id"].as_str().expect("span_id");
     assert!(
-        trace.iter().any(|s| s.span_id == span_id && s.service == "lookup-service"),
+        trace
+            .iter()
+            .any(|s| s.span_id == span_id && s.service == "lookup-service"),
         "the line's span is one of the lookup's spans"
     );
 }
@@ -343,9 +377,10 @@ async fn malformed_traceparent(backend: Backend) {
     lookup(&services, "00-not-a-trace-zz", "trace-test-malformed").await;
     let spans = receiver
         .wait_for(Duration::from_secs(20), |spans| {
-            spans
-                .iter()
-                .any(|s| s.attributes.get("request_id").map(String::as_str) == Some("trace-test-malformed") && s.service == "registry-service")
+            spans.iter().any(|s| {
+                s.attributes.get("request_id").map(String::as_str) == Some("trace-test-malformed")
+                    && s.service == "registry-service"
+            })
         })
         .await;
     let lookup_server = spans

@@ -27,8 +27,8 @@ use diesel::Connection as _;
 use prost::Message as _;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
-use tracing::Instrument as _;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 
 use super::Registry;
 use super::auth::{Scope, authorize};
