@@ -162,11 +162,11 @@ where
         .with_location(false)
         .with_threads(false)
         .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-            let target = meta.target();
-            !(meta.is_span() && LOG_ONLY_SPANS.contains(&meta.name()))
-                && !["h2", "hyper", "tonic", "tower", "opentelemetry", "rustls"]
-                    .iter()
-                    .any(|t| target.starts_with(t))
+            let log_only = meta.is_span() && LOG_ONLY_SPANS.contains(&meta.name());
+            let transport = ["h2", "hyper", "tonic", "tower", "opentelemetry", "rustls"]
+                .iter()
+                .any(|t| meta.target().starts_with(t));
+            !log_only && !transport
         }))
 }
 

@@ -85,7 +85,7 @@ pub fn capture() -> Captured {
                 .with(EnvFilter::new("info"))
                 .with(traces.as_ref().map(cpis_core::telemetry::otel_layer))
                 .with(cpis_core::telemetry::json_layer(move || json.clone()))
-                .with(file.map(|file| cpis_core::telemetry::json_layer(file)))
+                .with(file.map(cpis_core::telemetry::json_layer))
                 .with(
                     fmt::layer()
                         .with_ansi(false)
