@@ -22,7 +22,8 @@ RECEIVER_PID=""
 cleanup() {
   if [ -n "$RECEIVER_PID" ]; then kill "$RECEIVER_PID" 2>/dev/null || true; wait "$RECEIVER_PID" 2>/dev/null || true; fi
   rm -f "$LOG"
-  rm -rf "$CPIS_TEST_LOG_DIR"
+  # Kept when the privacy check failed, so its hits can be looked at.
+  if [ "${privacy:-0}" -eq 0 ]; then rm -rf "$CPIS_TEST_LOG_DIR"; else echo "test.sh: exported spans and logs kept in $CPIS_TEST_LOG_DIR" >&2; fi
 }
 trap cleanup EXIT
 

@@ -14,14 +14,15 @@ use std::time::Duration;
 
 use cpis_proto::cpis::lookup::v1::lookup_service_client::LookupServiceClient;
 use cpis_proto::cpis::registry::v1::{
-    PutChildRecordRequest, council_service_client::CouncilServiceClient,
+    BatchHeader, PutChildRecordRequest, SubscribeNotificationsRequest, UploadBatchRequest,
+    council_service_client::CouncilServiceClient, upload_batch_request::Item,
 };
 use cpis_testkit::otlp::{ExportedSpan, Receiver};
 use cpis_testkit::{both_backends, db::Backend, db::TestDb, pki::TestPki, server::health};
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::harness::{NHS_A, cpp, person, unscheduled_lookup, with_token};
+use crate::harness::{NHS_A, NHS_B, cpp, person, unscheduled_lookup, with_token};
 
 both_backends!(one_lookup_is_one_trace_across_both_services);
 
@@ -50,6 +51,9 @@ struct Services {
     _lookup: Process,
     lookup_url: String,
     lookup_log: PathBuf,
+    /// The registry's public port, as council AB1.
+    council: CouncilServiceClient<Channel>,
+    council_token: String,
     nhs_signer: cpis_core::auth::DevSigner,
     _pki: TestPki,
     _dir: tempfile::TempDir,
@@ -196,6 +200,8 @@ async fn start_services(db: &TestDb, receiver: &Receiver) -> Services {
         _lookup: lookup,
         lookup_url,
         lookup_log,
+        council,
+        council_token: token,
         nhs_signer,
         _pki: pki,
         _dir: dir,
@@ -362,6 +368,104 @@ async fn one_lookup_is_one_trace_across_both_services(backend: Backend) {
             .iter()
             .any(|s| s.span_id == span_id && s.service == "lookup-service"),
         "the line's span is one of the lookup's spans"
+    );
+
+    council_spans(services, &receiver).await;
+}
+
+/// A council's upload commits its chunk in a span under the upload's call, and its
+/// subscription delivers the lookup's notification in a span under the subscription's call.
+async fn council_spans(mut services: Services, receiver: &Receiver) {
+    let token = services.council_token.clone();
+    let batch = vec![
+        UploadBatchRequest {
+            item: Some(Item::Header(BatchHeader {
+                local_authority_ods_code: "AB1".into(),
+                batch_id: "trace-batch-1".into(),
+                sequence_number: 1,
+                expected_record_count: 1,
+            })),
+        },
+        UploadBatchRequest {
+            item: Some(Item::Record(cpp(NHS_B))),
+        },
+    ];
+    let mut upload = with_token(futures::stream::iter(batch), &token);
+    upload
+        .metadata_mut()
+        .insert("x-request-id", "trace-upload".parse().expect("ascii"));
+    services
+        .council
+        .upload_batch(upload)
+        .await
+        .expect("uploaded");
+
+    let mut subscribe = with_token(
+        SubscribeNotificationsRequest {
+            local_authority_ods_code: String::new(),
+            after_sequence: Some(0),
+        },
+        &token,
+    );
+    subscribe
+        .metadata_mut()
+        .insert("x-request-id", "trace-subscribe".parse().expect("ascii"));
+    let mut stream = services
+        .council
+        .subscribe_notifications(subscribe)
+        .await
+        .expect("subscribed")
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a notification within 10 s")
+        .expect("stream")
+        .expect("a message");
+    assert!(first.event.is_some());
+    // The stream's call span ends (and is exported) when the stream does.
+    drop(stream);
+
+    let call = |spans: &[ExportedSpan], id: &str| {
+        spans
+            .iter()
+            .find(|s| {
+                s.kind == "SPAN_KIND_SERVER"
+                    && s.attributes.get("request_id").map(String::as_str) == Some(id)
+            })
+            .cloned()
+    };
+    let spans = receiver
+        .wait_for(Duration::from_secs(20), |spans| {
+            call(spans, "trace-upload").is_some()
+                && call(spans, "trace-subscribe").is_some()
+                && spans.iter().any(|s| s.name == "upload_chunk_commit")
+                && spans.iter().any(|s| s.name == "deliver_notification")
+        })
+        .await;
+    let upload = call(&spans, "trace-upload").expect("the upload's call span");
+    assert_eq!(upload.name, "cpis.registry.v1.CouncilService/UploadBatch");
+    assert_eq!(upload.attributes["rpc.grpc.status_code"], "0");
+    for (name, what) in [
+        ("upload_chunk_commit", "a chunk commit"),
+        ("verify_token", "the council's token verified"),
+    ] {
+        assert!(
+            spans
+                .iter()
+                .any(|s| s.name == name && s.descends_from(&upload, &spans)),
+            "{what} under the upload"
+        );
+    }
+    let subscription = call(&spans, "trace-subscribe").expect("the subscription's call span");
+    assert_eq!(
+        subscription.name,
+        "cpis.registry.v1.CouncilService/SubscribeNotifications"
+    );
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.name == "deliver_notification" && s.descends_from(&subscription, &spans)),
+        "a delivery under the subscription"
     );
 }
 
