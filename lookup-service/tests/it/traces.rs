@@ -31,12 +31,36 @@ async fn a_malformed_traceparent_is_ignored() {
     malformed_traceparent(Backend::Sqlite).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_disturbs_nothing() {
+    collector_down(Backend::Sqlite).await;
+}
+
 /// The caller's trace and its span (W3C ids in hex).
 const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
 
 /// A process killed when dropped (the test's bounded lifetime).
 struct Process(Child);
+
+impl Process {
+    /// Sends SIGTERM (a clean stop) and waits at most `limit` for the exit status.
+    fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.0.try_wait().expect("wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
 
 impl Drop for Process {
     fn drop(&mut self) {
@@ -48,7 +72,7 @@ impl Drop for Process {
 /// Both services as processes exporting to `receiver`, with data for one lookup of NHS_A.
 struct Services {
     _registry: Process,
-    _lookup: Process,
+    lookup_process: Process,
     lookup_url: String,
     lookup_log: PathBuf,
     /// The registry's public port, as council AB1.
@@ -77,9 +101,9 @@ fn registry_binary() -> PathBuf {
 }
 
 /// The environment that switches traces on, towards `receiver`, with a short batch delay.
-fn otel_env(command: &mut Command, receiver: &Receiver) {
+fn otel_env(command: &mut Command, collector: &str) {
     command
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", collector)
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
         .env_remove("OTEL_SERVICE_NAME")
         .env_remove("OTEL_RESOURCE_ATTRIBUTES")
@@ -115,7 +139,7 @@ async fn channel(url: &str) -> Channel {
         .expect("connect")
 }
 
-async fn start_services(db: &TestDb, receiver: &Receiver) -> Services {
+async fn start_services(db: &TestDb, collector: &str) -> Services {
     let dir = tempfile::tempdir().expect("temp dir");
     let council_signer = cpis_testkit::stack::council_signer();
     let nhs_signer = cpis_testkit::stack::nhs_signer();
@@ -147,7 +171,7 @@ async fn start_services(db: &TestDb, receiver: &Receiver) -> Services {
         )
         .env("CPIS_LOG_FORMAT", "json")
         .stdout(cpis_testkit::logs::child_output("registry-service"));
-    otel_env(&mut registry, receiver);
+    otel_env(&mut registry, collector);
     let registry = Process(registry.spawn().expect("spawn registry-service"));
     let registry_url = format!("http://127.0.0.1:{public}");
     until_serving(&registry_url, "registry-service").await;
@@ -164,7 +188,7 @@ async fn start_services(db: &TestDb, receiver: &Receiver) -> Services {
         .env("CPIS_LOOKUP_JWKS_FILE", &nhs_jwks)
         .env("CPIS_LOG_FORMAT", "json")
         .stdout(std::fs::File::create(&lookup_log).expect("lookup log file"));
-    otel_env(&mut lookup, receiver);
+    otel_env(&mut lookup, collector);
     let lookup = Process(lookup.spawn().expect("spawn lookup-service"));
     let lookup_url = format!("http://127.0.0.1:{lookup_port}");
     until_serving(&lookup_url, "lookup-service").await;
@@ -197,7 +221,7 @@ async fn start_services(db: &TestDb, receiver: &Receiver) -> Services {
 
     Services {
         _registry: registry,
-        _lookup: lookup,
+        lookup_process: lookup,
         lookup_url,
         lookup_log,
         council,
@@ -256,7 +280,7 @@ async fn one_lookup_is_one_trace_across_both_services(backend: Backend) {
     let Some(db) = TestDb::create(backend) else {
         return;
     };
-    let services = start_services(&db, &receiver).await;
+    let services = start_services(&db, &receiver.endpoint()).await;
     lookup(
         &services,
         &format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"),
@@ -476,7 +500,7 @@ async fn malformed_traceparent(backend: Backend) {
     let Some(db) = TestDb::create(backend) else {
         return;
     };
-    let services = start_services(&db, &receiver).await;
+    let services = start_services(&db, &receiver.endpoint()).await;
     // Not hex, wrong lengths: ignored, never an error.
     lookup(&services, "00-not-a-trace-zz", "trace-test-malformed").await;
     let spans = receiver
@@ -510,4 +534,40 @@ async fn malformed_traceparent(backend: Backend) {
         })
         .expect("the registry's call span");
     assert_eq!(registry_server.trace_id, lookup_server.trace_id);
+}
+
+/// Spans for a collector that does not answer are dropped: lookups are served as usual, the
+/// failure is logged (within a budget), and a clean stop still ends promptly (the last flush is
+/// bounded).
+async fn collector_down(backend: Backend) {
+    let Some(db) = TestDb::create(backend) else {
+        return;
+    };
+    // A port nothing listens on.
+    let collector = format!("http://127.0.0.1:{}", free_port());
+    let mut services = start_services(&db, &collector).await;
+    for n in 0..3 {
+        lookup(
+            &services,
+            &format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"),
+            &format!("collector-down-{n}"),
+        )
+        .await;
+    }
+    // Past the batch delay, so exports have been tried and failed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = services
+        .lookup_process
+        .terminate(Duration::from_secs(10))
+        .expect("the lookup service stops within 10 s");
+    assert!(status.success(), "a clean stop: {status}");
+    let log = std::fs::read_to_string(&services.lookup_log).expect("lookup log");
+    let failures = log
+        .lines()
+        .filter(|l| l.contains("trace export failed"))
+        .count();
+    assert!(
+        (1..=10).contains(&failures),
+        "export failures logged, within the budget: {failures} lines in\n{log}"
+    );
 }
