@@ -233,9 +233,15 @@ where
 
 /// Whether the standard environment switches traces on (see the module).
 pub fn traces_requested() -> bool {
-    let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
-    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.trim() == "true");
-    let exporter_none = std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v.trim() == "none");
+    traces_requested_by(|name| std::env::var(name).ok())
+}
+
+/// [`traces_requested`] over any environment (`var` reads one variable).
+fn traces_requested_by(var: impl Fn(&str) -> Option<String>) -> bool {
+    let value = |name: &str| var(name).map(|v| v.trim().to_ascii_lowercase());
+    let set = |name: &str| value(name).is_some_and(|v| !v.is_empty());
+    let disabled = value("OTEL_SDK_DISABLED").is_some_and(|v| v == "true");
+    let exporter_none = value("OTEL_TRACES_EXPORTER").is_some_and(|v| v == "none");
     !disabled
         && !exporter_none
         && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
@@ -450,4 +456,41 @@ pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::Tcp
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn requested(env: &[(&str, &str)]) -> bool {
+        traces_requested_by(|name| {
+            env.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| (*value).to_owned())
+        })
+    }
+
+    #[test]
+    fn the_standard_environment_switches_traces() {
+        const AT: &str = "http://collector:4317";
+        assert!(!requested(&[]), "off unless asked");
+        assert!(!requested(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")]));
+        assert!(requested(&[("OTEL_EXPORTER_OTLP_ENDPOINT", AT)]));
+        assert!(requested(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", AT)]));
+        for off in [
+            ("OTEL_SDK_DISABLED", "true"),
+            ("OTEL_SDK_DISABLED", "TRUE"),
+            ("OTEL_TRACES_EXPORTER", "none"),
+        ] {
+            assert!(
+                !requested(&[("OTEL_EXPORTER_OTLP_ENDPOINT", AT), off]),
+                "{off:?}"
+            );
+        }
+        assert!(requested(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", AT),
+            ("OTEL_SDK_DISABLED", "false"),
+            ("OTEL_TRACES_EXPORTER", "otlp"),
+        ]));
+    }
 }

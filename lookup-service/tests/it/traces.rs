@@ -503,14 +503,34 @@ async fn malformed_traceparent(backend: Backend) {
     let services = start_services(&db, &receiver.endpoint()).await;
     // Not hex, wrong lengths: ignored, never an error.
     lookup(&services, "00-not-a-trace-zz", "trace-test-malformed").await;
+    // A refusal before any answer (no token) records its status too (UNAUTHENTICATED, 16).
+    let mut refused = tonic::Request::new(cpis_proto::cpis::lookup::v1::LookupChildRequest {
+        nhs_number: NHS_A.into(),
+        access_mode: cpis_proto::cpis::common::v1::AccessMode::Unscheduled as i32,
+    });
+    refused
+        .metadata_mut()
+        .insert("x-request-id", "trace-test-refused".parse().expect("ascii"));
+    let status = LookupServiceClient::new(channel(&services.lookup_url).await)
+        .lookup_child(refused)
+        .await
+        .expect_err("no token");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    let with_id =
+        |s: &ExportedSpan, id: &str| s.attributes.get("request_id").map(String::as_str) == Some(id);
     let spans = receiver
         .wait_for(Duration::from_secs(20), |spans| {
-            spans.iter().any(|s| {
-                s.attributes.get("request_id").map(String::as_str) == Some("trace-test-malformed")
-                    && s.service == "registry-service"
-            })
+            spans
+                .iter()
+                .any(|s| with_id(s, "trace-test-malformed") && s.service == "registry-service")
+                && spans.iter().any(|s| with_id(s, "trace-test-refused"))
         })
         .await;
+    let refused = spans
+        .iter()
+        .find(|s| with_id(s, "trace-test-refused"))
+        .expect("the refused call's span");
+    assert_eq!(refused.attributes["rpc.grpc.status_code"], "16");
     let lookup_server = spans
         .iter()
         .find(|s| {
