@@ -3,7 +3,8 @@
 tests ran for the children's details the tests sent, and fails on any hit.
 
 Scanned (under DIR, written by scripts/test.sh's run):
-  - otlp.jsonl: every OTLP request the receiver got (tests/python/otlp_receiver.py): resource
+  - otlp*.jsonl: every OTLP request a receiver got (tests/python/otlp_receiver.py: the suite's,
+    and copies of those tests start themselves): resource
     attributes, span names, span/event/link attributes, status messages, metric names and data
     point labels, log bodies and attributes;
   - *.jsonl: the JSON log lines of every test process (testkit's capture, $CPIS_TEST_LOG_DIR);
@@ -179,7 +180,7 @@ def check(directory, detector):
                 line = line.rstrip("\n")
                 if not line.strip():
                     continue
-                if path.name == "otlp.jsonl":
+                if path.name.startswith("otlp") and path.suffix == ".jsonl":
                     try:
                         request = json.loads(line)["request"]
                     except (ValueError, KeyError, TypeError):

@@ -116,16 +116,31 @@ pub fn capture_for_suite() {
 /// Where a binary a test starts should write its log lines: a new file in `$CPIS_TEST_LOG_DIR`
 /// (scanned by the suite's privacy check) when set, else nowhere.
 pub fn child_output(name: &str) -> std::process::Stdio {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let Some(dir) = std::env::var_os(LOG_DIR_ENV) else {
-        return std::process::Stdio::null();
-    };
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = std::path::Path::new(&dir).join(format!("{name}-{}-{n}.log", std::process::id()));
-    match std::fs::File::create(&path) {
-        Ok(file) => file.into(),
-        Err(e) => panic!("cannot create {}: {e}", path.display()),
+    match std::env::var_os(LOG_DIR_ENV) {
+        Some(dir) => create(&child_log_in(std::path::Path::new(&dir), name)).into(),
+        None => std::process::Stdio::null(),
     }
+}
+
+/// A new file for the log lines of a binary a test starts and reads back: in
+/// `$CPIS_TEST_LOG_DIR` (so the suite's privacy check scans it too) when set, else in `dir`.
+pub fn child_log_file(name: &str, dir: &std::path::Path) -> (std::fs::File, std::path::PathBuf) {
+    let path = match std::env::var_os(LOG_DIR_ENV) {
+        Some(logs) => child_log_in(std::path::Path::new(&logs), name),
+        None => child_log_in(dir, name),
+    };
+    (create(&path), path)
+}
+
+/// A file name for binary `name`'s log, unique within the directory.
+fn child_log_in(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dir.join(format!("{name}-{}-{n}.log", std::process::id()))
+}
+
+fn create(path: &std::path::Path) -> std::fs::File {
+    std::fs::File::create(path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()))
 }
 
 /// This process's file of JSON lines in `$CPIS_TEST_LOG_DIR`, if set.

@@ -106,6 +106,13 @@ impl Drop for Receiver {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Under the suite's privacy check, what this receiver got is checked too.
+        if let Some(logs) = std::env::var_os(crate::logs::LOG_DIR_ENV) {
+            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = format!("otlp-{}-{n}.jsonl", std::process::id());
+            let _ = std::fs::copy(&self.out, std::path::Path::new(&logs).join(name));
+        }
     }
 }
 

@@ -176,7 +176,7 @@ async fn start_services(db: &TestDb, collector: &str) -> Services {
     let registry_url = format!("http://127.0.0.1:{public}");
     until_serving(&registry_url, "registry-service").await;
 
-    let lookup_log = dir.path().join("lookup.log");
+    let (lookup_out, lookup_log) = cpis_testkit::logs::child_log_file("lookup-service", dir.path());
     let mut lookup = Command::new(env!("CARGO_BIN_EXE_lookup-service"));
     lookup
         .arg("serve")
@@ -187,7 +187,7 @@ async fn start_services(db: &TestDb, collector: &str) -> Services {
         .env("CPIS_REGISTRY_CLIENT_KEY", &pki.lookup.key)
         .env("CPIS_LOOKUP_JWKS_FILE", &nhs_jwks)
         .env("CPIS_LOG_FORMAT", "json")
-        .stdout(std::fs::File::create(&lookup_log).expect("lookup log file"));
+        .stdout(lookup_out);
     otel_env(&mut lookup, collector);
     let lookup = Process(lookup.spawn().expect("spawn lookup-service"));
     let lookup_url = format!("http://127.0.0.1:{lookup_port}");
