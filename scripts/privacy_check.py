@@ -273,7 +273,11 @@ def self_test(repo):
 
 def run_empty_fails(repo):
     """True when the check passes on an empty directory (it must not)."""
-    with tempfile.TemporaryDirectory() as tmp:
+    import contextlib
+    import io
+
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
         return run(pathlib.Path(tmp), repo) == 0
 
 
