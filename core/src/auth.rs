@@ -186,6 +186,7 @@ impl TokenVerifier {
     /// Extracts and verifies the bearer token of a request, returning its claims, with the
     /// keys in effect now (see [`Self::verify_metadata_fresh`] and [`FreshKeys`] for a token
     /// whose key is not known yet).
+    #[tracing::instrument(name = "verify_token", skip_all)]
     pub fn verify_metadata<C: DeserializeOwned>(
         &self,
         metadata: &MetadataMap,

@@ -2,9 +2,13 @@
 //! well formed (1 to 128 printable ASCII characters), else a generated one; put on a tracing
 //! span around the whole call so every log line of the request names it, handed to handlers as a
 //! request extension (the lookup service passes it on to the registry), and echoed in the
-//! response metadata so a caller can quote it.
+//! response metadata so a caller can quote it. The same span is the call's trace span (kind
+//! server, named by the gRPC method, with the `rpc.*` attributes and the final
+//! `rpc.grpc.status_code`), continuing the caller's trace when it sends a valid W3C
+//! `traceparent` (see `telemetry::propagate`).
 
 use std::fmt;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
@@ -114,7 +118,7 @@ where
     S: tower::Service<http::Request<B>, Response = http::Response<R>>,
     S::Future: Send + 'static,
 {
-    type Response = http::Response<R>;
+    type Response = http::Response<StatusRecorded<R>>;
     type Error = S::Error;
     type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
 
@@ -124,12 +128,26 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let id = RequestId::of(request.headers());
-        // The path is caller text too (any URI path reaches here): escaped and bounded.
+        // The path is caller text too (any URI path reaches here): escaped and bounded. The
+        // method's name is the span's name in a trace.
+        let path = LogSafe(request.uri().path()).to_string();
+        let (service, method) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .unwrap_or((path.as_str(), ""));
         let span = tracing::info_span!(
             "request",
             request_id = %id,
-            path = %LogSafe(request.uri().path()),
+            path = %path,
+            otel.name = %path.trim_start_matches('/'),
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+            rpc.grpc.status_code = tracing::field::Empty,
         );
+        // Before anything is logged in the span (a line makes its trace ids final).
+        crate::telemetry::propagate::continue_trace(&span, request.headers());
         if !id.from_caller() && request.headers().contains_key(HEADER) {
             tracing::info!(parent: &span, "malformed x-request-id replaced");
         }
@@ -138,16 +156,71 @@ where
         request.extensions_mut().insert(id);
         // Interceptors run when the call is made, so it is made inside the span as well.
         let future = span.in_scope(|| self.inner.call(request));
+        let body_span = span.clone();
         Box::pin(
             async move {
                 let mut response = future.await?;
                 if let Some(echo) = echo {
                     response.headers_mut().insert(HEADER, echo);
                 }
-                Ok(response)
+                // A refusal before any message (trailers-only) has its status in the headers;
+                // otherwise it comes in the trailers, at the end of the body.
+                record_status(&body_span, response.headers());
+                Ok(response.map(|body| StatusRecorded {
+                    body,
+                    span: body_span,
+                }))
             }
             .instrument(span),
         )
+    }
+}
+
+/// Records a `grpc-status` found in `headers` (headers or trailers) on the call's span.
+fn record_status(span: &tracing::Span, headers: &http::HeaderMap) {
+    if let Some(code) = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok())
+    {
+        span.record("rpc.grpc.status_code", code);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that records the call's gRPC status from its trailers, and keeps the
+    /// call's span open until the answer has been sent (streams included).
+    pub struct StatusRecorded<B> {
+        #[pin]
+        body: B,
+        span: tracing::Span,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for StatusRecorded<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(trailers) = frame.trailers_ref()
+        {
+            record_status(this.span, trailers);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

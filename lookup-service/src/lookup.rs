@@ -18,6 +18,8 @@ use tonic::{
     transport::Channel,
 };
 
+use tracing::Instrument as _;
+
 use crate::auth::Authenticated;
 use crate::error::LookupError;
 use crate::policy::RolePolicy;
@@ -116,7 +118,8 @@ impl LookupService for LookupApi {
             ),
             Err(org) => (&[][..], CareSetting::Unspecified, org.as_str()),
         };
-        let decision = self.policy.decide(codes, setting, mode);
+        let decision =
+            tracing::info_span!("policy").in_scope(|| self.policy.decide(codes, setting, mode));
         let (Ok(()), Ok(caller)) = (decision, caller.as_ref()) else {
             let why = decision
                 .err()
@@ -161,8 +164,19 @@ impl LookupService for LookupApi {
                 .metadata_mut()
                 .insert(cpis_core::request_id::HEADER, id);
         }
+        // The registry call is a client span whose context travels in `traceparent`, so the
+        // registry's spans join this lookup's trace.
+        let client = tracing::info_span!(
+            "registry_call",
+            otel.name = "cpis.registry.v1.DisclosureService/Disclose",
+            otel.kind = "client",
+            rpc.system = "grpc",
+            rpc.service = "cpis.registry.v1.DisclosureService",
+            rpc.method = "Disclose",
+        );
+        cpis_core::telemetry::propagate::inject(&client, outbound.metadata_mut());
         let mut registry = self.registry.clone();
-        let call = registry.disclose(outbound);
+        let call = registry.disclose(outbound).instrument(client);
         let answer = match tokio::time::timeout(budget, call).await {
             // The call may have reached the registry and committed: say so, never "not recorded".
             Err(_) => {

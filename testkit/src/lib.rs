@@ -12,6 +12,7 @@ pub mod fixtures;
 pub mod jwks;
 pub mod logs;
 pub mod nhs;
+pub mod otlp;
 pub mod pg_cluster;
 pub mod pki;
 pub mod server;

@@ -3,6 +3,11 @@
 //! do, once as JSON lines and once as plain text lines, into buffers a test reads back. Servers
 //! run on other threads, so capture is global: a test finds its own lines by something unique to
 //! it (its request id).
+//!
+//! Under the whole-suite privacy check (`scripts/test.sh`), every test process that starts a
+//! server captures from the start ([`capture_for_suite`]): its JSON lines are also appended to
+//! `$CPIS_TEST_LOG_DIR/<pid>.jsonl`, and its spans go to the OTLP collector the standard
+//! `OTEL_*` environment names, as a service's would (`cpis_core::telemetry`).
 
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -61,6 +66,9 @@ impl Captured {
     }
 }
 
+/// The environment variable naming the directory the suite's log lines are copied to.
+pub const LOG_DIR_ENV: &str = "CPIS_TEST_LOG_DIR";
+
 /// Starts capturing (once per process) and returns the capture.
 pub fn capture() -> Captured {
     static CAPTURED: OnceLock<Captured> = OnceLock::new();
@@ -68,28 +76,103 @@ pub fn capture() -> Captured {
         .get_or_init(|| {
             let captured = Captured::default();
             let (json, text) = (captured.json.clone(), captured.text.clone());
+            // Traces as the services export them, when the environment asks (the suite's
+            // privacy check); the provider lives as long as the process.
+            let traces = cpis_core::telemetry::traces_from_env("cpis-tests");
+            let file = suite_log_file();
             // The services' own JSON layer (`cpis_core::telemetry`), and text without colours.
-            tracing_subscriber::registry()
+            let subscriber = tracing_subscriber::registry()
                 .with(EnvFilter::new("info"))
-                .with(
-                    fmt::layer()
-                        .json()
-                        .flatten_event(true)
-                        .with_current_span(false)
-                        .with_writer(move || json.clone()),
-                )
+                .with(traces.as_ref().map(cpis_core::telemetry::otel_layer))
+                .with(cpis_core::telemetry::json_layer(move || json.clone()))
+                .with(file.map(cpis_core::telemetry::json_layer))
                 .with(
                     fmt::layer()
                         .with_ansi(false)
                         .with_writer(move || text.clone()),
-                )
-                .try_init()
-                .expect("no other global subscriber in a test process that captures logs");
+                );
+            assert!(
+                cpis_core::telemetry::install_global(subscriber),
+                "no other global subscriber in a test process that captures logs"
+            );
+            // The layer's tracer keeps the provider (never shut down): spans are exported as
+            // they end, within the batch delay the suite sets.
+            drop(traces);
             // No panic hook here: a failing test's panic must reach the test harness's output,
             // not this capture (core's own tests cover the hook).
             captured
         })
         .clone()
+}
+
+/// Under the suite's privacy check (`$CPIS_TEST_LOG_DIR` set), starts capturing so everything
+/// this process's servers log and trace is kept for the check; otherwise does nothing.
+pub fn capture_for_suite() {
+    if std::env::var_os(LOG_DIR_ENV).is_some() {
+        capture();
+    }
+}
+
+/// Where a binary a test starts should write its log lines: a new file in `$CPIS_TEST_LOG_DIR`
+/// (scanned by the suite's privacy check) when set, else nowhere.
+pub fn child_output(name: &str) -> std::process::Stdio {
+    match std::env::var_os(LOG_DIR_ENV) {
+        Some(dir) => create(&child_log_in(std::path::Path::new(&dir), name)).into(),
+        None => std::process::Stdio::null(),
+    }
+}
+
+/// A new file for the log lines of a binary a test starts and reads back: in
+/// `$CPIS_TEST_LOG_DIR` (so the suite's privacy check scans it too) when set, else in `dir`.
+pub fn child_log_file(name: &str, dir: &std::path::Path) -> (std::fs::File, std::path::PathBuf) {
+    let path = match std::env::var_os(LOG_DIR_ENV) {
+        Some(logs) => child_log_in(std::path::Path::new(&logs), name),
+        None => child_log_in(dir, name),
+    };
+    (create(&path), path)
+}
+
+/// A file name for binary `name`'s log, unique within the directory.
+fn child_log_in(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dir.join(format!("{name}-{}-{n}.log", std::process::id()))
+}
+
+fn create(path: &std::path::Path) -> std::fs::File {
+    std::fs::File::create(path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()))
+}
+
+/// This process's file of JSON lines in `$CPIS_TEST_LOG_DIR`, if set.
+fn suite_log_file() -> Option<SharedFile> {
+    let dir = std::env::var_os(LOG_DIR_ENV)?;
+    let path = std::path::Path::new(&dir).join(format!("{}.jsonl", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    Some(SharedFile(Arc::new(Mutex::new(file))))
+}
+
+/// An append-only file written line by line from any thread.
+#[derive(Clone)]
+struct SharedFile(Arc<Mutex<std::fs::File>>);
+
+impl<'a> fmt::MakeWriter<'a> for SharedFile {
+    type Writer = SharedFile;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl std::io::Write for SharedFile {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().write(bytes)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.lock().unwrap().flush()
+    }
 }
 
 /// The request ids of the spans a captured JSON log line was written in.

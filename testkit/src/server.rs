@@ -81,6 +81,8 @@ impl TestServer {
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: Display,
     {
+        // Under the suite's privacy check, what this server logs and traces is kept.
+        crate::logs::capture_for_suite();
         let listener = TcpListener::bind(addr)
             .await
             .unwrap_or_else(|e| panic!("bind {addr}: {e}"));

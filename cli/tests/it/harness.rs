@@ -216,6 +216,23 @@ impl Drop for DevStack {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // Under the suite's privacy check, the stack's log lines (its stderr) are kept for it.
+        if let Some(logs) = std::env::var_os(cpis_testkit::logs::LOG_DIR_ENV) {
+            static STACKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let stack = STACKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let runs = std::fs::read_dir(self.dir.path())
+                .into_iter()
+                .flatten()
+                .flatten();
+            for run in runs.filter(|r| r.file_name().to_string_lossy().ends_with(".err")) {
+                let name = format!(
+                    "cpis-dev-{}-{stack}-{}.log",
+                    std::process::id(),
+                    run.file_name().to_string_lossy()
+                );
+                let _ = std::fs::copy(run.path(), Path::new(&logs).join(name));
+            }
+        }
     }
 }
 

@@ -12,5 +12,6 @@ mod protective_edge;
 mod roles;
 mod seam;
 mod surface;
+mod traces;
 mod transport;
 mod visibility;

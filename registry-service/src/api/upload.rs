@@ -28,6 +28,7 @@ use prost::Message as _;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 
 use super::Registry;
 use super::auth::{Scope, authorize};
@@ -138,12 +139,19 @@ async fn commit_chunks(
             mut rejections,
         } = chunk;
         let (ods, now) = (batch.ods.clone(), registry.clock.now_micros());
+        // One span per chunk's commit: counts only.
+        let chunk_span = tracing::info_span!(
+            "upload_chunk_commit",
+            records = records.len(),
+            rejections = rejections.len()
+        );
         let refused = if records.is_empty() {
             Vec::new()
         } else {
             registry
                 .db
                 .run(move |conn| records::apply_chunk(conn, &ods, &mut records, now))
+                .instrument(chunk_span.clone())
                 .await?
         };
         for (position, inactive) in refused {
@@ -180,6 +188,7 @@ async fn commit_chunks(
                     batches::renew(conn, &ods, &batch_id, holder, until)
                 })
             })
+            .instrument(chunk_span)
             .await?;
         if !still_ours {
             // This upload stalled past its lease and another took the id over: stop here.

@@ -101,20 +101,59 @@ fn records_on(
 
 /// Runs one disclosure in one transaction; its notifications go through `outbox`. A transaction
 /// the database aborts in a race (a deadlock, a serialization failure) runs again, within the
-/// caller's deadline.
+/// caller's deadline. Traced as span `disclosure_transaction` with the number of statements it
+/// took (`db.statement_count`, every attempt's).
 pub(crate) fn disclose(
     conn: &mut DbConnection,
     request: &DisclosureRequest,
     outbox: &mut Outbox,
 ) -> Result<Outcome, RegistryError> {
+    let span = tracing::info_span!(
+        "disclosure_transaction",
+        db.system = conn_engine(conn),
+        db.statement_count = tracing::field::Empty,
+    );
+    let _entered = span.enter();
     let mark = outbox.mark();
-    super::retry_races(
-        |_| false,
-        || {
-            outbox.forget_after(mark);
-            disclose_once(conn, request, outbox)
-        },
-    )
+    let (outcome, statements) = counting_statements(conn, |conn| {
+        super::retry_races(
+            |_| false,
+            || {
+                outbox.forget_after(mark);
+                disclose_once(conn, request, outbox)
+            },
+        )
+    });
+    span.record("db.statement_count", statements);
+    outcome
+}
+
+/// The engine's name as OpenTelemetry's `db.system` says it.
+fn conn_engine(conn: &DbConnection) -> &'static str {
+    match conn {
+        DbConnection::Pg(_) => "postgresql",
+        DbConnection::Sqlite(_) => "sqlite",
+    }
+}
+
+/// Runs `work` on `conn`, counting the SQL statements it sends (for the trace; the connection's
+/// instrumentation is otherwise unused, and is cleared again afterwards).
+fn counting_statements<T>(
+    conn: &mut DbConnection,
+    work: impl FnOnce(&mut DbConnection) -> T,
+) -> (T, u64) {
+    use diesel::connection::{Instrumentation, InstrumentationEvent};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let count = std::sync::Arc::new(AtomicU64::new(0));
+    let counter = count.clone();
+    conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {
+        if matches!(event, InstrumentationEvent::StartQuery { .. }) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let value = work(conn);
+    conn.set_instrumentation(None::<Box<dyn Instrumentation>>);
+    (value, count.load(Ordering::Relaxed))
 }
 
 fn disclose_once(

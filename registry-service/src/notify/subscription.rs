@@ -85,6 +85,19 @@ pub(crate) fn start(
 }
 
 async fn send(tx: &Outgoing, event: Event, options: &SubscriptionOptions) -> Result<(), End> {
+    use tracing::Instrument as _;
+    // A notification's delivery is a span of the subscription's call (heartbeats are not):
+    // the sequence only, never what the notification says.
+    let span = match &event {
+        Event::Notification(n) => {
+            tracing::info_span!("deliver_notification", notification.sequence = n.sequence)
+        }
+        _ => tracing::Span::none(),
+    };
+    send_event(tx, event, options).instrument(span).await
+}
+
+async fn send_event(tx: &Outgoing, event: Event, options: &SubscriptionOptions) -> Result<(), End> {
     let message = SubscribeNotificationsResponse { event: Some(event) };
     // Wait for two free slots, use one: the last slot stays free for a closing status.
     match tokio::time::timeout(options.send_timeout, tx.reserve_many(2)).await {

@@ -1,7 +1,7 @@
 //! `kill -9` of a registry process and a restart lose nothing committed: records, access events
 //! and queued notifications all survive, in order, on both engines.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use cpis_proto::cpis::common::v1::AccessMode;
@@ -53,7 +53,8 @@ async fn spawn(db: &TestDb, jwks: &std::path::Path, pki: &TestPki) -> Process {
             cpis_testkit::pki::LOOKUP_IDENTITY,
         )
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        // Kept for the suite's privacy check when it runs (else discarded).
+        .stdout(cpis_testkit::logs::child_output("registry-service"))
         .spawn()
         .expect("spawn registry-service");
     let url = format!("http://127.0.0.1:{port}");
