@@ -336,6 +336,7 @@ async fn a_non_loopback_plaintext_listener_needs_insecure_plaintext() {
             let listeners = registry_service::Listeners {
                 public,
                 internal: loopback().await.expect("bind"),
+                admin: None,
             };
             registry_service::serve(config, listeners, shutdown).await
         }
