@@ -10,8 +10,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use hyper::body::Bytes;
 use http_body_util::Full;
+use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 
@@ -140,9 +140,8 @@ fn answer<B>(request: &Request<B>, readiness: &Readiness) -> Response<Full<Bytes
     }
     match request.uri().path() {
         "/metrics" => {
-            let mut response = Response::new(Full::new(Bytes::from(
-                crate::metrics::prometheus_text(),
-            )));
+            let mut response =
+                Response::new(Full::new(Bytes::from(crate::metrics::prometheus_text())));
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static(METRICS_CONTENT_TYPE),

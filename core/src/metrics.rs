@@ -102,11 +102,10 @@ impl OtlpSettings {
         let set = |name: &str| var(name).is_some_and(|v| !v.trim().is_empty());
         let endpoint =
             set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT");
-        let exporter_off = var("OTEL_METRICS_EXPORTER").is_some_and(|v| {
-            v.split(',')
-                .all(|e| e.trim().eq_ignore_ascii_case("none"))
-        });
-        let sdk_off = var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        let exporter_off = var("OTEL_METRICS_EXPORTER")
+            .is_some_and(|v| v.split(',').all(|e| e.trim().eq_ignore_ascii_case("none")));
+        let sdk_off =
+            var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
         let interval = var("OTEL_METRIC_EXPORT_INTERVAL")
             .and_then(|v| v.trim().parse::<u64>().ok())
             .filter(|ms| *ms > 0)
@@ -140,10 +139,10 @@ fn build(otlp: &OtlpSettings) -> Telemetry {
         Ok(exporter) => builder = builder.with_reader(exporter),
         Err(error) => tracing::warn!(%error, "prometheus exporter unavailable; /metrics is empty"),
     }
-    if otlp.enabled {
-        if let Some(reader) = otlp_reader(otlp.interval) {
-            builder = builder.with_reader(reader);
-        }
+    if otlp.enabled
+        && let Some(reader) = otlp_reader(otlp.interval)
+    {
+        builder = builder.with_reader(reader);
     }
     let provider = builder.build();
     let meter = provider.meter("cpis");
@@ -291,7 +290,10 @@ impl Metrics {
                 .build()
         };
         let counter = |name: &'static str, description: &'static str| {
-            meter.u64_counter(name).with_description(description).build()
+            meter
+                .u64_counter(name)
+                .with_description(description)
+                .build()
         };
         Self {
             rpc_calls: counter(
@@ -345,10 +347,7 @@ impl Metrics {
                 "cpis_calls_rate_limited",
                 "Calls refused RATE_LIMITED, by limit.",
             ),
-            security_events: counter(
-                "cpis_security_events",
-                "Security events recorded, by kind.",
-            ),
+            security_events: counter("cpis_security_events", "Security events recorded, by kind."),
             lookups: counter(
                 "cpis_lookups",
                 "Lookups answered, by care setting and outcome (alert, no_alert, refused).",
@@ -415,9 +414,14 @@ mod tests {
         assert!(!OtlpSettings::from_env(env(&[])).enabled);
         let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317");
         assert!(OtlpSettings::from_env(env(&[endpoint])).enabled);
-        let metrics_only = ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://127.0.0.1:4317");
+        let metrics_only = (
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            "http://127.0.0.1:4317",
+        );
         assert!(OtlpSettings::from_env(env(&[metrics_only])).enabled);
-        assert!(!OtlpSettings::from_env(env(&[endpoint, ("OTEL_METRICS_EXPORTER", "none")])).enabled);
+        assert!(
+            !OtlpSettings::from_env(env(&[endpoint, ("OTEL_METRICS_EXPORTER", "none")])).enabled
+        );
         assert!(!OtlpSettings::from_env(env(&[endpoint, ("OTEL_SDK_DISABLED", "TRUE")])).enabled);
         assert!(OtlpSettings::from_env(env(&[endpoint, ("OTEL_SDK_DISABLED", "false")])).enabled);
         let interval = OtlpSettings::from_env(env(&[("OTEL_METRIC_EXPORT_INTERVAL", "2500")]));
@@ -499,7 +503,10 @@ mod tests {
             "cpis_security_events_total",
             "cpis_lookups_total",
         ] {
-            assert!(families.iter().any(|f| f == name), "{name} missing: {families:?}");
+            assert!(
+                families.iter().any(|f| f == name),
+                "{name} missing: {families:?}"
+            );
         }
     }
 }

@@ -184,7 +184,12 @@ mod tests {
 
     #[test]
     fn a_caller_over_its_rate_is_refused_and_others_are_not() {
-        let limit = RateLimit::new("lookup_per_user", "lookups", "user", "1/h,burst=3".parse().expect("rate"));
+        let limit = RateLimit::new(
+            "lookup_per_user",
+            "lookups",
+            "user",
+            "1/h,burst=3".parse().expect("rate"),
+        );
         for _ in 0..3 {
             limit.check("person:a").expect("within the burst");
         }

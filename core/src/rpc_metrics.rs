@@ -125,7 +125,11 @@ where
                 Ok(response) => {
                     // A trailers-only answer carries its status in the headers.
                     let code = response.headers().get("grpc-status").map(status_code);
-                    if response.extensions().get::<crate::admission::Shed>().is_some() {
+                    if response
+                        .extensions()
+                        .get::<crate::admission::Shed>()
+                        .is_some()
+                    {
                         let [service, _] = &call.labels;
                         crate::metrics::metrics()
                             .calls_shed

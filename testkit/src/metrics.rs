@@ -200,8 +200,7 @@ pub async fn scrape(addr: SocketAddr) -> Option<Scrape> {
         "the Prometheus parser refused the page: {}\n{text}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let parsed: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("parser JSON");
+    let parsed: serde_json::Value = serde_json::from_slice(&output.stdout).expect("parser JSON");
     let samples = parsed["samples"]
         .as_array()
         .expect("samples")

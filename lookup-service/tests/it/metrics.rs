@@ -68,7 +68,11 @@ async fn scrape_shows_lookups_and_readiness() {
     let Some(after) = scrape(admin).await else {
         return;
     };
-    assert!(calls(&after, "OK") - calls(&before, "OK") >= 4.0, "{}", after.text);
+    assert!(
+        calls(&after, "OK") - calls(&before, "OK") >= 4.0,
+        "{}",
+        after.text
+    );
     assert!(
         calls(&after, refused_code) - calls(&before, refused_code) >= 1.0,
         "{}",
@@ -77,11 +81,16 @@ async fn scrape_shows_lookups_and_readiness() {
     let timed = |page: &Scrape| {
         page.value(
             "cpis_rpc_server_duration_seconds_count",
-            &[("rpc_service", LOOKUP), ("rpc_method", "LookupChild"), ("grpc_code", "OK")],
+            &[
+                ("rpc_service", LOOKUP),
+                ("rpc_method", "LookupChild"),
+                ("grpc_code", "OK"),
+            ],
         )
     };
     assert!(timed(&after) - timed(&before) >= 4.0);
-    let lookups = |page: &Scrape, outcome: &str| page.value("cpis_lookups_total", &[("outcome", outcome)]);
+    let lookups =
+        |page: &Scrape, outcome: &str| page.value("cpis_lookups_total", &[("outcome", outcome)]);
     assert!(lookups(&after, "alert") - lookups(&before, "alert") >= 3.0);
     assert!(lookups(&after, "no_alert") - lookups(&before, "no_alert") >= 1.0);
     assert!(lookups(&after, "refused") - lookups(&before, "refused") >= 1.0);
@@ -136,7 +145,13 @@ async fn shed_and_rate_limited_calls_are_counted() {
     };
 
     // One user: the first lookup is allowed, the second over the rate.
-    let clinician = person_named("555000000009", "Dr Rate", &["B0107"], "RXX09", "EMERGENCY_DEPARTMENT");
+    let clinician = person_named(
+        "555000000009",
+        "Dr Rate",
+        &["B0107"],
+        "RXX09",
+        "EMERGENCY_DEPARTMENT",
+    );
     stack
         .lookup(&clinician, NHS_A, AccessMode::Unscheduled)
         .await

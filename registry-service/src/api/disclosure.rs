@@ -111,7 +111,11 @@ impl DisclosureService for DisclosureApi {
                 disclose(conn, &work, outbox)
             })
             .await;
-        let outcome = if written.is_ok() { "committed" } else { "failed" };
+        let outcome = if written.is_ok() {
+            "committed"
+        } else {
+            "failed"
+        };
         cpis_core::metrics::metrics().disclosure_duration.record(
             started.elapsed().as_secs_f64(),
             &[cpis_core::metrics::KeyValue::new("outcome", outcome)],

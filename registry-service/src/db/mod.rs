@@ -152,7 +152,9 @@ impl ManageConnection for ConnectionManager {
 /// A connection from `pool`: an idle one at once, else waiting up to the pool's timeout (for
 /// one to come back or a new one to open), counted and timed in the pool metrics; a timeout is
 /// UNAVAILABLE.
-fn checkout(pool: &r2d2::Pool<ConnectionManager>) -> Result<r2d2::PooledConnection<ConnectionManager>, RegistryError> {
+fn checkout(
+    pool: &r2d2::Pool<ConnectionManager>,
+) -> Result<r2d2::PooledConnection<ConnectionManager>, RegistryError> {
     if let Some(pooled) = pool.try_get() {
         return Ok(pooled);
     }

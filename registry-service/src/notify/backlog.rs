@@ -19,7 +19,11 @@ pub(crate) fn start(db: Database, clock: Clock, interval: Duration) -> RefreshGu
         loop {
             tokio::time::sleep(interval).await;
             // A hung database never answers: bound the wait, try again next time.
-            let read = tokio::time::timeout(interval.max(Duration::from_secs(1)), db.run(outbox::backlogs)).await;
+            let read = tokio::time::timeout(
+                interval.max(Duration::from_secs(1)),
+                db.run(outbox::backlogs),
+            )
+            .await;
             let Ok(Ok(backlogs)) = read else {
                 tracing::debug!("notification backlog not read this time");
                 continue;

@@ -87,7 +87,10 @@ impl Drop for Seat {
 fn subscribers_moved(ods_code: &OdsCode, change: i64) {
     cpis_core::metrics::metrics().notification_subscribers.add(
         change,
-        &[cpis_core::metrics::KeyValue::new("council", ods_code.to_string())],
+        &[cpis_core::metrics::KeyValue::new(
+            "council",
+            ods_code.to_string(),
+        )],
     );
 }
 

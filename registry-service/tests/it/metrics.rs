@@ -90,7 +90,10 @@ async fn scrape_shows_the_registry_at_work(backend: Backend) {
     let result = upload(
         &reg,
         ods,
-        batch("metrics-1", vec![cpp_record(&nhs(3)), cpp_record(&nhs(4)), bad]),
+        batch(
+            "metrics-1",
+            vec![cpp_record(&nhs(3)), cpp_record(&nhs(4)), bad],
+        ),
     )
     .await
     .expect("upload")
@@ -114,7 +117,11 @@ async fn scrape_shows_the_registry_at_work(backend: Backend) {
         calls(&after, COUNCIL, method, code) - calls(&before, COUNCIL, method, code)
     };
     assert!(moved("PutChildRecord", "OK") >= 2.0, "{}", after.text);
-    assert!(moved("GetChildRecord", "NOT_FOUND") >= 1.0, "{}", after.text);
+    assert!(
+        moved("GetChildRecord", "NOT_FOUND") >= 1.0,
+        "{}",
+        after.text
+    );
     assert!(moved("SetContactDetails", "OK") >= 1.0, "{}", after.text);
     assert!(moved("UploadBatch", "OK") >= 1.0, "{}", after.text);
     assert!(
@@ -122,18 +129,21 @@ async fn scrape_shows_the_registry_at_work(backend: Backend) {
             - durations(&before, COUNCIL, "PutChildRecord", "OK")
             >= 2.0
     );
-    let disclosed = |page: &Scrape| {
-        calls(page, "cpis.registry.v1.DisclosureService", "Disclose", "OK")
-    };
+    let disclosed =
+        |page: &Scrape| calls(page, "cpis.registry.v1.DisclosureService", "Disclose", "OK");
     assert!(disclosed(&after) - disclosed(&before) >= 1.0);
     // Health is counted too (the stack waited for SERVING through it).
     assert!(calls(&after, "grpc.health.v1.Health", "Check", "OK") >= 1.0);
 
     let committed = [("outcome", "committed")];
     assert!(
-        after.value("cpis_disclosure_transaction_duration_seconds_count", &committed)
-            - before.value("cpis_disclosure_transaction_duration_seconds_count", &committed)
-            >= 1.0
+        after.value(
+            "cpis_disclosure_transaction_duration_seconds_count",
+            &committed
+        ) - before.value(
+            "cpis_disclosure_transaction_duration_seconds_count",
+            &committed
+        ) >= 1.0
     );
     let accepted = [("council", ods), ("outcome", "accepted")];
     let rejected = [("council", ods), ("outcome", "rejected")];
@@ -145,8 +155,18 @@ async fn scrape_shows_the_registry_at_work(backend: Backend) {
     // fresh pool always does: it opens the connection).
     assert!(after.value("cpis_db_pool_max_connections", &[]) >= 1.0);
     assert!(after.has("cpis_db_pool_connections"));
-    assert_eq!(after.matching("cpis_db_pool_connections", &[("state", "in_use")]).count(), 1);
-    assert_eq!(after.matching("cpis_db_pool_connections", &[("state", "idle")]).count(), 1);
+    assert_eq!(
+        after
+            .matching("cpis_db_pool_connections", &[("state", "in_use")])
+            .count(),
+        1
+    );
+    assert_eq!(
+        after
+            .matching("cpis_db_pool_connections", &[("state", "idle")])
+            .count(),
+        1
+    );
     assert!(after.value("cpis_db_pool_waits_total", &[]) >= 1.0);
     assert!(
         after.value("cpis_db_pool_wait_seconds_count", &[])
@@ -191,7 +211,10 @@ async fn scrape_shows_the_registry_at_work(backend: Backend) {
     else {
         return;
     };
-    assert_eq!(settled.value("cpis_notification_lag_seconds", &council), 0.0);
+    assert_eq!(
+        settled.value("cpis_notification_lag_seconds", &council),
+        0.0
+    );
 
     let token = reg.council_token(ods, "read write");
     let numbers: Vec<String> = (0..6).map(nhs).collect();
@@ -285,7 +308,11 @@ async fn readiness_follows_health() {
     .await;
     let live = poll_status(admin, "/livez", 200).await;
     assert_eq!(live, 200);
-    assert_eq!(admin_get(admin, "/readyz").await.status, 503, "no database yet");
+    assert_eq!(
+        admin_get(admin, "/readyz").await.status,
+        503,
+        "no database yet"
+    );
     waiting.stop().await.expect("clean stop");
 
     // Serving, then draining (health NOT_SERVING for the shutdown delay).
@@ -298,7 +325,11 @@ async fn readiness_follows_health() {
     assert_eq!(admin_get(admin, "/readyz").await.status, 200);
     reg.registry.begin_shutdown();
     assert_eq!(poll_status(admin, "/readyz", 503).await, 503, "draining");
-    assert_eq!(admin_get(admin, "/livez").await.status, 200, "still up while draining");
+    assert_eq!(
+        admin_get(admin, "/livez").await.status,
+        200,
+        "still up while draining"
+    );
 }
 
 /// Polls `path` on the admin port until it answers `want` (at most 10 s); returns the last
