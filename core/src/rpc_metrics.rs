@@ -238,3 +238,95 @@ impl<B: Body + Unpin> Body for Measured<B> {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used, clippy::unwrap_used)] // tests: a failed expectation is a failed test
+    use super::*;
+    use http_body_util::BodyExt as _;
+    use hyper::body::Bytes;
+
+    /// A call labelled with a service of its own, so this test reads only its own series.
+    fn call(service: &'static str) -> Call {
+        Call {
+            start: Instant::now(),
+            labels: [
+                KeyValue::new("rpc_service", service),
+                KeyValue::new("rpc_method", "Test"),
+            ],
+        }
+    }
+
+    fn count(service: &str, code: &str) -> bool {
+        crate::metrics::prometheus_text().lines().any(|line| {
+            line.starts_with("cpis_rpc_server_calls_total{")
+                && line.contains(&format!("grpc_code=\"{code}\""))
+                && line.contains(&format!("rpc_service=\"{service}\""))
+                && line.ends_with(" 1")
+        })
+    }
+
+    type Frames = http_body_util::StreamBody<
+        futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::convert::Infallible>>>,
+    >;
+
+    fn body(frames: Vec<Frame<Bytes>>) -> Frames {
+        http_body_util::StreamBody::new(futures::stream::iter(
+            frames.into_iter().map(Ok).collect::<Vec<_>>(),
+        ))
+    }
+
+    #[tokio::test]
+    async fn the_code_comes_from_the_trailers_after_the_messages() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("5"));
+        let answer = Measured {
+            inner: body(vec![
+                Frame::data(Bytes::from_static(b"message")),
+                Frame::trailers(trailers),
+            ]),
+            call: Some(call("test.Trailers")),
+            code: None,
+        };
+        answer.collect().await.expect("body");
+        assert!(count("test.Trailers", "NOT_FOUND"));
+    }
+
+    #[tokio::test]
+    async fn a_trailers_only_answer_keeps_its_header_code() {
+        let answer = Measured {
+            inner: body(Vec::new()),
+            call: Some(call("test.TrailersOnly")),
+            code: Some(Code::PermissionDenied),
+        };
+        answer.collect().await.expect("body");
+        assert!(count("test.TrailersOnly", "PERMISSION_DENIED"));
+    }
+
+    #[test]
+    fn an_answer_dropped_before_its_end_is_cancelled() {
+        let answer = Measured {
+            inner: body(vec![Frame::data(Bytes::from_static(b"message"))]),
+            call: Some(call("test.Dropped")),
+            code: None,
+        };
+        drop(answer);
+        assert!(count("test.Dropped", "CANCELLED"));
+    }
+
+    #[test]
+    fn unknown_paths_are_one_label_set() {
+        let layer = RpcMetricsLayer::new(
+            &["grpc.health.v1.Health"],
+            &[tonic_health::pb::FILE_DESCRIPTOR_SET],
+        );
+        let known = layer.paths.labels("/grpc.health.v1.Health/Check");
+        assert_eq!(known[0].value.as_str(), "grpc.health.v1.Health");
+        assert_eq!(known[1].value.as_str(), "Check");
+        for invented in ["/grpc.health.v1.Health/Nope", "/x.Y/Z", "/9990000018"] {
+            let labels = layer.paths.labels(invented);
+            assert_eq!(labels[0].value.as_str(), "unknown");
+            assert_eq!(labels[1].value.as_str(), "unknown");
+        }
+    }
+}
