@@ -281,16 +281,20 @@ async fn rate_limits_and_security_events_are_counted() {
 }
 
 /// `/readyz` is 503 while the registry waits for its database and while it drains, 200 while
-/// it serves; `/livez` is 200 throughout.
+/// it serves; `/livez` is 200 throughout. Checkouts from the missing database count as pool
+/// timeouts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_health() {
     // A database that is not there: the registry waits NOT_SERVING.
     let unreachable =
         registry_service::DatabaseUrl::parse("postgres://postgres@127.0.0.1:9/none").expect("url");
-    let config = registry_service::Config::with(
+    let mut config = registry_service::Config::with(
         unreachable,
         crate::harness::signer().verifier().expect("verifier"),
     );
+    // The backlog refresh checks a connection out often, and gives up soon: pool timeouts.
+    config.db_acquire_timeout = Duration::from_millis(50);
+    config.notification_backlog_refresh = Duration::from_millis(100);
     let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -312,6 +316,20 @@ async fn readiness_follows_health() {
         admin_get(admin, "/readyz").await.status,
         503,
         "no database yet"
+    );
+    // Checkouts against a database that is not there wait, then time out (UNAVAILABLE).
+    let Some(first) = scrape(admin).await else {
+        return;
+    };
+    let timeouts = first.value("cpis_db_pool_timeouts_total", &[]);
+    scrape_until(admin, WAIT, |page| {
+        page.value("cpis_db_pool_timeouts_total", &[]) >= timeouts + 1.0
+    })
+    .await;
+    assert_eq!(
+        admin_get(admin, "/readyz").await.status,
+        503,
+        "still no database"
     );
     waiting.stop().await.expect("clean stop");
 
