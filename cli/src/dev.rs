@@ -129,6 +129,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
         registry_service::Listeners {
             public: registry,
             internal,
+            admin: None,
         },
         stopped(&stop),
     ));

@@ -121,15 +121,22 @@ where
     }
 }
 
+/// Marks an answer refused for overload, for the metrics layer above to count it as shed
+/// (`cpis_calls_shed_total`) under the service it knows the caller asked for.
+#[derive(Clone, Copy, Debug)]
+pub struct Shed;
+
 /// RESOURCE_EXHAUSTED OVERLOADED, retry after `delay`.
 fn overloaded(delay: Duration) -> http::Response<tonic::body::Body> {
-    crate::status::retry_later(
+    let mut response = crate::status::retry_later(
         Code::ResourceExhausted,
         ErrorReason::Overloaded,
         "the server is at its limit of calls in progress; retry after the delay given",
         delay,
     )
-    .into_http()
+    .into_http();
+    response.extensions_mut().insert(Shed);
+    response
 }
 
 /// DEADLINE_EXCEEDED at the server's own limit.

@@ -85,6 +85,8 @@ const PRUNE_EVERY: u64 = 4096;
 /// One limit: `rate` per key, for calls of one kind (named in refusals).
 #[derive(Debug)]
 pub struct RateLimit {
+    /// The limit's name in metrics (`cpis_calls_rate_limited_total{limit}`).
+    name: opentelemetry::KeyValue,
     what: &'static str,
     per: &'static str,
     rate: Rate,
@@ -94,14 +96,16 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
-    /// A limit of `rate` on `what` (for example "lookups") per `per` (for example "user").
-    pub fn new(what: &'static str, per: &'static str, rate: Rate) -> Self {
+    /// A limit of `rate` on `what` (for example "lookups") per `per` (for example "user"),
+    /// called `name` in metrics (for example "lookup_per_user").
+    pub fn new(name: &'static str, what: &'static str, per: &'static str, rate: Rate) -> Self {
         // A period divided by a count of at least one is at least a nanosecond for any
         // period we accept; a zero would make `with_period` refuse, so fall back to per second.
         let quota = Quota::with_period(rate.per / rate.count.get())
             .unwrap_or_else(|| Quota::per_second(rate.count))
             .allow_burst(rate.burst);
         Self {
+            name: opentelemetry::KeyValue::new("limit", name),
             what,
             per,
             rate,
@@ -121,6 +125,9 @@ impl RateLimit {
         match self.limiter.check_key(&key.to_owned()) {
             Ok(()) => Ok(()),
             Err(not_until) => {
+                crate::metrics::metrics()
+                    .calls_rate_limited
+                    .add(1, std::slice::from_ref(&self.name));
                 let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
                 // Who (a staff or council identifier, never a child's), on the security log:
                 // a caller at its limit may be sweeping; a few lines a second at most.
@@ -177,7 +184,12 @@ mod tests {
 
     #[test]
     fn a_caller_over_its_rate_is_refused_and_others_are_not() {
-        let limit = RateLimit::new("lookups", "user", "1/h,burst=3".parse().expect("rate"));
+        let limit = RateLimit::new(
+            "lookup_per_user",
+            "lookups",
+            "user",
+            "1/h,burst=3".parse().expect("rate"),
+        );
         for _ in 0..3 {
             limit.check("person:a").expect("within the burst");
         }

@@ -88,6 +88,11 @@ pub struct ServerOptions {
     #[arg(skip)]
     pub max_connection_age: Option<Duration>,
 
+    /// Where this server's ports report whether they serve, for the admin port's `/readyz`
+    /// (set by the service, not a flag; `None`: nobody asks).
+    #[arg(skip)]
+    pub readiness: Option<crate::admin::Readiness>,
+
     /// TLS certificate, reloading and the plaintext escape hatch.
     #[command(flatten)]
     pub tls: crate::tls::TlsOptions,
@@ -103,6 +108,7 @@ impl Default for ServerOptions {
             max_pending_handshakes: 1024,
             max_pending_handshakes_per_source: 64,
             max_connection_age: None,
+            readiness: None,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             call_timeout: Duration::from_secs(30),
             long_lived_calls: Vec::new(),
@@ -208,6 +214,8 @@ pub enum ServeError {
 struct Health {
     reporter: HealthReporter,
     services: Vec<&'static str>,
+    /// The same status for the admin port's `/readyz`.
+    readiness: Option<std::sync::Arc<crate::admin::ReadinessPart>>,
 }
 
 impl Health {
@@ -223,6 +231,9 @@ impl Health {
         }
         if status == ServingStatus::Serving {
             self.reporter.set_service_status("", status).await;
+        }
+        if let Some(part) = &self.readiness {
+            part.set(status == ServingStatus::Serving);
         }
     }
 }
@@ -259,6 +270,10 @@ where
     let health = Health {
         reporter,
         services: services.to_vec(),
+        readiness: options
+            .readiness
+            .as_ref()
+            .map(|r| std::sync::Arc::new(r.part())),
     };
     health.set_all(ServingStatus::NotServing).await;
 
@@ -284,6 +299,16 @@ where
     let reflection_v1 = reflection().build_v1().map_err(ServeError::from)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(ServeError::from)?;
 
+    let served: Vec<&str> = services.iter().chain(STANDARD_SERVICES).copied().collect();
+    let rpc_metrics = crate::rpc_metrics::RpcMetricsLayer::new(
+        &served,
+        &[
+            cpis_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ],
+    );
     let routes = routes
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -308,6 +333,10 @@ where
     let server = server
         // Outermost: a call counts for its connection's idle timeout until its answer is sent.
         .layer(crate::connection::CallCountingLayer)
+        // Next, above everything that can answer for the handlers (a panic's INTERNAL, an
+        // overload refusal, an oversized message's RESOURCE_EXHAUSTED), so RED metrics count
+        // the code the caller actually receives, timed to the end of the answer.
+        .layer(rpc_metrics)
         // Next, so every log line of a call (a panic's too) carries its request id, and every
         // answer (a panic's INTERNAL too) echoes it.
         .layer(crate::request_id::RequestIdLayer)

@@ -130,8 +130,18 @@ impl Config {
     /// The per-caller lookup limits.
     pub fn lookup_limits(&self) -> LookupLimits {
         LookupLimits {
-            per_user: RateLimit::new("lookups", "user", self.lookup_rate_per_user),
-            per_org: RateLimit::new("lookups", "organisation", self.lookup_rate_per_org),
+            per_user: RateLimit::new(
+                "lookup_per_user",
+                "lookups",
+                "user",
+                self.lookup_rate_per_user,
+            ),
+            per_org: RateLimit::new(
+                "lookup_per_org",
+                "lookups",
+                "organisation",
+                self.lookup_rate_per_org,
+            ),
         }
     }
 

@@ -40,13 +40,34 @@ pub use error::LookupError;
 /// The services this server registers, as health and reflection name them.
 pub const SERVICES: &[&str] = &[service_names::LOOKUP];
 
-/// Runs the lookup service on `listener` until `shutdown` completes, then drains gracefully.
+/// The lookup service's listeners. A bare `TcpListener` converts into one without an admin
+/// port.
+#[derive(Debug)]
+pub struct Listeners {
+    /// NHS callers: `LookupService`.
+    pub grpc: TcpListener,
+    /// The admin HTTP port (`/metrics`, `/livez`, `/readyz`; see `cpis_core::admin`); `None`:
+    /// not served.
+    pub admin: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(grpc: TcpListener) -> Self {
+        Self { grpc, admin: None }
+    }
+}
+
+/// Runs the lookup service on `listeners` until `shutdown` completes, then drains gracefully.
 /// `main`, the tests and the all-in-one dev stack all call this.
 pub async fn serve(
     config: Config,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), LookupError> {
+    let Listeners {
+        grpc: listener,
+        admin,
+    } = listeners.into();
     if config.server.call_timeout <= config.registry_timeout {
         // The server's own limit would cut a lookup off while the registry may be committing
         // it, and answer without saying the access may have been recorded.
@@ -81,16 +102,33 @@ pub async fn serve(
     ));
     // NOT_SERVING until the registry accepts this service (see `registry_check`).
     let ready = async move { Ok::<_, LookupError>(Some(registry_check::accepted(registry).await)) };
-    cpis_core::server::serve_grpc(
-        routes.routes(),
-        SERVICES,
-        listener,
-        tls,
-        &config.server,
-        ready,
-        shutdown,
-    )
+    // The admin port's /readyz follows the same health, and stops with the gRPC port.
+    let readiness = cpis_core::admin::Readiness::default();
+    let options = cpis_core::server::ServerOptions {
+        readiness: Some(readiness.clone()),
+        ..config.server.clone()
+    };
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let grpc = async {
+        let result = cpis_core::server::serve_grpc(
+            routes.routes(),
+            SERVICES,
+            listener,
+            tls,
+            &options,
+            ready,
+            shutdown,
+        )
+        .await;
+        stop.send_replace(true);
+        result
+    };
+    let admin = cpis_core::admin::serve(admin, readiness, async move {
+        let _ = stopped.wait_for(|stopped| *stopped).await;
+    });
     // Every log line of this server names it, so the dev stack's mixed output stays readable.
-    .instrument(tracing::info_span!("lookup"))
-    .await
+    let (result, ()) = async { tokio::join!(grpc, admin) }
+        .instrument(tracing::info_span!("lookup"))
+        .await;
+    result
 }

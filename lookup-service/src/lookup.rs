@@ -133,6 +133,7 @@ impl LookupService for LookupApi {
                 why,
                 "lookup refused"
             );
+            count_lookup(setting, "refused");
             return Err(LookupError::AccessDenied(why).into());
         };
         let nhs =
@@ -189,11 +190,32 @@ impl LookupService for LookupApi {
             Ok(Ok(answer)) => answer.into_inner(),
         };
         tracing::info!(mode = mode.as_str_name(), councils = answer.alerts.len(), access_id = %answer.access_id, "lookup answered");
+        count_lookup(
+            setting,
+            if answer.alerts.is_empty() {
+                "no_alert"
+            } else {
+                "alert"
+            },
+        );
         Ok(Response::new(LookupChildResponse {
             alerts: answer.alerts,
             recent_accesses: answer.recent_accesses,
         }))
     }
+}
+
+/// Counts a lookup answered (`cpis_lookups_total{setting, outcome}`): the care setting's name
+/// and whether it found an alert, or was refused by policy; never who or which child.
+fn count_lookup(setting: CareSetting, outcome: &'static str) {
+    use cpis_core::metrics::KeyValue;
+    cpis_core::metrics::metrics().lookups.add(
+        1,
+        &[
+            KeyValue::new("setting", setting.as_str_name()),
+            KeyValue::new("outcome", outcome),
+        ],
+    );
 }
 
 /// The registry's answer as the NHS caller should see it. The caller's own faults

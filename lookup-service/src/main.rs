@@ -15,6 +15,11 @@ enum Command {
         #[arg(long, env = "CPIS_LOOKUP_LISTEN", default_value = "127.0.0.1:50052")]
         listen: SocketAddr,
 
+        /// Admin HTTP address: /metrics (Prometheus text), /livez, /readyz. Plaintext: use
+        /// 0.0.0.0:9092 in a container, reachable from the pod network only, never public.
+        #[arg(long, env = "CPIS_ADMIN_LISTEN", default_value = "127.0.0.1:9092")]
+        admin_listen: SocketAddr,
+
         #[command(flatten)]
         config: lookup_service::Config,
     },
@@ -27,9 +32,21 @@ async fn main() -> anyhow::Result<()> {
         "The CP-IS lookup service: role-checked queries from NHS care settings.",
     );
     match cli.command {
-        Command::Serve { listen, config } => {
-            let listener = bind(listen).await?;
-            lookup_service::serve(config, listener, cpis_core::shutdown::signal()).await?;
+        Command::Serve {
+            listen,
+            admin_listen,
+            config,
+        } => {
+            cpis_core::metrics::init("lookup-service");
+            let listeners = lookup_service::Listeners {
+                grpc: bind(listen).await?,
+                admin: Some(bind(admin_listen).await?),
+            };
+            let served =
+                lookup_service::serve(config, listeners, cpis_core::shutdown::signal()).await;
+            // The last OTLP push, bounded, whether or not serving ended well.
+            cpis_core::metrics::shutdown().await;
+            served?;
         }
     }
     Ok(())

@@ -174,6 +174,11 @@ pub struct Config {
     #[arg(long, env = "CPIS_NOTIFICATION_POLL", default_value = "1s", value_parser = cpis_core::config::duration_within("10ms", "1h"))]
     pub notification_poll: Duration,
 
+    /// How often the notification backlog metrics (`cpis_notification_backlog`,
+    /// `cpis_notification_lag_seconds`) are read from the database: one grouped query each time.
+    #[arg(long, env = "CPIS_NOTIFICATION_BACKLOG_REFRESH", default_value = "5s", value_parser = cpis_core::config::duration_within("100ms", "1h"))]
+    pub notification_backlog_refresh: Duration,
+
     /// A subscriber that does not read for this long is cut off (RESOURCE_EXHAUSTED).
     #[arg(long, env = "CPIS_SUBSCRIBER_SEND_TIMEOUT", default_value = "10s", value_parser = cpis_core::config::duration_within("100ms", "1h"))]
     pub subscriber_send_timeout: Duration,
@@ -301,6 +306,7 @@ impl Config {
             disclosure_identities: Vec::new(),
             operator_identities: Vec::new(),
             notification_poll: Duration::from_secs(1),
+            notification_backlog_refresh: Duration::from_secs(5),
             subscriber_send_timeout: Duration::from_secs(10),
             subscriber_buffer: 64,
             max_subscribers_per_council: 100,

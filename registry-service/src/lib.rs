@@ -65,6 +65,9 @@ pub struct Listeners {
     pub public: TcpListener,
     /// The lookup service and operators: `DisclosureService`, `OperatorService`.
     pub internal: TcpListener,
+    /// The admin HTTP port (`/metrics`, `/livez`, `/readyz`; see `cpis_core::admin`); `None`:
+    /// not served.
+    pub admin: Option<TcpListener>,
 }
 
 /// Opens the configured database and applies pending migrations (`registry-service migrate`).
@@ -244,6 +247,12 @@ pub async fn serve(
     }
     let db = open_database(&config)?;
     let notifier = notify::Notifier::default();
+    // The backlog gauges follow the database while this server runs.
+    let _backlog = notify::backlog::start(
+        db.clone(),
+        config.clock.clone(),
+        config.notification_backlog_refresh,
+    );
     // Other replicas' commits wake this replica's subscribers too.
     let _listener = notifier.listen(&config.effective_database_url());
     let (draining, draining_rx) = tokio::sync::watch::channel(false);
@@ -331,7 +340,10 @@ pub async fn serve(
     // per batch id): not counted against --max-in-flight nor cut at --call-timeout.
     // Where callers are admitted by certificate, connections end at a maximum age, so a
     // revoked certificate's does too: always inside, and outside when councils present one.
+    // Ready for the admin port's /readyz when both ports serve.
+    let readiness = cpis_core::admin::Readiness::default();
     let public_options = cpis_core::server::ServerOptions {
+        readiness: Some(readiness.clone()),
         long_lived_calls: LONG_LIVED_CALLS.iter().map(|p| (*p).to_owned()).collect(),
         max_connection_age: config
             .council_client_ca
@@ -346,7 +358,14 @@ pub async fn serve(
     let Listeners {
         public: public_listener,
         internal: internal_listener,
+        admin: admin_listener,
     } = listeners;
+    // The admin port answers (/readyz 503) through the drain, and stops once both ports have.
+    let (admin_stop, mut admin_stopped) = tokio::sync::watch::channel(false);
+    let admin = cpis_core::admin::serve(admin_listener, readiness, async move {
+        let _ = admin_stopped.wait_for(|stopped| *stopped).await;
+    })
+    .instrument(tracing::info_span!("registry", port = "admin"));
     let public = async {
         let result = cpis_core::server::serve_grpc(
             public_routes,
@@ -380,8 +399,13 @@ pub async fn serve(
         result
     };
     let ports = async {
-        let (public, internal) = tokio::join!(public, internal);
-        public.and(internal)
+        let served = async {
+            let (public, internal) = tokio::join!(public, internal);
+            admin_stop.send_replace(true);
+            public.and(internal)
+        };
+        let (result, ()) = tokio::join!(served, admin);
+        result
     };
     tokio::pin!(ports);
     tokio::select! {

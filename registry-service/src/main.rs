@@ -22,6 +22,11 @@ enum Command {
         #[arg(long, env = "CPIS_INTERNAL_LISTEN", default_value = "127.0.0.1:50053")]
         internal_listen: SocketAddr,
 
+        /// Admin HTTP address: /metrics (Prometheus text), /livez, /readyz. Plaintext: use
+        /// 0.0.0.0:9091 in a container, reachable from the pod network only, never public.
+        #[arg(long, env = "CPIS_ADMIN_LISTEN", default_value = "127.0.0.1:9091")]
+        admin_listen: SocketAddr,
+
         #[command(flatten)]
         config: registry_service::Config,
     },
@@ -51,13 +56,20 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve {
             listen,
             internal_listen,
+            admin_listen,
             config,
         } => {
+            cpis_core::metrics::init("registry-service");
             let listeners = registry_service::Listeners {
                 public: bind(listen).await?,
                 internal: bind(internal_listen).await?,
+                admin: Some(bind(admin_listen).await?),
             };
-            registry_service::serve(config, listeners, cpis_core::shutdown::signal()).await?;
+            let served =
+                registry_service::serve(config, listeners, cpis_core::shutdown::signal()).await;
+            // The last OTLP push, bounded, whether or not serving ended well.
+            cpis_core::metrics::shutdown().await;
+            served?;
         }
         Command::ImportNhsStatus { file, config } => {
             let text = std::fs::read_to_string(&file)

@@ -11,6 +11,7 @@ pub mod db;
 pub mod fixtures;
 pub mod jwks;
 pub mod logs;
+pub mod metrics;
 pub mod nhs;
 pub mod otlp;
 pub mod pg_cluster;

@@ -20,6 +20,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// How clients reach it over TLS; `None`: plaintext.
     pub tls: Option<ClientTlsConfig>,
+    /// Its admin HTTP port (`/metrics`, `/livez`, `/readyz`), when the stack bound one.
+    pub admin: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), String>>>,
 }
@@ -96,6 +98,7 @@ impl TestServer {
         Self {
             addr,
             tls: None,
+            admin: None,
             shutdown: Some(tx),
             handle: Some(handle),
         }
@@ -107,6 +110,7 @@ impl TestServer {
         Self {
             addr,
             tls: Some(tls),
+            admin: None,
             shutdown: None,
             handle: None,
         }
@@ -128,6 +132,7 @@ impl TestServer {
         Self {
             addr,
             tls: None,
+            admin: None,
             shutdown: None,
             handle: None,
         }

@@ -240,14 +240,20 @@ async fn start_registry(
         .tls_cert
         .is_some()
         .then(|| pki.client_tls(None));
+    let admin_listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("bind admin");
+    let admin = admin_listener.local_addr().expect("admin addr");
     let serve = |listener, shutdown| {
         let listeners = registry_service::Listeners {
             public: listener,
             internal: internal_listener,
+            admin: Some(admin_listener),
         };
         registry_service::serve(config, listeners, shutdown)
     };
-    let public = TestServer::start_tls_at(public, public_tls, serve).await;
+    let mut public = TestServer::start_tls_at(public, public_tls, serve).await;
+    public.admin = Some(admin);
     internal.wait_serving("", Duration::from_secs(10)).await;
     (public, internal)
 }
@@ -354,11 +360,20 @@ impl Stack {
             .tls_cert
             .is_some()
             .then(|| self.pki.client_tls(None));
+        let admin_listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .expect("bind admin");
+        let admin = admin_listener.local_addr().expect("admin addr");
         let mut server = TestServer::spawn(|listener, shutdown| {
-            lookup_service::serve(config, listener, shutdown)
+            let listeners = lookup_service::Listeners {
+                grpc: listener,
+                admin: Some(admin_listener),
+            };
+            lookup_service::serve(config, listeners, shutdown)
         })
         .await;
         server.tls = tls;
+        server.admin = Some(admin);
         server
     }
 

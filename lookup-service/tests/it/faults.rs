@@ -171,6 +171,7 @@ async fn a_registry_started_before_its_database_waits() {
     let listeners = registry_service::Listeners {
         public: bind().await.expect("bind"),
         internal: bind().await.expect("bind"),
+        admin: None,
     };
     let addr = listeners.public.local_addr().expect("addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

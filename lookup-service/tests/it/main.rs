@@ -8,6 +8,7 @@ mod enumeration;
 mod faults;
 mod harness;
 mod keys;
+mod metrics;
 mod protective_edge;
 mod roles;
 mod seam;

@@ -80,8 +80,8 @@ impl CouncilLimits {
     /// Limits of `writes` and `uploads` per council.
     pub fn new(writes: Rate, uploads: Rate) -> Self {
         Self {
-            writes: RateLimit::new("writes", "council", writes),
-            uploads: RateLimit::new("uploads", "council", uploads),
+            writes: RateLimit::new("council_write", "writes", "council", writes),
+            uploads: RateLimit::new("council_upload", "uploads", "council", uploads),
         }
     }
 }

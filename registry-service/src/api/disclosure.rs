@@ -104,13 +104,23 @@ impl DisclosureService for DisclosureApi {
             deadline,
             limits: registry.enumeration,
         };
-        let (outcome, notified) = registry
+        let started = Instant::now();
+        let written = registry
             .notifier
             .write(&registry.db, now, move |conn, outbox| {
                 disclose(conn, &work, outbox)
             })
-            .await
-            .map_err(RegistryError::access_not_recorded)?;
+            .await;
+        let outcome = if written.is_ok() {
+            "committed"
+        } else {
+            "failed"
+        };
+        cpis_core::metrics::metrics().disclosure_duration.record(
+            started.elapsed().as_secs_f64(),
+            &[cpis_core::metrics::KeyValue::new("outcome", outcome)],
+        );
+        let (outcome, notified) = written.map_err(RegistryError::access_not_recorded)?;
         let disclosure = match outcome {
             Outcome::Disclosed(disclosure) => disclosure,
             Outcome::Throttled(throttled) => return Err(refuse(&throttled, now).into()),
@@ -148,6 +158,7 @@ fn refuse(throttled: &Throttled, now: i64) -> RegistryError {
     use cpis_proto::cpis::common::v1::accessor::Kind;
     use cpis_proto::cpis::registry::v1::ThrottledSubject;
     for event in &throttled.raised {
+        count_security_event(event.kind);
         let accessor = event.accessor.as_ref();
         let (user, system) = match accessor.and_then(|a| a.kind.as_ref()) {
             Some(Kind::Person(p)) => (p.user_id.as_str(), ""),
@@ -188,4 +199,17 @@ fn refuse(throttled: &Throttled, now: i64) -> RegistryError {
         retry_after,
         organisation: throttled.organisation,
     }
+}
+
+/// Counts a recorded security event by its kind's name (never who or which child) in
+/// `cpis_security_events_total{kind}`.
+fn count_security_event(kind: i32) {
+    use cpis_proto::cpis::registry::v1::SecurityEventKind;
+    let kind = match SecurityEventKind::try_from(kind) {
+        Ok(SecurityEventKind::LookupsThrottled) => "lookups_throttled",
+        _ => "unspecified",
+    };
+    cpis_core::metrics::metrics()
+        .security_events
+        .add(1, &[cpis_core::metrics::KeyValue::new("kind", kind)]);
 }

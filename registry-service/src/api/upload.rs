@@ -557,6 +557,20 @@ async fn run_claimed(
     } else {
         (decode(&stored.result, "upload_batches", "result")?, true)
     };
+    if !replayed {
+        // Records of this upload, counted once (a replay answers an outcome already counted).
+        use cpis_core::metrics::KeyValue;
+        let metrics = cpis_core::metrics::metrics();
+        let council = KeyValue::new("council", batch.ods.to_string());
+        metrics.upload_records.add(
+            result.accepted_count,
+            &[council.clone(), KeyValue::new("outcome", "accepted")],
+        );
+        metrics.upload_records.add(
+            result.rejected_count,
+            &[council, KeyValue::new("outcome", "rejected")],
+        );
+    }
     tracing::info!(
         la = %batch.ods,
         batch = %batch.batch_id,

@@ -149,6 +149,28 @@ impl ManageConnection for ConnectionManager {
     }
 }
 
+/// A connection from `pool`: an idle one at once, else waiting up to the pool's timeout (for
+/// one to come back or a new one to open), counted and timed in the pool metrics; a timeout is
+/// UNAVAILABLE.
+fn checkout(
+    pool: &r2d2::Pool<ConnectionManager>,
+) -> Result<r2d2::PooledConnection<ConnectionManager>, RegistryError> {
+    if let Some(pooled) = pool.try_get() {
+        return Ok(pooled);
+    }
+    let metrics = cpis_core::metrics::metrics();
+    metrics.db_pool_waits.add(1, &[]);
+    let waited = std::time::Instant::now();
+    let pooled = pool.get();
+    metrics
+        .db_pool_wait
+        .record(waited.elapsed().as_secs_f64(), &[]);
+    pooled.map_err(|_| {
+        metrics.db_pool_timeouts.add(1, &[]);
+        RegistryError::Unavailable
+    })
+}
+
 /// Pool settings.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct PoolOptions {
@@ -161,7 +183,8 @@ pub(crate) struct PoolOptions {
 /// The registry's database handle; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Database {
-    pool: r2d2::Pool<ConnectionManager>,
+    /// Shared so the pool gauges can hold it weakly (see `cpis_core::metrics::watch_pool`).
+    pool: std::sync::Arc<r2d2::Pool<ConnectionManager>>,
     engine: &'static str,
     url: DatabaseUrl,
     /// The health probe's own connection.
@@ -203,6 +226,17 @@ impl Database {
             .connection_timeout(options.acquire_timeout)
             .test_on_check_out(false)
             .build_unchecked(ConnectionManager { url: url.clone() });
+        let pool = std::sync::Arc::new(pool);
+        let watched = std::sync::Arc::downgrade(&pool);
+        cpis_core::metrics::watch_pool(move || {
+            let pool = watched.upgrade()?;
+            let state = pool.state();
+            Some(cpis_core::metrics::PoolConnections {
+                in_use: u64::from(state.connections.saturating_sub(state.idle_connections)),
+                idle: u64::from(state.idle_connections),
+                max: u64::from(pool.max_size()),
+            })
+        });
         Ok(Self {
             pool,
             engine,
@@ -231,7 +265,7 @@ impl Database {
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _call = span.enter();
-            let mut pooled = pool.get().map_err(|_| RegistryError::Unavailable)?;
+            let mut pooled = checkout(&pool)?;
             let result = work(&mut pooled.conn);
             let suspect = matches!(
                 result,

@@ -150,3 +150,31 @@ pub(crate) fn acknowledge(
         Ok(acknowledged)
     })
 }
+
+/// One council's unacknowledged notifications: how many were issued past its cursor, and when
+/// the oldest of them was created (`None` when none is left in the outbox).
+#[derive(Debug, QueryableByName)]
+pub(crate) struct Backlog {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub ods_code: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub backlog: i64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    pub oldest: Option<i64>,
+}
+
+/// Every council's backlog in one query (for the metrics; one row per council, read every few
+/// seconds, never per call). The oldest unacknowledged notification is found by the outbox's
+/// primary key (council, sequence).
+pub(crate) fn backlogs(conn: &mut DbConnection) -> Result<Vec<Backlog>, RegistryError> {
+    // The same SQL on both engines; `sql_query` runs on a concrete connection.
+    const BACKLOGS: &str = "SELECT la.ods_code AS ods_code, \
+         la.last_notification_sequence - la.acknowledged_sequence AS backlog, \
+         (SELECT MIN(n.create_time) FROM notifications n \
+          WHERE n.local_authority = la.ods_code AND n.sequence > la.acknowledged_sequence) AS oldest \
+         FROM local_authorities la";
+    Ok(match conn {
+        DbConnection::Pg(pg) => diesel::sql_query(BACKLOGS).load::<Backlog>(pg)?,
+        DbConnection::Sqlite(sqlite) => diesel::sql_query(BACKLOGS).load::<Backlog>(sqlite)?,
+    })
+}

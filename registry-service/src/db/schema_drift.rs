@@ -152,6 +152,7 @@ async fn refuses_to_start_on_a_schema_behind(backend: Backend) {
     let listeners = crate::Listeners {
         public: bind().await.expect("bind"),
         internal: bind().await.expect("bind"),
+        admin: None,
     };
     let result = tokio::time::timeout(
         std::time::Duration::from_secs(20),

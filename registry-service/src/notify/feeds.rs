@@ -71,6 +71,7 @@ pub(crate) struct Seat {
 
 impl Drop for Seat {
     fn drop(&mut self) {
+        subscribers_moved(&self.ods_code, -1);
         let mut registry = lock(&self.registry);
         registry.total = registry.total.saturating_sub(1);
         if let Some(count) = registry.subscribers.get_mut(&self.ods_code) {
@@ -80,6 +81,17 @@ impl Drop for Seat {
             }
         }
     }
+}
+
+/// `cpis_notification_subscribers{council}` up or down by `change`.
+fn subscribers_moved(ods_code: &OdsCode, change: i64) {
+    cpis_core::metrics::metrics().notification_subscribers.add(
+        change,
+        &[cpis_core::metrics::KeyValue::new(
+            "council",
+            ods_code.to_string(),
+        )],
+    );
 }
 
 fn lock(registry: &Mutex<Registry>) -> MutexGuard<'_, Registry> {
@@ -126,6 +138,7 @@ impl Feeds {
         };
         registry.total += 1;
         *registry.subscribers.entry(ods_code.clone()).or_insert(0) += 1;
+        subscribers_moved(ods_code, 1);
         Ok(Seat {
             feed,
             registry: self.registry.clone(),

@@ -7,6 +7,7 @@
 //! A wake-up goes to the named council's feed alone (one `Notify` per council): a commit for one
 //! council costs nothing to the feeds of the others, however many councils are listening.
 
+pub(crate) mod backlog;
 pub(crate) mod feeds;
 mod pg_listener;
 pub(crate) mod subscription;

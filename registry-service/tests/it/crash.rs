@@ -42,6 +42,8 @@ async fn spawn(db: &TestDb, jwks: &std::path::Path, pki: &TestPki) -> Process {
         .arg("serve")
         .env("CPIS_REGISTRY_LISTEN", format!("127.0.0.1:{port}"))
         .env("CPIS_INTERNAL_LISTEN", format!("127.0.0.1:{internal_port}"))
+        // Not the default admin port: both engines' processes run at once.
+        .env("CPIS_ADMIN_LISTEN", format!("127.0.0.1:{}", free_port()))
         .env("CPIS_DATABASE_URL", &db.url)
         .env("CPIS_JWKS_FILE", jwks)
         .env("CPIS_MIGRATE_ON_START", "true")

@@ -65,7 +65,7 @@ struct Mount {
 }
 
 /// A started binary, killed when dropped.
-struct Running(Child, String);
+struct Running(Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -354,7 +354,7 @@ async fn run_overlay(overlay: &str, db: Option<TestDb>) {
             );
             continue;
         }
-        let process = Running(child, container.workload.clone());
+        let process = Running(child);
 
         // Every gRPC port it listens on reaches SERVING over TLS, and the admin port is ready.
         if let Some(port) = listen.get("CPIS_INTERNAL_LISTEN") {

@@ -250,6 +250,7 @@ async fn no_keys_no_start(backend: Backend) {
         registry_service::Listeners {
             public: bind().await.expect("bind"),
             internal: bind().await.expect("bind"),
+            admin: None,
         }
     };
     let cases = [
@@ -372,6 +373,7 @@ async fn keys_over_https_from_an_idp_with_a_private_ca() {
     let listeners = registry_service::Listeners {
         public: bind().await.expect("bind"),
         internal: bind().await.expect("bind"),
+        admin: None,
     };
     let error = tokio::time::timeout(
         Duration::from_secs(20),

@@ -16,6 +16,7 @@ mod enumeration;
 mod harness;
 mod keys;
 mod logs;
+mod metrics;
 mod nhs_oracle;
 mod notifications;
 mod paging;

@@ -308,6 +308,7 @@ async fn a_non_loopback_plaintext_listener_needs_insecure_plaintext() {
     let listeners = registry_service::Listeners {
         public: everywhere().await.expect("bind"),
         internal: loopback().await.expect("bind"),
+        admin: None,
     };
     // Plaintext on every address, without the escape hatch: refused before serving.
     let mut config = reg.registry_config();
@@ -335,6 +336,7 @@ async fn a_non_loopback_plaintext_listener_needs_insecure_plaintext() {
             let listeners = registry_service::Listeners {
                 public,
                 internal: loopback().await.expect("bind"),
+                admin: None,
             };
             registry_service::serve(config, listeners, shutdown).await
         }
