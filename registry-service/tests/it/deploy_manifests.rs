@@ -354,7 +354,7 @@ async fn run_overlay(overlay: &str, db: Option<TestDb>) {
             );
             continue;
         }
-        let process = Running(child);
+        let mut process = Running(child);
 
         // Every gRPC port it listens on reaches SERVING over TLS, and the admin port is ready.
         if let Some(port) = listen.get("CPIS_INTERNAL_LISTEN") {
@@ -363,21 +363,47 @@ async fn run_overlay(overlay: &str, db: Option<TestDb>) {
         for (name, port) in &listen {
             let addr = ([127, 0, 0, 1], *port).into();
             if name == "CPIS_ADMIN_LISTEN" {
-                wait_ready_http(addr, &container.workload, &log).await;
+                wait_ready_http(addr, &container.workload, &mut process, &log).await;
                 continue;
             }
             let identity = (name == "CPIS_INTERNAL_LISTEN").then_some(&secrets.pki.lookup);
             let server = TestServer::reach(addr, secrets.pki.client_tls(identity));
-            wait_serving(&server, &container.workload, name, &log).await;
+            wait_serving(&server, &container.workload, name, &mut process, &log).await;
         }
         running.push(process);
     }
     drop(running);
 }
 
-async fn wait_serving(server: &TestServer, workload: &str, port: &str, log: &Path) {
+/// The process's output so far (its log lines and its standard error).
+fn output_of(log: &Path) -> String {
+    format!(
+        "{}\n{}",
+        std::fs::read_to_string(log).unwrap_or_default(),
+        std::fs::read_to_string(log.with_extension("err")).unwrap_or_default()
+    )
+}
+
+/// Fails at once when the process has exited (a refused flag, a bad setting), with its output.
+fn still_running(process: &mut Running, workload: &str, log: &Path) {
+    if let Ok(Some(status)) = process.0.try_wait() {
+        panic!(
+            "{workload} exited ({status}); its output:\n{}",
+            output_of(log)
+        );
+    }
+}
+
+async fn wait_serving(
+    server: &TestServer,
+    workload: &str,
+    port: &str,
+    process: &mut Running,
+    log: &Path,
+) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
+        still_running(process, workload, log);
         if let Ok(channel) = server.try_channel().await
             && health(channel, "").await == Some(ServingStatus::Serving)
         {
@@ -385,19 +411,24 @@ async fn wait_serving(server: &TestServer, workload: &str, port: &str, log: &Pat
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{workload} ({port}) did not reach SERVING; its log:\n{}\n{}",
-            std::fs::read_to_string(log).unwrap_or_default(),
-            std::fs::read_to_string(log.with_extension("err")).unwrap_or_default()
+            "{workload} ({port}) did not reach SERVING; its output:\n{}",
+            output_of(log)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// Waits for `GET /readyz` to answer 200 (the platform's HTTP readiness probe).
-async fn wait_ready_http(addr: std::net::SocketAddr, workload: &str, log: &Path) {
+async fn wait_ready_http(
+    addr: std::net::SocketAddr,
+    workload: &str,
+    process: &mut Running,
+    log: &Path,
+) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
+        still_running(process, workload, log);
         let mut answer = String::new();
         if let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await {
             let request =
@@ -411,9 +442,9 @@ async fn wait_ready_http(addr: std::net::SocketAddr, workload: &str, log: &Path)
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{workload}: /readyz did not answer 200 (last: {:?}); its log:\n{}",
+            "{workload}: /readyz did not answer 200 (last: {:?}); its output:\n{}",
             answer.lines().next(),
-            std::fs::read_to_string(log).unwrap_or_default()
+            output_of(log)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
