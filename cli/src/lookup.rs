@@ -47,7 +47,7 @@ pub async fn run(args: LookupArgs, json_output: bool) -> Result<u8, CliError> {
     } else {
         AccessMode::Unscheduled
     };
-    let nhs_number: String = args.nhs_number.chars().filter(|c| *c != ' ').collect();
+    let nhs_number = crate::records::nhs_number(&args.nhs_number);
     let answer = client
         .lookup_child(LookupChildRequest {
             nhs_number: nhs_number.clone(),

@@ -370,7 +370,7 @@ fn token_jwks_lets_services_run_by_hand() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let (code, jwks, stderr) = cpis(&["token", "jwks"], "");
+    let (code, jwks, stderr) = cpis(&["token", "jwks", "--new-key"], "");
     assert_eq!(code, 0, "{stderr}");
     let parsed: serde_json::Value = serde_json::from_str(&jwks).expect("JWKS is JSON");
     let keys = parsed["keys"].as_array().expect("keys");
