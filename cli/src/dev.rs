@@ -308,13 +308,9 @@ fn repo_path(relative: &str) -> String {
     let built_from = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
         .join(relative);
-    match std::path::absolute(&built_from) {
-        Ok(path) if path.exists() => path
-            .components()
-            .collect::<std::path::PathBuf>()
-            .display()
-            .to_string(),
-        _ => relative.to_owned(),
+    match std::fs::canonicalize(&built_from) {
+        Ok(path) => path.display().to_string(),
+        Err(_) => relative.to_owned(),
     }
 }
 

@@ -178,13 +178,21 @@ fn tokens_from_cpis_token_are_accepted_and_checked() {
         "DEV01",
         "--data-dir",
         elsewhere.path().to_str().unwrap(),
+        "--new-key",
     ]);
+    assert_eq!(foreign.code, 0, "{foreign:?}");
     let refused = stack.run(&["contacts", "--token", foreign.stdout.trim()]);
     assert_eq!(refused.code, 1);
     assert!(
         refused
             .stderr
             .starts_with("error: UNAUTHENTICATED TOKEN_INVALID"),
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .stderr
+            .contains("hint: the token was signed by a key this service does not know"),
         "{refused:?}"
     );
 }

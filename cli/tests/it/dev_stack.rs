@@ -81,7 +81,7 @@ fn guide_prints_addresses_tokens_and_commands() {
         format!("export NHS111_TOKEN={}", stack.nhs111_token),
         "lookup 9990000018   # as the ED clinician".to_owned(),
         "notifications watch".to_owned(),
-        "upload examples/data/extract.csv".to_owned(),
+        "examples/data/extract.csv   # 3 bad rows".to_owned(),
         "grpcurl -plaintext".to_owned(),
         "examples/python/council_client.py".to_owned(),
         "demo data written for 3 councils".to_owned(),
@@ -218,7 +218,7 @@ fn tls_serves_the_public_ports_and_the_dev_certificates_are_kept() {
             .current_dir(&repo)
             .env("CPIS_REGISTRY_URL", &stack.registry_url)
             .env("CPIS_CA_CERT", &ca)
-            .env("COUNCIL_TOKEN", &stack.council_token)
+            .env("CPIS_COUNCIL_TOKEN", &stack.council_token)
             .output()
             .expect("run python");
         let out = String::from_utf8_lossy(&output.stdout);
