@@ -66,10 +66,10 @@ pub async fn run(args: LookupArgs, json_output: bool) -> Result<u8, CliError> {
                     "local_authority": render::local_authority_json(&la),
                     "plans": alert.plans.iter().map(|p| json!({
                         "plan_type": render::plan_type(p.plan_type),
-                        "start_date": render::date(p.start_date.as_ref()),
-                        "end_date": render::date(p.end_date.as_ref()),
-                        "legal_basis": render::legal_basis(p.legal_basis),
-                        "expected_delivery_date": render::date(p.expected_delivery_date.as_ref()),
+                        "start_date": render::date_json(p.start_date.as_ref()),
+                        "end_date": render::date_json(p.end_date.as_ref()),
+                        "legal_basis": Some(render::legal_basis(p.legal_basis)).filter(|b| !b.is_empty()),
+                        "expected_delivery_date": render::date_json(p.expected_delivery_date.as_ref()),
                     })).collect::<Vec<_>>(),
                 })
             })

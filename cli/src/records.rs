@@ -325,27 +325,55 @@ pub async fn run_batch(args: BatchArgs, json_output: bool) -> Result<u8, CliErro
             .await?
             .into_inner();
         for rejection in page.rejections {
-            let reason = ErrorReason::try_from(rejection.reason)
-                .map_or("UNSPECIFIED", ErrorReason::as_info_reason);
+            let reason_name = |reason: i32| {
+                ErrorReason::try_from(reason).map_or("UNSPECIFIED", ErrorReason::as_info_reason)
+            };
+            // Every rule the record breaks (older registries send the first only).
+            let violations: Vec<(&str, String, String)> = if rejection.violations.is_empty() {
+                vec![(
+                    reason_name(rejection.reason),
+                    rejection.field.clone(),
+                    rejection.message.clone(),
+                )]
+            } else {
+                rejection
+                    .violations
+                    .iter()
+                    .map(|v| (reason_name(v.reason), v.field.clone(), v.message.clone()))
+                    .collect()
+            };
             if json_output {
+                let all: Vec<Value> = violations
+                    .iter()
+                    .map(|(reason, field, message)| {
+                        json!({
+                            "reason": reason,
+                            "field": crate::extract::column_for_field(field),
+                            "message": message,
+                        })
+                    })
+                    .collect();
+                let (reason, field, message) = violations.first().cloned().unwrap_or_default();
                 println!(
                     "{}",
                     json!({
                         "position": rejection.position,
                         "local_case_id": rejection.local_case_id,
                         "reason": reason,
-                        "field": crate::extract::column_for_field(&rejection.field),
-                        "message": rejection.message,
+                        "field": crate::extract::column_for_field(&field),
+                        "message": message,
+                        "violations": all,
                     })
                 );
             } else {
-                println!(
-                    "  record {}  {}  {reason}  {}: {}",
-                    rejection.position,
-                    rejection.local_case_id,
-                    crate::extract::column_for_field(&rejection.field),
-                    rejection.message
-                );
+                for (reason, field, message) in &violations {
+                    println!(
+                        "  record {}  {}  {reason}  {}: {message}",
+                        rejection.position,
+                        rejection.local_case_id,
+                        crate::extract::column_for_field(field),
+                    );
+                }
             }
         }
         if page.next_page_token.is_empty() {

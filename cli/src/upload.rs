@@ -243,17 +243,37 @@ pub async fn run(args: UploadArgs, json_output: bool) -> Result<u8, CliError> {
                 .and_then(|i| read.lines.get(i))
                 .copied()
                 .unwrap_or(0);
-            let reason = ErrorReason::try_from(rejection.reason)
-                .map(ErrorReason::as_info_reason)
-                .unwrap_or("UNSPECIFIED");
-            report.write(&ReportLine {
-                line,
-                local_case_id: rejection.local_case_id,
-                reason: reason.to_owned(),
-                field: extract::column_for_field(&rejection.field),
-                message: rejection.message,
-                replacement_nhs_number: rejection.replacement_nhs_number,
-            })?;
+            let reason_name = |reason: i32| {
+                ErrorReason::try_from(reason)
+                    .map(ErrorReason::as_info_reason)
+                    .unwrap_or("UNSPECIFIED")
+                    .to_owned()
+            };
+            // One report row per rule the row breaks (registries before `violations` send the
+            // first only).
+            let violations: Vec<(String, String, String)> = if rejection.violations.is_empty() {
+                vec![(
+                    reason_name(rejection.reason),
+                    rejection.field,
+                    rejection.message,
+                )]
+            } else {
+                rejection
+                    .violations
+                    .into_iter()
+                    .map(|v| (reason_name(v.reason), v.field, v.message))
+                    .collect()
+            };
+            for (reason, field, message) in violations {
+                report.write(&ReportLine {
+                    line,
+                    local_case_id: rejection.local_case_id.clone(),
+                    reason,
+                    field: extract::column_for_field(&field),
+                    message,
+                    replacement_nhs_number: rejection.replacement_nhs_number.clone(),
+                })?;
+            }
         }
         Ok(())
     };

@@ -328,7 +328,18 @@ fn notifications_watch_acknowledges_and_resumes() {
         dev03.stdout.trim(),
     ]);
     assert_eq!(theirs.code, 0, "{theirs:?}");
-    assert!(theirs.json_lines().is_empty(), "{theirs:?}");
+    // Nothing but the cursor line.
+    assert_eq!(
+        theirs.json_lines(),
+        [serde_json::json!({ "acknowledged_sequence": 0, "shown": 0 })],
+        "{theirs:?}"
+    );
+    let ours = stack.council(&["notifications", "list", "--json"]);
+    assert_eq!(
+        ours.json_lines().pop().unwrap()["acknowledged_sequence"],
+        5,
+        "{ours:?}"
+    );
 }
 
 #[test]
@@ -355,6 +366,13 @@ fn watch_survives_a_registry_restart_without_a_gap() {
     let out = watcher.finish();
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(sequences(&out), [1, 2, 3], "{out:?}");
+    // The outage is said once as it starts and once as it ends, not at every retry.
+    assert_eq!(out.stderr.matches("reconnecting").count(), 1, "{out:?}");
+    assert_eq!(
+        out.stderr.matches("reconnected after").count(),
+        1,
+        "{out:?}"
+    );
 }
 
 /// `cpis token jwks` prints the dev key's public JWKS, which is all a registry run by hand

@@ -348,3 +348,45 @@ fn help_completions_and_man_page() {
     assert!(man.stdout.starts_with(".ie"), "{man:?}");
     assert!(man.stdout.contains(".TH cpis 1"), "{man:?}");
 }
+
+#[test]
+fn every_violation_of_a_row_is_reported_on_its_line() {
+    let stack = DevStack::start();
+    std::fs::write(
+        stack.dir.path().join("many.csv"),
+        format!(
+            "nhs_number,local_case_id,given_name,family_name,date_of_birth,cpp_start_date,cpp_end_date\r\n\
+             {},M-1,Ana,One,2019-04-02,2026-01-10,\r\n\
+             {},M-2,,Two,2019-04-02,2026-01-10,2025-01-10\r\n",
+            nhs(330),
+            nhs(331)
+        ),
+    )
+    .unwrap();
+    let out = stack.council(&["upload", "many.csv", "--no-progress", "--json"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    let summary = out.json_lines().pop().unwrap();
+    assert_eq!(summary["rejected"], 1, "one row: {out:?}");
+    let got = report(&stack.dir.path().join("many.csv.rejections.csv"));
+    let rows: Vec<(u64, &str, &str, &str)> = got
+        .iter()
+        .map(|(l, case, reason, field)| (*l, case.as_str(), reason.as_str(), field.as_str()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (3, "M-2", "FIELD_REQUIRED", "given_name"),
+            (3, "M-2", "DATE_ORDER", "cpp_end_date"),
+        ],
+        "{got:?}"
+    );
+    // `cpis batch status` lists both too.
+    let batch_id = summary["batch_id"].as_str().unwrap();
+    let status = stack.council(&["batch", "status", batch_id, "--json"]);
+    let lines = status.json_lines();
+    assert_eq!(
+        lines[1]["violations"].as_array().map(Vec::len),
+        Some(2),
+        "{status:?}"
+    );
+}
