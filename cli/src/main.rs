@@ -13,6 +13,7 @@ mod dev_pki;
 use cpis::extract;
 mod lookup;
 mod notifications;
+mod operator;
 mod records;
 mod render;
 mod tokens;
@@ -69,6 +70,8 @@ enum Command {
     Batch(records::BatchArgs),
     /// Show the access history of an NHS number, as the council may see it.
     Accesses(records::AccessesArgs),
+    /// Operator feeds sent to the registry's internal port (mutual TLS and an operator token).
+    Operator(operator::OperatorArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -87,7 +90,8 @@ fn service_of(command: &Command) -> Option<(client::Service, bool)> {
         | Command::Contacts(_)
         | Command::Records(_)
         | Command::Batch(_)
-        | Command::Accesses(_) => Some((client::Service::Registry, false)),
+        | Command::Accesses(_)
+        | Command::Operator(_) => Some((client::Service::Registry, false)),
         Command::Dev(_) | Command::Token(_) | Command::Completions { .. } | Command::Man => None,
     }
 }
@@ -214,6 +218,7 @@ async fn run_client(command: Command, json: bool) -> Result<u8, client::CliError
         Command::Records(args) => records::run_records(args, json).await,
         Command::Batch(args) => records::run_batch(args, json).await,
         Command::Accesses(args) => records::run_accesses(args, json).await,
+        Command::Operator(args) => operator::run(args, json).await,
         Command::Dev(_) | Command::Token(_) | Command::Completions { .. } | Command::Man => {
             Err(client::CliError::Other("not a client command".into()))
         }

@@ -180,6 +180,9 @@ pub enum TokenKind {
     Clinician(ClinicianArgs),
     /// A system such as NHS 111 acting for a responsible person (for the lookup service).
     System(SystemArgs),
+    /// An operator (scope "operator", for the registry's internal port with the operator's
+    /// certificate).
+    Operator,
     /// The dev signing key's public JWKS, for `registry-service --jwks-file` and
     /// `lookup-service --jwks-file` run by hand.
     Jwks,
@@ -196,6 +199,10 @@ pub fn run(args: TokenArgs) -> anyhow::Result<u8> {
         TokenKind::Council { ods_code, scope } => (council(ods_code, scope), REGISTRY_AUDIENCE),
         TokenKind::Clinician(who) => (clinician(who), LOOKUP_AUDIENCE),
         TokenKind::System(what) => (system(what), LOOKUP_AUDIENCE),
+        TokenKind::Operator => (
+            json!({ "sub": "dev-operator", "scope": "operator" }),
+            REGISTRY_AUDIENCE,
+        ),
         TokenKind::Jwks => {
             // Public keys only: the JWK of the signing key's public half (no "d").
             let signer = DevSigner::from_pkcs8_pem(&pem, ISSUER, REGISTRY_AUDIENCE)?;

@@ -390,3 +390,56 @@ fn every_violation_of_a_row_is_reported_on_its_line() {
         "{status:?}"
     );
 }
+
+#[test]
+fn operator_imports_nhs_number_status_changes() {
+    let stack = DevStack::start();
+    let guide = stack.guide();
+    let internal = guide
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("registry internal:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the guide names the internal port")
+        .to_owned();
+    let data = stack.data_dir();
+    let tls = data.join("tls");
+    let token = stack.run(&["token", "operator", "--data-dir", data.to_str().unwrap()]);
+    assert_eq!(token.code, 0, "{token:?}");
+    std::fs::write(
+        stack.dir.path().join("status.csv"),
+        "nhs_number,reason,replacement_nhs_number,effective_date\n\
+         999 000 0018,deceased,,2026-01-02\n\
+         9990000026,adopted,9990000034,\n",
+    )
+    .unwrap();
+    let out = stack.run(&[
+        "operator",
+        "--internal-url",
+        &internal,
+        "--ca-cert",
+        tls.join("ca.pem").to_str().unwrap(),
+        "--client-cert",
+        tls.join("operator.pem").to_str().unwrap(),
+        "--client-key",
+        tls.join("operator.key").to_str().unwrap(),
+        "--token",
+        token.stdout.trim(),
+        "--json",
+        "import-nhs-status",
+        "status.csv",
+    ]);
+    assert_eq!(out.code, 3, "one entry rejected: {out:?}");
+    let lines = out.json_lines();
+    assert_eq!(lines[0]["received"], 2, "{out:?}");
+    assert_eq!(lines[0]["applied"], 1, "{out:?}");
+    assert_eq!(lines[1]["line"], 3, "{out:?}");
+
+    // DEV01 held a record for the deceased child: it is told.
+    let list = stack.council(&["notifications", "list", "--json"]);
+    let kinds: Vec<String> = list
+        .json_lines()
+        .iter()
+        .filter_map(|n| n["kind"].as_str().map(str::to_owned))
+        .collect();
+    assert!(kinds.iter().any(|k| k == "inactive_nhs_number"), "{list:?}");
+}
