@@ -171,6 +171,15 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
+/// `--json`, on the commands that print results (not on `dev`, `token`, `completions`, `man`).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Output {
+    /// Print results as JSON (one object per line) for scripts; errors too, as
+    /// {"error":{…}} on standard output.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
 /// Where the registry is and the council's credential, shared by every council command.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CouncilArgs {

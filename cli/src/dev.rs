@@ -23,6 +23,9 @@ use crate::tokens::{self, ClinicianArgs, SystemArgs};
 /// `cpis dev` arguments.
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
+    /// Log line format (logs go to standard error; filter with RUST_LOG).
+    #[arg(long, env = "CPIS_LOG_FORMAT", value_enum, default_value_t = cpis_core::telemetry::LogFormat::Text)]
+    pub log_format: cpis_core::telemetry::LogFormat,
     /// Registry (council-facing) address. Loopback only: the dev stack is not for networks.
     /// Port 0 picks a free port (printed).
     #[arg(long, default_value = "127.0.0.1:50051")]

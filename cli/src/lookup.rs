@@ -32,6 +32,8 @@ pub struct LookupArgs {
     /// The clinician's or system's bearer token (CIS2-style; `cpis token clinician` in dev).
     #[arg(long, env = "CPIS_NHS_TOKEN", hide_env_values = true)]
     pub token: Option<SecretString>,
+    #[command(flatten)]
+    pub output: crate::client::Output,
 }
 
 /// Runs the lookup; returns the exit code.

@@ -38,14 +38,6 @@ line; with --json they are a JSON object on standard output instead.";
 #[derive(Debug, Parser)]
 #[command(version, about, after_help = AFTER_HELP)]
 struct Cli {
-    /// Log line format (logs go to standard error; filter with RUST_LOG).
-    #[arg(long, env = "CPIS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
-
-    /// Print results as JSON (one object per line) for scripts.
-    #[arg(long, global = true)]
-    json: bool,
-
     #[command(subcommand)]
     command: Command,
 }
@@ -93,6 +85,21 @@ fn service_of(command: &Command) -> Option<(client::Service, bool)> {
         | Command::Accesses(_)
         | Command::Operator(_) => Some((client::Service::Registry, false)),
         Command::Dev(_) | Command::Token(_) | Command::Completions { .. } | Command::Man => None,
+    }
+}
+
+/// Whether the command was asked for JSON (`--json` exists only where it does something).
+fn json_of(command: &Command) -> bool {
+    match command {
+        Command::Upload(args) => args.output.json,
+        Command::Notifications(args) => args.output.json,
+        Command::Lookup(args) => args.output.json,
+        Command::Contacts(args) => args.output.json,
+        Command::Records(args) => args.output.json,
+        Command::Batch(args) => args.output.json,
+        Command::Accesses(args) => args.output.json,
+        Command::Operator(args) => args.output.json,
+        Command::Dev(_) | Command::Token(_) | Command::Completions { .. } | Command::Man => false,
     }
 }
 
@@ -154,13 +161,14 @@ impl Failure {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     // The dev stack logs its services' work; the client commands only say what went wrong.
-    let level = if matches!(cli.command, Command::Dev(_)) {
-        "info"
-    } else {
-        "warn"
+    // The dev stack logs its services' work (in the format it is asked for); the client
+    // commands only say what went wrong, as text.
+    let (format, level) = match &cli.command {
+        Command::Dev(args) => (args.log_format, "info"),
+        _ => (LogFormat::Text, "warn"),
     };
-    init_cli_logging(cli.log_format, level);
-    let json = cli.json;
+    init_cli_logging(format, level);
+    let json = json_of(&cli.command);
     let service = service_of(&cli.command);
     let result: Result<u8, Failure> = match cli.command {
         Command::Dev(args) => dev::run(args)

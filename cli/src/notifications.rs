@@ -22,6 +22,8 @@ use crate::render;
 pub struct NotificationsArgs {
     #[command(subcommand)]
     pub action: NotificationsAction,
+    #[command(flatten)]
+    pub output: crate::client::Output,
 }
 
 /// Watch live or list.

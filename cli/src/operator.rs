@@ -37,6 +37,8 @@ pub struct OperatorArgs {
     /// The operator's bearer token, scope "operator" (`cpis token operator` in dev).
     #[arg(long, env = "CPIS_OPERATOR_TOKEN", hide_env_values = true)]
     pub token: Option<SecretString>,
+    #[command(flatten)]
+    pub output: crate::client::Output,
 }
 
 /// What an operator does.

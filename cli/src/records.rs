@@ -21,6 +21,8 @@ pub struct RecordsArgs {
     pub action: RecordsAction,
     #[command(flatten)]
     pub council: CouncilArgs,
+    #[command(flatten)]
+    pub output: crate::client::Output,
 }
 
 /// Which records to list.
@@ -68,6 +70,8 @@ pub struct BatchArgs {
     pub action: BatchAction,
     #[command(flatten)]
     pub council: CouncilArgs,
+    #[command(flatten)]
+    pub output: crate::client::Output,
 }
 
 /// What to ask about a batch.
@@ -90,6 +94,8 @@ pub struct AccessesArgs {
     pub limit: Option<u64>,
     #[command(flatten)]
     pub council: CouncilArgs,
+    #[command(flatten)]
+    pub output: crate::client::Output,
 }
 
 /// An NHS number as a person may type it (`999 000 0018`, `999-000-0018`), as the contract

@@ -46,6 +46,8 @@ pub struct UploadArgs {
     pub no_progress: bool,
     #[command(flatten)]
     pub council: CouncilArgs,
+    #[command(flatten)]
+    pub output: crate::client::Output,
 }
 
 /// A line of the rejection report.

@@ -338,6 +338,21 @@ fn help_completions_and_man_page() {
     assert!(help.stdout.contains("CPIS_COUNCIL_TOKEN"), "{help:?}");
     let token_help = run_in(dir.path(), &["token", "council", "--help"], &[]);
     assert!(token_help.stdout.contains("30m, 1h, 7d"), "{token_help:?}");
+    // Flags only where they do something.
+    assert!(!token_help.stdout.contains("--json"), "{token_help:?}");
+    assert!(
+        !token_help.stdout.contains("--log-format"),
+        "{token_help:?}"
+    );
+    let dev_help = run_in(dir.path(), &["dev", "--help"], &[]);
+    assert!(dev_help.stdout.contains("--log-format"), "{dev_help:?}");
+    assert!(!dev_help.stdout.contains("--json"), "{dev_help:?}");
+    let upload_help = run_in(dir.path(), &["upload", "--help"], &[]);
+    assert!(upload_help.stdout.contains("--json"), "{upload_help:?}");
+    assert!(
+        !upload_help.stdout.contains("--log-format"),
+        "{upload_help:?}"
+    );
 
     let bash = run_in(dir.path(), &["completions", "bash"], &[]);
     assert_eq!(bash.code, 0, "{bash:?}");
