@@ -278,6 +278,18 @@ fn records_batches_and_access_history_from_the_tool() {
         .unwrap()
         .to_owned();
 
+    // The same file again, for a person: one row, counted in words that fit, no rate of a
+    // file that took milliseconds.
+    let again = stack.council(&["upload", "two.csv", "--no-progress"]);
+    assert_eq!(again.code, 3, "{again:?}");
+    assert!(
+        again
+            .stdout
+            .contains("rejection report: two.csv.rejections.csv (1 row)\n"),
+        "{again:?}"
+    );
+    assert!(!again.stdout.contains("rows/s"), "{again:?}");
+
     let status = stack.council(&["batch", "status", &batch_id, "--json"]);
     assert_eq!(status.code, 0, "{status:?}");
     let lines = status.json_lines();
@@ -457,4 +469,13 @@ fn operator_imports_nhs_number_status_changes() {
         .filter_map(|n| n["kind"].as_str().map(str::to_owned))
         .collect();
     assert!(kinds.iter().any(|k| k == "inactive_nhs_number"), "{list:?}");
+}
+
+#[test]
+fn no_demo_lists_no_demo_councils() {
+    let stack = DevStack::start_in_with(tempfile::tempdir().unwrap(), &["--no-demo"]);
+    let guide = stack.guide();
+    assert!(guide.contains("--no-demo: no demo data written"), "{guide}");
+    assert!(!guide.contains("existing data kept"), "{guide}");
+    assert!(!guide.contains("Demo councils"), "{guide}");
 }
