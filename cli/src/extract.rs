@@ -33,6 +33,66 @@ pub const COLUMNS: [&str; 16] = [
     "ucpp_expected_delivery_date",
 ];
 
+/// The extract's column for a field path the registry names in a rejection
+/// (`child_protection_plan.period.start_date` is `cpp_start_date`), so the report speaks the
+/// file's language; a path with no column (`record`) is kept as it is.
+pub fn column_for_field(path: &str) -> String {
+    let path = path.strip_prefix("record.").unwrap_or(path);
+    let blocks = [
+        ("child_protection_plan", "cpp"),
+        ("looked_after_child", "lac"),
+        ("unborn_child_protection_plan", "ucpp"),
+    ];
+    for (block, prefix) in blocks {
+        let Some(rest) = path.strip_prefix(block) else {
+            continue;
+        };
+        let rest = rest.strip_prefix('.').unwrap_or(rest);
+        let rest = rest.strip_prefix("period.").unwrap_or(rest);
+        return if rest.is_empty() || rest == "period" {
+            format!("{prefix}_*")
+        } else {
+            format!("{prefix}_{rest}")
+        };
+    }
+    path.to_owned()
+}
+
+/// The known column nearest to an unknown one, when it is near enough to be a slip.
+pub fn did_you_mean(name: &str) -> Option<&'static str> {
+    COLUMNS
+        .iter()
+        .map(|known| (strsim::jaro_winkler(name, known), *known))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, known)| known)
+}
+
+/// Why a header that names no known column is not one: a file separated by semicolons (a
+/// spreadsheet saved in a European locale) or one without a header row.
+fn header_hint(line: &str) -> Option<String> {
+    let looks_semicolon = line.contains(';')
+        && line.split(';').any(|cell| {
+            COLUMNS.contains(
+                &cell
+                    .trim()
+                    .trim_start_matches('\u{feff}')
+                    .to_ascii_lowercase()
+                    .as_str(),
+            )
+        });
+    if looks_semicolon {
+        return Some(
+            "the file is separated by semicolons; save it as CSV with commas (in Excel: \"CSV UTF-8 (Comma delimited)\")".into(),
+        );
+    }
+    let first = line.split(',').next().unwrap_or_default().trim();
+    let digits = first.chars().filter(char::is_ascii_digit).count();
+    (digits >= 10 && first.chars().all(|c| c.is_ascii_digit() || c == ' ' || c == '-')).then(|| {
+        "the first line looks like data, not a header: add a header row naming the columns, for example nhs_number,local_case_id,given_name,family_name,date_of_birth,cpp_start_date".into()
+    })
+}
+
 /// The extract's format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -215,14 +275,21 @@ fn csv_rows<R: Read + Send + 'static>(
     // Where each header column lands in `Cells`; an unknown column is refused up front, since a
     // misspelt plan column would otherwise silently drop a child's plan.
     let mut slots = Vec::with_capacity(header.len());
-    for name in header.iter() {
-        let name = String::from_utf8_lossy(name).trim().to_ascii_lowercase();
-        let name = name.trim_start_matches('\u{feff}').to_owned();
-        let slot = COLUMNS.iter().position(|c| *c == name).ok_or_else(|| {
-            ExtractError::Header(format!(
-                "unknown column {name:?} in the CSV header; known columns: {}",
-                COLUMNS.join(",")
-            ))
+    let names: Vec<String> = header
+        .iter()
+        .map(|name| {
+            String::from_utf8_lossy(name)
+                .trim()
+                .trim_start_matches('\u{feff}')
+                .to_ascii_lowercase()
+        })
+        .collect();
+    for name in &names {
+        let slot = COLUMNS.iter().position(|c| c == name).ok_or_else(|| {
+            let hint = header_hint(&names.join(","))
+                .or_else(|| did_you_mean(name).map(|known| format!("did you mean {known:?}?")))
+                .unwrap_or_else(|| format!("known columns: {}", COLUMNS.join(",")));
+            ExtractError::Header(format!("unknown column {name:?} in the CSV header; {hint}"))
         })?;
         if slots.contains(&slot) {
             return Err(ExtractError::Header(format!(
@@ -296,6 +363,7 @@ fn csv_rows<R: Read + Send + 'static>(
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JsonRow {
+    #[serde(default, deserialize_with = "string_or_number")]
     nhs_number: Option<String>,
     local_case_id: Option<String>,
     given_name: Option<String>,
@@ -312,6 +380,24 @@ struct JsonRow {
     ucpp_end_date: Option<String>,
     ucpp_delete_date: Option<String>,
     ucpp_expected_delivery_date: Option<String>,
+}
+
+/// A string, or a whole number written without quotes (an NHS number exported as a number).
+fn string_or_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Cell {
+        Text(String),
+        Number(u64),
+    }
+    Ok(
+        <Option<Cell> as serde::Deserialize>::deserialize(deserializer)?.map(|cell| match cell {
+            Cell::Text(text) => text,
+            Cell::Number(number) => number.to_string(),
+        }),
+    )
 }
 
 impl JsonRow {
@@ -367,10 +453,24 @@ fn ndjson_rows<R: BufRead + Send + 'static>(
                 local_case_id: String::new(),
                 reason: "BATCH_MALFORMED",
                 field: String::new(),
-                message: format!("not a valid JSON object of string members: {error}"),
+                message: json_message(&error),
             }),
         }))
     })
+}
+
+/// What is wrong with an NDJSON line, for a person: an unknown member gets a suggestion as an
+/// unknown CSV column does (serde names the member only in its message).
+fn json_message(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    let unknown = text
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(name, _)| name);
+    match unknown.and_then(|name| did_you_mean(name).map(|known| (name, known))) {
+        Some((name, known)) => format!("unknown member {name:?}; did you mean {known:?}?"),
+        None => format!("not a valid JSON object of string members: {text}"),
+    }
 }
 
 /// Turns named cells into a record, or says which cell cannot be read.
@@ -443,7 +543,8 @@ fn record_from_cells(cells: &Cells) -> Result<ChildRecord, CellError> {
         });
 
     Ok(ChildRecord {
-        nhs_number: column(cells, "nhs_number").replace(' ', ""),
+        // Spaces and hyphens are how people write NHS numbers (`999 000 0018`, `999-000-0018`).
+        nhs_number: column(cells, "nhs_number").replace([' ', '-'], ""),
         local_case_id: column(cells, "local_case_id"),
         given_name: column(cells, "given_name"),
         family_name: column(cells, "family_name"),

@@ -32,6 +32,8 @@ pub struct LookupArgs {
     /// The clinician's or system's bearer token (CIS2-style; `cpis token clinician` in dev).
     #[arg(long, env = "CPIS_NHS_TOKEN", hide_env_values = true)]
     pub token: Option<SecretString>,
+    #[command(flatten)]
+    pub output: crate::client::Output,
 }
 
 /// Runs the lookup; returns the exit code.
@@ -47,7 +49,7 @@ pub async fn run(args: LookupArgs, json_output: bool) -> Result<u8, CliError> {
     } else {
         AccessMode::Unscheduled
     };
-    let nhs_number: String = args.nhs_number.chars().filter(|c| *c != ' ').collect();
+    let nhs_number = crate::records::nhs_number(&args.nhs_number);
     let answer = client
         .lookup_child(LookupChildRequest {
             nhs_number: nhs_number.clone(),
@@ -66,10 +68,10 @@ pub async fn run(args: LookupArgs, json_output: bool) -> Result<u8, CliError> {
                     "local_authority": render::local_authority_json(&la),
                     "plans": alert.plans.iter().map(|p| json!({
                         "plan_type": render::plan_type(p.plan_type),
-                        "start_date": render::date(p.start_date.as_ref()),
-                        "end_date": render::date(p.end_date.as_ref()),
-                        "legal_basis": render::legal_basis(p.legal_basis),
-                        "expected_delivery_date": render::date(p.expected_delivery_date.as_ref()),
+                        "start_date": render::date_json(p.start_date.as_ref()),
+                        "end_date": render::date_json(p.end_date.as_ref()),
+                        "legal_basis": Some(render::legal_basis(p.legal_basis)).filter(|b| !b.is_empty()),
+                        "expected_delivery_date": render::date_json(p.expected_delivery_date.as_ref()),
                     })).collect::<Vec<_>>(),
                 })
             })

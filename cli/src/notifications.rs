@@ -22,6 +22,8 @@ use crate::render;
 pub struct NotificationsArgs {
     #[command(subcommand)]
     pub action: NotificationsAction,
+    #[command(flatten)]
+    pub output: crate::client::Output,
 }
 
 /// Watch live or list.
@@ -92,6 +94,9 @@ async fn watch(
     let mut cursor = after;
     let mut printed = 0u64;
     let mut backoff = Duration::from_millis(250);
+    // What the connection is waiting out, said once when it starts (not at every retry), and
+    // "reconnected" when it is over.
+    let mut outage = Outage::default();
     loop {
         if count.is_some_and(|c| printed >= c) {
             return Ok(0);
@@ -99,7 +104,7 @@ async fn watch(
         let mut client = match council.client().await {
             Ok(client) => client,
             Err(error @ CliError::Connect { .. }) => {
-                eprintln!("{error}; retrying in {backoff:?}");
+                outage.report(&error.to_string());
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(15));
                 continue;
@@ -115,7 +120,7 @@ async fn watch(
         let mut stream = match stream {
             Ok(stream) => stream.into_inner(),
             Err(status) if transient(&status) => {
-                eprintln!("{}; retrying in {backoff:?}", client::describe(&status));
+                outage.report(&client::describe(&status));
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(15));
                 continue;
@@ -123,6 +128,7 @@ async fn watch(
             Err(status) => return Err(status.into()),
         };
         backoff = Duration::from_millis(250);
+        outage.over(cursor);
         loop {
             match stream.message().await {
                 Ok(Some(message)) => {
@@ -147,17 +153,47 @@ async fn watch(
                     }
                 }
                 Ok(None) => {
-                    eprintln!("the registry ended the stream; reconnecting");
+                    outage.report("the registry ended the stream");
                     break;
                 }
                 Err(status) if transient(&status) => {
-                    eprintln!("{}; reconnecting", client::describe(&status));
+                    outage.report(&client::describe(&status));
                     break;
                 }
                 Err(status) => return Err(status.into()),
             }
         }
         tokio::time::sleep(backoff).await;
+    }
+}
+
+/// A watch's lost connection: reported once as it starts, and once as it ends.
+#[derive(Debug, Default)]
+struct Outage {
+    since: Option<std::time::Instant>,
+}
+
+impl Outage {
+    /// Something went wrong; says so if the connection was fine until now.
+    fn report(&mut self, what: &str) {
+        if self.since.is_none() {
+            eprintln!("{what}; reconnecting (retrying with a growing pause, up to 15 s)");
+            self.since = Some(std::time::Instant::now());
+        }
+    }
+
+    /// The stream is open again.
+    fn over(&mut self, cursor: Option<u64>) {
+        if let Some(since) = self.since.take() {
+            let after = cursor.map_or_else(
+                || "the last acknowledged".to_owned(),
+                |sequence| format!("#{sequence}"),
+            );
+            eprintln!(
+                "reconnected after {:.1} s; resuming after {after}",
+                since.elapsed().as_secs_f64()
+            );
+        }
     }
 }
 
@@ -191,7 +227,13 @@ async fn list(
         }
         page_token = page.next_page_token;
     }
-    if !json_output {
+    if json_output {
+        // The cursor too: a script resuming from it needs it as much as the notifications.
+        println!(
+            "{}",
+            json!({ "acknowledged_sequence": acknowledged, "shown": shown })
+        );
+    } else {
         println!("({shown} shown; acknowledged up to {acknowledged})");
     }
     Ok(0)

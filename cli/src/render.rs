@@ -16,6 +16,36 @@ pub fn date(value: Option<&Date>) -> String {
     })
 }
 
+/// `YYYY-MM-DD` as a JSON string, or `null` for an absent date.
+pub fn date_json(value: Option<&Date>) -> Value {
+    value.map_or(Value::Null, |_| Value::String(date(value)))
+}
+
+/// `YYYY-MM-DD`, or `-` for an absent date (for people: an empty column reads as a mistake).
+pub fn date_or_dash(value: Option<&Date>) -> String {
+    value.map_or_else(|| "-".to_owned(), |_| date(value))
+}
+
+/// A timestamp as a JSON string, or `null`.
+pub fn timestamp_json(value: Option<&Timestamp>) -> Value {
+    let text = timestamp(value);
+    if text.is_empty() {
+        Value::Null
+    } else {
+        Value::String(text)
+    }
+}
+
+/// A count with thousands separators, as the progress bar prints its counts (`12,345`).
+pub fn number(value: u64) -> String {
+    indicatif::HumanCount(value).to_string()
+}
+
+/// `1 row`, `2 rows`, `12,345 rows`.
+pub fn count(value: u64, one: &str, many: &str) -> String {
+    format!("{} {}", number(value), if value == 1 { one } else { many })
+}
+
 /// RFC 3339 in UTC to the second, or empty.
 pub fn timestamp(value: Option<&Timestamp>) -> String {
     value

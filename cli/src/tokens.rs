@@ -147,7 +147,8 @@ pub fn system(what: &SystemArgs) -> Value {
 pub struct TokenArgs {
     #[command(subcommand)]
     pub kind: TokenKind,
-    /// The dev stack's data directory, which holds its signing key (created if absent).
+    /// The dev stack's data directory, which holds the signing key `cpis dev` created there
+    /// (relative to the current directory: run `cpis token` where you ran `cpis dev`).
     #[arg(
         long,
         env = "CPIS_DATA_DIR",
@@ -155,9 +156,13 @@ pub struct TokenArgs {
         global = true
     )]
     pub data_dir: PathBuf,
-    /// How long the token is valid.
+    /// How long the token is valid: a number and a unit, as in 90s, 30m, 1h, 7d or 2w.
     #[arg(long, default_value = "7d", value_parser = humantime::parse_duration, global = true)]
     pub ttl: Duration,
+    /// Create a new signing key when --data-dir holds none. Without it `cpis token` refuses, as
+    /// a running `cpis dev` would refuse tokens of a key it does not know.
+    #[arg(long, global = true)]
+    pub new_key: bool,
 }
 
 /// Whose token.
@@ -175,6 +180,9 @@ pub enum TokenKind {
     Clinician(ClinicianArgs),
     /// A system such as NHS 111 acting for a responsible person (for the lookup service).
     System(SystemArgs),
+    /// An operator (scope "operator", for the registry's internal port with the operator's
+    /// certificate).
+    Operator,
     /// The dev signing key's public JWKS, for `registry-service --jwks-file` and
     /// `lookup-service --jwks-file` run by hand.
     Jwks,
@@ -182,11 +190,19 @@ pub enum TokenKind {
 
 /// Prints one token.
 pub fn run(args: TokenArgs) -> anyhow::Result<u8> {
-    let pem = dev_signing_key(&args.data_dir)?;
+    let pem = if args.new_key {
+        dev_signing_key(&args.data_dir)?
+    } else {
+        existing_signing_key(&args.data_dir)?
+    };
     let (claims, audience) = match &args.kind {
         TokenKind::Council { ods_code, scope } => (council(ods_code, scope), REGISTRY_AUDIENCE),
         TokenKind::Clinician(who) => (clinician(who), LOOKUP_AUDIENCE),
         TokenKind::System(what) => (system(what), LOOKUP_AUDIENCE),
+        TokenKind::Operator => (
+            json!({ "sub": "dev-operator", "scope": "operator" }),
+            REGISTRY_AUDIENCE,
+        ),
         TokenKind::Jwks => {
             // Public keys only: the JWK of the signing key's public half (no "d").
             let signer = DevSigner::from_pkcs8_pem(&pem, ISSUER, REGISTRY_AUDIENCE)?;
@@ -197,6 +213,23 @@ pub fn run(args: TokenArgs) -> anyhow::Result<u8> {
     let signer = DevSigner::from_pkcs8_pem(&pem, ISSUER, audience)?;
     println!("{}", signer.mint(&claims, args.ttl)?);
     Ok(0)
+}
+
+/// The signing key `cpis dev` keeps in `data_dir`; a missing one is an error that says where
+/// it was looked for, not a new key whose tokens the running stack would refuse.
+fn existing_signing_key(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let path = data_dir.join("dev-signing-key.pem");
+    match std::fs::read(&path) {
+        Ok(pem) => Ok(pem),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let shown = std::path::absolute(&path).unwrap_or(path);
+            anyhow::bail!(
+                "no dev signing key at {}\nhint: run `cpis token` in the directory where you ran `cpis dev` (it creates the key on its first start), or give --data-dir / CPIS_DATA_DIR; --new-key makes a new key, whose tokens a stack started with another key refuses",
+                shown.display()
+            )
+        }
+        Err(error) => Err(error).with_context(|| format!("cannot read {}", path.display())),
+    }
 }
 
 /// The dev stack's signing key (PKCS#8 PEM), generated on first use and kept in the data

@@ -46,6 +46,8 @@ pub struct UploadArgs {
     pub no_progress: bool,
     #[command(flatten)]
     pub council: CouncilArgs,
+    #[command(flatten)]
+    pub output: crate::client::Output,
 }
 
 /// A line of the rejection report.
@@ -67,15 +69,23 @@ struct Survey {
 
 /// Reads the file once for its SHA-256 and its line count (for the progress bar's ETA).
 fn survey(path: &Path) -> Result<Survey, CliError> {
+    if path.is_dir() {
+        return Err(CliError::Other(format!(
+            "{} is a directory: give the extract file (CSV or NDJSON)",
+            path.display()
+        )));
+    }
     let file = std::fs::File::open(path)
         .map_err(|e| CliError::Other(format!("cannot open {}: {e}", path.display())))?;
     let mut reader = BufReader::with_capacity(1 << 16, file);
     let mut hasher = Sha256::new();
+    let read_error =
+        |e: std::io::Error| CliError::Other(format!("cannot read {}: {e}", path.display()));
     let mut lines = 0u64;
     let mut last = b'\n';
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = reader.read(&mut buf)?;
+        let n = reader.read(&mut buf).map_err(read_error)?;
         if n == 0 {
             break;
         }
@@ -140,7 +150,7 @@ pub async fn run(args: UploadArgs, json_output: bool) -> Result<u8, CliError> {
         .with_key(
             "rate",
             |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                let _ = write!(w, "{:.0} rows/s", state.per_sec());
+                let _ = write!(w, "{} rows/s", crate::render::number(state.per_sec() as u64));
             },
         )
         .progress_chars("=> ");
@@ -235,17 +245,37 @@ pub async fn run(args: UploadArgs, json_output: bool) -> Result<u8, CliError> {
                 .and_then(|i| read.lines.get(i))
                 .copied()
                 .unwrap_or(0);
-            let reason = ErrorReason::try_from(rejection.reason)
-                .map(ErrorReason::as_info_reason)
-                .unwrap_or("UNSPECIFIED");
-            report.write(&ReportLine {
-                line,
-                local_case_id: rejection.local_case_id,
-                reason: reason.to_owned(),
-                field: rejection.field,
-                message: rejection.message,
-                replacement_nhs_number: rejection.replacement_nhs_number,
-            })?;
+            let reason_name = |reason: i32| {
+                ErrorReason::try_from(reason)
+                    .map(ErrorReason::as_info_reason)
+                    .unwrap_or("UNSPECIFIED")
+                    .to_owned()
+            };
+            // One report row per rule the row breaks (registries before `violations` send the
+            // first only).
+            let violations: Vec<(String, String, String)> = if rejection.violations.is_empty() {
+                vec![(
+                    reason_name(rejection.reason),
+                    rejection.field,
+                    rejection.message,
+                )]
+            } else {
+                rejection
+                    .violations
+                    .into_iter()
+                    .map(|v| (reason_name(v.reason), v.field, v.message))
+                    .collect()
+            };
+            for (reason, field, message) in violations {
+                report.write(&ReportLine {
+                    line,
+                    local_case_id: rejection.local_case_id.clone(),
+                    reason,
+                    field: extract::column_for_field(&field),
+                    message,
+                    replacement_nhs_number: rejection.replacement_nhs_number.clone(),
+                })?;
+            }
         }
         Ok(())
     };
@@ -314,19 +344,30 @@ pub async fn run(args: UploadArgs, json_output: bool) -> Result<u8, CliError> {
                 ""
             }
         );
+        use crate::render::{count, number};
         println!(
             "  rows read {}  sent {}  accepted {}  rejected by the registry {}  malformed (not sent) {}",
-            read.rows,
-            read.lines.len(),
-            result.accepted_count,
-            result.rejected_count,
-            malformed_count
+            number(read.rows),
+            number(read.lines.len() as u64),
+            number(result.accepted_count),
+            number(result.rejected_count),
+            number(malformed_count)
         );
         println!(
-            "  rejection report: {} ({rejected_rows} rows)",
-            report_path.display()
+            "  rejection report: {} ({})",
+            report_path.display(),
+            count(rejected_rows, "row", "rows")
         );
-        println!("  {:.1} s, {:.0} rows/s", elapsed.as_secs_f64(), rate);
+        // A rate over a tenth of a second says nothing; a small file just took that long.
+        if elapsed >= Duration::from_secs(1) {
+            println!(
+                "  {:.1} s, {} rows/s",
+                elapsed.as_secs_f64(),
+                number(rate as u64)
+            );
+        } else {
+            println!("  {} ms", elapsed.as_millis());
+        }
     }
     Ok(if rejected_rows == 0 { 0 } else { EXIT_REJECTED })
 }

@@ -8,8 +8,8 @@ Two things a council's case system does:
                      each after printing it, resuming from the last acknowledged sequence.
 
 The registry address comes from --registry or CPIS_REGISTRY_URL (default 127.0.0.1:50051);
-the council's bearer token from --token, COUNCIL_TOKEN or CPIS_COUNCIL_TOKEN (`cpis dev` prints
-one). An https:// address is reached over TLS trusting --ca-cert (CPIS_CA_CERT); a registry that
+the council's bearer token from --token or CPIS_COUNCIL_TOKEN, as `cpis` reads it (`cpis dev`
+prints the export). An https:// address is reached over TLS trusting --ca-cert (CPIS_CA_CERT); a registry that
 asks councils for a client certificate gets --client-cert and --client-key (CPIS_CLIENT_CERT,
 CPIS_CLIENT_KEY). Exit codes: 0 done, 1 error (the gRPC code, reason and field are printed),
 3 rows rejected.
@@ -31,8 +31,9 @@ build.ensure()
 
 from cpis.common.v1 import common_pb2, errors_pb2  # noqa: E402
 from cpis.registry.v1 import council_pb2, council_pb2_grpc  # noqa: E402
-from google.rpc import error_details_pb2, status_pb2  # noqa: E402
+from google.rpc import error_details_pb2  # noqa: E402
 from google.type import date_pb2  # noqa: E402
+from grpc_status import rpc_status  # noqa: E402
 
 LEGAL_BASIS = {
     "31": common_pb2.LOOKED_AFTER_LEGAL_BASIS_SECTION_31_CARE_ORDER,
@@ -94,19 +95,17 @@ def record(row: dict) -> common_pb2.ChildRecord:
 def describe(err: grpc.RpcError) -> str:
     """`CODE REASON field=F: message`, from the google.rpc.Status in grpc-status-details-bin."""
     reason, fields = "", []
-    for key, value in err.trailing_metadata() or ():
-        if key != "grpc-status-details-bin":
-            continue
-        status = status_pb2.Status.FromString(value)
-        for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                reason = info.reason
-            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
-                fields = [v.field for v in bad.field_violations]
+    # grpcio-status reads (and checks) the google.rpc.Status of grpc-status-details-bin.
+    status = rpc_status.from_call(err) if isinstance(err, grpc.Call) else None
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields = [v.field for v in bad.field_violations]
     text = err.code().name
     if reason:
         text += f" {reason}"
@@ -183,7 +182,7 @@ def watch(stub, metadata, count: int | None, after: int | None) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--registry", default=os.environ.get("CPIS_REGISTRY_URL", "127.0.0.1:50051"))
-    parser.add_argument("--token", default=os.environ.get("COUNCIL_TOKEN") or os.environ.get("CPIS_COUNCIL_TOKEN"))
+    parser.add_argument("--token", default=os.environ.get("CPIS_COUNCIL_TOKEN"))
     parser.add_argument("--ca-cert", default=os.environ.get("CPIS_CA_CERT"), type=pathlib.Path)
     parser.add_argument("--client-cert", default=os.environ.get("CPIS_CLIENT_CERT"), type=pathlib.Path)
     parser.add_argument("--client-key", default=os.environ.get("CPIS_CLIENT_KEY"), type=pathlib.Path)

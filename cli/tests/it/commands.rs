@@ -178,13 +178,21 @@ fn tokens_from_cpis_token_are_accepted_and_checked() {
         "DEV01",
         "--data-dir",
         elsewhere.path().to_str().unwrap(),
+        "--new-key",
     ]);
+    assert_eq!(foreign.code, 0, "{foreign:?}");
     let refused = stack.run(&["contacts", "--token", foreign.stdout.trim()]);
     assert_eq!(refused.code, 1);
     assert!(
         refused
             .stderr
             .starts_with("error: UNAUTHENTICATED TOKEN_INVALID"),
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .stderr
+            .contains("hint: the token was signed by a key this service does not know"),
         "{refused:?}"
     );
 }
@@ -320,7 +328,18 @@ fn notifications_watch_acknowledges_and_resumes() {
         dev03.stdout.trim(),
     ]);
     assert_eq!(theirs.code, 0, "{theirs:?}");
-    assert!(theirs.json_lines().is_empty(), "{theirs:?}");
+    // Nothing but the cursor line.
+    assert_eq!(
+        theirs.json_lines(),
+        [serde_json::json!({ "acknowledged_sequence": 0, "shown": 0 })],
+        "{theirs:?}"
+    );
+    let ours = stack.council(&["notifications", "list", "--json"]);
+    assert_eq!(
+        ours.json_lines().pop().unwrap()["acknowledged_sequence"],
+        5,
+        "{ours:?}"
+    );
 }
 
 #[test]
@@ -347,6 +366,13 @@ fn watch_survives_a_registry_restart_without_a_gap() {
     let out = watcher.finish();
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(sequences(&out), [1, 2, 3], "{out:?}");
+    // The outage is said once as it starts and once as it ends, not at every retry.
+    assert_eq!(out.stderr.matches("reconnecting").count(), 1, "{out:?}");
+    assert_eq!(
+        out.stderr.matches("reconnected after").count(),
+        1,
+        "{out:?}"
+    );
 }
 
 /// `cpis token jwks` prints the dev key's public JWKS, which is all a registry run by hand
@@ -370,7 +396,7 @@ fn token_jwks_lets_services_run_by_hand() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let (code, jwks, stderr) = cpis(&["token", "jwks"], "");
+    let (code, jwks, stderr) = cpis(&["token", "jwks", "--new-key"], "");
     assert_eq!(code, 0, "{stderr}");
     let parsed: serde_json::Value = serde_json::from_str(&jwks).expect("JWKS is JSON");
     let keys = parsed["keys"].as_array().expect("keys");

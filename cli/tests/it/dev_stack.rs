@@ -75,13 +75,13 @@ fn guide_prints_addresses_tokens_and_commands() {
     for expected in [
         format!("export CPIS_REGISTRY_URL={}", stack.registry_url),
         format!("export CPIS_LOOKUP_URL={}", stack.lookup_url),
-        format!("export COUNCIL_TOKEN={}", stack.council_token),
-        format!("export ED_TOKEN={}", stack.ed_token),
+        format!("export CPIS_COUNCIL_TOKEN={}", stack.council_token),
+        format!("export CPIS_NHS_TOKEN={}", stack.ed_token),
         format!("export GP_TOKEN={}", stack.gp_token),
         format!("export NHS111_TOKEN={}", stack.nhs111_token),
-        "lookup 9990000018 --token \"$ED_TOKEN\"".to_owned(),
+        "lookup 9990000018   # as the ED clinician".to_owned(),
         "notifications watch".to_owned(),
-        "upload examples/data/extract.csv".to_owned(),
+        "examples/data/extract.csv   # 3 bad rows".to_owned(),
         "grpcurl -plaintext".to_owned(),
         "examples/python/council_client.py".to_owned(),
         "demo data written for 3 councils".to_owned(),
@@ -94,8 +94,8 @@ fn guide_prints_addresses_tokens_and_commands() {
     // The printed cpis commands, run as printed (with the exported variables).
     let exe = crate::harness::cpis();
     let vars = [
-        ("COUNCIL_TOKEN", stack.council_token.as_str()),
-        ("ED_TOKEN", stack.ed_token.as_str()),
+        ("CPIS_COUNCIL_TOKEN", stack.council_token.as_str()),
+        ("CPIS_NHS_TOKEN", stack.ed_token.as_str()),
         ("GP_TOKEN", stack.gp_token.as_str()),
         ("NHS111_TOKEN", stack.nhs111_token.as_str()),
         ("CPIS_REGISTRY_URL", stack.registry_url.as_str()),
@@ -108,7 +108,8 @@ fn guide_prints_addresses_tokens_and_commands() {
             && (l.contains(" lookup ") || l.contains(" contacts "))
     }) {
         // `./target/…/cpis ARGS`: the binary is the one under test; expand "$VAR" from `vars`.
-        let args: Vec<String> = line
+        let command = line.split(" #").next().unwrap_or(line);
+        let args: Vec<String> = command
             .split_whitespace()
             .skip(1)
             .map(|word| {
@@ -217,7 +218,7 @@ fn tls_serves_the_public_ports_and_the_dev_certificates_are_kept() {
             .current_dir(&repo)
             .env("CPIS_REGISTRY_URL", &stack.registry_url)
             .env("CPIS_CA_CERT", &ca)
-            .env("COUNCIL_TOKEN", &stack.council_token)
+            .env("CPIS_COUNCIL_TOKEN", &stack.council_token)
             .output()
             .expect("run python");
         let out = String::from_utf8_lossy(&output.stdout);

@@ -5,6 +5,8 @@
 
 mod commands;
 mod dev_stack;
+mod first_contact;
 mod harness;
 mod python_example;
+mod readme;
 mod upload;

@@ -19,7 +19,7 @@ fn python_council_client_uploads_and_watches() {
             .args(args)
             .current_dir(&repo)
             .env("CPIS_REGISTRY_URL", &stack.registry_url)
-            .env("COUNCIL_TOKEN", &stack.council_token)
+            .env("CPIS_COUNCIL_TOKEN", &stack.council_token)
             .output()
             .expect("run python");
         (
@@ -62,7 +62,7 @@ fn python_council_client_uploads_and_watches() {
         .arg(&script)
         .args(["watch", "--count", "1"])
         .env("CPIS_REGISTRY_URL", &stack.registry_url)
-        .env("COUNCIL_TOKEN", "not-a-token")
+        .env("CPIS_COUNCIL_TOKEN", "not-a-token")
         .output()
         .map(|o| {
             (

@@ -20,8 +20,8 @@ use cpis_core::{ods::OdsCode, status::FieldViolation};
 use cpis_proto::cpis::common::v1::ErrorReason;
 use cpis_proto::cpis::registry::v1::{
     BatchHeader, BatchOutcome, BatchResult, GetBatchRequest, GetBatchResponse,
-    ListBatchRejectionsRequest, ListBatchRejectionsResponse, RecordRejection, UploadBatchRequest,
-    UploadBatchResponse, upload_batch_request::Item,
+    ListBatchRejectionsRequest, ListBatchRejectionsResponse, RecordRejection, RecordViolation,
+    UploadBatchRequest, UploadBatchResponse, upload_batch_request::Item,
 };
 use diesel::Connection as _;
 use prost::Message as _;
@@ -85,6 +85,7 @@ fn rejection(position: u64, case_id: &str, violation: FieldViolation) -> RecordR
         field: violation.field,
         message: violation.description,
         replacement_nhs_number: String::new(),
+        violations: Vec::new(),
     }
 }
 
@@ -287,12 +288,22 @@ async fn receive(
             }
             Err(violations) => {
                 received.rejected += 1;
+                // Every rule the record breaks, so the council fixes the row once; the first
+                // also fills the single-violation fields older clients read.
+                let all: Vec<RecordViolation> = violations
+                    .iter()
+                    .map(|violation| RecordViolation {
+                        field: violation.field.clone(),
+                        reason: violation.reason as i32,
+                        message: violation.description.clone(),
+                    })
+                    .collect();
                 let first = violations.into_iter().next().unwrap_or_else(|| {
                     FieldViolation::new("", ErrorReason::Unspecified, "rejected")
                 });
-                chunk
-                    .rejections
-                    .push(rejection(position, &wire.local_case_id, first));
+                let mut refusal = rejection(position, &wire.local_case_id, first);
+                refusal.violations = all;
+                chunk.rejections.push(refusal);
             }
         }
         let full = chunk.records.len() >= options.chunk || chunk.rejections.len() >= options.chunk;
