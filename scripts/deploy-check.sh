@@ -52,6 +52,18 @@ PY
   (cd "$TOOLS/deploy-npm" && node validate_crds.mjs < "$OUT/$name.custom.json")
 done
 
+echo "deploy-check: the dashboard and alerts name only metrics the services export"
+# Every cpis_* series they query (histogram suffixes aside) must be in the README's metric table,
+# which a unit test of core::metrics keeps in step with what the code registers.
+documented="$(awk '/^## Metrics/,/^## Configuration/' README.md | grep -o 'cpis_[a-z_]*' | sort -u)"
+used="$(grep -ho 'cpis_[a-z_]*' deploy/observability/grafana-dashboard.json deploy/observability/prometheus/alerts.yaml \
+  | sed -E 's/_(bucket|count|sum)$//' | sort -u)"
+missing="$(comm -13 <(echo "$documented") <(echo "$used"))"
+if [ -n "$missing" ]; then
+  echo "deploy-check: deploy/observability queries metrics the README does not list: $missing" >&2
+  exit 1
+fi
+
 echo "deploy-check: yamllint"
 "$VENV/yamllint" --strict -c .yamllint.yaml deploy .yamllint.yaml
 

@@ -9,6 +9,7 @@ mod floors;
 mod lookup;
 mod notify;
 mod overload;
+mod telemetry;
 mod upload;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -72,6 +73,22 @@ enum Scenario {
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         enumeration_guard: bool,
     },
+    /// What tracing costs: the lookup scenario with trace and metric export off and on,
+    /// alternated in one run (each round a child process, as a service would be started).
+    Telemetry {
+        /// Lookups per round.
+        #[arg(long, default_value_t = 12_000)]
+        calls: usize,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Pairs of rounds (export off, then on).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=10))]
+        rounds: u64,
+        /// Engines.
+        #[arg(long, value_enum, default_value_t = Backends::Both)]
+        backend: Backends,
+    },
     /// The lookup service driven past what it sustains: admitted latency against unloaded,
     /// refusal latency, failures, memory and recovery.
     Overload {
@@ -93,6 +110,13 @@ enum Scenario {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Servers run in this process: their spans are exported when the OTEL_* environment asks
+    // (the telemetry scenario's "on" rounds); their log lines go to standard error, warnings only.
+    let _telemetry = cpis_core::telemetry::init_tool(
+        cpis_core::telemetry::LogFormat::Text,
+        "cpis-bench",
+        "warn",
+    );
     match cli.scenario {
         Scenario::Upload { records, backend } => {
             for backend in engines(backend) {
@@ -125,6 +149,17 @@ async fn main() -> anyhow::Result<()> {
                     enumeration_guard,
                 )
                 .await?;
+            }
+        }
+        Scenario::Telemetry {
+            calls,
+            concurrency,
+            rounds,
+            backend,
+        } => {
+            let rounds = usize::try_from(rounds)?;
+            for backend in engines(backend) {
+                telemetry::run(backend, calls, concurrency, rounds).await?;
             }
         }
         Scenario::Overload {

@@ -91,6 +91,22 @@ pub fn init_service(format: LogFormat, service: &'static str) -> TelemetryGuard 
     TelemetryGuard { provider }
 }
 
+/// Logging to standard error at `default_level` (unless `RUST_LOG` says), plus trace export as
+/// [`init_service`]: for a tool that runs servers in its own process (the benchmark) and prints
+/// its results on standard output.
+pub fn init_tool(format: LogFormat, service: &'static str, default_level: &str) -> TelemetryGuard {
+    use std::io::IsTerminal as _;
+    let provider = traces_from_env(service);
+    init(
+        format,
+        default_level,
+        std::io::stderr().is_terminal(),
+        std::io::stderr,
+        provider.clone(),
+    );
+    TelemetryGuard { provider }
+}
+
 /// The same for a command-line tool whose standard output is its result (a guide, a report,
 /// JSON for scripts): logs go to standard error, at `default_level` unless `RUST_LOG` says.
 pub fn init_cli_logging(format: LogFormat, default_level: &str) {
@@ -124,10 +140,11 @@ fn init<W>(
             .boxed(),
         LogFormat::Json => json_layer(writer).boxed(),
     };
+    // RUST_LOG filters log lines only: a service logging at `warn` still exports its INFO spans
+    // (each layer has its own filter, so spans nobody wants are never built).
     let subscriber = tracing_subscriber::registry()
-        .with(filter)
         .with(traces.as_ref().map(otel_layer))
-        .with(lines);
+        .with(lines.with_filter(filter));
     // An already-installed subscriber is fine (tests, dev stack); nothing else can fail here.
     install_global(subscriber);
     // Panics then log as one event in the chosen format, not as plain-text lines.
@@ -162,11 +179,13 @@ where
         .with_location(false)
         .with_threads(false)
         .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+            // The services' spans are INFO; DEBUG and TRACE ones are libraries' detail.
+            let wanted = *meta.level() <= tracing::Level::INFO;
             let log_only = meta.is_span() && LOG_ONLY_SPANS.contains(&meta.name());
             let transport = ["h2", "hyper", "tonic", "tower", "opentelemetry", "rustls"]
                 .iter()
                 .any(|t| meta.target().starts_with(t));
-            !log_only && !transport
+            wanted && !log_only && !transport
         }))
 }
 

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
+use std::process::ExitCode;
 
 use clap::Subcommand;
 use cpis_core::telemetry::{ServiceCli, bind};
@@ -26,12 +27,25 @@ enum Command {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = ServiceCli::<Command>::parse_and_init(
         "lookup-service",
         "The CP-IS lookup service: role-checked queries from NHS care settings.",
     );
-    match cli.command {
+    let outcome = run(cli.command).await;
+    // `cli.telemetry` is dropped after this: the last spans are flushed whatever the outcome.
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line, as `cpis` prints its errors.
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve {
             listen,
             admin_listen,

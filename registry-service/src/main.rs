@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
+use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Subcommand;
@@ -47,12 +48,25 @@ enum Command {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = ServiceCli::<Command>::parse_and_init(
         "registry-service",
         "The CP-IS registry: the system of record for councils' child protection records.",
     );
-    match cli.command {
+    let outcome = run(cli.command).await;
+    // `cli.telemetry` is dropped after this: the last spans are flushed whatever the outcome.
+    match outcome {
+        Ok(code) => code,
+        Err(error) => {
+            // One line, as `cpis` prints its errors.
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Serve {
             listen,
             internal_listen,
@@ -89,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
             if !report.rejections.is_empty() {
-                std::process::exit(1);
+                return Ok(ExitCode::FAILURE);
             }
         }
         Command::Migrate { config } => {
@@ -100,5 +114,5 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

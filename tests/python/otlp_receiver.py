@@ -5,7 +5,10 @@ to OUT, and
 answers success. Prints "port <N>" on stdout once it listens; stops on SIGTERM/SIGINT, or after
 --max-seconds (a bound, so a forgotten receiver never outlives its test run for long).
 
-Usage: otlp_receiver.py OUT [--port N] [--max-seconds S]
+With --count-only (the benchmark's receiver: cheap, so it takes little of the CPU it measures),
+each line holds only the counts: {"signal": ..., "spans": N} or {"signal": ..., "points": N}.
+
+Usage: otlp_receiver.py OUT [--port N] [--max-seconds S] [--count-only]
 """
 
 import argparse
@@ -41,15 +44,31 @@ def hex_ids(value):
     return value
 
 
+def counts(signal_name, request):
+    """How many spans (traces) or data points (metrics) or records (logs) a request carries."""
+    if signal_name == "traces":
+        n = sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+        return {"signal": signal_name, "spans": n}
+    if signal_name == "metrics":
+        n = sum(len(s.metrics) for r in request.resource_metrics for s in r.scope_metrics)
+        return {"signal": signal_name, "metrics": n}
+    n = sum(len(s.log_records) for r in request.resource_logs for s in r.scope_logs)
+    return {"signal": signal_name, "records": n}
+
+
 class Sink:
     """Appends one JSON line per request, whole lines only (one lock, one write, flushed)."""
 
-    def __init__(self, path):
+    def __init__(self, path, count_only=False):
         self.lock = threading.Lock()
         self.out = open(path, "a", encoding="utf-8")
+        self.count_only = count_only
 
     def write(self, signal_name, request):
-        line = json.dumps({"signal": signal_name, "request": hex_ids(MessageToDict(request))})
+        if self.count_only:
+            line = json.dumps(counts(signal_name, request))
+        else:
+            line = json.dumps({"signal": signal_name, "request": hex_ids(MessageToDict(request))})
         with self.lock:
             self.out.write(line + "\n")
             self.out.flush()
@@ -87,9 +106,10 @@ def main():
     parser.add_argument("out")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--max-seconds", type=float, default=3600.0)
+    parser.add_argument("--count-only", action="store_true")
     args = parser.parse_args()
 
-    sink = Sink(args.out)
+    sink = Sink(args.out, args.count_only)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=4),
         options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],

@@ -159,6 +159,8 @@ async fn start_services(db: &TestDb, collector: &str) -> Services {
         .arg("serve")
         .env("CPIS_REGISTRY_LISTEN", format!("127.0.0.1:{public}"))
         .env("CPIS_INTERNAL_LISTEN", format!("127.0.0.1:{internal}"))
+        // Any free port: tests run side by side, and the default admin port is one per host.
+        .env("CPIS_ADMIN_LISTEN", "127.0.0.1:0")
         .env("CPIS_DATABASE_URL", &db.url)
         .env("CPIS_JWKS_FILE", &council_jwks)
         .env("CPIS_MIGRATE_ON_START", "true")
@@ -181,6 +183,7 @@ async fn start_services(db: &TestDb, collector: &str) -> Services {
     lookup
         .arg("serve")
         .env("CPIS_LOOKUP_LISTEN", format!("127.0.0.1:{lookup_port}"))
+        .env("CPIS_ADMIN_LISTEN", "127.0.0.1:0")
         .env("CPIS_REGISTRY_URL", format!("https://127.0.0.1:{internal}"))
         .env("CPIS_REGISTRY_CA", pki.ca_path())
         .env("CPIS_REGISTRY_CLIENT_CERT", &pki.lookup.cert)

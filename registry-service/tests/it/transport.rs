@@ -740,13 +740,17 @@ async fn a_continuing_flood_of_silent_connections_does_not_stop_a_tls_listener()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The flood shares the real client's source address, so the per-source bound may close the
+    // client's own handshake when the machine is slow: like any gRPC client it connects again,
+    // and must be served within 5 s each time.
     for _ in 0..5 {
-        let answered = tokio::time::timeout(Duration::from_secs(5), answers(&reg.internal)).await;
-        assert_eq!(
-            answered,
-            Ok(true),
-            "a real client is served during the flood"
-        );
+        let served = tokio::time::timeout(Duration::from_secs(5), async {
+            while !answers(&reg.internal).await {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        assert!(served.is_ok(), "a real client is served during the flood");
     }
     assert!(
         !flood.is_finished(),

@@ -1,0 +1,168 @@
+//! What tracing costs: the lookup benchmark run with trace (and metric) export off and on,
+//! alternated in one run (off, on, off, on, ...), each round in a child process of this
+//! benchmark so the process-wide telemetry is installed or not exactly as a service's `main`
+//! would. "On" exports over OTLP/gRPC at the default sampling (every trace) to a receiver that
+//! only counts what arrives (`tests/python/otlp_receiver.py --count-only`), which also proves
+//! the spans went out.
+
+use std::io::BufRead as _;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use cpis_testkit::db::Backend;
+
+/// One lookup round's result, from the child's JSON line.
+#[derive(Debug, serde::Deserialize)]
+struct Round {
+    lookups_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// The counting receiver, stopped when dropped.
+struct Receiver {
+    child: Child,
+    out: tempfile::NamedTempFile,
+    port: u16,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Receiver {
+    fn start() -> anyhow::Result<Self> {
+        let python = cpis_testkit::tools::python()
+            .context("the tools' Python is missing: run scripts/tools.sh")?;
+        let script = cpis_testkit::tools::repo_root().join("tests/python/otlp_receiver.py");
+        let out = tempfile::NamedTempFile::new()?;
+        let mut child = Command::new(python)
+            .arg(&script)
+            .arg(out.path())
+            .args(["--count-only", "--max-seconds", "3600"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("start the OTLP receiver")?;
+        let stdout = child.stdout.take().context("receiver stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        let port = line
+            .trim()
+            .strip_prefix("port ")
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("receiver said {line:?}"))?;
+        Ok(Self { child, out, port })
+    }
+
+    /// Spans received so far.
+    fn spans(&self) -> anyhow::Result<u64> {
+        spans_in(self.out.path())
+    }
+}
+
+fn spans_in(path: &Path) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|v| v.get("spans").and_then(serde_json::Value::as_u64))
+        .sum())
+}
+
+/// Runs `rounds` pairs of lookup rounds (off, then on) on `backend` and prints the cost.
+pub async fn run(
+    backend: Backend,
+    calls: usize,
+    concurrency: usize,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    let receiver = Receiver::start()?;
+    let engine = format!("{backend:?}").to_lowercase();
+    let exe = std::env::current_exe()?;
+    let mut off = Vec::new();
+    let mut on = Vec::new();
+    for _ in 0..rounds {
+        for export in [false, true] {
+            let before = receiver.spans()?;
+            let mut command = Command::new(&exe);
+            command
+                .args(["lookup", "--backend", &engine])
+                .args(["--calls", &calls.to_string()])
+                .args(["--concurrency", &concurrency.to_string()])
+                // Log lines as a quiet service writes them; the same in both rounds.
+                .env("RUST_LOG", "warn")
+                .stderr(Stdio::inherit());
+            for (name, _) in std::env::vars_os() {
+                if name.to_string_lossy().starts_with("OTEL_") {
+                    command.env_remove(name);
+                }
+            }
+            if export {
+                command
+                    .env(
+                        "OTEL_EXPORTER_OTLP_ENDPOINT",
+                        format!("http://127.0.0.1:{}", receiver.port),
+                    )
+                    .env("OTEL_SERVICE_NAME", "cpis-bench");
+            }
+            let output = command.output().context("run a lookup round")?;
+            anyhow::ensure!(
+                output.status.success(),
+                "lookup round failed: {}",
+                String::from_utf8_lossy(&output.stdout)
+            );
+            let round: Round = String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .find(|l| l.contains("\"scenario\":\"lookup\""))
+                .context("the round printed no result")
+                .and_then(|l| Ok(serde_json::from_str(l)?))?;
+            // The batch exporter sends within its schedule delay (5 s by default) and at exit.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let exported = receiver.spans()? - before;
+            if export {
+                anyhow::ensure!(exported > 0, "export on, but no span reached the receiver");
+            } else {
+                anyhow::ensure!(exported == 0, "export off, but {exported} spans arrived");
+            }
+            println!(
+                "telemetry {engine} export {}: {:.0} lookups/s, p50 {:.2} ms, p99 {:.2} ms, {exported} spans exported",
+                if export { "on " } else { "off" },
+                round.lookups_per_s,
+                round.p50_ms,
+                round.p99_ms
+            );
+            if export { &mut on } else { &mut off }.push(round);
+        }
+    }
+    let mean = |rounds: &[Round], f: fn(&Round) -> f64| {
+        rounds.iter().map(f).sum::<f64>() / rounds.len().max(1) as f64
+    };
+    let (off_rate, on_rate) = (
+        mean(&off, |r| r.lookups_per_s),
+        mean(&on, |r| r.lookups_per_s),
+    );
+    let cost = 1.0 - on_rate / off_rate;
+    println!(
+        "telemetry {engine}: export off {off_rate:.0}/s (p50 {:.2} ms), on {on_rate:.0}/s (p50 {:.2} ms): cost {:.1} % of throughput (target under 10 %)",
+        mean(&off, |r| r.p50_ms),
+        mean(&on, |r| r.p50_ms),
+        cost * 100.0
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "scenario": "telemetry", "engine": engine, "calls": calls, "concurrency": concurrency, "rounds": rounds,
+            "off_per_s": off_rate.round(), "on_per_s": on_rate.round(),
+            "off_p50_ms": mean(&off, |r| r.p50_ms), "on_p50_ms": mean(&on, |r| r.p50_ms),
+            "off_p99_ms": mean(&off, |r| r.p99_ms), "on_p99_ms": mean(&on, |r| r.p99_ms),
+            "cost": cost, "spans_exported": receiver.spans()?
+        })
+    );
+    Ok(())
+}
