@@ -64,6 +64,27 @@ impl Receiver {
     fn spans(&self) -> anyhow::Result<u64> {
         spans_in(self.out.path())
     }
+
+    /// CPU time the receiver has used so far, in seconds (Linux /proc; 0 elsewhere). It runs on
+    /// the same cores as the services here; in production the collector runs elsewhere.
+    fn cpu_seconds(&self) -> f64 {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())) else {
+            return 0.0;
+        };
+        // Fields after the command name (which may hold spaces): utime is the 14th field of the
+        // line, stime the 15th, in clock ticks (100 a second on Linux).
+        let Some(rest) = stat.rsplit(')').next() else {
+            return 0.0;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (ticks(11) + ticks(12)) / 100.0
+    }
 }
 
 fn spans_in(path: &Path) -> anyhow::Result<u64> {
@@ -87,9 +108,13 @@ pub async fn run(
     let exe = std::env::current_exe()?;
     let mut off = Vec::new();
     let mut on = Vec::new();
+    // The receiver's share of the machine's CPU during each "on" round.
+    let mut receiver_share = Vec::new();
     for _ in 0..rounds {
         for export in [false, true] {
             let before = receiver.spans()?;
+            let cpu_before = receiver.cpu_seconds();
+            let started = std::time::Instant::now();
             let mut command = Command::new(&exe);
             command
                 .args(["lookup", "--backend", &engine])
@@ -112,6 +137,7 @@ pub async fn run(
                     .env("OTEL_SERVICE_NAME", "cpis-bench");
             }
             let output = command.output().context("run a lookup round")?;
+            let elapsed = started.elapsed().as_secs_f64();
             anyhow::ensure!(
                 output.status.success(),
                 "lookup round failed: {}",
@@ -125,18 +151,22 @@ pub async fn run(
             // The batch exporter sends within its schedule delay (5 s by default) and at exit.
             tokio::time::sleep(Duration::from_millis(500)).await;
             let exported = receiver.spans()? - before;
+            let receiver_cpu = receiver.cpu_seconds() - cpu_before;
             if export {
                 anyhow::ensure!(exported > 0, "export on, but no span reached the receiver");
             } else {
                 anyhow::ensure!(exported == 0, "export off, but {exported} spans arrived");
             }
             println!(
-                "telemetry {engine} export {}: {:.0} lookups/s, p50 {:.2} ms, p99 {:.2} ms, {exported} spans exported",
+                "telemetry {engine} export {}: {:.0} lookups/s, p50 {:.2} ms, p99 {:.2} ms, {exported} spans exported; receiver CPU {receiver_cpu:.1} s of the round's {elapsed:.1} s",
                 if export { "on " } else { "off" },
                 round.lookups_per_s,
                 round.p50_ms,
                 round.p99_ms
             );
+            if export {
+                receiver_share.push(receiver_cpu / (elapsed * cores()));
+            }
             if export { &mut on } else { &mut off }.push(round);
         }
     }
@@ -148,11 +178,13 @@ pub async fn run(
         mean(&on, |r| r.lookups_per_s),
     );
     let cost = 1.0 - on_rate / off_rate;
+    let share = receiver_share.iter().sum::<f64>() / receiver_share.len().max(1) as f64;
     println!(
-        "telemetry {engine}: export off {off_rate:.0}/s (p50 {:.2} ms), on {on_rate:.0}/s (p50 {:.2} ms): cost {:.1} % of throughput (target under 10 %)",
+        "telemetry {engine}: export off {off_rate:.0}/s (p50 {:.2} ms), on {on_rate:.0}/s (p50 {:.2} ms): cost {:.1} % of throughput (target under 10 %); the receiver took {:.1} % of the machine's CPU meanwhile",
         mean(&off, |r| r.p50_ms),
         mean(&on, |r| r.p50_ms),
-        cost * 100.0
+        cost * 100.0,
+        share * 100.0
     );
     println!(
         "{}",
@@ -161,8 +193,13 @@ pub async fn run(
             "off_per_s": off_rate.round(), "on_per_s": on_rate.round(),
             "off_p50_ms": mean(&off, |r| r.p50_ms), "on_p50_ms": mean(&on, |r| r.p50_ms),
             "off_p99_ms": mean(&off, |r| r.p99_ms), "on_p99_ms": mean(&on, |r| r.p99_ms),
-            "cost": cost, "spans_exported": receiver.spans()?
+            "cost": cost, "receiver_cpu_share": share, "spans_exported": receiver.spans()?
         })
     );
     Ok(())
+}
+
+/// The machine's cores (the share of CPU is of all of them).
+fn cores() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
 }

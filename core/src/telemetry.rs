@@ -178,14 +178,19 @@ where
         // Source locations and thread names are not what an operator searches traces for.
         .with_location(false)
         .with_threads(false)
+        // Busy/idle time would read the clock at every poll of every span's future.
+        .with_tracked_inactivity(false)
         .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
             // The services' spans are INFO; DEBUG and TRACE ones are libraries' detail.
             let wanted = *meta.level() <= tracing::Level::INFO;
             let log_only = meta.is_span() && LOG_ONLY_SPANS.contains(&meta.name());
+            // Spans only: log lines are exported as log lines (they carry the trace and span
+            // ids), not copied into every span as events.
+            let event = meta.is_event();
             let transport = ["h2", "hyper", "tonic", "tower", "opentelemetry", "rustls"]
                 .iter()
                 .any(|t| meta.target().starts_with(t));
-            wanted && !log_only && !transport
+            wanted && !event && !log_only && !transport
         }))
 }
 
