@@ -41,6 +41,9 @@ rm -f "$PORT_FILE"
 # Every server the tests start (in-process through testkit, or a binary) exports here, quickly.
 export OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$PORT"
 export OTEL_BSP_SCHEDULE_DELAY=100
+# Metrics every half second (the default is a minute, longer than most test processes live),
+# so their labels reach the receiver and the privacy check too.
+export OTEL_METRIC_EXPORT_INTERVAL=500
 
 set +e
 cargo test --workspace --all-targets --locked "$@" 2>&1 | tee "$LOG"

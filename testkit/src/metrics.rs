@@ -218,3 +218,19 @@ pub async fn scrape(addr: SocketAddr) -> Option<Scrape> {
         .collect();
     Some(Scrape { samples, text })
 }
+
+/// Polls `path` on the admin port until it answers `want` (at most 10 s); returns the last
+/// status (0: the port refused the connection, as one not yet accepting does).
+pub async fn wait_status(admin: SocketAddr, path: &str, want: u16) -> u16 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = match tokio::net::TcpStream::connect(admin).await {
+            Ok(_) => admin_get(admin, path).await.status,
+            Err(_) => 0,
+        };
+        if status == want || tokio::time::Instant::now() >= deadline {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

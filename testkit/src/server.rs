@@ -212,6 +212,27 @@ impl Drop for TestServer {
     }
 }
 
+/// Waits (at most 30 s) until the plaintext server at `url` (a process a test started)
+/// answers its health check SERVING; panics naming `what` otherwise.
+pub async fn until_serving(url: &str, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(channel) = Endpoint::from_shared(url.to_owned())
+            .expect("url")
+            .connect()
+            .await
+            && health(channel, "").await == Some(ServingStatus::Serving)
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Asks the standard `grpc.health.v1.Health/Check` for `service` ("" is the whole server).
 /// `None` when the call fails.
 pub async fn health(channel: Channel, service: &str) -> Option<ServingStatus> {

@@ -119,7 +119,10 @@ async fn scrape_shows_lookups_and_readiness() {
         .another_lookup(move |config| config.registry_ca = Some(other_ca))
         .await;
     let admin = distrusted.admin.expect("admin port");
-    assert_eq!(wait_status(admin, "/livez", 200).await, 200);
+    assert_eq!(
+        cpis_testkit::metrics::wait_status(admin, "/livez", 200).await,
+        200
+    );
     // Give it time to try the registry, then it must still say so.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(admin_get(admin, "/readyz").await.status, 503);
@@ -213,20 +216,4 @@ async fn shed_and_rate_limited_calls_are_counted() {
         calls(&after, "RESOURCE_EXHAUSTED") - calls(&before, "RESOURCE_EXHAUSTED")
             >= (shed + 1) as f64
     );
-}
-
-/// Polls `path` until it answers `want` (at most 10 s); returns the last status (0: the port
-/// refused the connection).
-async fn wait_status(admin: std::net::SocketAddr, path: &str, want: u16) -> u16 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = match tokio::net::TcpStream::connect(admin).await {
-            Ok(_) => admin_get(admin, path).await.status,
-            Err(_) => 0,
-        };
-        if status == want || tokio::time::Instant::now() >= deadline {
-            return status;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

@@ -18,9 +18,8 @@ use cpis_proto::cpis::registry::v1::{
     council_service_client::CouncilServiceClient, upload_batch_request::Item,
 };
 use cpis_testkit::otlp::{ExportedSpan, Receiver};
-use cpis_testkit::{both_backends, db::Backend, db::TestDb, pki::TestPki, server::health};
+use cpis_testkit::{both_backends, db::Backend, db::TestDb, pki::TestPki, server::until_serving};
 use tonic::transport::{Channel, Endpoint};
-use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::harness::{NHS_A, NHS_B, cpp, person, unscheduled_lookup, with_token};
 
@@ -110,25 +109,6 @@ fn otel_env(command: &mut Command, collector: &str) {
         .env_remove("OTEL_SDK_DISABLED")
         .env_remove("OTEL_TRACES_EXPORTER")
         .env_remove("OTEL_TRACES_SAMPLER");
-}
-
-async fn until_serving(url: &str, what: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(channel) = Endpoint::from_shared(url.to_owned())
-            .expect("url")
-            .connect()
-            .await
-            && health(channel, "").await == Some(ServingStatus::Serving)
-        {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what} did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn channel(url: &str) -> Channel {

@@ -10,9 +10,8 @@ use cpis_proto::cpis::registry::v1::{
     council_service_client::CouncilServiceClient,
     disclosure_service_client::DisclosureServiceClient,
 };
-use cpis_testkit::{both_backends, db::Backend, db::TestDb, server::health};
+use cpis_testkit::{both_backends, db::Backend, db::TestDb};
 use tonic::transport::{Channel, Endpoint};
-use tonic_health::pb::health_check_response::ServingStatus;
 
 use cpis_testkit::{TestServer, pki::TestPki};
 
@@ -60,22 +59,7 @@ async fn spawn(db: &TestDb, jwks: &std::path::Path, pki: &TestPki) -> Process {
         .spawn()
         .expect("spawn registry-service");
     let url = format!("http://127.0.0.1:{port}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(channel) = Endpoint::from_shared(url.clone())
-            .expect("url")
-            .connect()
-            .await
-            && health(channel, "").await == Some(ServingStatus::Serving)
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "registry process did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    cpis_testkit::server::until_serving(&url, "registry process").await;
     let internal = TestServer::reach(
         ([127, 0, 0, 1], internal_port).into(),
         pki.client_tls(Some(&pki.lookup)),

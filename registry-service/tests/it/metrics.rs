@@ -310,7 +310,7 @@ async fn readiness_follows_health() {
         registry_service::serve(config, listeners, shutdown).await
     })
     .await;
-    let live = poll_status(admin, "/livez", 200).await;
+    let live = cpis_testkit::metrics::wait_status(admin, "/livez", 200).await;
     assert_eq!(live, 200);
     assert_eq!(
         admin_get(admin, "/readyz").await.status,
@@ -342,29 +342,16 @@ async fn readiness_follows_health() {
     let admin = reg.registry.admin.expect("admin port");
     assert_eq!(admin_get(admin, "/readyz").await.status, 200);
     reg.registry.begin_shutdown();
-    assert_eq!(poll_status(admin, "/readyz", 503).await, 503, "draining");
+    assert_eq!(
+        cpis_testkit::metrics::wait_status(admin, "/readyz", 503).await,
+        503,
+        "draining"
+    );
     assert_eq!(
         admin_get(admin, "/livez").await.status,
         200,
         "still up while draining"
     );
-}
-
-/// Polls `path` on the admin port until it answers `want` (at most 10 s); returns the last
-/// status.
-async fn poll_status(admin: std::net::SocketAddr, path: &str, want: u16) -> u16 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        // The admin port may not be accepting yet: a refused connection is "not yet".
-        let status = match tokio::net::TcpStream::connect(admin).await {
-            Ok(_) => admin_get(admin, path).await.status,
-            Err(_) => 0,
-        };
-        if status == want || tokio::time::Instant::now() >= deadline {
-            return status;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A disclosure as the lookup service asks for it, refusal and all.
