@@ -22,6 +22,16 @@ for overlay in deploy/overlays/*/; do
   name="$(basename "$overlay")"
   echo "deploy-check: rendering $name"
   kubectl kustomize "$overlay" > "$OUT/$name.yaml"
+  echo "deploy-check: every object in the cpis namespace ($name)"
+  "$VENV/python" - "$OUT/$name.yaml" <<'PY'
+import sys, yaml
+# Objects without a namespace land wherever the operator's kubectl context points.
+cluster_scoped = {"Namespace", "ClusterIssuer", "ClusterRole", "ClusterRoleBinding"}
+stray = [f"{d['kind']} {d['metadata']['name']}" for d in yaml.safe_load_all(open(sys.argv[1]))
+         if d and d["kind"] not in cluster_scoped and d["metadata"].get("namespace") != "cpis"]
+if stray:
+    sys.exit("deploy-check: not in namespace cpis: " + ", ".join(stray))
+PY
   echo "deploy-check: kubernetes-validate --strict ($name)"
   set +e
   "$VENV/kubernetes-validate" --strict "$OUT/$name.yaml" > "$OUT/$name.validate" 2>&1

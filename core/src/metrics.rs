@@ -212,7 +212,11 @@ static POOLS: Mutex<Vec<PoolProbe>> = Mutex::new(Vec::new());
 /// `cpis_db_pool_max_connections` until `probe` answers `None`. Read at collection time (a
 /// scrape or an OTLP push), not per call; several pools in one process (tests) add up.
 pub fn watch_pool(probe: impl Fn() -> Option<PoolConnections> + Send + Sync + 'static) {
-    let _ = metrics();
+    // The counters alerts watch exist from the start at 0: Prometheus' increase() does not see
+    // a series' first value, so a first timeout would otherwise never alert.
+    let m = metrics();
+    m.db_pool_waits.add(0, &[]);
+    m.db_pool_timeouts.add(0, &[]);
     POOLS
         .lock()
         .unwrap_or_else(PoisonError::into_inner)

@@ -400,14 +400,19 @@ pub mod propagate {
     use opentelemetry::propagation::{Extractor, Injector};
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+    /// A caller's headers, showing the propagator its `traceparent` only: `tracestate` is
+    /// caller text (kilobytes of it) that would ride, unread by us, in every span exported.
     struct Headers<'a>(&'a http::HeaderMap);
 
     impl Extractor for Headers<'_> {
         fn get(&self, key: &str) -> Option<&str> {
+            if !key.eq_ignore_ascii_case("traceparent") {
+                return None;
+            }
             self.0.get(key).and_then(|v| v.to_str().ok())
         }
         fn keys(&self) -> Vec<&str> {
-            self.0.keys().map(http::HeaderName::as_str).collect()
+            vec!["traceparent"]
         }
     }
 
@@ -425,12 +430,26 @@ pub mod propagate {
     }
 
     /// Makes `span` a child of the caller's trace when `headers` carry a valid W3C
-    /// `traceparent` (with `tracestate`); otherwise (absent or malformed) it starts a trace of
-    /// its own. Never fails; does nothing when traces are off.
+    /// `traceparent`; otherwise (absent or malformed) it starts a trace of its own. The caller
+    /// names the trace and the parent span, nothing more: its `sampled` flag is not obeyed (a
+    /// caller must not be able to keep its own lookups out of the traces) and its `tracestate`
+    /// is dropped. Never fails; does nothing when traces are off.
     pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
-        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        use opentelemetry::trace::{SpanContext, TraceContextExt as _, TraceFlags, TraceState};
+        let extracted = opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.extract(&Headers(headers))
         });
+        let remote = extracted.span().span_context().clone();
+        if !remote.is_valid() {
+            return;
+        }
+        let parent = opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
+            remote.trace_id(),
+            remote.span_id(),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        ));
         // An error means no OpenTelemetry layer (traces off) or a disabled span: nothing to do.
         let _ = span.set_parent(parent);
     }

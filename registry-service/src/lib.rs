@@ -246,6 +246,7 @@ pub async fn serve(
         tracing::warn!("no --disclosure-identities: every disclosure will be refused");
     }
     let db = open_database(&config)?;
+    api::expose_security_event_counts();
     let notifier = notify::Notifier::default();
     // The backlog gauges follow the database while this server runs.
     let _backlog = notify::backlog::start(

@@ -34,6 +34,8 @@ pub struct ExportedSpan {
     pub kind: String,
     /// Its attributes, each value as text.
     pub attributes: HashMap<String, String>,
+    /// Its W3C trace state (empty when none).
+    pub trace_state: String,
 }
 
 impl Receiver {
@@ -137,6 +139,7 @@ fn spans_of(request: &serde_json::Value) -> Vec<ExportedSpan> {
                     name: text("name"),
                     kind: text("kind"),
                     attributes: attributes(&span["attributes"]),
+                    trace_state: text("traceState"),
                 });
             }
         }

@@ -217,6 +217,16 @@ async fn start_services(db: &TestDb, collector: &str) -> Services {
 
 /// One unscheduled lookup of NHS_A sending `traceparent` and request id `request_id`.
 async fn lookup(services: &Services, traceparent: &str, request_id: &str) {
+    lookup_with_state(services, traceparent, "", request_id).await;
+}
+
+/// The same with a `tracestate` header too (when not empty).
+async fn lookup_with_state(
+    services: &Services,
+    traceparent: &str,
+    tracestate: &str,
+    request_id: &str,
+) {
     let token = services
         .nhs_signer
         .mint(
@@ -231,6 +241,11 @@ async fn lookup(services: &Services, traceparent: &str, request_id: &str) {
     request
         .metadata_mut()
         .insert("x-request-id", request_id.parse().expect("ascii"));
+    if !tracestate.is_empty() {
+        request
+            .metadata_mut()
+            .insert("tracestate", tracestate.parse().expect("ascii"));
+    }
     let answer = LookupServiceClient::new(channel(&services.lookup_url).await)
         .lookup_child(request)
         .await
@@ -486,6 +501,16 @@ async fn malformed_traceparent(backend: Backend) {
     let services = start_services(&db, &receiver.endpoint()).await;
     // Not hex, wrong lengths: ignored, never an error.
     lookup(&services, "00-not-a-trace-zz", "trace-test-malformed").await;
+    // "Not sampled" and a trace state of the caller's: the lookup is traced all the same, in
+    // the caller's trace, and the caller's text is not carried.
+    let unsampled = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-00");
+    lookup_with_state(
+        &services,
+        &unsampled,
+        "planted=caller-text",
+        "trace-test-unsampled",
+    )
+    .await;
     // A refusal before any answer (no token) records its status too (UNAUTHENTICATED, 16).
     let mut refused = tonic::Request::new(cpis_proto::cpis::lookup::v1::LookupChildRequest {
         nhs_number: NHS_A.into(),
@@ -509,6 +534,26 @@ async fn malformed_traceparent(backend: Backend) {
                 && spans.iter().any(|s| with_id(s, "trace-test-refused"))
         })
         .await;
+    let spans = receiver
+        .wait_for(Duration::from_secs(20), |spans| {
+            spans
+                .iter()
+                .any(|s| with_id(s, "trace-test-unsampled") && s.service == "registry-service")
+        })
+        .await;
+    let unsampled: Vec<&ExportedSpan> = spans
+        .iter()
+        .filter(|s| s.trace_id == CALLER_TRACE)
+        .collect();
+    assert!(
+        unsampled.iter().any(|s| s.service == "lookup-service")
+            && unsampled.iter().any(|s| s.service == "registry-service"),
+        "a caller's \"not sampled\" does not keep its lookup out of the traces"
+    );
+    assert!(
+        spans.iter().all(|s| !s.trace_state.contains("planted")),
+        "a caller's tracestate is not exported"
+    );
     let refused = spans
         .iter()
         .find(|s| with_id(s, "trace-test-refused"))

@@ -213,3 +213,15 @@ fn count_security_event(kind: i32) {
         .security_events
         .add(1, &[cpis_core::metrics::KeyValue::new("kind", kind)]);
 }
+
+/// Puts every security event kind's series at 0 before any event: Prometheus' increase() does
+/// not count a series' first value, so the first event would otherwise never alert.
+pub(crate) fn expose_security_event_counts() {
+    cpis_core::metrics::metrics().security_events.add(
+        0,
+        &[cpis_core::metrics::KeyValue::new(
+            "kind",
+            "lookups_throttled",
+        )],
+    );
+}

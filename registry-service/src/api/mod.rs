@@ -14,6 +14,7 @@ mod paging;
 mod upload;
 
 pub(crate) use auth::{CouncilCertificates, CouncilLimits};
+pub(crate) use disclosure::expose_security_event_counts;
 pub(crate) use upload::UploadOptions;
 
 use std::sync::Arc;

@@ -42,8 +42,9 @@ impl Outbox {
         ods_code: &OdsCode,
         kind: notification::Kind,
     ) -> Result<i64, RegistryError> {
-        // The council's code only (never the child's details the notification carries).
-        let _span = tracing::info_span!("outbox_enqueue", la = %ods_code).entered();
+        // No attributes: not even the council, since which councils hold a plan for the child
+        // is what the lookup disclosed, and traces are not the audit store.
+        let _span = tracing::info_span!("outbox_enqueue").entered();
         diesel::update(local_authorities::table.find(ods_code.as_str()))
             .set(
                 local_authorities::last_notification_sequence
