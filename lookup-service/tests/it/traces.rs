@@ -534,24 +534,21 @@ async fn malformed_traceparent(backend: Backend) {
                 && spans.iter().any(|s| with_id(s, "trace-test-refused"))
         })
         .await;
-    let spans = receiver
+    let all = receiver
         .wait_for(Duration::from_secs(20), |spans| {
             spans
                 .iter()
                 .any(|s| with_id(s, "trace-test-unsampled") && s.service == "registry-service")
         })
         .await;
-    let unsampled: Vec<&ExportedSpan> = spans
-        .iter()
-        .filter(|s| s.trace_id == CALLER_TRACE)
-        .collect();
+    let unsampled: Vec<&ExportedSpan> = all.iter().filter(|s| s.trace_id == CALLER_TRACE).collect();
     assert!(
         unsampled.iter().any(|s| s.service == "lookup-service")
             && unsampled.iter().any(|s| s.service == "registry-service"),
         "a caller's \"not sampled\" does not keep its lookup out of the traces"
     );
     assert!(
-        spans.iter().all(|s| !s.trace_state.contains("planted")),
+        all.iter().all(|s| !s.trace_state.contains("planted")),
         "a caller's tracestate is not exported"
     );
     let refused = spans
