@@ -15,8 +15,6 @@ use futures::future::BoxFuture;
 use http::HeaderValue;
 use tracing::Instrument as _;
 
-use crate::text::LogSafe;
-
 /// The metadata key.
 pub const HEADER: &str = "x-request-id";
 
@@ -128,13 +126,16 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let id = RequestId::of(request.headers());
-        // The path is caller text too (any URI path reaches here): escaped and bounded. The
-        // method's name is the span's name in a trace.
-        let path = LogSafe(request.uri().path()).to_string();
-        let (service, method) = path
-            .trim_start_matches('/')
-            .split_once('/')
-            .unwrap_or((path.as_str(), ""));
+        // A method this server serves names the span (and the trace span); any other path is
+        // caller text (`/Patient/9990000018`, endless made-up names) and is only "unknown".
+        let known = request
+            .extensions()
+            .get::<crate::rpc_metrics::KnownMethod>()
+            .cloned();
+        let (path, service, method): (&str, &str, &str) = match &known {
+            Some(known) => (&known.path, &known.service, &known.method),
+            None => ("unknown", "unknown", "unknown"),
+        };
         let span = tracing::info_span!(
             "request",
             request_id = %id,

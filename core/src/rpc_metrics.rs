@@ -21,17 +21,31 @@ use tonic::Code;
 /// The label pairs (`rpc_service`, `rpc_method`) of each served path, built once per server.
 #[derive(Debug, Default)]
 struct Paths {
-    known: HashMap<String, [KeyValue; 2]>,
+    known: HashMap<String, ([KeyValue; 2], KnownMethod)>,
     unknown: Option<[KeyValue; 2]>,
 }
 
 impl Paths {
     fn labels(&self, path: &str) -> [KeyValue; 2] {
         match self.known.get(path) {
-            Some(labels) => labels.clone(),
+            Some((labels, _)) => labels.clone(),
             None => self.unknown.clone().unwrap_or_else(unknown_labels),
         }
     }
+}
+
+/// A call's method when its path is one this server serves, put in the request's extensions
+/// for the layers below (the request span is named by it): a path no method has is caller text
+/// (any URI reaches a server, `/Patient/9990000018` included) and is never a span name, a
+/// metric label or a log field.
+#[derive(Clone, Debug)]
+pub struct KnownMethod {
+    /// `/package.Service/Method`.
+    pub path: Arc<str>,
+    /// `package.Service`.
+    pub service: Arc<str>,
+    /// `Method`.
+    pub method: Arc<str>,
 }
 
 fn unknown_labels() -> [KeyValue; 2] {
@@ -69,7 +83,13 @@ impl RpcMetricsLayer {
                             KeyValue::new("rpc_service", full.clone()),
                             KeyValue::new("rpc_method", method.name().to_owned()),
                         ];
-                        known.insert(format!("/{full}/{}", method.name()), labels);
+                        let path = format!("/{full}/{}", method.name());
+                        let named = KnownMethod {
+                            path: path.as_str().into(),
+                            service: full.as_str().into(),
+                            method: method.name().into(),
+                        };
+                        known.insert(path, (labels, named));
                     }
                 }
             }
@@ -114,11 +134,14 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let call = Call {
             start: Instant::now(),
             labels: self.paths.labels(request.uri().path()),
         };
+        if let Some((_, named)) = self.paths.known.get(request.uri().path()) {
+            request.extensions_mut().insert(named.clone());
+        }
         let future = self.inner.call(request);
         Box::pin(async move {
             match future.await {

@@ -524,6 +524,23 @@ async fn malformed_traceparent(backend: Backend) {
         .await
         .expect_err("no token");
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    // A path no method has (a REST-minded client naming a child): UNIMPLEMENTED, and its span
+    // is "unknown", never the path.
+    let mut grpc = tonic::client::Grpc::new(channel(&services.lookup_url).await);
+    grpc.ready().await.expect("ready");
+    let mut stray = tonic::Request::new(());
+    stray
+        .metadata_mut()
+        .insert("x-request-id", "trace-test-stray".parse().expect("ascii"));
+    let stray = grpc
+        .unary(
+            stray,
+            tonic::codegen::http::uri::PathAndQuery::from_static("/Patient/9990000026/CareTeam"),
+            tonic_prost::ProstCodec::<(), ()>::default(),
+        )
+        .await
+        .expect_err("no such method");
+    assert_eq!(stray.code(), tonic::Code::Unimplemented);
     let with_id =
         |s: &ExportedSpan, id: &str| s.attributes.get("request_id").map(String::as_str) == Some(id);
     let spans = receiver
@@ -532,8 +549,18 @@ async fn malformed_traceparent(backend: Backend) {
                 .iter()
                 .any(|s| with_id(s, "trace-test-malformed") && s.service == "registry-service")
                 && spans.iter().any(|s| with_id(s, "trace-test-refused"))
+                && spans.iter().any(|s| with_id(s, "trace-test-stray"))
         })
         .await;
+    let stray = spans
+        .iter()
+        .find(|s| with_id(s, "trace-test-stray"))
+        .expect("the stray call's span");
+    assert_eq!(stray.name, "unknown");
+    assert!(
+        !format!("{stray:?}").contains("Patient") && !format!("{stray:?}").contains("9990000026"),
+        "the stray path is not exported: {stray:?}"
+    );
     let all = receiver
         .wait_for(Duration::from_secs(20), |spans| {
             spans
