@@ -15,12 +15,14 @@ use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 
-/// Most admin connections open at once; more wait in the listen queue.
+/// Most admin connections open at once; a newcomer beyond it closes the oldest open one, so
+/// connections that hold on (silent, or never reading their answer) cannot keep the kubelet's
+/// probes, which connect anew each time, from being answered.
 const MAX_CONNECTIONS: usize = 32;
 /// How long a client may take to send its request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// The longest one admin connection stays open (a scrape takes milliseconds).
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+/// The longest one admin connection stays open: one request, answered in milliseconds.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
 /// Largest request head the admin port reads (a scrape's is a few hundred bytes).
 const MAX_REQUEST_BYTES: usize = 16 * 1024;
 
@@ -92,24 +94,19 @@ pub async fn serve(
         Ok(addr) => tracing::info!(%addr, transport = "plaintext", "admin listening"),
         Err(error) => tracing::warn!(%error, "admin listener has no address"),
     }
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     // Dropped on return: the open connections end with the server.
     let mut connections = tokio::task::JoinSet::new();
+    // The open connections, oldest first.
+    let mut open = std::collections::VecDeque::<tokio::task::AbortHandle>::new();
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            () = &mut shutdown => return,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-        };
         let accepted = tokio::select! {
             () = &mut shutdown => return,
             accepted = listener.accept() => accepted,
         };
         // Reap finished connections so the set stays as small as the open ones.
         while connections.try_join_next().is_some() {}
+        open.retain(|connection| !connection.is_finished());
         let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(error) => {
@@ -118,9 +115,13 @@ pub async fn serve(
                 continue;
             }
         };
+        if open.len() >= MAX_CONNECTIONS
+            && let Some(oldest) = open.pop_front()
+        {
+            oldest.abort();
+        }
         let readiness = readiness.clone();
-        connections.spawn(async move {
-            let _permit = permit;
+        let connection = connections.spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let readiness = readiness.clone();
                 async move { Ok::<_, std::convert::Infallible>(answer(&request, &readiness)) }
@@ -129,11 +130,13 @@ pub async fn serve(
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .max_buf_size(MAX_REQUEST_BYTES)
-                .keep_alive(true)
+                // One request per connection: a client cannot queue answers it never reads.
+                .keep_alive(false)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             // Cut a connection that outstays any scrape.
             let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
         });
+        open.push_back(connection);
     }
 }
 
@@ -171,7 +174,48 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::expect_used)] // tests: a failed expectation is a failed test
     use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let mut answer = String::new();
+        // One request per connection: the server closes after answering.
+        stream.read_to_string(&mut answer).await.expect("read");
+        answer
+    }
+
+    /// Connections that hold on (silent ones, and one that queues requests and never reads)
+    /// cannot keep a probe from its answer.
+    #[tokio::test]
+    async fn probes_are_answered_while_connections_hold_on() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let readiness = Readiness::default();
+        let part = readiness.part();
+        part.set(true);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(Some(listener), readiness, async {
+            let _ = stopped.await;
+        }));
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS * 2 {
+            held.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+        }
+        let mut greedy = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let queued = "GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n".repeat(200);
+        let _ = greedy.write_all(queued.as_bytes()).await;
+        let answer = tokio::time::timeout(Duration::from_secs(1), get(addr, "/readyz"))
+            .await
+            .expect("a probe is answered within a second");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        drop((held, greedy));
+        let _ = stop.send(());
+        server.await.expect("admin server stops");
+    }
 
     #[test]
     fn ready_only_when_every_part_is() {
