@@ -45,6 +45,13 @@ EXCLUDED_KEYS = {
 }
 
 NHS_RE = re.compile(r"(?<!\d)999[ -]?\d{3}[ -]?\d{4}(?!\d)")
+# A bearer token (a JWT: base64url header, payload and signature): never in telemetry.
+TOKEN_RE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.")
+# Case ids the test sources write literally (councils' own references for a child).
+CASE_RES = [
+    re.compile(r'local_case_id\s*[:=]\s*(?:Some\()?"([^"\\]{4,})"'),
+    re.compile(r'\\?"local_case_id\\?"\s*:\s*\\?"([^"\\]{4,})\\?"'),
+]
 
 
 def valid_nhs(digits):
@@ -72,8 +79,8 @@ DOB_RES = [
 
 
 def sent_details(repo):
-    """(names, dates of birth) the test sources give children."""
-    names, dobs = set(), set()
+    """(names, dates of birth, case ids) the test sources give children."""
+    names, dobs, cases = set(), set(), set()
     roots = [repo / p for p in ("testkit", "tests", "bench", "examples")]
     roots += [p / "tests" for p in repo.iterdir() if (p / "tests").is_dir()]
     files = set()
@@ -94,7 +101,16 @@ def sent_details(repo):
                     dobs.add(datetime.date(int(y), int(m), int(d)))
                 except ValueError:
                     pass  # an invalid date a test sends to be refused: stored nowhere
-    return names, dobs
+        for regex in CASE_RES:
+            cases.update(c for c in regex.findall(text) if re.search(r"[A-Za-z]", c) and re.search(r"\d", c))
+        if path.suffix == ".csv":
+            # Extracts: the local_case_id column's values.
+            import csv
+            rows = list(csv.reader(text.splitlines()))
+            if rows and "local_case_id" in rows[0]:
+                column = rows[0].index("local_case_id")
+                cases.update(r[column] for r in rows[1:] if len(r) > column and len(r[column]) >= 4)
+    return names, dobs, cases
 
 
 def dob_forms(day):
@@ -107,7 +123,8 @@ def dob_forms(day):
 
 
 class Detector:
-    def __init__(self, names, dobs):
+    def __init__(self, names, dobs, cases=()):
+        self.cases = re.compile(r"(?<![\w-])(?:" + "|".join(map(re.escape, sorted(cases))) + r")(?![\w-])") if cases else None
         self.names = re.compile(r"\b(?:" + "|".join(map(re.escape, sorted(names))) + r")\b") if names else None
         forms = [f for d in dobs for f in dob_forms(d)]
         self.dobs = re.compile(r"(?<!\d)(?:" + "|".join(map(re.escape, forms)) + r")(?!\d)") if forms else None
@@ -120,6 +137,10 @@ class Detector:
             found.append("child's name")
         if self.dobs and self.dobs.search(text):
             found.append("date of birth")
+        if self.cases and self.cases.search(text):
+            found.append("case id")
+        if TOKEN_RE.search(text):
+            found.append("token")
         return found
 
 
@@ -208,13 +229,13 @@ def check(directory, detector):
 
 
 def run(directory, repo):
-    names, dobs = sent_details(repo)
+    names, dobs, cases = sent_details(repo)
     if not names or not dobs:
         print("privacy check: found no test names or dates of birth in the sources", file=sys.stderr)
         return 2
-    hits, counts = check(directory, Detector(names, dobs))
+    hits, counts = check(directory, Detector(names, dobs, cases))
     summary = ", ".join(f"{n} {what}" for what, n in counts.items())
-    print(f"privacy check: scanned {summary} for test NHS numbers, {len(names)} names and {len(dobs)} dates of birth")
+    print(f"privacy check: scanned {summary} for test NHS numbers, tokens, {len(names)} names, {len(dobs)} dates of birth and {len(cases)} case ids")
     if counts["spans"] == 0 or counts["log lines"] == 0:
         print("privacy check: FAILED: nothing exported or logged to scan (is the receiver running? did the capture start?)", file=sys.stderr)
         return 2
@@ -230,7 +251,7 @@ def run(directory, repo):
 def self_test(repo):
     """Plants a test NHS number in a span attribute and a child's name in a log line, and expects
     the check to find both; then expects a clean sample to pass."""
-    names, dobs = sent_details(repo)
+    names, dobs, cases = sent_details(repo)
     name = "Alex" if "Alex" in names else sorted(names)[0]
     dob = sorted(dobs)[0]
     span = {
@@ -244,7 +265,8 @@ def self_test(repo):
     leaky_span = json.loads(json.dumps(clean))
     leaky_span["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["attributes"].append(
         {"key": "nhs", "value": {"stringValue": "999 000 0018"}})
-    detector = Detector(names, dobs)
+    detector = Detector(names, dobs, cases)
+    case = sorted(cases)[0] if cases else None
     failures = []
     with tempfile.TemporaryDirectory() as tmp:
         d = pathlib.Path(tmp)
@@ -254,11 +276,16 @@ def self_test(repo):
         if hits or counts["spans"] != 1 or counts["log lines"] != 1:
             failures.append(f"clean sample: {hits} {counts}")
         (d / "otlp.jsonl").write_text(json.dumps({"signal": "traces", "request": leaky_span}) + "\n")
-        (d / "1.jsonl").write_text(json.dumps({"message": f"stored {name}", "born": dob.isoformat()}) + "\n")
+        planted = {"message": f"stored {name}", "born": dob.isoformat(), "case": case,
+                   "auth": "Bearer eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"}
+        (d / "1.jsonl").write_text(json.dumps(planted) + "\n")
         hits, _ = check(d, detector)
         kinds = {h[4] for h in hits}
-        if kinds != {"NHS number", "child's name", "date of birth"}:
+        expected = {"NHS number", "child's name", "date of birth", "token"} | ({"case id"} if case else set())
+        if kinds != expected:
             failures.append(f"planted sample found only {sorted(kinds)}")
+        if not case:
+            failures.append("no case ids found in the test sources")
         # An invalid checksum and a number outside the test range are not test NHS numbers.
         if detector.kinds("9990000017 1234567881"):
             failures.append("matched a number that is not a test NHS number")
