@@ -212,6 +212,32 @@ impl Drop for TestServer {
     }
 }
 
+/// A loopback port for a process a test starts, which binds it a moment later. A port from
+/// `bind(127.0.0.1:0)` comes from the kernel's ephemeral range, where another test's connection
+/// or `bind(0)` can take it before the process binds it ("address in use", seen in CI): these
+/// come from below that range (20000-31999; Linux's starts at 32768), from a place of this
+/// process's own (by pid), moving on at each call, each checked free.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let start = std::process::id().wrapping_mul(211) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let Ok(port) = u16::try_from(LOW + (start + n) % SPAN) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("bind 127.0.0.1:0 to find a free port")
+        .port()
+}
+
 /// Waits (at most 30 s) until the plaintext server at `url` (a process a test started)
 /// answers its health check SERVING; panics naming `what` otherwise.
 pub async fn until_serving(url: &str, what: &str) {

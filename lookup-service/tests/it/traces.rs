@@ -82,13 +82,6 @@ struct Services {
     _dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 fn registry_binary() -> PathBuf {
     let path = Path::new(env!("CARGO_BIN_EXE_lookup-service")).with_file_name("registry-service");
     assert!(
@@ -133,7 +126,11 @@ async fn start_services(db: &TestDb, collector: &str) -> Services {
     std::fs::write(&nhs_jwks, cpis_testkit::jwks::jwks_of(&[&nhs_signer])).expect("jwks");
     let pki = TestPki::new("traces");
 
-    let (public, internal, lookup_port) = (free_port(), free_port(), free_port());
+    let (public, internal, lookup_port) = (
+        cpis_testkit::server::free_port(),
+        cpis_testkit::server::free_port(),
+        cpis_testkit::server::free_port(),
+    );
     let mut registry = Command::new(registry_binary());
     registry
         .arg("serve")
@@ -616,7 +613,7 @@ async fn collector_down(backend: Backend) {
         return;
     };
     // A port nothing listens on.
-    let collector = format!("http://127.0.0.1:{}", free_port());
+    let collector = format!("http://127.0.0.1:{}", cpis_testkit::server::free_port());
     let mut services = start_services(&db, &collector).await;
     for n in 0..3 {
         lookup(

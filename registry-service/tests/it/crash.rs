@@ -28,21 +28,20 @@ struct Process {
     internal: TestServer,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 async fn spawn(db: &TestDb, jwks: &std::path::Path, pki: &TestPki) -> Process {
-    let (port, internal_port) = (free_port(), free_port());
+    let (port, internal_port) = (
+        cpis_testkit::server::free_port(),
+        cpis_testkit::server::free_port(),
+    );
     let child = Command::new(env!("CARGO_BIN_EXE_registry-service"))
         .arg("serve")
         .env("CPIS_REGISTRY_LISTEN", format!("127.0.0.1:{port}"))
         .env("CPIS_INTERNAL_LISTEN", format!("127.0.0.1:{internal_port}"))
         // Not the default admin port: both engines' processes run at once.
-        .env("CPIS_ADMIN_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env(
+            "CPIS_ADMIN_LISTEN",
+            format!("127.0.0.1:{}", cpis_testkit::server::free_port()),
+        )
         .env("CPIS_DATABASE_URL", &db.url)
         .env("CPIS_JWKS_FILE", jwks)
         .env("CPIS_MIGRATE_ON_START", "true")

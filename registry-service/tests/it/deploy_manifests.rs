@@ -74,13 +74,6 @@ impl Drop for Running {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// The rendered overlay's containers, or None when the tools are missing outside CI.
 fn render(overlay: &str) -> Option<Vec<Container>> {
     let python = cpis_testkit::tools::require("deploy-venv/bin/python")?;
@@ -212,7 +205,7 @@ async fn run_overlay(overlay: &str, db: Option<TestDb>) {
     };
     let scratch = tempfile::tempdir().expect("volumes directory");
     // The collector is down in this test: serving must not depend on it.
-    let collector = format!("http://127.0.0.1:{}", free_port());
+    let collector = format!("http://127.0.0.1:{}", cpis_testkit::server::free_port());
 
     // Jobs (the migration) first, then the registry, then the lookup service that needs it.
     let order = |c: &Container| match (c.kind.as_str(), c.workload.as_str()) {
@@ -274,7 +267,7 @@ async fn run_overlay(overlay: &str, db: Option<TestDb>) {
                 );
             }
             if var.name.ends_with("_LISTEN") {
-                let port = free_port();
+                let port = cpis_testkit::server::free_port();
                 listen.insert(var.name.clone(), port);
                 value = format!("127.0.0.1:{port}");
             }
