@@ -135,6 +135,9 @@ fn tidy_message(message: &str, fields: &[String], reason: Option<&str>) -> Strin
 /// The canonical upper-case name of a gRPC code, as the gRPC specification spells it.
 pub use cpis_core::status::code_name;
 
+/// A connected council client, its token on every call.
+pub type CouncilClient = CouncilServiceClient<InterceptedService<Channel, Bearer>>;
+
 /// Adds `authorization: Bearer …` to every call.
 #[derive(Clone)]
 pub struct Bearer(Option<MetadataValue<Ascii>>);
@@ -192,9 +195,7 @@ pub struct CouncilArgs {
 
 impl CouncilArgs {
     /// A connected council client.
-    pub async fn client(
-        &self,
-    ) -> Result<CouncilServiceClient<InterceptedService<Channel, Bearer>>, CliError> {
+    pub async fn client(&self) -> Result<CouncilClient, CliError> {
         let client = match (&self.client_cert, &self.client_key) {
             (Some(cert), Some(key)) => Some(ClientCert { cert, key }),
             _ => None,

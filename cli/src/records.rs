@@ -3,11 +3,9 @@
 //! an NHS number — the council API's reads and its delete, for a person at a terminal.
 
 use cpis_proto::cpis::common::v1::ChildRecord;
-use cpis_proto::cpis::common::v1::ErrorReason;
 use cpis_proto::cpis::registry::v1::{
     BatchOutcome, DeleteChildRecordRequest, GetBatchRequest, GetChildRecordRequest,
-    ListAccessEventsRequest, ListBatchRejectionsRequest, ListChildRecordsRequest,
-    RecordStateFilter,
+    ListAccessEventsRequest, ListChildRecordsRequest, RecordStateFilter,
 };
 use serde_json::{Value, json};
 
@@ -318,36 +316,10 @@ pub async fn run_batch(args: BatchArgs, json_output: bool) -> Result<u8, CliErro
             render::number(result.rejected_count)
         );
     }
-    // Every rejection, page by page: positions count the records sent, from 1.
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_batch_rejections(ListBatchRejectionsRequest {
-                batch_id: batch_id.clone(),
-                page_size: 1000,
-                page_token,
-                ..ListBatchRejectionsRequest::default()
-            })
-            .await?
-            .into_inner();
-        for rejection in page.rejections {
-            let reason_name = |reason: i32| {
-                ErrorReason::try_from(reason).map_or("UNSPECIFIED", ErrorReason::as_info_reason)
-            };
-            // Every rule the record breaks (older registries send the first only).
-            let violations: Vec<(&str, String, String)> = if rejection.violations.is_empty() {
-                vec![(
-                    reason_name(rejection.reason),
-                    rejection.field.clone(),
-                    rejection.message.clone(),
-                )]
-            } else {
-                rejection
-                    .violations
-                    .iter()
-                    .map(|v| (reason_name(v.reason), v.field.clone(), v.message.clone()))
-                    .collect()
-            };
+    crate::upload::for_each_rejection_page(&mut client, &batch_id, |rejections| {
+        for rejection in rejections {
+            // Every rule the record breaks.
+            let violations = crate::upload::violations_of(&rejection);
             if json_output {
                 let all: Vec<Value> = violations
                     .iter()
@@ -382,11 +354,9 @@ pub async fn run_batch(args: BatchArgs, json_output: bool) -> Result<u8, CliErro
                 }
             }
         }
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
+        Ok(())
+    })
+    .await?;
     Ok(0)
 }
 

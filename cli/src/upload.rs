@@ -245,28 +245,9 @@ pub async fn run(args: UploadArgs, json_output: bool) -> Result<u8, CliError> {
                 .and_then(|i| read.lines.get(i))
                 .copied()
                 .unwrap_or(0);
-            let reason_name = |reason: i32| {
-                ErrorReason::try_from(reason)
-                    .map(ErrorReason::as_info_reason)
-                    .unwrap_or("UNSPECIFIED")
-                    .to_owned()
-            };
-            // One report row per rule the row breaks (registries before `violations` send the
-            // first only).
-            let violations: Vec<(String, String, String)> = if rejection.violations.is_empty() {
-                vec![(
-                    reason_name(rejection.reason),
-                    rejection.field,
-                    rejection.message,
-                )]
-            } else {
-                rejection
-                    .violations
-                    .into_iter()
-                    .map(|v| (reason_name(v.reason), v.field, v.message))
-                    .collect()
-            };
-            for (reason, field, message) in violations {
+            // One report row per rule the row breaks.
+            for (reason, field, message) in violations_of(&rejection) {
+                let reason = reason.to_owned();
                 report.write(&ReportLine {
                     line,
                     local_case_id: rejection.local_case_id.clone(),
@@ -281,23 +262,7 @@ pub async fn run(args: UploadArgs, json_output: bool) -> Result<u8, CliError> {
     };
     if result.rejections_truncated {
         // The answer carries the first rejections only; the report needs every one.
-        let mut page_token = String::new();
-        loop {
-            let page = client
-                .list_batch_rejections(ListBatchRejectionsRequest {
-                    batch_id: batch_id.clone(),
-                    page_size: 1000,
-                    page_token,
-                    ..ListBatchRejectionsRequest::default()
-                })
-                .await?
-                .into_inner();
-            write_page(page.rejections)?;
-            if page.next_page_token.is_empty() {
-                break;
-            }
-            page_token = page.next_page_token;
-        }
+        for_each_rejection_page(&mut client, &batch_id, write_page).await?;
     } else {
         write_page(std::mem::take(&mut result.rejections))?;
     }
@@ -455,6 +420,52 @@ impl Report {
             .map_err(|e| CliError::Other(format!("cannot write {}: {e}", self.path.display())))?;
         inner.flush()?;
         Ok(self.rows)
+    }
+}
+
+/// Every rule a rejected record breaks, as (reason, field, message): registries before
+/// `RecordRejection.violations` send the first only, in the rejection itself.
+pub(crate) fn violations_of(rejection: &RecordRejection) -> Vec<(&'static str, String, String)> {
+    let reason_name = |reason: i32| {
+        ErrorReason::try_from(reason).map_or("UNSPECIFIED", ErrorReason::as_info_reason)
+    };
+    if rejection.violations.is_empty() {
+        return vec![(
+            reason_name(rejection.reason),
+            rejection.field.clone(),
+            rejection.message.clone(),
+        )];
+    }
+    rejection
+        .violations
+        .iter()
+        .map(|v| (reason_name(v.reason), v.field.clone(), v.message.clone()))
+        .collect()
+}
+
+/// Every rejection of batch `batch_id`, page by page (positions count the records sent, from
+/// 1), handed to `each_page` in order.
+pub(crate) async fn for_each_rejection_page(
+    client: &mut crate::client::CouncilClient,
+    batch_id: &str,
+    mut each_page: impl FnMut(Vec<RecordRejection>) -> Result<(), CliError>,
+) -> Result<(), CliError> {
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_batch_rejections(ListBatchRejectionsRequest {
+                batch_id: batch_id.to_owned(),
+                page_size: 1000,
+                page_token,
+                ..ListBatchRejectionsRequest::default()
+            })
+            .await?
+            .into_inner();
+        each_page(page.rejections)?;
+        if page.next_page_token.is_empty() {
+            return Ok(());
+        }
+        page_token = page.next_page_token;
     }
 }
 

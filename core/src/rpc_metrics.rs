@@ -26,10 +26,11 @@ struct Paths {
 }
 
 impl Paths {
-    fn labels(&self, path: &str) -> [KeyValue; 2] {
+    /// The labels of a call to `path`, and its method when this server serves one there.
+    fn resolve(&self, path: &str) -> ([KeyValue; 2], Option<&KnownMethod>) {
         match self.known.get(path) {
-            Some((labels, _)) => labels.clone(),
-            None => self.unknown.clone().unwrap_or_else(unknown_labels),
+            Some((labels, named)) => (labels.clone(), Some(named)),
+            None => (self.unknown.clone().unwrap_or_else(unknown_labels), None),
         }
     }
 }
@@ -135,13 +136,15 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let call = Call {
-            start: Instant::now(),
-            labels: self.paths.labels(request.uri().path()),
-        };
-        if let Some((_, named)) = self.paths.known.get(request.uri().path()) {
+        // One look-up of the path: the labels, and the method for the layers below.
+        let (labels, named) = self.paths.resolve(request.uri().path());
+        if let Some(named) = named {
             request.extensions_mut().insert(named.clone());
         }
+        let call = Call {
+            start: Instant::now(),
+            labels,
+        };
         let future = self.inner.call(request);
         Box::pin(async move {
             match future.await {
@@ -343,11 +346,11 @@ mod tests {
             &["grpc.health.v1.Health"],
             &[tonic_health::pb::FILE_DESCRIPTOR_SET],
         );
-        let known = layer.paths.labels("/grpc.health.v1.Health/Check");
+        let known = layer.paths.resolve("/grpc.health.v1.Health/Check").0;
         assert_eq!(known[0].value.as_str(), "grpc.health.v1.Health");
         assert_eq!(known[1].value.as_str(), "Check");
         for invented in ["/grpc.health.v1.Health/Nope", "/x.Y/Z", "/9990000018"] {
-            let labels = layer.paths.labels(invented);
+            let labels = layer.paths.resolve(invented).0;
             assert_eq!(labels[0].value.as_str(), "unknown");
             assert_eq!(labels[1].value.as_str(), "unknown");
         }
