@@ -5,7 +5,8 @@ use chrono::{Days, NaiveDate};
 use cpis_core::ods::OdsCode;
 use cpis_proto::cpis::common::v1::ChildRecord as WireRecord;
 
-use crate::api::convert::{disclosed_plan, record_to_wire, validate_record};
+use crate::api::convert::{disclosed_plan, record_to_wire};
+use crate::api::validate::validate_record;
 use crate::db::models::{ChildRecordRow, NewChildRecord};
 use crate::domain::dates::{EARLIEST_PLAUSIBLE, LAST_WIRE_DATE, on_the_wire};
 use crate::domain::record::StoredRecord;

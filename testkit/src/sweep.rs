@@ -29,6 +29,37 @@ pub struct Tally {
     pub unrecorded_answers: Vec<String>,
 }
 
+impl Tally {
+    /// Prints the tally under `label` and asserts the sweep was honest and tested something:
+    /// every answer recorded, no "not recorded" that was recorded, and at least one answer.
+    #[track_caller]
+    pub fn assert_honest(&self, label: &str) {
+        eprintln!(
+            "{label}: {} answered, {} not recorded, {} may be recorded, {} cut off without a CP-IS reason; recorded {}; told not recorded but recorded: {}",
+            self.answered,
+            self.not_recorded,
+            self.may_be_recorded,
+            self.other,
+            self.recorded,
+            self.lies.len()
+        );
+        assert!(
+            self.unrecorded_answers.is_empty(),
+            "{label}: answered but not recorded: {:?}",
+            self.unrecorded_answers
+        );
+        assert!(
+            self.lies.is_empty(),
+            "{label}: told 'not recorded' but recorded: {:?}",
+            self.lies
+        );
+        assert!(
+            self.answered > 0,
+            "{label}: nothing in the sweep was answered: the sweep tested nothing"
+        );
+    }
+}
+
 impl Stack {
     /// Holds `outcomes` against council `ods`'s access history of `nhs_number`.
     pub async fn tally_sweep(&self, ods: &str, nhs_number: &str, outcomes: &[Outcome]) -> Tally {

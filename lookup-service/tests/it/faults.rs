@@ -245,29 +245,7 @@ async fn a_deadline_sweep_never_says_not_recorded_of_a_recorded_access(backend: 
         .collect();
 
     let tally = stack.tally_sweep("AB1", NHS_A, &outcomes).await;
-    eprintln!(
-        "{backend:?} deadline sweep: {} answered, {} not recorded, {} may be recorded, {} cut off by the caller's own deadline; recorded {}; told not recorded but recorded: {}",
-        tally.answered,
-        tally.not_recorded,
-        tally.may_be_recorded,
-        tally.other,
-        tally.recorded,
-        tally.lies.len()
-    );
-    assert!(
-        tally.unrecorded_answers.is_empty(),
-        "answered but not recorded: {:?}",
-        tally.unrecorded_answers
-    );
-    assert!(
-        tally.lies.is_empty(),
-        "told 'not recorded' but recorded: {:?}",
-        tally.lies
-    );
-    assert!(
-        tally.answered > 0,
-        "no lookup in the sweep was answered: the sweep tested nothing"
-    );
+    tally.assert_honest(&format!("{backend:?} deadline sweep"));
 }
 
 /// Runs `sql` on the cluster's maintenance database.

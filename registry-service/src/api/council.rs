@@ -21,8 +21,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::Registry;
 use super::auth::council;
-use super::convert::{council_to_wire, record_to_wire, validate_record};
+use super::convert::{council_to_wire, record_to_wire};
 use super::paging::{Query, page_size, split_page};
+use super::validate::validate_record;
 use crate::db::DbConnection;
 use crate::db::disclosure::list_access_events;
 use crate::db::records::{self, StateFilter};

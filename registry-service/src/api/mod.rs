@@ -12,6 +12,7 @@ mod notifications;
 pub(crate) mod operator;
 mod paging;
 mod upload;
+pub(crate) mod validate;
 
 pub(crate) use auth::{CouncilCertificates, CouncilLimits};
 pub(crate) use disclosure::expose_security_event_counts;

@@ -420,7 +420,7 @@ mod tests {
         /// within the contract's bounds.
         #[test]
         fn any_change_validates_without_panicking(
-            date in proptest::option::of(crate::api::convert::properties::any_wire_date()),
+            date in proptest::option::of(crate::api::validate::properties::any_wire_date()),
             reason in -1..5i32,
             replacement in proptest::sample::select(vec!["", "9990000026", "9990000018", "1"]),
             today_days in 0..60_000i32,

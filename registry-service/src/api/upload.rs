@@ -32,8 +32,8 @@ use tracing::Instrument as _;
 
 use super::Registry;
 use super::auth::{Scope, authorize};
-use super::convert::validate_record;
 use super::paging::{Query, page_size, split_page};
+use super::validate::validate_record;
 use crate::db::batches::{self, Claim};
 use crate::db::models::{BatchRejectionRow, UploadBatchRow, decode};
 use crate::db::records::{self, BatchRecord};

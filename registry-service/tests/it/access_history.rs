@@ -10,7 +10,7 @@ use cpis_proto::cpis::common::v1::{AccessEvent, AccessMode, CareSetting, ErrorRe
 use cpis_proto::cpis::common::v1::{InactiveReason, accessor::Kind};
 use cpis_proto::cpis::registry::v1::{
     DeleteChildRecordRequest, DiscloseRequest, ImportNhsNumberStatusChangesRequest,
-    ListAccessEventsRequest, NhsNumberStatusChange, PutChildRecordRequest,
+    ListAccessEventsRequest, NhsNumberStatusChange,
 };
 use cpis_testkit::{Stack, both_backends, db::Backend};
 use registry_service::Clock;
@@ -339,15 +339,7 @@ async fn an_inactive_numbers_replacement_is_told_only_to_councils_that_held_it(b
 
     for (ods, told) in [("AB1", true), ("CD2", true), ("EF3", false)] {
         let status = reg
-            .council()
-            .await
-            .put_child_record(reg.as_council(
-                ods,
-                PutChildRecordRequest {
-                    record: Some(cpp_record(&old)),
-                    ..Default::default()
-                },
-            ))
+            .try_put(ods, cpp_record(&old))
             .await
             .expect_err("superseded");
         assert_eq!(

@@ -26,14 +26,7 @@ async fn every_rpc_refuses_another_council(backend: Backend) {
     reg.register_council("VIC1").await;
     let mut client = reg.council().await;
     let victim_record = cpp_record(&nhs(0));
-    client
-        .put_child_record(reg.as_council(
-            "VIC1",
-            PutChildRecordRequest {
-                record: Some(victim_record.clone()),
-                ..Default::default()
-            },
-        ))
+    reg.try_put("VIC1", victim_record.clone())
         .await
         .expect("victim's record");
 

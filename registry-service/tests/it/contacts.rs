@@ -4,8 +4,8 @@
 use cpis_core::status::{reason_of, violated_fields};
 use cpis_proto::cpis::common::v1::{ErrorReason, LocalAuthority};
 use cpis_proto::cpis::registry::v1::{
-    BatchHeader, GetContactDetailsRequest, PutChildRecordRequest, SetContactDetailsRequest,
-    UploadBatchRequest, upload_batch_request::Item,
+    BatchHeader, GetContactDetailsRequest, SetContactDetailsRequest, UploadBatchRequest,
+    upload_batch_request::Item,
 };
 use cpis_testkit::{both_backends, db::Backend};
 use tonic::Code;
@@ -67,14 +67,8 @@ async fn records_need_contact_details(backend: Backend) {
         return;
     };
     let mut client = reg.council().await;
-    let status = client
-        .put_child_record(reg.as_council(
-            "NEW1",
-            PutChildRecordRequest {
-                record: Some(cpp_record(&nhs(0))),
-                ..Default::default()
-            },
-        ))
+    let status = reg
+        .try_put("NEW1", cpp_record(&nhs(0)))
         .await
         .expect_err("no contacts");
     assert_eq!(status.code(), Code::FailedPrecondition);

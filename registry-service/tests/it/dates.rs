@@ -9,7 +9,6 @@ use cpis_core::status::{reason_of, violated_fields};
 use cpis_proto::cpis::common::v1::{
     AccessMode, ChildRecord, ErrorReason, PlanPeriod, PlanType, UnbornChildProtectionPlan,
 };
-use cpis_proto::cpis::registry::v1::PutChildRecordRequest;
 use cpis_testkit::{Stack, both_backends, db::Backend};
 use registry_service::Clock;
 use tonic::Code;
@@ -156,20 +155,11 @@ async fn dates_beyond_the_calendar_are_refused_naming_the_field(backend: Backend
     let Some(reg) = start(backend).await else {
         return;
     };
-    let mut client = reg.council().await;
+    let _client = reg.council().await;
     for (i, (name, mutate, field, reason)) in cases().into_iter().enumerate() {
         let mut record = cpp_record(&nhs(i));
         mutate(&mut record);
-        let status = client
-            .put_child_record(reg.as_council(
-                "AB1",
-                PutChildRecordRequest {
-                    record: Some(record),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .expect_err(name);
+        let status = reg.try_put("AB1", record).await.expect_err(name);
         assert_eq!(status.code(), Code::InvalidArgument, "{name}: {status:?}");
         assert_eq!(reason_of(&status), Some(reason), "{name}: {status:?}");
         assert_eq!(

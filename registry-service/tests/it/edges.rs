@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use cpis_core::status::{reason_of, violated_fields};
 use cpis_proto::cpis::common::v1::{AccessMode, ErrorReason, accessor::Kind};
 use cpis_proto::cpis::registry::v1::{
-    DiscloseRequest, GetContactDetailsRequest, PutChildRecordRequest, UploadBatchRequest,
-    upload_batch_request::Item,
+    DiscloseRequest, GetContactDetailsRequest, UploadBatchRequest, upload_batch_request::Item,
 };
 use cpis_testkit::{both_backends, db::Backend};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -38,14 +37,8 @@ async fn oversized_messages_are_resource_exhausted(backend: Backend) {
     let mut huge = cpp_record(&nhs(0));
     huge.given_name = "G".repeat(5 << 20);
 
-    let unary = client
-        .put_child_record(reg.as_council(
-            "LA1",
-            PutChildRecordRequest {
-                record: Some(huge.clone()),
-                ..Default::default()
-            },
-        ))
+    let unary = reg
+        .try_put("LA1", huge.clone())
         .await
         .expect_err("too large");
     let mut streamed = batch("big-1", vec![cpp_record(&nhs(1))]);

@@ -9,7 +9,7 @@ use cpis_core::status::reason_of;
 use cpis_proto::cpis::common::v1::{AccessMode, ErrorReason, InactiveReason};
 use cpis_proto::cpis::registry::v1::{
     AcknowledgeNotificationsRequest, BatchHeader, ImportNhsNumberStatusChangesRequest,
-    NhsNumberStatusChange, PutChildRecordRequest, UploadBatchRequest, notification,
+    NhsNumberStatusChange, UploadBatchRequest, notification,
     subscribe_notifications_response::Event, upload_batch_request::Item,
 };
 use cpis_testkit::{both_backends, db::Backend};
@@ -107,18 +107,9 @@ async fn councils_see_only_their_own(backend: Backend) {
     for ods in ["AB1", "CD2"] {
         reg.register_council(ods).await;
     }
-    let mut client = reg.council().await;
+    let _client = reg.council().await;
     for (ods, i) in [("AB1", 0), ("CD2", 1)] {
-        client
-            .put_child_record(reg.as_council(
-                ods,
-                PutChildRecordRequest {
-                    record: Some(cpp_record(&nhs(i))),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .expect("put");
+        reg.try_put(ods, cpp_record(&nhs(i))).await.expect("put");
     }
     let mut ab1 = subscribe(&reg, "AB1", Some(0)).await.expect("AB1");
     let mut cd2 = subscribe(&reg, "CD2", Some(0)).await.expect("CD2");
@@ -293,16 +284,7 @@ async fn nhs_status_import_notifies_holders(backend: Backend) {
     let mut client = reg.council().await;
     // nhs(0) is held by AB1 and CD2; nhs(1) by EF3 only.
     for (ods, i) in [("AB1", 0), ("CD2", 0), ("EF3", 1)] {
-        client
-            .put_child_record(reg.as_council(
-                ods,
-                PutChildRecordRequest {
-                    record: Some(cpp_record(&nhs(i))),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .expect("put");
+        reg.try_put(ods, cpp_record(&nhs(i))).await.expect("put");
     }
     let operator = reg
         .council_signer
@@ -413,14 +395,8 @@ async fn nhs_status_import_notifies_holders(backend: Backend) {
 
     // Further writes to the superseded number are refused; EF3 never held it, so it is not told
     // the replacement (access_history.rs has the councils that are).
-    let status = client
-        .put_child_record(reg.as_council(
-            "EF3",
-            PutChildRecordRequest {
-                record: Some(cpp_record(&nhs(0))),
-                ..Default::default()
-            },
-        ))
+    let status = reg
+        .try_put("EF3", cpp_record(&nhs(0)))
         .await
         .expect_err("superseded");
     assert_eq!(

@@ -6,8 +6,7 @@ use cpis_core::status::reason_of;
 use cpis_proto::cpis::common::v1::{AccessMode, ErrorReason};
 use cpis_proto::cpis::registry::v1::{
     GetBatchRequest, ListAccessEventsRequest, ListChildRecordsRequest, ListChildRecordsResponse,
-    ListNotificationsRequest, PutChildRecordRequest, RecordStateFilter,
-    council_service_client::CouncilServiceClient,
+    ListNotificationsRequest, RecordStateFilter, council_service_client::CouncilServiceClient,
 };
 use cpis_testkit::{Stack, both_backends, db::Backend};
 use tonic::{Code, Status, transport::Channel};
@@ -43,16 +42,10 @@ async fn page(
 async fn with_records(backend: Backend) -> Option<Stack> {
     let stack = start(backend).await?;
     stack.register_council("AB1").await;
-    let mut client = stack.council().await;
+    let _client = stack.council().await;
     for i in 0..5 {
-        client
-            .put_child_record(stack.as_council(
-                "AB1",
-                PutChildRecordRequest {
-                    record: Some(cpp_record(&nhs(i))),
-                    ..Default::default()
-                },
-            ))
+        stack
+            .try_put("AB1", cpp_record(&nhs(i)))
             .await
             .expect("put");
     }

@@ -242,27 +242,5 @@ async fn a_disclosure_deadline_sweep_is_honest(backend: Backend) {
         .flatten()
         .collect();
     let tally = reg.tally_sweep("AB1", &nhs(0), &outcomes).await;
-    eprintln!(
-        "{backend:?} disclosure deadline sweep: {} answered, {} not recorded, {} may be recorded, {} cut off in transport; recorded {}; told not recorded but recorded: {}",
-        tally.answered,
-        tally.not_recorded,
-        tally.may_be_recorded,
-        tally.other,
-        tally.recorded,
-        tally.lies.len()
-    );
-    assert!(
-        tally.unrecorded_answers.is_empty(),
-        "answered but not recorded: {:?}",
-        tally.unrecorded_answers
-    );
-    assert!(
-        tally.lies.is_empty(),
-        "told 'not recorded' but recorded: {:?}",
-        tally.lies
-    );
-    assert!(
-        tally.answered > 0,
-        "no disclosure in the sweep was answered: the sweep tested nothing"
-    );
+    tally.assert_honest(&format!("{backend:?} disclosure deadline sweep"));
 }

@@ -198,25 +198,9 @@ async fn list_pages_and_filters(backend: Backend) {
                     }),
                 });
         }
-        client
-            .put_child_record(reg.as_council(
-                "AB1",
-                PutChildRecordRequest {
-                    record: Some(record),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .expect("put");
+        reg.try_put("AB1", record).await.expect("put");
     }
-    client
-        .put_child_record(reg.as_council(
-            "CD2",
-            PutChildRecordRequest {
-                record: Some(cpp_record(&nhs(20))),
-                ..Default::default()
-            },
-        ))
+    reg.try_put("CD2", cpp_record(&nhs(20)))
         .await
         .expect("put other council");
 

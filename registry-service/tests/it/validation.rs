@@ -322,15 +322,7 @@ async fn put_rules_at_their_boundaries(backend: Backend) {
     for (i, (name, mutate, expected)) in cases().into_iter().enumerate() {
         let mut record = cpp_record(&nhs(i));
         mutate(&mut record);
-        let result = client
-            .put_child_record(reg.as_council(
-                "AB1",
-                PutChildRecordRequest {
-                    record: Some(record),
-                    ..Default::default()
-                },
-            ))
-            .await;
+        let result = reg.try_put("AB1", record).await;
         match (expected, result) {
             (None, Ok(_)) => {}
             (None, Err(status)) => panic!("{name}: expected valid, got {status:?}"),
