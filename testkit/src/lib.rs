@@ -16,6 +16,7 @@ pub mod nhs;
 pub mod otlp;
 pub mod pg_cluster;
 pub mod pki;
+pub mod process;
 pub mod server;
 pub mod stack;
 pub mod sweep;

@@ -431,16 +431,19 @@ impl Stack {
         Request::new(message)
     }
 
-    /// `message` with an operator token (scope "operator"), for [`Stack::operator`].
-    pub fn as_operator<T>(&self, message: T) -> Request<T> {
-        let token = self
-            .council_signer
+    /// An operator's token (scope "operator"), for [`Stack::operator`].
+    pub fn operator_token(&self) -> String {
+        self.council_signer
             .mint(
                 &serde_json::json!({ "sub": "operator-1", "scope": "operator" }),
                 TOKEN_LIFETIME,
             )
-            .expect("mint operator token");
-        with_token(message, &token)
+            .expect("mint operator token")
+    }
+
+    /// `message` with an operator token, for [`Stack::operator`].
+    pub fn as_operator<T>(&self, message: T) -> Request<T> {
+        with_token(message, &self.operator_token())
     }
 
     /// A council client of the registry.

@@ -126,33 +126,18 @@ async fn start_services(db: &TestDb, collector: &str) -> Services {
     std::fs::write(&nhs_jwks, cpis_testkit::jwks::jwks_of(&[&nhs_signer])).expect("jwks");
     let pki = TestPki::new("traces");
 
-    let (public, internal, lookup_port) = (
-        cpis_testkit::server::free_port(),
-        cpis_testkit::server::free_port(),
-        cpis_testkit::server::free_port(),
-    );
-    let mut registry = Command::new(registry_binary());
+    let lookup_port = cpis_testkit::server::free_port();
+    let registry_binary = registry_binary();
+    let mut registry =
+        cpis_testkit::process::RegistryCommand::new(&registry_binary, &db.url, &council_jwks, &pki);
+    let internal = registry.internal;
     registry
-        .arg("serve")
-        .env("CPIS_REGISTRY_LISTEN", format!("127.0.0.1:{public}"))
-        .env("CPIS_INTERNAL_LISTEN", format!("127.0.0.1:{internal}"))
-        // Any free port: tests run side by side, and the default admin port is one per host.
-        .env("CPIS_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("CPIS_DATABASE_URL", &db.url)
-        .env("CPIS_JWKS_FILE", &council_jwks)
-        .env("CPIS_MIGRATE_ON_START", "true")
-        .env("CPIS_INTERNAL_TLS_CERT", &pki.server.cert)
-        .env("CPIS_INTERNAL_TLS_KEY", &pki.server.key)
-        .env("CPIS_INTERNAL_CLIENT_CA", pki.ca_path())
-        .env(
-            "CPIS_DISCLOSURE_IDENTITIES",
-            cpis_testkit::pki::LOOKUP_IDENTITY,
-        )
+        .command
         .env("CPIS_LOG_FORMAT", "json")
         .stdout(cpis_testkit::logs::child_output("registry-service"));
-    otel_env(&mut registry, collector);
-    let registry = Process(registry.spawn().expect("spawn registry-service"));
-    let registry_url = format!("http://127.0.0.1:{public}");
+    otel_env(&mut registry.command, collector);
+    let registry_url = registry.public_url();
+    let registry = Process(registry.command.spawn().expect("spawn registry-service"));
     until_serving(&registry_url, "registry-service").await;
 
     let (lookup_out, lookup_log) = cpis_testkit::logs::child_log_file("lookup-service", dir.path());

@@ -3,8 +3,6 @@
 //! scheduled silent reads are audited but never part of anyone's history; an inactive number's
 //! replacement is told only to a council that held the number.
 
-use std::time::Duration;
-
 use cpis_core::status::reason_of;
 use cpis_proto::cpis::common::v1::{AccessEvent, AccessMode, CareSetting, ErrorReason};
 use cpis_proto::cpis::common::v1::{InactiveReason, accessor::Kind};
@@ -16,7 +14,7 @@ use cpis_testkit::{Stack, both_backends, db::Backend};
 use registry_service::Clock;
 use tonic::Code;
 
-use crate::harness::{batch, cpp_record, ed_clinician, nhs, stack, upload, with_token};
+use crate::harness::{batch, cpp_record, ed_clinician, nhs, stack, upload};
 
 both_backends!(
     a_council_sees_only_accesses_made_while_it_held_a_record,
@@ -314,26 +312,18 @@ async fn an_inactive_numbers_replacement_is_told_only_to_councils_that_held_it(b
     reg.put("AB1", cpp_record(&old)).await;
     reg.put("CD2", cpp_record(&old)).await;
     delete(&reg, "CD2", &old).await;
-    let operator = reg
-        .council_signer
-        .mint(
-            &serde_json::json!({"sub": "ops", "scope": "operator"}),
-            Duration::from_secs(60),
-        )
-        .expect("mint");
     reg.operator()
         .await
-        .import_nhs_number_status_changes(with_token(
-            tokio_stream::iter([ImportNhsNumberStatusChangesRequest {
+        .import_nhs_number_status_changes(reg.as_operator(tokio_stream::iter([
+            ImportNhsNumberStatusChangesRequest {
                 change: Some(NhsNumberStatusChange {
                     nhs_number: old.clone(),
                     reason: InactiveReason::Superseded as i32,
                     replacement_nhs_number: new.clone(),
                     effective_date: None,
                 }),
-            }]),
-            &operator,
-        ))
+            },
+        ])))
         .await
         .expect("import");
 

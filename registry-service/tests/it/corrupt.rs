@@ -11,7 +11,9 @@ use cpis_proto::cpis::registry::v1::{ListChildRecordsRequest, ListNotificationsR
 use cpis_testkit::{both_backends, db::Backend};
 use tonic::Code;
 
-use crate::harness::{cpp_record, disclose, full_record, next_sequence, nhs, start, subscribe};
+use crate::harness::{
+    cpp_record, disclose, full_record, next_sequence, nhs, shown_plans, start, subscribe,
+};
 
 both_backends!(corrupt_rows_are_reported_and_passed_over);
 
@@ -47,16 +49,7 @@ async fn corrupt_rows_are_reported_and_passed_over(backend: Backend) {
 
     // The lookup still shows AB1's sound plan and CD2's record.
     let answer = disclose(&reg, &nhs(0), AccessMode::Unscheduled).await;
-    let shown: Vec<(String, Vec<i32>)> = answer
-        .alerts
-        .iter()
-        .map(|a| {
-            (
-                a.local_authority.clone().unwrap_or_default().ods_code,
-                a.plans.iter().map(|p| p.plan_type).collect(),
-            )
-        })
-        .collect();
+    let shown = shown_plans(&answer);
     let cpp = PlanType::ChildProtectionPlan as i32;
     assert_eq!(
         shown,

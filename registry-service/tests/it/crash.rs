@@ -1,7 +1,8 @@
 //! `kill -9` of a registry process and a restart lose nothing committed: records, access events
 //! and queued notifications all survive, in order, on both engines.
 
-use std::process::{Child, Command};
+use std::path::Path;
+use std::process::Child;
 use std::time::Duration;
 
 use cpis_proto::cpis::common::v1::AccessMode;
@@ -28,36 +29,21 @@ struct Process {
     internal: TestServer,
 }
 
-async fn spawn(db: &TestDb, jwks: &std::path::Path, pki: &TestPki) -> Process {
-    let (port, internal_port) = (
-        cpis_testkit::server::free_port(),
-        cpis_testkit::server::free_port(),
+async fn spawn(db: &TestDb, jwks: &Path, pki: &TestPki) -> Process {
+    let mut registry = cpis_testkit::process::RegistryCommand::new(
+        Path::new(env!("CARGO_BIN_EXE_registry-service")),
+        &db.url,
+        jwks,
+        pki,
     );
-    let child = Command::new(env!("CARGO_BIN_EXE_registry-service"))
-        .arg("serve")
-        .env("CPIS_REGISTRY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("CPIS_INTERNAL_LISTEN", format!("127.0.0.1:{internal_port}"))
-        // Not the default admin port: both engines' processes run at once.
-        .env(
-            "CPIS_ADMIN_LISTEN",
-            format!("127.0.0.1:{}", cpis_testkit::server::free_port()),
-        )
-        .env("CPIS_DATABASE_URL", &db.url)
-        .env("CPIS_JWKS_FILE", jwks)
-        .env("CPIS_MIGRATE_ON_START", "true")
-        .env("CPIS_INTERNAL_TLS_CERT", &pki.server.cert)
-        .env("CPIS_INTERNAL_TLS_KEY", &pki.server.key)
-        .env("CPIS_INTERNAL_CLIENT_CA", pki.ca_path())
-        .env(
-            "CPIS_DISCLOSURE_IDENTITIES",
-            cpis_testkit::pki::LOOKUP_IDENTITY,
-        )
+    let child = registry
+        .command
         .env("RUST_LOG", "warn")
         // Kept for the suite's privacy check when it runs (else discarded).
         .stdout(cpis_testkit::logs::child_output("registry-service"))
         .spawn()
         .expect("spawn registry-service");
-    let url = format!("http://127.0.0.1:{port}");
+    let (url, internal_port) = (registry.public_url(), registry.internal);
     cpis_testkit::server::until_serving(&url, "registry process").await;
     let internal = TestServer::reach(
         ([127, 0, 0, 1], internal_port).into(),

@@ -13,7 +13,10 @@ use cpis_testkit::{Stack, both_backends, db::Backend};
 use registry_service::Clock;
 use tonic::Code;
 
-use crate::harness::{batch, cpp_record, date, disclose, full_record, nhs, stack, upload};
+use crate::harness::{
+    assert_rejections, batch, cpp_record, date, disclose, full_record, nhs, shown_plans, stack,
+    upload,
+};
 
 both_backends!(
     dates_beyond_the_calendar_are_refused_naming_the_field,
@@ -212,16 +215,7 @@ async fn an_unevaluable_record_never_hides_another_councils_plan(backend: Backen
 
     for _ in 0..2 {
         let answer = disclose(&reg, &child, AccessMode::Unscheduled).await;
-        let shown: Vec<(String, Vec<i32>)> = answer
-            .alerts
-            .iter()
-            .map(|a| {
-                (
-                    a.local_authority.clone().unwrap_or_default().ods_code,
-                    a.plans.iter().map(|p| p.plan_type).collect(),
-                )
-            })
-            .collect();
+        let shown = shown_plans(&answer);
         let (cpp, lac, ucpp) = (
             PlanType::ChildProtectionPlan as i32,
             PlanType::LookedAfterChild as i32,
@@ -279,14 +273,5 @@ async fn an_upload_rejects_bad_dates_per_record_and_completes(backend: Backend) 
         .expect("the batch completes")
         .result
         .expect("a result");
-    let got: Vec<(u64, String, i32)> = result
-        .rejections
-        .iter()
-        .map(|r| (r.position, r.field.clone(), r.reason))
-        .collect();
-    assert_eq!(got, expected);
-    assert_eq!(
-        result.accepted_count,
-        u64::try_from(total - expected.len()).unwrap_or(0)
-    );
+    assert_rejections(&result, total, &expected);
 }

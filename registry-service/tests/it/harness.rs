@@ -224,3 +224,39 @@ pub async fn count_records(reg: &Stack, ods: &str) -> usize {
         token = page.next_page_token;
     }
 }
+
+/// What a disclosure showed: each council's ODS code with the types of its plans shown.
+pub fn shown_plans(
+    answer: &cpis_proto::cpis::registry::v1::DiscloseResponse,
+) -> Vec<(String, Vec<i32>)> {
+    answer
+        .alerts
+        .iter()
+        .map(|a| {
+            (
+                a.local_authority.clone().unwrap_or_default().ods_code,
+                a.plans.iter().map(|p| p.plan_type).collect(),
+            )
+        })
+        .collect()
+}
+
+/// Asserts a batch rejected exactly `expected` (position, field, reason) and accepted the rest
+/// of its `total` records.
+#[track_caller]
+pub fn assert_rejections(
+    result: &cpis_proto::cpis::registry::v1::BatchResult,
+    total: usize,
+    expected: &[(u64, String, i32)],
+) {
+    let got: Vec<(u64, String, i32)> = result
+        .rejections
+        .iter()
+        .map(|r| (r.position, r.field.clone(), r.reason))
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(
+        result.accepted_count,
+        u64::try_from(total - expected.len()).unwrap_or(0)
+    );
+}

@@ -286,13 +286,7 @@ async fn nhs_status_import_notifies_holders(backend: Backend) {
     for (ods, i) in [("AB1", 0), ("CD2", 0), ("EF3", 1)] {
         reg.try_put(ods, cpp_record(&nhs(i))).await.expect("put");
     }
-    let operator = reg
-        .council_signer
-        .mint(
-            &serde_json::json!({"sub": "ops", "scope": "operator"}),
-            Duration::from_secs(60),
-        )
-        .expect("mint");
+    let operator = reg.operator_token();
     let changes = vec![
         NhsNumberStatusChange {
             nhs_number: nhs(0),

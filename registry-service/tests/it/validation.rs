@@ -15,7 +15,7 @@ use cpis_testkit::{both_backends, db::Backend};
 use registry_service::Clock;
 use tonic::Code;
 
-use crate::harness::{cpp_record, date, nhs, stack};
+use crate::harness::{assert_rejections, cpp_record, date, nhs, stack};
 
 both_backends!(put_rules_at_their_boundaries, batch_applies_the_same_rules);
 
@@ -389,14 +389,5 @@ async fn batch_applies_the_same_rules(backend: Backend) {
             })
         })
         .collect();
-    let got: Vec<(u64, String, i32)> = result
-        .rejections
-        .iter()
-        .map(|r| (r.position, r.field.clone(), r.reason))
-        .collect();
-    assert_eq!(got, expected);
-    assert_eq!(
-        result.accepted_count,
-        u64::try_from(cases.len() - expected.len()).unwrap_or(0)
-    );
+    assert_rejections(&result, cases.len(), &expected);
 }
