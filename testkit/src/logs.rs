@@ -64,6 +64,18 @@ impl Captured {
     pub fn contains(&self, needle: &str) -> bool {
         self.json.contains(needle) || self.text.contains(needle)
     }
+
+    /// Waits (at most 2 s) until `found` finds what it looks for in the capture: log lines are
+    /// written after the answer may have left. Panics naming `what` if it never appears.
+    pub async fn wait_for<T>(&self, what: &str, found: impl Fn(&Self) -> Option<T>) -> T {
+        for _ in 0..100 {
+            if let Some(it) = found(self) {
+                return it;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("no log line: {what}");
+    }
 }
 
 /// The environment variable naming the directory the suite's log lines are copied to.

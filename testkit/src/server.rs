@@ -379,3 +379,17 @@ pub async fn assert_standard_surface(server: &TestServer, services: &[&str]) {
         );
     }
 }
+
+/// Asserts that `serve` (a server given a plaintext listener on a non-loopback address, without
+/// `--insecure-plaintext`) refuses within 10 s, naming the flag that would allow it.
+pub async fn assert_refuses_public_plaintext<E: Display>(
+    serve: impl Future<Output = Result<(), E>>,
+) {
+    let refused = tokio::time::timeout(Duration::from_secs(10), serve)
+        .await
+        .expect("refused at once")
+        .err()
+        .expect("plaintext on 0.0.0.0 is refused");
+    let refused = refused.to_string();
+    assert!(refused.contains("--insecure-plaintext"), "{refused}");
+}

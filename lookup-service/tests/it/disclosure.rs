@@ -17,7 +17,8 @@ use registry_service::Clock;
 use tonic::Code;
 
 use crate::harness::{
-    NHS_A, NHS_B, NHS_C, cpp, noon, person, person_named, start, unscheduled_lookup, with_token,
+    NHS_A, NHS_B, NHS_C, cpp, ed_clinician, noon, person, person_named, start, unscheduled_lookup,
+    with_token,
 };
 
 both_backends!(
@@ -50,11 +51,7 @@ async fn several_councils(backend: Backend) {
     stack.put("MM5", cpp(NHS_B)).await; // another child: must not appear
 
     let answer = stack
-        .lookup(
-            &person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT"),
-            NHS_A,
-            AccessMode::Unscheduled,
-        )
+        .lookup(&ed_clinician(), NHS_A, AccessMode::Unscheduled)
         .await
         .expect("lookup");
     let councils: Vec<&str> = answer
@@ -312,11 +309,7 @@ async fn nothing_disclosed_when_not_recorded(backend: Backend) {
     .await
     .expect("break");
     let status = stack
-        .lookup(
-            &person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT"),
-            NHS_C,
-            AccessMode::Unscheduled,
-        )
+        .lookup(&ed_clinician(), NHS_C, AccessMode::Unscheduled)
         .await
         .expect_err("cannot record, so cannot disclose");
     assert_eq!(status.code(), Code::Unavailable);
@@ -340,7 +333,7 @@ async fn concurrent_lookups(backend: Backend) {
     };
     stack.register_council("AB1").await;
     stack.put("AB1", cpp(NHS_A)).await;
-    let ed = person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT");
+    let ed = ed_clinician();
     let wrong = person(&["B0170"], "RXX01", "EMERGENCY_DEPARTMENT");
     let ok_token = stack
         .nhs_signer
@@ -403,7 +396,7 @@ async fn registry_down_is_unavailable_within_the_deadline() {
     let Some(mut stack) = start(Backend::Sqlite).await else {
         return;
     };
-    let ed = person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT");
+    let ed = ed_clinician();
     stack
         .lookup(&ed, NHS_A, AccessMode::Unscheduled)
         .await

@@ -3,8 +3,6 @@
 //! RESOURCE_EXHAUSTED; large tokens get a gRPC status; `BEARER` is a Bearer scheme; a name claim
 //! with nothing visible or with bidi controls is a malformed token.
 
-use std::time::Duration;
-
 use cpis_core::status::reason_of;
 use cpis_proto::cpis::common::v1::{AccessMode, ErrorReason};
 use cpis_proto::cpis::lookup::v1::LookupChildRequest;
@@ -13,7 +11,7 @@ use cpis_testkit::{both_backends, db::Backend, logs};
 use serde_json::{Value, json};
 use tonic::{Code, Request, metadata::MetadataMap};
 
-use crate::harness::{NHS_A, cpp, person, person_named, start, with_token};
+use crate::harness::{NHS_A, cpp, ed_clinician, person_named, start, with_token};
 
 both_backends!(
     request_ids_follow_a_lookup_into_the_registry,
@@ -44,18 +42,16 @@ fn echoed(metadata: &MetadataMap) -> String {
 /// The JSON line with `message` logged under request id `id` (waiting for it: lines are written
 /// after the answer may have left).
 async fn logged(captured: &logs::Captured, id: &str, message: &str) -> Value {
-    for _ in 0..100 {
-        let found = captured
-            .json_lines_with(id)
-            .iter()
-            .map(|l| serde_json::from_str::<Value>(l).expect("one JSON object per line"))
-            .find(|l| l["message"] == message);
-        if let Some(line) = found {
-            return line;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("no {message:?} line under request id {id}");
+    let what = format!("{message:?} under request id {id}");
+    captured
+        .wait_for(&what, |captured| {
+            captured
+                .json_lines_with(id)
+                .iter()
+                .map(|l| serde_json::from_str::<Value>(l).expect("one JSON object per line"))
+                .find(|l| l["message"] == message)
+        })
+        .await
 }
 
 async fn request_ids_follow_a_lookup_into_the_registry(backend: Backend) {
@@ -65,7 +61,7 @@ async fn request_ids_follow_a_lookup_into_the_registry(backend: Backend) {
     };
     stack.register_council("AB1").await;
     stack.put("AB1", cpp(NHS_A)).await;
-    let token = stack.nhs_token(&person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT"));
+    let token = stack.nhs_token(&ed_clinician());
     let mut client = stack.lookup_client().await;
 
     // The EPR's id: echoed, on the lookup's line and on the registry's line for the disclosure.
@@ -110,7 +106,7 @@ async fn oversized_lookups_are_resource_exhausted(backend: Backend) {
     let Some(stack) = start(backend).await else {
         return;
     };
-    let token = stack.nhs_token(&person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT"));
+    let token = stack.nhs_token(&ed_clinician());
     let refused = stack
         .lookup_client()
         .await
@@ -127,7 +123,7 @@ async fn large_tokens_and_bearer_case(backend: Backend) {
     };
     let mut client = stack.lookup_client().await;
     let padded = |bytes: usize| {
-        let mut claims = person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT");
+        let mut claims = ed_clinician();
         claims["padding"] = json!("p".repeat(bytes));
         stack.nhs_token(&claims)
     };
@@ -143,7 +139,7 @@ async fn large_tokens_and_bearer_case(backend: Backend) {
     assert_eq!(reason_of(&refused), Some(ErrorReason::TokenInvalid));
     assert!(refused.message().contains("too long"), "{refused:?}");
 
-    let token = stack.nhs_token(&person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT"));
+    let token = stack.nhs_token(&ed_clinician());
     for scheme in ["BEARER", "bearer", "Bearer"] {
         let mut request = Request::new(LookupChildRequest {
             nhs_number: NHS_A.into(),

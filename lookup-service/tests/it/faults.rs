@@ -15,7 +15,7 @@ use registry_service::{Clock, DatabaseUrl};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::harness::{NHS_A, cpp, noon, person, unscheduled_lookup};
+use crate::harness::{NHS_A, cpp, ed_clinician, noon, unscheduled_lookup};
 
 /// How long a clinician's EPR waits for one lookup in these tests.
 const DEADLINE: Duration = Duration::from_millis(1500);
@@ -49,7 +49,7 @@ async fn stack_on(cluster: &PgCluster) -> Stack {
 /// One lookup with the test deadline: Ok(number of alerts) or the status code; panics if the
 /// answer came later than the deadline allows.
 async fn timed_lookup(stack: &Stack) -> Result<usize, Code> {
-    let token = stack.nhs_token(&person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT"));
+    let token = stack.nhs_token(&ed_clinician());
     let mut request = unscheduled_lookup(NHS_A, &token);
     request.set_timeout(DEADLINE);
     let started = Instant::now();
@@ -217,7 +217,7 @@ async fn a_deadline_sweep_never_says_not_recorded_of_a_recorded_access(backend: 
     };
     stack.register_council("AB1").await;
     stack.put("AB1", cpp(NHS_A)).await;
-    let token = stack.nhs_token(&person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT"));
+    let token = stack.nhs_token(&ed_clinician());
     const PER_WORKER: usize = 60;
     let workers = (0..4).map(|worker| {
         let (stack, token) = (&stack, token.clone());
@@ -275,7 +275,7 @@ async fn a_commit_that_outlives_the_deadline_is_not_called_unrecorded() {
         cluster_sql(c, "SELECT pg_reload_conf()");
     })
     .await;
-    let token = stack.nhs_token(&person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT"));
+    let token = stack.nhs_token(&ed_clinician());
     let mut request = unscheduled_lookup(NHS_A, &token);
     request.set_timeout(Duration::from_secs(1));
     let answer = LookupServiceClient::new(stack.lookup_server().channel().await)

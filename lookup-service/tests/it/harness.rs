@@ -44,6 +44,11 @@ pub fn person(codes: &[&str], org: &str, setting: &str) -> Value {
     person_named("555000000001", "Dr Test", codes, org, setting)
 }
 
+/// The usual emergency-department clinician: B0107 at RXX01.
+pub fn ed_clinician() -> Value {
+    person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT")
+}
+
 /// As `person`, for a given user.
 pub fn person_named(uid: &str, name: &str, codes: &[&str], org: &str, setting: &str) -> Value {
     json!({

@@ -11,7 +11,7 @@ use cpis_testkit::{Stack, both_backends, db::Backend, jwks::JwksServer, stack::n
 use registry_service::Clock;
 use tonic::{Code, Status, transport::Channel};
 
-use crate::harness::{NHS_A, cpp, noon, person, start, unscheduled_lookup};
+use crate::harness::{NHS_A, cpp, ed_clinician, noon, start, unscheduled_lookup};
 
 both_backends!(a_new_key_is_fetched_when_a_token_names_it, lifetimes);
 
@@ -26,10 +26,7 @@ async fn lookup(client: &LookupServiceClient<Channel>, token: &str) -> Result<()
 
 fn ed_token(signer: &DevSigner) -> String {
     signer
-        .mint(
-            &person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT"),
-            Duration::from_secs(600),
-        )
+        .mint(&ed_clinician(), Duration::from_secs(600))
         .expect("mint")
 }
 
@@ -86,7 +83,7 @@ async fn lifetimes(backend: Backend) {
         .expect("clock")
         .as_secs();
     let signed = |iat: Option<u64>, exp: u64| {
-        let mut claims = person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT");
+        let mut claims = ed_clinician();
         claims["iss"] = "cpis".into();
         claims["aud"] = "cpis-lookup".into();
         claims["exp"] = exp.into();

@@ -13,7 +13,9 @@ use cpis_proto::cpis::common::v1::AccessMode;
 use cpis_testkit::metrics::{Scrape, admin_get, scrape};
 use cpis_testkit::{Stack, db::Backend, pki::TestPki};
 
-use crate::harness::{NHS_A, NHS_B, cpp, noon, person, person_named, unscheduled_lookup};
+use crate::harness::{
+    NHS_A, NHS_B, cpp, ed_clinician, noon, person, person_named, unscheduled_lookup,
+};
 
 const LOOKUP: &str = "cpis.lookup.v1.LookupService";
 
@@ -42,7 +44,7 @@ async fn scrape_shows_lookups_and_readiness() {
         return;
     };
 
-    let clinician = person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT");
+    let clinician = ed_clinician();
     for _ in 0..3 {
         let answer = stack
             .lookup(&clinician, NHS_A, AccessMode::Unscheduled)

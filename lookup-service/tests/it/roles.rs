@@ -11,7 +11,7 @@ use cpis_testkit::{both_backends, db::Backend};
 use serde_json::json;
 use tonic::Code;
 
-use crate::harness::{NHS_A, cpp, person, start, system, with_token};
+use crate::harness::{NHS_A, cpp, ed_clinician, person, start, system, with_token};
 
 both_backends!(role_matrix, token_faults, request_faults);
 
@@ -117,7 +117,7 @@ async fn token_faults(backend: Backend) {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs();
-    let good = person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT");
+    let good = ed_clinician();
     let mut expired = good.clone();
     expired["iss"] = json!("cpis");
     expired["aud"] = json!("cpis-lookup");
@@ -207,7 +207,7 @@ async fn request_faults(backend: Backend) {
     let Some(stack) = start(backend).await else {
         return;
     };
-    let ed = person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT");
+    let ed = ed_clinician();
     for bad in ["9991234560", "999000001", "0000000000", ""] {
         let status = stack
             .lookup(&ed, bad, AccessMode::Unscheduled)

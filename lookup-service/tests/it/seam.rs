@@ -13,7 +13,7 @@ use cpis_testkit::both_backends;
 use cpis_testkit::db::Backend;
 use tonic::Code;
 
-use crate::harness::{NHS_A, cpp, person, person_named, start, unscheduled_lookup};
+use crate::harness::{NHS_A, cpp, ed_clinician, person, person_named, start, unscheduled_lookup};
 
 both_backends!(
     malformed_identity_claims_are_unauthenticated_and_record_nothing,
@@ -167,11 +167,7 @@ async fn both_services_describe_a_bad_nhs_number_alike(backend: Backend) {
     stack.register_council("AB1").await;
     for bad in ["9991234560", "999000001", "0000000000"] {
         let at_lookup = stack
-            .lookup(
-                &person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT"),
-                bad,
-                AccessMode::Unscheduled,
-            )
+            .lookup(&ed_clinician(), bad, AccessMode::Unscheduled)
             .await
             .expect_err("lookup refuses");
         let at_registry = stack
@@ -221,7 +217,7 @@ async fn a_refused_service_credential_is_not_serving_and_not_retry(backend: Back
         );
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
-    let token = stack.nhs_token(&person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT"));
+    let token = stack.nhs_token(&ed_clinician());
     let refused = LookupServiceClient::new(misconfigured.channel().await)
         .lookup_child(unscheduled_lookup(NHS_A, &token))
         .await

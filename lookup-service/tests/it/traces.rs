@@ -21,7 +21,7 @@ use cpis_testkit::otlp::{ExportedSpan, Receiver};
 use cpis_testkit::{both_backends, db::Backend, db::TestDb, pki::TestPki, server::until_serving};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::harness::{NHS_A, NHS_B, cpp, person, unscheduled_lookup, with_token};
+use crate::harness::{NHS_A, NHS_B, cpp, ed_clinician, unscheduled_lookup, with_token};
 
 both_backends!(one_lookup_is_one_trace_across_both_services);
 
@@ -211,10 +211,7 @@ async fn lookup_with_state(
 ) {
     let token = services
         .nhs_signer
-        .mint(
-            &person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT"),
-            Duration::from_secs(600),
-        )
+        .mint(&ed_clinician(), Duration::from_secs(600))
         .expect("mint");
     let mut request = unscheduled_lookup(NHS_A, &token);
     request

@@ -13,7 +13,7 @@ use cpis_testkit::{TestServer, both_backends, db::Backend};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::harness::{NHS_A, cpp, person, start, unscheduled_lookup};
+use crate::harness::{NHS_A, cpp, ed_clinician, start, unscheduled_lookup};
 
 /// A lookup's health, three times over 1.5 s: a service that cannot reach the registry
 /// securely must never claim to be ready.
@@ -33,15 +33,11 @@ async fn the_registry_is_reached_only_through_trusted_mutual_tls(backend: Backen
     };
     stack.register_council("AB1").await;
     stack.put("AB1", cpp(NHS_A)).await;
-    let token = stack.nhs_token(&person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT"));
+    let token = stack.nhs_token(&ed_clinician());
 
     // Through the stack's own lookup service (mutual TLS): disclosed and recorded.
     let answer = stack
-        .lookup(
-            &person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT"),
-            NHS_A,
-            AccessMode::Unscheduled,
-        )
+        .lookup(&ed_clinician(), NHS_A, AccessMode::Unscheduled)
         .await
         .expect("a lookup over mutual TLS");
     assert_eq!(answer.alerts.len(), 1);
@@ -92,7 +88,7 @@ async fn the_nhs_facing_port_serves_tls_when_configured() {
         .await;
     assert!(lookup.url().starts_with("https://"));
     lookup.wait_serving("", Duration::from_secs(10)).await;
-    let token = stack.nhs_token(&person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT"));
+    let token = stack.nhs_token(&ed_clinician());
     let answer = LookupServiceClient::new(lookup.channel().await)
         .lookup_child(unscheduled_lookup(NHS_A, &token))
         .await
@@ -121,17 +117,12 @@ async fn a_non_loopback_plaintext_listener_needs_insecure_plaintext() {
     let everywhere = tokio::net::TcpListener::bind("0.0.0.0:0")
         .await
         .expect("bind");
-    let refused = tokio::time::timeout(
-        Duration::from_secs(10),
-        lookup_service::serve(config.clone(), everywhere, std::future::pending()),
-    )
-    .await
-    .expect("refused at once")
-    .expect_err("plaintext on 0.0.0.0 is refused");
-    assert!(
-        refused.to_string().contains("--insecure-plaintext"),
-        "{refused}"
-    );
+    cpis_testkit::server::assert_refuses_public_plaintext(lookup_service::serve(
+        config.clone(),
+        everywhere,
+        std::future::pending(),
+    ))
+    .await;
     config.server.tls.insecure_plaintext = true;
     let server = TestServer::start_at(([0, 0, 0, 0], 0).into(), move |listener, shutdown| {
         lookup_service::serve(config, listener, shutdown)
@@ -171,7 +162,7 @@ async fn a_renewed_client_certificate_is_presented_without_a_restart() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     stack.restart_registry(|_| {}).await.expect("restart");
     lookup.wait_serving("", Duration::from_secs(20)).await;
-    let token = stack.nhs_token(&person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT"));
+    let token = stack.nhs_token(&ed_clinician());
     let answer = LookupServiceClient::new(lookup.channel().await)
         .lookup_child(unscheduled_lookup(NHS_A, &token))
         .await

@@ -8,7 +8,7 @@ use cpis_proto::cpis::common::v1::{
 };
 use cpis_testkit::{both_backends, db::Backend, nhs::nhs};
 
-use crate::harness::{cpp, date, noon, person, start};
+use crate::harness::{cpp, date, ed_clinician, noon, start};
 
 both_backends!(boundaries);
 
@@ -96,7 +96,7 @@ async fn boundaries(backend: Backend) {
     });
     stack.put("AB1", future).await;
 
-    let ed = person(&["B0107"], "RXX01", "EMERGENCY_DEPARTMENT");
+    let ed = ed_clinician();
     for (name, record, visible, hidden) in cases() {
         for ((y, m, d), expect_visible) in [(visible, true), (hidden, false)] {
             stack.clock.set(noon(y, m, d));

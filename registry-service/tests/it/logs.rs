@@ -51,15 +51,16 @@ async fn lines_until(
     needle: &str,
     wanted: &str,
 ) -> (Vec<String>, Vec<String>) {
-    for _ in 0..100 {
-        let json = captured.json_lines_with(needle);
-        let text = captured.text_lines_with(needle);
-        if json.iter().any(|l| l.contains(wanted)) && text.iter().any(|l| l.contains(wanted)) {
-            return (json, text);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("no log line with {needle:?} and {wanted:?}");
+    let what = format!("{needle:?} with {wanted:?} in both formats");
+    captured
+        .wait_for(&what, |captured| {
+            let json = captured.json_lines_with(needle);
+            let text = captured.text_lines_with(needle);
+            let both =
+                json.iter().any(|l| l.contains(wanted)) && text.iter().any(|l| l.contains(wanted));
+            both.then_some((json, text))
+        })
+        .await
 }
 
 async fn hostile_values_cannot_forge_colour_or_flood_the_log(backend: Backend) {
