@@ -388,8 +388,7 @@ pub async fn assert_refuses_public_plaintext<E: Display>(
     let refused = tokio::time::timeout(Duration::from_secs(10), serve)
         .await
         .expect("refused at once")
-        .err()
-        .expect("plaintext on 0.0.0.0 is refused");
+        .expect_err("plaintext on 0.0.0.0 is refused");
     let refused = refused.to_string();
     assert!(refused.contains("--insecure-plaintext"), "{refused}");
 }
