@@ -392,3 +392,13 @@ pub async fn assert_refuses_public_plaintext<E: Display>(
     let refused = refused.to_string();
     assert!(refused.contains("--insecure-plaintext"), "{refused}");
 }
+
+/// The `x-request-id` a server echoed in `metadata` (panics when there is none).
+pub fn echoed_request_id(metadata: &tonic::metadata::MetadataMap) -> String {
+    metadata
+        .get("x-request-id")
+        .expect("x-request-id echoed")
+        .to_str()
+        .expect("an ASCII request id")
+        .to_owned()
+}

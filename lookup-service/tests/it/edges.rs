@@ -9,7 +9,7 @@ use cpis_proto::cpis::lookup::v1::LookupChildRequest;
 use cpis_testkit::logs::span_request_ids;
 use cpis_testkit::{both_backends, db::Backend, logs};
 use serde_json::{Value, json};
-use tonic::{Code, Request, metadata::MetadataMap};
+use tonic::{Code, Request};
 
 use crate::harness::{NHS_A, cpp, ed_clinician, person_named, start, with_token};
 
@@ -30,14 +30,7 @@ fn lookup(nhs: &str, token: &str) -> Request<LookupChildRequest> {
     )
 }
 
-fn echoed(metadata: &MetadataMap) -> String {
-    metadata
-        .get("x-request-id")
-        .expect("x-request-id echoed")
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
+use cpis_testkit::server::echoed_request_id as echoed;
 
 /// The JSON line with `message` logged under request id `id` (waiting for it: lines are written
 /// after the answer may have left).

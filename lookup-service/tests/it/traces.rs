@@ -18,8 +18,10 @@ use cpis_proto::cpis::registry::v1::{
     council_service_client::CouncilServiceClient, upload_batch_request::Item,
 };
 use cpis_testkit::otlp::{ExportedSpan, Receiver};
-use cpis_testkit::{both_backends, db::Backend, db::TestDb, pki::TestPki, server::until_serving};
-use tonic::transport::{Channel, Endpoint};
+use cpis_testkit::{
+    TestServer, both_backends, db::Backend, db::TestDb, pki::TestPki, server::until_serving,
+};
+use tonic::transport::Channel;
 
 use crate::harness::{NHS_A, NHS_B, cpp, ed_clinician, unscheduled_lookup, with_token};
 
@@ -104,14 +106,6 @@ fn otel_env(command: &mut Command, collector: &str) {
         .env_remove("OTEL_TRACES_SAMPLER");
 }
 
-async fn channel(url: &str) -> Channel {
-    Endpoint::from_shared(url.to_owned())
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect")
-}
-
 async fn start_services(db: &TestDb, collector: &str) -> Services {
     let dir = tempfile::tempdir().expect("temp dir");
     let council_signer = cpis_testkit::stack::council_signer();
@@ -165,7 +159,7 @@ async fn start_services(db: &TestDb, collector: &str) -> Services {
             Duration::from_secs(600),
         )
         .expect("mint");
-    let mut council = CouncilServiceClient::new(channel(&registry_url).await);
+    let mut council = CouncilServiceClient::new(TestServer::attach(&registry_url).channel().await);
     council
         .set_contact_details(with_token(
             cpis_testkit::stack::council_contacts("AB1"),
@@ -225,7 +219,7 @@ async fn lookup_with_state(
             .metadata_mut()
             .insert("tracestate", tracestate.parse().expect("ascii"));
     }
-    let answer = LookupServiceClient::new(channel(&services.lookup_url).await)
+    let answer = LookupServiceClient::new(TestServer::attach(&services.lookup_url).channel().await)
         .lookup_child(request)
         .await
         .expect("lookup answered")
@@ -498,14 +492,15 @@ async fn malformed_traceparent(backend: Backend) {
     refused
         .metadata_mut()
         .insert("x-request-id", "trace-test-refused".parse().expect("ascii"));
-    let status = LookupServiceClient::new(channel(&services.lookup_url).await)
+    let status = LookupServiceClient::new(TestServer::attach(&services.lookup_url).channel().await)
         .lookup_child(refused)
         .await
         .expect_err("no token");
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
     // A path no method has (a REST-minded client naming a child): UNIMPLEMENTED, and its span
     // is "unknown", never the path.
-    let mut grpc = tonic::client::Grpc::new(channel(&services.lookup_url).await);
+    let mut grpc =
+        tonic::client::Grpc::new(TestServer::attach(&services.lookup_url).channel().await);
     grpc.ready().await.expect("ready");
     let mut stray = tonic::Request::new(());
     stray

@@ -12,7 +12,6 @@ use cpis_proto::cpis::registry::v1::{
     disclosure_service_client::DisclosureServiceClient,
 };
 use cpis_testkit::{both_backends, db::Backend, db::TestDb};
-use tonic::transport::{Channel, Endpoint};
 
 use cpis_testkit::{TestServer, pki::TestPki};
 
@@ -56,14 +55,6 @@ async fn spawn(db: &TestDb, jwks: &Path, pki: &TestPki) -> Process {
     }
 }
 
-async fn channel(url: &str) -> Channel {
-    Endpoint::from_shared(url.to_owned())
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect")
-}
-
 async fn kill_9_loses_nothing_committed(backend: Backend) {
     let Some(db) = TestDb::create(backend) else {
         return;
@@ -81,7 +72,7 @@ async fn kill_9_loses_nothing_committed(backend: Backend) {
 
     let pki = TestPki::new("crash");
     let mut first = spawn(&db, &jwks, &pki).await;
-    let mut council = CouncilServiceClient::new(channel(&first.url).await);
+    let mut council = CouncilServiceClient::new(TestServer::attach(&first.url).channel().await);
     council
         .set_contact_details(with_token(
             cpis_proto::cpis::registry::v1::SetContactDetailsRequest {
@@ -134,7 +125,7 @@ async fn kill_9_loses_nothing_committed(backend: Backend) {
             expected
         );
     }
-    let events = CouncilServiceClient::new(channel(&second.url).await)
+    let events = CouncilServiceClient::new(TestServer::attach(&second.url).channel().await)
         .list_access_events(with_token(
             ListAccessEventsRequest {
                 nhs_number: nhs(0),

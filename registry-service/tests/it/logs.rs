@@ -10,7 +10,7 @@ use cpis_proto::cpis::registry::v1::{
 use cpis_testkit::logs::span_request_ids;
 use cpis_testkit::{both_backends, db::Backend, logs};
 use serde_json::Value;
-use tonic::{Code, Request, metadata::MetadataMap};
+use tonic::{Code, Request};
 
 use crate::harness::{cpp_record, full_record, nhs, start, with_token};
 
@@ -36,14 +36,7 @@ fn with_request_id<T>(mut request: Request<T>, id: &str) -> Request<T> {
     request
 }
 
-fn echoed(metadata: &MetadataMap) -> String {
-    metadata
-        .get("x-request-id")
-        .expect("x-request-id echoed")
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
+use cpis_testkit::server::echoed_request_id as echoed;
 
 /// Log lines are written after the answer may have left: wait for the one expected.
 async fn lines_until(
