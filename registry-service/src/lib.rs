@@ -9,10 +9,11 @@
 //!
 //! - [`serve`] (here) wires the pieces together; `main.rs` only parses flags and calls it.
 //! - `api/`: the gRPC edge. An interceptor per service authenticates the caller and puts it in
-//!   the request's extensions (`api::auth`); handlers convert wire messages into domain types
-//!   (`api::convert`), call the database layer, and return `RegistryError`, whose one mapping to
-//!   gRPC codes lives in `error.rs`. Council calls: `api::council`, `api::upload`,
-//!   `api::notifications`; the lookup service's: `api::disclosure`; operators': `api::operator`.
+//!   the request's extensions (`api::auth`); handlers validate wire messages into domain types
+//!   (`api::validate`), call the database layer, and return `RegistryError`, whose one mapping to
+//!   gRPC codes lives in `error.rs`; answers go back to the wire in `api::convert`. Council
+//!   calls: `api::council`, `api::upload`, `api::notifications`; the lookup service's:
+//!   `api::disclosure`; operators': `api::operator`.
 //!   Page tokens are sealed in `api::paging`.
 //! - `domain/`: what the registry holds and the rules over it, with no gRPC or SQL: records and
 //!   plans (`domain::record`), contacts, the care-setting visibility rules
