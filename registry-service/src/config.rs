@@ -150,6 +150,13 @@ pub struct Config {
     #[arg(long, env = "CPIS_OPERATOR_IDENTITIES", value_delimiter = ',')]
     pub operator_identities: Vec<String>,
 
+    /// Reads (records, access history, contacts, batch outcomes, notification listings and
+    /// acknowledgements, opening a notification stream) allowed per council, per replica, as
+    /// --council-write-rate. A case system reads as its workers open cases and pages through
+    /// its records to reconcile; a runaway client must not take the registry's share.
+    #[arg(long, env = "CPIS_COUNCIL_READ_RATE", default_value = DEFAULT_READ_RATE)]
+    pub council_read_rate: Rate,
+
     /// Single writes (records, deletions, contact details) allowed per council, per replica:
     /// COUNT/s, /min or /h, with ",burst=N". Over it: RESOURCE_EXHAUSTED RATE_LIMITED with a
     /// retry delay. A case system writes as cases change; bulk loads go through uploads.
@@ -235,6 +242,9 @@ pub struct Config {
     pub clock: Clock,
 }
 
+/// The default --council-read-rate.
+pub const DEFAULT_READ_RATE: &str = "200/s,burst=1000";
+
 /// The default --council-write-rate.
 pub const DEFAULT_WRITE_RATE: &str = "100/s,burst=500";
 
@@ -288,6 +298,9 @@ impl Config {
             jwt_issuer: "cpis".into(),
             jwt_audience: "cpis-registry".into(),
             upload_chunk: 2000,
+            council_read_rate: DEFAULT_READ_RATE
+                .parse()
+                .unwrap_or(cpis_core::rate::Rate::UNLIMITED),
             council_write_rate: DEFAULT_WRITE_RATE
                 .parse()
                 .unwrap_or(cpis_core::rate::Rate::UNLIMITED),

@@ -279,6 +279,7 @@ pub async fn serve(
         verifier.clone(),
         council_certificates,
         Arc::new(api::CouncilLimits::new(
+            config.council_read_rate,
             config.council_write_rate,
             config.council_upload_rate,
         )),

@@ -76,6 +76,7 @@ pub fn registry_config(db: &TestDb, signer: &DevSigner, pki: &TestPki) -> regist
     secure_registry(&mut config, pki);
     // Tests and the benchmark write and upload as fast as they can: no per-council rate limit
     // unless a test sets one.
+    config.council_read_rate = cpis_core::rate::Rate::UNLIMITED;
     config.council_write_rate = cpis_core::rate::Rate::UNLIMITED;
     config.council_upload_rate = cpis_core::rate::Rate::UNLIMITED;
     config.server.max_in_flight = TESTS_MAX_IN_FLIGHT;

@@ -67,9 +67,12 @@ pub(crate) struct CouncilCaller {
     limits: Arc<CouncilLimits>,
 }
 
-/// Writes allowed per council (per replica; see `cpis_core::rate`).
+/// Calls allowed per council (per replica; see `cpis_core::rate`).
 #[derive(Debug)]
 pub(crate) struct CouncilLimits {
+    /// Reads: records, access history, contacts, batches, notification listings and
+    /// acknowledgements, opening a notification stream.
+    pub reads: RateLimit,
     /// Single writes: records, deletions, contact details.
     pub writes: RateLimit,
     /// Bulk uploads (each a whole batch).
@@ -77,9 +80,10 @@ pub(crate) struct CouncilLimits {
 }
 
 impl CouncilLimits {
-    /// Limits of `writes` and `uploads` per council.
-    pub fn new(writes: Rate, uploads: Rate) -> Self {
+    /// Limits of `reads`, `writes` and `uploads` per council.
+    pub fn new(reads: Rate, writes: Rate, uploads: Rate) -> Self {
         Self {
+            reads: RateLimit::new("council_read", "reads", "council", reads),
             writes: RateLimit::new("council_write", "writes", "council", writes),
             uploads: RateLimit::new("council_upload", "uploads", "council", uploads),
         }
@@ -285,17 +289,15 @@ pub(crate) fn authorize(
     if !allowed {
         return Err(RegistryError::ScopeMissing(scope.as_str()));
     }
-    if scope == Scope::Write {
-        // Counted once the call is known to be allowed: a refused call spends nothing.
-        let limit = if rpc == "UploadBatch" {
-            &caller.limits.uploads
-        } else {
-            &caller.limits.writes
-        };
-        limit
-            .check(caller.ods_code.as_str())
-            .map_err(|status| RegistryError::Stream(Box::new(status)))?;
-    }
+    // Counted once the call is known to be allowed: a refused call spends nothing.
+    let limit = match scope {
+        Scope::Write if rpc == "UploadBatch" => &caller.limits.uploads,
+        Scope::Write => &caller.limits.writes,
+        Scope::Read => &caller.limits.reads,
+    };
+    limit
+        .check(caller.ods_code.as_str())
+        .map_err(|status| RegistryError::Stream(Box::new(status)))?;
     Ok(caller.ods_code.clone())
 }
 

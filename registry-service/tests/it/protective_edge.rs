@@ -1,13 +1,13 @@
-//! The registry's protective edge: writes and uploads per council are rate limited
-//! (RESOURCE_EXHAUSTED RATE_LIMITED with a retry delay, nothing applied) without touching reads
-//! or other councils; long-lived calls (notification streams, uploads) do not count against the
+//! The registry's protective edge: reads, writes and uploads per council are rate limited, each
+//! with its own allowance (RESOURCE_EXHAUSTED RATE_LIMITED with a retry delay, nothing applied),
+//! without touching other councils; long-lived calls (notification streams, uploads) do not count against the
 //! bound on calls in progress, so an open stream never starves the calls beside it.
 
 use std::time::Duration;
 
 use cpis_core::status::{reason_of, retry_delay};
 use cpis_proto::cpis::common::v1::ErrorReason;
-use cpis_proto::cpis::registry::v1::GetContactDetailsRequest;
+use cpis_proto::cpis::registry::v1::{GetContactDetailsRequest, ListChildRecordsRequest};
 use tonic::Code;
 
 use crate::harness::{batch, count_records, cpp_record, nhs, stack, subscribe, upload};
@@ -59,6 +59,53 @@ async fn council_writes_and_uploads_are_rate_limited() {
         .expect("the first upload");
     assert_rate_limited(upload(&reg, "AB1", batch("b-2", vec![cpp_record(&nhs(11))])).await);
     assert_eq!(count_records(&reg, "AB1").await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn council_reads_are_rate_limited_apart_from_writes() {
+    let reg = stack(cpis_testkit::db::Backend::Sqlite)
+        .registry(|c| c.council_read_rate = "1/h,burst=3".parse().expect("rate"))
+        .start()
+        .await
+        .expect("sqlite");
+    for ods in ["AB1", "CD2"] {
+        reg.register_council(ods).await;
+    }
+    let mut client = reg.council().await;
+    // A runaway reader: contacts, a page of records, a record, then refused, whatever it reads.
+    client
+        .get_contact_details(reg.as_council("AB1", GetContactDetailsRequest::default()))
+        .await
+        .expect("within the burst");
+    let list = || {
+        reg.as_council(
+            "AB1",
+            ListChildRecordsRequest {
+                page_size: 10,
+                ..Default::default()
+            },
+        )
+    };
+    client
+        .list_child_records(list())
+        .await
+        .expect("within the burst");
+    reg.put("AB1", cpp_record(&nhs(0))).await;
+    reg.get_record("AB1", &nhs(0))
+        .await
+        .expect("within the burst");
+    assert_rate_limited(client.list_child_records(list()).await);
+    assert_rate_limited(reg.get_record("AB1", &nhs(0)).await);
+    assert_rate_limited(subscribe(&reg, "AB1", None).await);
+    // Writes have their own allowance, and another council its own.
+    reg.put("AB1", cpp_record(&nhs(1))).await;
+    reg.get_record("CD2", &nhs(0))
+        .await
+        .expect_err("CD2 holds no such record");
+    client
+        .get_contact_details(reg.as_council("CD2", GetContactDetailsRequest::default()))
+        .await
+        .expect("another council");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
