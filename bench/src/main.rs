@@ -8,6 +8,7 @@
 mod floors;
 mod lookup;
 mod notify;
+mod otlp_sink;
 mod overload;
 mod telemetry;
 mod upload;

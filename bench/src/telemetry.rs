@@ -1,13 +1,11 @@
 //! What tracing costs: the lookup benchmark run with trace (and metric) export off and on,
 //! alternated in one run (off, on, off, on, ...), each round in a child process of this
 //! benchmark so the process-wide telemetry is installed or not exactly as a service's `main`
-//! would. "On" exports over OTLP/gRPC at the default sampling (every trace) to a receiver that
-//! only counts what arrives (`tests/python/otlp_receiver.py --count-only`), which also proves
-//! the spans went out.
+//! would. "On" exports over OTLP/gRPC at the default sampling (every trace) to a sink in this
+//! process that only decodes and counts what arrives (`otlp_sink`), which also proves the spans
+//! went out; its CPU is reported apart (in production the collector runs elsewhere).
 
-use std::io::BufRead as _;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -21,81 +19,6 @@ struct Round {
     p99_ms: f64,
 }
 
-/// The counting receiver, stopped when dropped.
-struct Receiver {
-    child: Child,
-    out: tempfile::NamedTempFile,
-    port: u16,
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Receiver {
-    fn start() -> anyhow::Result<Self> {
-        let python = cpis_testkit::tools::python()
-            .context("the tools' Python is missing: run scripts/tools.sh")?;
-        let script = cpis_testkit::tools::repo_root().join("tests/python/otlp_receiver.py");
-        let out = tempfile::NamedTempFile::new()?;
-        let mut child = Command::new(python)
-            .arg(&script)
-            .arg(out.path())
-            .args(["--count-only", "--max-seconds", "3600"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("start the OTLP receiver")?;
-        let stdout = child.stdout.take().context("receiver stdout")?;
-        let mut line = String::new();
-        std::io::BufReader::new(stdout).read_line(&mut line)?;
-        let port = line
-            .trim()
-            .strip_prefix("port ")
-            .and_then(|p| p.parse().ok())
-            .with_context(|| format!("receiver said {line:?}"))?;
-        Ok(Self { child, out, port })
-    }
-
-    /// Spans received so far.
-    fn spans(&self) -> anyhow::Result<u64> {
-        spans_in(self.out.path())
-    }
-
-    /// CPU time the receiver has used so far, in seconds (Linux /proc; 0 elsewhere). It runs on
-    /// the same cores as the services here; in production the collector runs elsewhere.
-    fn cpu_seconds(&self) -> f64 {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())) else {
-            return 0.0;
-        };
-        // Fields after the command name (which may hold spaces): utime is the 14th field of the
-        // line, stime the 15th, in clock ticks (100 a second on Linux).
-        let Some(rest) = stat.rsplit(')').next() else {
-            return 0.0;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        (ticks(11) + ticks(12)) / 100.0
-    }
-}
-
-fn spans_in(path: &Path) -> anyhow::Result<u64> {
-    let text = std::fs::read_to_string(path)?;
-    Ok(text
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter_map(|v| v.get("spans").and_then(serde_json::Value::as_u64))
-        .sum())
-}
-
 /// Runs `rounds` pairs of lookup rounds (off, then on) on `backend` and prints the cost.
 pub async fn run(
     backend: Backend,
@@ -103,7 +26,7 @@ pub async fn run(
     concurrency: usize,
     rounds: usize,
 ) -> anyhow::Result<()> {
-    let receiver = Receiver::start()?;
+    let receiver = crate::otlp_sink::OtlpSink::start()?;
     let engine = format!("{backend:?}").to_lowercase();
     let exe = std::env::current_exe()?;
     let mut off = Vec::new();
@@ -112,7 +35,7 @@ pub async fn run(
     let mut receiver_share = Vec::new();
     for _ in 0..rounds {
         for export in [false, true] {
-            let before = receiver.spans()?;
+            let (before, metrics_before) = (receiver.spans(), receiver.metric_exports());
             let cpu_before = receiver.cpu_seconds();
             let started = std::time::Instant::now();
             let mut command = Command::new(&exe);
@@ -150,7 +73,8 @@ pub async fn run(
                 .and_then(|l| Ok(serde_json::from_str(l)?))?;
             // The batch exporter sends within its schedule delay (5 s by default) and at exit.
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let exported = receiver.spans()? - before;
+            let exported = receiver.spans() - before;
+            let metric_exports = receiver.metric_exports() - metrics_before;
             let receiver_cpu = receiver.cpu_seconds() - cpu_before;
             if export {
                 anyhow::ensure!(exported > 0, "export on, but no span reached the receiver");
@@ -158,7 +82,7 @@ pub async fn run(
                 anyhow::ensure!(exported == 0, "export off, but {exported} spans arrived");
             }
             println!(
-                "telemetry {engine} export {}: {:.0} lookups/s, p50 {:.2} ms, p99 {:.2} ms, {exported} spans exported; receiver CPU {receiver_cpu:.1} s of the round's {elapsed:.1} s",
+                "telemetry {engine} export {}: {:.0} lookups/s, p50 {:.2} ms, p99 {:.2} ms, {exported} spans and {metric_exports} metric exports received; receiver CPU {receiver_cpu:.1} s of the round's {elapsed:.1} s",
                 if export { "on " } else { "off" },
                 round.lookups_per_s,
                 round.p50_ms,
@@ -193,7 +117,7 @@ pub async fn run(
             "off_per_s": off_rate.round(), "on_per_s": on_rate.round(),
             "off_p50_ms": mean(&off, |r| r.p50_ms), "on_p50_ms": mean(&on, |r| r.p50_ms),
             "off_p99_ms": mean(&off, |r| r.p99_ms), "on_p99_ms": mean(&on, |r| r.p99_ms),
-            "cost": cost, "receiver_cpu_share": share, "spans_exported": receiver.spans()?
+            "cost": cost, "receiver_cpu_share": share, "spans_exported": receiver.spans(), "metric_exports": receiver.metric_exports()
         })
     );
     Ok(())
