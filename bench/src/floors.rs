@@ -1,6 +1,7 @@
 //! The floors the figures are divided by, measured by the benchmark itself on a database the
-//! registry has migrated (through `serve`): the engine's own multi-row insert rate and its own
-//! point read plus insert in one transaction. Plain diesel on our own connections, set up as the
+//! registry has migrated (through `serve`): the engine's own bulk load (COPY on PostgreSQL,
+//! multi-row inserts in one transaction on SQLite) and its own point read plus insert in one
+//! transaction. Plain diesel on our own connections, set up as the
 //! registry sets up its own (same pragmas, same pool size), so a floor is what the engine can do
 //! and not what the registry's code does. The tables below restate the columns of
 //! `registry-service/migrations` that the floors touch; the registry's schema stays private.
@@ -122,7 +123,7 @@ fn days(date: &Date) -> anyhow::Result<i32> {
 
 /// A child record as the registry stores it (every column but the id).
 #[derive(Clone, Debug, Insertable, Queryable, Selectable)]
-#[diesel(table_name = child_records, treat_none_as_null = true)]
+#[diesel(table_name = child_records, treat_none_as_default_value = false)]
 struct RecordRow {
     local_authority: String,
     nhs_number: String,
@@ -179,48 +180,68 @@ impl RecordRow {
     }
 }
 
-/// Rows per INSERT statement, as the registry's bulk path writes them.
+/// Rows per INSERT statement on SQLite, as the registry's bulk path writes them.
 const ROWS_PER_STATEMENT: usize = 500;
 
-/// The engine's own multi-row insert rate (rows/s) on the migrated database at `url`: `records`
-/// for one council, `chunk` per transaction, each chunk sorted by NHS number and written
-/// `ROWS_PER_STATEMENT` rows per statement. No gRPC, no validation, no change detection.
-pub async fn insert_rate(url: &str, records: &[ChildRecord], chunk: usize) -> anyhow::Result<f64> {
-    let rows = records
+/// The engine's own best bulk load of `records` for council `council` into the migrated
+/// database at `url` (rows/s), and what it was: on PostgreSQL one binary COPY of every row in one
+/// statement (as `psql \copy` loads a file); on SQLite every row in one transaction, sorted by
+/// NHS number, `ROWS_PER_STATEMENT` rows per prepared INSERT. No gRPC, no validation, no change
+/// detection, no holding periods. The council must exist (the table's foreign key).
+pub async fn bulk_rate(
+    url: &str,
+    council: &str,
+    records: &[ChildRecord],
+) -> anyhow::Result<(f64, &'static str)> {
+    let mut rows = records
         .iter()
-        .map(|r| RecordRow::of("FLOOR", r))
+        .map(|r| RecordRow::of(council, r))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let connector = Connector {
         url: url.to_owned(),
     };
     let count = rows.len();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<f64> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, &'static str)> {
         let mut conn = connector.connect()?;
         let started = Instant::now();
-        diesel::sql_query(
-            "INSERT INTO local_authorities (ods_code, name, emergency_duty_phone, update_time) VALUES ('FLOOR', 'Floor', '02079460000', 0)",
-        )
-        .execute(&mut conn)?;
-        for chunk in rows.chunks(chunk.max(1)) {
-            let mut sorted = chunk.to_vec();
-            sorted.sort_by(|a, b| a.nhs_number.cmp(&b.nhs_number));
-            conn.transaction(|conn| {
-                for part in sorted.chunks(ROWS_PER_STATEMENT) {
-                    // Multi-row inserts are per engine: diesel's MultiConnection does not
-                    // batch them.
-                    match conn {
-                        FloorConnection::Pg(c) => diesel::insert_into(child_records::table)
+        let what = match &mut conn {
+            FloorConnection::Pg(c) => {
+                diesel::copy_from(child_records::table)
+                    .from_insertable(&rows)
+                    .execute(c)?;
+                "COPY of every row in one statement"
+            }
+            FloorConnection::Sqlite(c) => {
+                rows.sort_by(|a, b| a.nhs_number.cmp(&b.nhs_number));
+                c.transaction(|c| {
+                    for part in rows.chunks(ROWS_PER_STATEMENT) {
+                        diesel::insert_into(child_records::table)
                             .values(part)
-                            .execute(c)?,
-                        FloorConnection::Sqlite(c) => diesel::insert_into(child_records::table)
-                            .values(part)
-                            .execute(c)?,
-                    };
-                }
-                diesel::QueryResult::Ok(())
-            })?;
-        }
-        Ok(count as f64 / started.elapsed().as_secs_f64())
+                            .execute(c)?;
+                    }
+                    diesel::QueryResult::Ok(())
+                })?;
+                "multi-row INSERTs of 500, one transaction"
+            }
+        };
+        Ok((count as f64 / started.elapsed().as_secs_f64(), what))
+    })
+    .await?
+}
+
+/// Empties the tables a bulk load writes, so the next load starts where the last one did.
+pub async fn empty_records(url: &str) -> anyhow::Result<()> {
+    let connector = Connector {
+        url: url.to_owned(),
+    };
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut conn = connector.connect()?;
+        let sql = match conn {
+            FloorConnection::Pg(_) => "TRUNCATE child_records, holding_periods",
+            FloorConnection::Sqlite(_) => "DELETE FROM holding_periods; DELETE FROM child_records;",
+        };
+        conn.batch_execute(sql)?;
+        Ok(())
     })
     .await?
 }

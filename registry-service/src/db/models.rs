@@ -364,9 +364,9 @@ impl From<&NhsNumberStatusRow> for Inactive {
 }
 
 /// The opening of a council's holding period for an NHS number (it closes when the record is
-/// removed).
+/// removed). Every column is sent (none defaults), so COPY can carry it too.
 #[derive(Clone, Debug, Insertable)]
-#[diesel(table_name = holding_periods)]
+#[diesel(table_name = holding_periods, treat_none_as_default_value = false)]
 pub(crate) struct NewHoldingPeriod {
     pub local_authority: String,
     pub nhs_number: String,
