@@ -45,6 +45,10 @@ struct Upload {
     accepted: u64,
     rss_before_kib: i64,
     rss_peak_kib: i64,
+    /// CPU seconds of this process (client and servers) during the upload.
+    process_cpu: f64,
+    /// CPU seconds of the database's backends during the upload (PostgreSQL).
+    database_cpu: f64,
 }
 
 /// The registry's rate through a generated client, and the process's memory meanwhile.
@@ -64,7 +68,10 @@ async fn through_grpc(stack: &Stack, numbers: Arc<Vec<String>>) -> anyhow::Resul
     // The token is minted before the clock starts: signing is the client's cost, not ours.
     let request = stack.as_council(COUNCIL, messages);
     let rss_before_kib = resident_kib();
-    let (peak, done) = (Arc::new(AtomicI64::new(rss_before_kib)), Arc::new(AtomicBool::new(false)));
+    let (peak, done) = (
+        Arc::new(AtomicI64::new(rss_before_kib)),
+        Arc::new(AtomicBool::new(false)),
+    );
     let sampler = {
         let (peak, done) = (peak.clone(), done.clone());
         tokio::spawn(async move {
@@ -74,9 +81,17 @@ async fn through_grpc(stack: &Stack, numbers: Arc<Vec<String>>) -> anyhow::Resul
             }
         })
     };
+    let (process_cpu, database_cpu) = (
+        floors::cpu_seconds("self"),
+        floors::database_cpu_seconds(&stack.db.url).await?,
+    );
     let started = Instant::now();
     let answer = client.upload_batch(request).await;
     let elapsed = started.elapsed().as_secs_f64();
+    let (process_cpu, database_cpu) = (
+        floors::cpu_seconds("self") - process_cpu,
+        floors::database_cpu_seconds(&stack.db.url).await? - database_cpu,
+    );
     done.store(true, Ordering::Relaxed);
     sampler.await?;
     let result = answer?.into_inner().result.context("no result")?;
@@ -90,6 +105,8 @@ async fn through_grpc(stack: &Stack, numbers: Arc<Vec<String>>) -> anyhow::Resul
         accepted: result.accepted_count,
         rss_before_kib,
         rss_peak_kib: peak.load(Ordering::Relaxed),
+        process_cpu,
+        database_cpu,
     })
 }
 
@@ -118,7 +135,8 @@ pub async fn run(backend: Backend, count: usize) -> anyhow::Result<serde_json::V
         .enumerate()
         .map(|(i, n)| record(i, n))
         .collect();
-    let (floor_rate, floor_what) = floors::bulk_rate(&stack.db.url, COUNCIL, &records).await?;
+    let floor = floors::bulk_rate(&stack.db.url, COUNCIL, &records).await?;
+    let (floor_rate, floor_what) = (floor.rate, floor.what);
     drop(stack);
     let engine = format!("{backend:?}").to_lowercase();
     let ratio = upload.rate / floor_rate;
@@ -131,11 +149,24 @@ pub async fn run(backend: Backend, count: usize) -> anyhow::Result<serde_json::V
         mib(upload.rss_peak_kib),
         mib(upload.rss_peak_kib - upload.rss_before_kib),
     );
+    let per_record = |seconds: f64| seconds * 1e6 / upload.accepted.max(1) as f64;
+    println!(
+        "  CPU: this process (client and servers) {:.2} s ({:.1} µs/record), the database's backends {:.2} s ({:.1} µs/record); the floor {:.2} s ({:.1} µs/row)",
+        upload.process_cpu,
+        per_record(upload.process_cpu),
+        upload.database_cpu,
+        per_record(upload.database_cpu),
+        floor.cpu,
+        per_record(floor.cpu),
+    );
     Ok(serde_json::json!({
         "scenario": "upload", "engine": engine, "records": upload.accepted,
         "records_per_s": upload.rate.round(), "floor": floor_what,
         "floor_rows_per_s": floor_rate.round(), "ratio": (ratio * 100.0).round() / 100.0,
         "rss_before_mib": mib(upload.rss_before_kib).round(),
         "rss_peak_mib": mib(upload.rss_peak_kib).round(),
+        "process_cpu_s": (upload.process_cpu * 100.0).round() / 100.0,
+        "database_cpu_s": (upload.database_cpu * 100.0).round() / 100.0,
+        "floor_cpu_s": (floor.cpu * 100.0).round() / 100.0,
     }))
 }

@@ -8,14 +8,13 @@
 use std::collections::{HashMap, HashSet};
 
 use cpis_core::ods::OdsCode;
-use diesel::prelude::*;
+use diesel::Connection as _;
 
 use super::{
     DbConnection, batches, dialect, holdings,
     models::{BatchRejectionRow, ChildRecordRow, NewChildRecord, RecordContent},
     nhs_status::inactive_numbers,
     records::require_contacts,
-    schema::child_records,
 };
 use crate::domain::nhs_status::Inactive;
 use crate::domain::record::ChildRecord;
@@ -106,7 +105,6 @@ fn store_records(
     chunk: &[BatchRecord],
     now: i64,
 ) -> Result<Vec<(u64, Inactive)>, RegistryError> {
-    dialect::plan_for_actual_values(conn)?;
     require_contacts(conn, ods_code)?;
     let numbers: Vec<String> = chunk
         .iter()
@@ -119,14 +117,11 @@ fn store_records(
         let refused: Vec<String> = inactive.keys().cloned().collect();
         holdings::ever_held(conn, ods_code, &refused)?
     };
-    let mut existing: HashMap<String, ChildRecordRow> = child_records::table
-        .filter(child_records::local_authority.eq(ods_code.as_str()))
-        .filter(child_records::nhs_number.eq_any(&numbers))
-        .select(ChildRecordRow::as_select())
-        .load(conn)?
-        .into_iter()
-        .map(|row| (row.nhs_number.clone(), row))
-        .collect();
+    let mut existing: HashMap<String, ChildRecordRow> =
+        dialect::stored_records(conn, ods_code.as_str(), &numbers)?
+            .into_iter()
+            .map(|row| (row.nhs_number.clone(), row))
+            .collect();
     let (mut inserts, mut changes, mut refused) = (Vec::new(), Vec::new(), Vec::new());
     for (item, nhs) in chunk.iter().zip(numbers) {
         if let Some(status) = inactive.get(&nhs) {

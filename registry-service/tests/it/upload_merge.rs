@@ -97,15 +97,24 @@ async fn one_chunk_mixes_new_replaced_unchanged_rejected_and_refused(backend: Ba
         ]
     );
     let replaced = reg.get_record("AB1", &nhs(0)).await.expect("replaced");
-    assert_eq!((replaced.given_name.as_str(), replaced.version), ("Replaced", 2));
+    assert_eq!(
+        (replaced.given_name.as_str(), replaced.version),
+        ("Replaced", 2)
+    );
     let unchanged = reg.get_record("AB1", &nhs(1)).await.expect("unchanged");
-    assert_eq!(unchanged.version, 1, "an unchanged record keeps its version");
+    assert_eq!(
+        unchanged.version, 1,
+        "an unchanged record keeps its version"
+    );
     for n in [2, 3] {
         let new = reg.get_record("AB1", &nhs(n)).await.expect("new");
         assert_eq!((new.given_name.as_str(), new.version), ("Alex", 1), "{n}");
     }
     assert_eq!(
-        reg.get_record("AB1", &nhs(4)).await.map_err(|s| s.code()).err(),
+        reg.get_record("AB1", &nhs(4))
+            .await
+            .map_err(|s| s.code())
+            .err(),
         Some(Code::NotFound),
         "a refused record is not stored"
     );
@@ -148,7 +157,10 @@ async fn one_number_several_times_in_one_chunk(backend: Backend) {
     let new = reg.get_record("AB1", &nhs(0)).await.expect("new");
     assert_eq!((new.given_name.as_str(), new.version), ("First", 1));
     let replaced = reg.get_record("AB1", &nhs(1)).await.expect("replaced");
-    assert_eq!((replaced.given_name.as_str(), replaced.version), ("First", 2));
+    assert_eq!(
+        (replaced.given_name.as_str(), replaced.version),
+        ("First", 2)
+    );
     assert_eq!(all_periods(&reg, "AB1"), 2);
 }
 
@@ -318,7 +330,10 @@ async fn puts_racing_an_upload_of_the_same_records(backend: Backend) {
         }
     };
     let (answer, ()) = tokio::join!(upload(&reg, "AB1", batch("raced", uploaded)), puts);
-    let result = answer.expect("the upload completes").result.expect("result");
+    let result = answer
+        .expect("the upload completes")
+        .result
+        .expect("result");
     assert_eq!(result.accepted_count, RECORDS as u64);
     assert_eq!(count_records(&reg, "AB1").await, RECORDS);
     assert_eq!(all_periods(&reg, "AB1"), RECORDS as i64, "one period each");

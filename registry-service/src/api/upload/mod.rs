@@ -99,7 +99,6 @@ struct Batch {
     holder: i64,
 }
 
-
 /// Runs one `UploadBatch` call.
 #[tracing::instrument(skip_all, fields(rpc = "UploadBatch"))]
 pub(super) async fn upload_batch(
@@ -232,4 +231,3 @@ async fn release(registry: &Registry, batch: &Batch) {
         tracing::warn!(error = %e, "could not release an upload's claim; it will lapse");
     }
 }
-

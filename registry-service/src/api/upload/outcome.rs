@@ -21,7 +21,10 @@ use crate::domain::dates::timestamp;
 use crate::error::RegistryError;
 
 /// The answer to a retry of a completed batch: its stored outcome if the content is the same.
-pub(super) fn replay(previous: &UploadBatchRow, digest: &[u8]) -> Result<UploadBatchResponse, RegistryError> {
+pub(super) fn replay(
+    previous: &UploadBatchRow,
+    digest: &[u8],
+) -> Result<UploadBatchResponse, RegistryError> {
     if previous.content_digest != digest {
         return Err(RegistryError::BatchIdReused);
     }

@@ -94,10 +94,8 @@ pub(super) async fn commit_chunks(
             records = records.len(),
             rejections = rejections.len()
         );
-        let rows: Vec<BatchRejectionRow> = rejections
-            .iter()
-            .map(|r| rejection_row(batch, r))
-            .collect();
+        let rows: Vec<BatchRejectionRow> =
+            rejections.iter().map(|r| rejection_row(batch, r)).collect();
         let now = registry.clock.now_micros();
         let renewal = Renewal {
             batch_id: batch.batch_id.clone(),
