@@ -1,6 +1,7 @@
 //! The floors the figures are divided by, measured by the benchmark itself on a database the
-//! registry has migrated (through `serve`): the engine's own multi-row insert rate and its own
-//! point read plus insert in one transaction. Plain diesel on our own connections, set up as the
+//! registry has migrated (through `serve`): the engine's own bulk load (COPY on PostgreSQL,
+//! multi-row inserts in one transaction on SQLite) and its own point read plus insert in one
+//! transaction. Plain diesel on our own connections, set up as the
 //! registry sets up its own (same pragmas, same pool size), so a floor is what the engine can do
 //! and not what the registry's code does. The tables below restate the columns of
 //! `registry-service/migrations` that the floors touch; the registry's schema stays private.
@@ -122,7 +123,7 @@ fn days(date: &Date) -> anyhow::Result<i32> {
 
 /// A child record as the registry stores it (every column but the id).
 #[derive(Clone, Debug, Insertable, Queryable, Selectable)]
-#[diesel(table_name = child_records, treat_none_as_null = true)]
+#[diesel(table_name = child_records, treat_none_as_default_value = false)]
 struct RecordRow {
     local_authority: String,
     nhs_number: String,
@@ -179,48 +180,144 @@ impl RecordRow {
     }
 }
 
-/// Rows per INSERT statement, as the registry's bulk path writes them.
+/// Rows per INSERT statement on SQLite, as the registry's bulk path writes them.
 const ROWS_PER_STATEMENT: usize = 500;
 
-/// The engine's own multi-row insert rate (rows/s) on the migrated database at `url`: `records`
-/// for one council, `chunk` per transaction, each chunk sorted by NHS number and written
-/// `ROWS_PER_STATEMENT` rows per statement. No gRPC, no validation, no change detection.
-pub async fn insert_rate(url: &str, records: &[ChildRecord], chunk: usize) -> anyhow::Result<f64> {
-    let rows = records
+/// The engine's own best bulk load of `records` for council `council` into the migrated
+/// database at `url` (rows/s), and what it was: on PostgreSQL one binary COPY of every row in one
+/// statement (as `psql \copy` loads a file); on SQLite every row in one transaction, sorted by
+/// NHS number, `ROWS_PER_STATEMENT` rows per prepared INSERT. No gRPC, no validation, no change
+/// detection, no holding periods. The council must exist (the table's foreign key).
+pub async fn bulk_rate(
+    url: &str,
+    council: &str,
+    records: &[ChildRecord],
+) -> anyhow::Result<BulkFloor> {
+    let mut rows = records
         .iter()
-        .map(|r| RecordRow::of("FLOOR", r))
+        .map(|r| RecordRow::of(council, r))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let connector = Connector {
         url: url.to_owned(),
     };
     let count = rows.len();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<BulkFloor> {
+        let mut conn = connector.connect()?;
+        let backend = match &mut conn {
+            FloorConnection::Pg(c) => diesel::select(
+                diesel::dsl::sql::<diesel::sql_types::Integer>("pg_backend_pid()"),
+            )
+            .get_result::<i32>(c)?
+            .to_string(),
+            FloorConnection::Sqlite(_) => "self".to_owned(),
+        };
+        let cpu_before = cpu_seconds(&backend);
+        let started = Instant::now();
+        let what = match &mut conn {
+            FloorConnection::Pg(c) => {
+                diesel::copy_from(child_records::table)
+                    .from_insertable(&rows)
+                    .execute(c)?;
+                "COPY of every row in one statement"
+            }
+            FloorConnection::Sqlite(c) => {
+                rows.sort_by(|a, b| a.nhs_number.cmp(&b.nhs_number));
+                c.transaction(|c| {
+                    for part in rows.chunks(ROWS_PER_STATEMENT) {
+                        diesel::insert_into(child_records::table)
+                            .values(part)
+                            .execute(c)?;
+                    }
+                    diesel::QueryResult::Ok(())
+                })?;
+                "multi-row INSERTs of 500, one transaction"
+            }
+        };
+        Ok(BulkFloor {
+            rate: count as f64 / started.elapsed().as_secs_f64(),
+            what,
+            cpu: cpu_seconds(&backend) - cpu_before,
+        })
+    })
+    .await?
+}
+
+/// The engine's own bulk load, measured.
+pub struct BulkFloor {
+    /// Rows per second.
+    pub rate: f64,
+    /// How the rows were loaded.
+    pub what: &'static str,
+    /// CPU seconds the load took: of the database backend on PostgreSQL, of this process on
+    /// SQLite.
+    pub cpu: f64,
+}
+
+/// Empties the tables a bulk load writes, so the next load starts where the last one did.
+pub async fn empty_records(url: &str) -> anyhow::Result<()> {
+    let connector = Connector {
+        url: url.to_owned(),
+    };
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut conn = connector.connect()?;
+        let sql = match conn {
+            FloorConnection::Pg(_) => "TRUNCATE child_records, holding_periods",
+            FloorConnection::Sqlite(_) => "DELETE FROM holding_periods; DELETE FROM child_records;",
+        };
+        conn.batch_execute(sql)?;
+        Ok(())
+    })
+    .await?
+}
+
+/// CPU seconds a process has used (user and system), from `/proc/PID/stat`; 0 where it cannot
+/// be read. Linux reports them in USER_HZ, which is 100 on every architecture it runs on.
+pub fn cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The command name may hold spaces: the fields start after its closing parenthesis.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are the 14th and 15th fields; the 3rd is the first after the name.
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// One backend process of the database.
+#[derive(QueryableByName)]
+struct Backend {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pid: i32,
+}
+
+/// CPU seconds used so far by the PostgreSQL backends serving the database at `url` (the
+/// registry's pooled connections), on this machine; 0 for SQLite, which runs in-process.
+pub async fn database_cpu_seconds(url: &str) -> anyhow::Result<f64> {
+    if url.starts_with("sqlite://") {
+        return Ok(0.0);
+    }
+    let connector = Connector {
+        url: url.to_owned(),
+    };
     tokio::task::spawn_blocking(move || -> anyhow::Result<f64> {
         let mut conn = connector.connect()?;
-        let started = Instant::now();
-        diesel::sql_query(
-            "INSERT INTO local_authorities (ods_code, name, emergency_duty_phone, update_time) VALUES ('FLOOR', 'Floor', '02079460000', 0)",
+        let backends: Vec<Backend> = diesel::sql_query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
         )
-        .execute(&mut conn)?;
-        for chunk in rows.chunks(chunk.max(1)) {
-            let mut sorted = chunk.to_vec();
-            sorted.sort_by(|a, b| a.nhs_number.cmp(&b.nhs_number));
-            conn.transaction(|conn| {
-                for part in sorted.chunks(ROWS_PER_STATEMENT) {
-                    // Multi-row inserts are per engine: diesel's MultiConnection does not
-                    // batch them.
-                    match conn {
-                        FloorConnection::Pg(c) => diesel::insert_into(child_records::table)
-                            .values(part)
-                            .execute(c)?,
-                        FloorConnection::Sqlite(c) => diesel::insert_into(child_records::table)
-                            .values(part)
-                            .execute(c)?,
-                    };
-                }
-                diesel::QueryResult::Ok(())
-            })?;
-        }
-        Ok(count as f64 / started.elapsed().as_secs_f64())
+        .load(&mut conn)?;
+        Ok(backends
+            .iter()
+            .map(|b| cpu_seconds(&b.pid.to_string()))
+            .sum())
     })
     .await?
 }

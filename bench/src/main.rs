@@ -13,6 +13,7 @@ mod overload;
 mod telemetry;
 mod upload;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use cpis_proto::cpis::common::v1::{ChildProtectionPlan, ChildRecord, PlanPeriod};
 use cpis_proto::google::r#type::Date;
@@ -35,7 +36,8 @@ enum Backends {
 
 #[derive(Debug, Subcommand)]
 enum Scenario {
-    /// A council's bulk upload through UploadBatch, against the database's own bulk insert.
+    /// A council's bulk upload through UploadBatch, against the engine's own bulk load of the
+    /// same rows (COPY on PostgreSQL, multi-row inserts in one transaction on SQLite).
     Upload {
         /// Records in the batch.
         #[arg(long, default_value_t = 100_000)]
@@ -43,6 +45,9 @@ enum Scenario {
         /// Engines.
         #[arg(long, value_enum, default_value_t = Backends::Both)]
         backend: Backends,
+        /// Also write the figures here, as a JSON array (one object per engine).
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
     },
     /// Notification latency from a disclosure's commit to a live subscriber, on one node and
     /// across two registries sharing PostgreSQL.
@@ -119,9 +124,18 @@ async fn main() -> anyhow::Result<()> {
         "warn",
     );
     match cli.scenario {
-        Scenario::Upload { records, backend } => {
+        Scenario::Upload {
+            records,
+            backend,
+            json,
+        } => {
+            let mut figures = Vec::new();
             for backend in engines(backend) {
-                upload::run(backend, records).await?;
+                figures.push(upload::run(backend, records).await?);
+            }
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&figures)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
         }
         Scenario::Notify { count } => {

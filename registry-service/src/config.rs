@@ -168,8 +168,10 @@ pub struct Config {
     #[arg(long, env = "CPIS_COUNCIL_UPLOAD_RATE", default_value = DEFAULT_UPLOAD_RATE)]
     pub council_upload_rate: Rate,
 
-    /// Records per database transaction in bulk uploads.
-    #[arg(long, env = "CPIS_UPLOAD_CHUNK", default_value_t = 2000)]
+    /// Records per database transaction in bulk uploads. Each chunk is one commit (one fsync);
+    /// at 10,000 an upload runs at about two thirds of COPY on PostgreSQL (at 2,000, 0.4), and
+    /// the registry holds at most three chunks (measured: +35 MiB at peak).
+    #[arg(long, env = "CPIS_UPLOAD_CHUNK", default_value_t = 10_000)]
     pub upload_chunk: usize,
 
     /// An upload stream that sends nothing for this long is ended (DEADLINE_EXCEEDED,
@@ -297,7 +299,7 @@ impl Config {
             token_require_iat: true,
             jwt_issuer: "cpis".into(),
             jwt_audience: "cpis-registry".into(),
-            upload_chunk: 2000,
+            upload_chunk: 10_000,
             council_read_rate: DEFAULT_READ_RATE
                 .parse()
                 .unwrap_or(cpis_core::rate::Rate::UNLIMITED),

@@ -3,6 +3,7 @@
 //! keeps blocking database work off the async runtime's worker threads.
 
 pub(crate) mod batches;
+pub(crate) mod bulk;
 pub(crate) mod dialect;
 pub(crate) mod disclosure;
 pub(crate) mod enumeration;

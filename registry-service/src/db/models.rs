@@ -74,8 +74,17 @@ impl NewLocalAuthority {
 
 /// The council-controlled content of a record: what a put writes and what decides whether a put
 /// changed anything. Dates are days since 1970-01-01.
-#[derive(Clone, Debug, PartialEq, Eq, Queryable, Selectable, Insertable, AsChangeset)]
-#[diesel(table_name = child_records, treat_none_as_null = true)]
+///
+/// A `None` is written as NULL, never as DEFAULT (no column has one): with DEFAULT possible,
+/// diesel writes SQLite's multi-row inserts as one INSERT per row.
+#[derive(
+    Clone, Debug, PartialEq, Eq, Queryable, QueryableByName, Selectable, Insertable, AsChangeset,
+)]
+#[diesel(
+    table_name = child_records,
+    treat_none_as_null = true,
+    treat_none_as_default_value = false
+)]
 pub(crate) struct RecordContent {
     pub local_case_id: Option<String>,
     pub given_name: String,
@@ -95,7 +104,7 @@ pub(crate) struct RecordContent {
 }
 
 /// A stored child record; instants are microseconds since the Unix epoch.
-#[derive(Clone, Debug, Queryable, Selectable)]
+#[derive(Clone, Debug, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = child_records)]
 pub(crate) struct ChildRecordRow {
     pub id: i64,
@@ -108,9 +117,9 @@ pub(crate) struct ChildRecordRow {
     pub update_time: i64,
 }
 
-/// A new record: key, content and bookkeeping.
+/// A new record: key, content and bookkeeping (every column sent, as for `RecordContent`).
 #[derive(Clone, Debug, Insertable)]
-#[diesel(table_name = child_records)]
+#[diesel(table_name = child_records, treat_none_as_default_value = false)]
 pub(crate) struct NewChildRecord {
     pub local_authority: String,
     pub nhs_number: String,
@@ -281,9 +290,10 @@ pub(crate) struct UploadClaimRow {
     pub claimed_until: i64,
 }
 
-/// One rejection of a batch, as encoded `cpis.registry.v1.RecordRejection`.
+/// One rejection of a batch, as encoded `cpis.registry.v1.RecordRejection` (every column sent,
+/// as for `RecordContent`).
 #[derive(Clone, Debug, Queryable, Selectable, Insertable)]
-#[diesel(table_name = batch_rejections)]
+#[diesel(table_name = batch_rejections, treat_none_as_default_value = false)]
 pub(crate) struct BatchRejectionRow {
     pub local_authority: String,
     pub batch_id: String,
@@ -364,9 +374,9 @@ impl From<&NhsNumberStatusRow> for Inactive {
 }
 
 /// The opening of a council's holding period for an NHS number (it closes when the record is
-/// removed).
+/// removed). Every column is sent (as for `RecordContent`; and COPY needs it so).
 #[derive(Clone, Debug, Insertable)]
-#[diesel(table_name = holding_periods)]
+#[diesel(table_name = holding_periods, treat_none_as_default_value = false)]
 pub(crate) struct NewHoldingPeriod {
     pub local_authority: String,
     pub nhs_number: String,

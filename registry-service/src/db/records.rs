@@ -1,15 +1,13 @@
-//! SQL for what councils write and read: contact details, child records (one, a chunk of a bulk
-//! upload, a listing). Functions take a connection, run in the
-//! caller's transaction or their own (as each says), and speak domain and row types.
-
-use std::collections::{HashMap, HashSet};
+//! SQL for what councils write and read: contact details, child records (one, a listing; a bulk
+//! upload's chunks are `bulk`'s). Functions take a connection, run in the caller's transaction or
+//! their own (as each says), and speak domain and row types.
 
 use chrono::NaiveDate;
 use cpis_core::{nhs_number::NhsNumber, ods::OdsCode};
 use diesel::prelude::*;
 
 use super::{
-    DbConnection, dialect, holdings,
+    DbConnection, holdings,
     models::{
         ChildRecordRow, LocalAuthorityRow, NewChildRecord, NewHoldingPeriod, NewLocalAuthority,
         RecordContent,
@@ -204,85 +202,6 @@ fn update_if_changed(
         });
     }
     Ok(())
-}
-
-/// A validated record of a bulk upload, with its 1-based position in the batch.
-#[derive(Debug)]
-pub(crate) struct BatchRecord {
-    /// 1-based position in the batch.
-    pub position: u64,
-    /// The record.
-    pub record: ChildRecord,
-}
-
-/// Stores a chunk of validated records (distinct NHS numbers) in one transaction, in NHS-number
-/// order (sorted keys make SQLite's B-tree inserts several times faster). Records on numbers the
-/// demographics feed marked inactive are not stored: their positions come back with the reason.
-pub(crate) fn apply_chunk(
-    conn: &mut DbConnection,
-    ods_code: &OdsCode,
-    chunk: &mut [BatchRecord],
-    now: i64,
-) -> Result<Vec<(u64, Inactive)>, RegistryError> {
-    chunk.sort_by_key(|r| r.record.nhs_number);
-    // A concurrent writer of the same records (another upload, a put) makes this chunk run again
-    // on what is then stored: the outcome is the same as if it had come second.
-    let concurrent_change = |e: &RegistryError| matches!(e, RegistryError::VersionConflict { .. });
-    super::retry_races(concurrent_change, || {
-        apply_chunk_once(conn, ods_code, chunk, now)
-    })
-}
-
-fn apply_chunk_once(
-    conn: &mut DbConnection,
-    ods_code: &OdsCode,
-    chunk: &[BatchRecord],
-    now: i64,
-) -> Result<Vec<(u64, Inactive)>, RegistryError> {
-    conn.transaction(|conn| {
-        dialect::plan_for_actual_values(conn)?;
-        require_contacts(conn, ods_code)?;
-        let numbers: Vec<String> = chunk
-            .iter()
-            .map(|r| r.record.nhs_number.to_string())
-            .collect();
-        let inactive = inactive_numbers(conn, &numbers)?;
-        let held = if inactive.is_empty() {
-            HashSet::new()
-        } else {
-            let refused: Vec<String> = inactive.keys().cloned().collect();
-            holdings::ever_held(conn, ods_code, &refused)?
-        };
-        let mut existing: HashMap<String, ChildRecordRow> = child_records::table
-            .filter(child_records::local_authority.eq(ods_code.as_str()))
-            .filter(child_records::nhs_number.eq_any(&numbers))
-            .select(ChildRecordRow::as_select())
-            .load(conn)?
-            .into_iter()
-            .map(|row| (row.nhs_number.clone(), row))
-            .collect();
-        let mut inserts = Vec::new();
-        let mut refused = Vec::new();
-        for (item, nhs) in chunk.iter().zip(numbers) {
-            if let Some(status) = inactive.get(&nhs) {
-                refused.push((
-                    item.position,
-                    Inactive::from(status).told_to(held.contains(&nhs)),
-                ));
-                continue;
-            }
-            match existing.remove(&nhs) {
-                None => inserts.push(NewChildRecord::new(ods_code, &item.record, now)),
-                Some(row) => update_if_changed(conn, row, &item.record, now)?,
-            }
-        }
-        for rows in inserts.chunks(dialect::INSERT_ROWS) {
-            dialect::insert_child_records(conn, rows)?;
-        }
-        let periods: Vec<NewHoldingPeriod> = inserts.iter().map(NewHoldingPeriod::from).collect();
-        holdings::open(conn, &periods)?;
-        Ok(refused)
-    })
 }
 
 /// The "active" rule of `PlanPeriod::is_active`, in SQL, for one day: some plan block is present,

@@ -27,4 +27,5 @@ mod restart;
 mod surface;
 mod transport;
 mod upload_edges;
+mod upload_merge;
 mod validation;
