@@ -260,3 +260,12 @@ pub fn assert_rejections(
         u64::try_from(total - expected.len()).unwrap_or(0)
     );
 }
+
+/// A batch's (received, accepted, rejected) counts.
+pub fn counts(result: &cpis_proto::cpis::registry::v1::BatchResult) -> (u64, u64, u64) {
+    (
+        result.received_count,
+        result.accepted_count,
+        result.rejected_count,
+    )
+}

@@ -11,7 +11,7 @@ use cpis_proto::cpis::registry::v1::{BatchOutcome, UploadBatchRequest};
 use cpis_testkit::{Stack, both_backends, db::Backend};
 use tonic::Code;
 
-use crate::harness::{batch, count_records, cpp_record, nhs, stack, start, upload};
+use crate::harness::{batch, count_records, counts, cpp_record, nhs, stack, start, upload};
 
 both_backends!(
     one_chunk_mixes_new_replaced_unchanged_rejected_and_refused,
@@ -73,14 +73,7 @@ async fn one_chunk_mixes_new_replaced_unchanged_rejected_and_refused(backend: Ba
         .expect("upload")
         .result
         .expect("result");
-    assert_eq!(
-        (
-            result.received_count,
-            result.accepted_count,
-            result.rejected_count
-        ),
-        (7, 4, 3)
-    );
+    assert_eq!(counts(&result), (7, 4, 3));
     assert_eq!(result.outcome, BatchOutcome::PartiallyLoaded as i32);
     let rejections: Vec<(u64, i32, &str)> = result
         .rejections
@@ -222,14 +215,7 @@ async fn a_retry_after_an_upload_died_mid_batch(backend: Backend) {
         .expect("the retry completes");
     assert!(!answer.replayed);
     let result = answer.result.expect("result");
-    assert_eq!(
-        (
-            result.received_count,
-            result.accepted_count,
-            result.rejected_count
-        ),
-        (250, 225, 25)
-    );
+    assert_eq!(counts(&result), (250, 225, 25));
     let positions: Vec<u64> = result.rejections.iter().map(|r| r.position).collect();
     assert_eq!(positions, (1..=25).map(|k| k * 10).collect::<Vec<u64>>());
     assert_eq!(count_records(&reg, "AB1").await, 225);
