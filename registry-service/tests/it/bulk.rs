@@ -4,12 +4,14 @@
 use cpis_core::status::reason_of;
 use cpis_proto::cpis::common::v1::{ChildRecord, ErrorReason};
 use cpis_proto::cpis::registry::v1::{
-    BatchHeader, BatchOutcome, GetBatchRequest, UploadBatchRequest, upload_batch_request::Item,
+    BatchHeader, BatchOutcome, UploadBatchRequest, upload_batch_request::Item,
 };
 use cpis_testkit::{both_backends, db::Backend};
 use tonic::Code;
 
-use crate::harness::{batch, count_records, counts, cpp_record, nhs, nhs_numbers, start, upload};
+use crate::harness::{
+    batch, count_records, counts, cpp_record, nhs, nhs_numbers, start, stored_batch, upload,
+};
 
 both_backends!(
     mixed_batch,
@@ -78,21 +80,7 @@ async fn mixed_batch(backend: Backend) {
     assert_eq!(count_records(&reg, "AB1").await, 7);
 
     // The stored outcome can be fetched again.
-    let fetched = reg
-        .council()
-        .await
-        .get_batch(reg.as_council(
-            "AB1",
-            GetBatchRequest {
-                batch_id: "nightly-1".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("get batch")
-        .into_inner()
-        .result
-        .expect("result");
+    let fetched = stored_batch(&reg, "AB1", "nightly-1").await;
     assert_eq!(fetched, result);
 
     // Every record rejected, or none sent: NONE_LOADED.

@@ -269,3 +269,25 @@ pub fn counts(result: &cpis_proto::cpis::registry::v1::BatchResult) -> (u64, u64
         result.rejected_count,
     )
 }
+
+/// The stored outcome of council `ods`'s batch `batch_id` (GetBatch).
+pub async fn stored_batch(
+    reg: &Stack,
+    ods: &str,
+    batch_id: &str,
+) -> cpis_proto::cpis::registry::v1::BatchResult {
+    reg.council()
+        .await
+        .get_batch(reg.as_council(
+            ods,
+            cpis_proto::cpis::registry::v1::GetBatchRequest {
+                batch_id: batch_id.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("get batch")
+        .into_inner()
+        .result
+        .expect("result")
+}

@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 use cpis_core::status::reason_of;
 use cpis_proto::cpis::common::v1::{ChildRecord, ErrorReason};
 use cpis_proto::cpis::registry::v1::{
-    BatchHeader, GetBatchRequest, ListBatchRejectionsRequest, RecordRejection, UploadBatchRequest,
+    BatchHeader, ListBatchRejectionsRequest, RecordRejection, UploadBatchRequest,
     upload_batch_request::Item,
 };
 use cpis_testkit::{both_backends, db::Backend};
 use tonic::Code;
 
-use crate::harness::{batch, count_records, cpp_record, nhs, stack, start, upload};
+use crate::harness::{batch, count_records, cpp_record, nhs, stack, start, stored_batch, upload};
 
 both_backends!(
     a_fast_python_client_is_never_cut_off,
@@ -248,20 +248,8 @@ async fn rejections_are_bounded_and_paged(backend: Backend) {
     let positions: Vec<u64> = result.rejections.iter().map(|r| r.position).collect();
     assert_eq!(positions, (11..=1010).collect::<Vec<u64>>());
 
+    let stored = stored_batch(&reg, "AB1", "many").await;
     let mut client = reg.council().await;
-    let stored = client
-        .get_batch(reg.as_council(
-            "AB1",
-            GetBatchRequest {
-                batch_id: "many".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("get batch")
-        .into_inner()
-        .result
-        .expect("result");
     assert_eq!(stored.rejections.len(), 1000);
 
     // Every rejection, a page at a time.
