@@ -8,6 +8,7 @@ mod auth;
 pub(crate) mod convert;
 mod council;
 mod disclosure;
+pub(crate) mod disclosure_queue;
 mod notifications;
 pub(crate) mod operator;
 mod paging;
@@ -58,6 +59,8 @@ pub(crate) struct Registry {
     pub shutdown: watch::Receiver<bool>,
     /// The enumeration guard's thresholds.
     pub enumeration: EnumerationLimits,
+    /// Disclosures on their way to a group commit.
+    pub disclosures: disclosure_queue::DisclosureQueue,
 }
 
 impl Registry {
@@ -70,9 +73,15 @@ impl Registry {
         subscription: (SubscriptionOptions, Limits),
         shutdown: watch::Receiver<bool>,
         enumeration: EnumerationLimits,
+        group_commit: disclosure_queue::GroupCommit,
     ) -> Self {
         let (subscription, limits) = subscription;
         Self {
+            disclosures: disclosure_queue::DisclosureQueue::start(
+                db.clone(),
+                notifier.clone(),
+                group_commit,
+            ),
             feeds: Feeds::new(
                 db.clone(),
                 notifier.clone(),

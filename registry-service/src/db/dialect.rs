@@ -11,8 +11,8 @@ use secrecy::ExposeSecret as _;
 
 use super::{
     DatabaseUrl, DbConnection,
-    models::{BatchRejectionRow, NewChildRecord, NewHoldingPeriod},
-    schema::{batch_rejections, child_records, holding_periods},
+    models::{BatchRejectionRow, NewAccessEvent, NewChildRecord, NewHoldingPeriod, NotificationRow},
+    schema::{access_events, batch_rejections, child_records, holding_periods, notifications},
 };
 use crate::error::RegistryError;
 
@@ -128,6 +128,22 @@ pub(crate) fn insert_batch_rejections(
     insert_rows!(conn, batch_rejections::table, rows)
 }
 
+/// Inserts `rows` (at most `INSERT_ROWS`) of access events.
+pub(crate) fn insert_access_events(
+    conn: &mut DbConnection,
+    rows: &[NewAccessEvent],
+) -> Result<usize, RegistryError> {
+    insert_rows!(conn, access_events::table, rows)
+}
+
+/// Inserts `rows` (at most `INSERT_ROWS`) of notifications.
+pub(crate) fn insert_notifications(
+    conn: &mut DbConnection,
+    rows: &[NotificationRow],
+) -> Result<usize, RegistryError> {
+    insert_rows!(conn, notifications::table, rows)
+}
+
 /// Plans the rest of the transaction's statements for their real values. On PostgreSQL a
 /// prepared statement's generic plan, chosen while the table was small, keeps a sequential scan
 /// for `nhs_number = ANY($n)` as the table grows (measured: 30x slower by 40,000 rows).
@@ -148,6 +164,20 @@ pub(crate) fn notify_on_commit(
         diesel::sql_query("SELECT pg_notify($1, $2)")
             .bind::<diesel::sql_types::Text, _>(NOTIFY_CHANNEL)
             .bind::<diesel::sql_types::Text, _>(ods_code)
+            .execute(pg)?;
+    }
+    Ok(())
+}
+
+/// `notify_on_commit` for every council of `ods_codes`, in one statement.
+pub(crate) fn notify_all_on_commit(
+    conn: &mut DbConnection,
+    ods_codes: &[&str],
+) -> Result<(), RegistryError> {
+    if let DbConnection::Pg(pg) = conn {
+        diesel::sql_query("SELECT pg_notify($1, code) FROM unnest($2) AS code")
+            .bind::<diesel::sql_types::Text, _>(NOTIFY_CHANNEL)
+            .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(ods_codes)
             .execute(pg)?;
     }
     Ok(())

@@ -73,6 +73,80 @@ impl Outbox {
         Ok(sequence)
     }
 
+    /// Queues many notifications at once inside the caller's transaction (a group-committed
+    /// batch of disclosures): each `(council, create time, kind)` gets the next sequence of its
+    /// council, in the order given. Each council's range is taken with one UPDATE, councils in
+    /// code order (the one lock order, so two batches cannot deadlock on each other), then one
+    /// read of the new last sequences, one multi-row INSERT and one NOTIFY per batch. Returns
+    /// the sequences in the order of `items`.
+    pub fn enqueue_all(
+        &mut self,
+        conn: &mut DbConnection,
+        items: Vec<(OdsCode, i64, notification::Kind)>,
+    ) -> Result<Vec<i64>, RegistryError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _span = tracing::info_span!("outbox_enqueue").entered();
+        let mut wanted: std::collections::BTreeMap<String, i64> =
+            std::collections::BTreeMap::new();
+        for (ods_code, _, _) in &items {
+            *wanted.entry(ods_code.to_string()).or_default() += 1;
+        }
+        for (ods_code, count) in &wanted {
+            diesel::update(local_authorities::table.find(ods_code))
+                .set(
+                    local_authorities::last_notification_sequence
+                        .eq(local_authorities::last_notification_sequence + *count),
+                )
+                .execute(conn)?;
+        }
+        let codes: Vec<&str> = wanted.keys().map(String::as_str).collect();
+        let lasts: Vec<(String, i64)> = local_authorities::table
+            .filter(local_authorities::ods_code.eq_any(&codes))
+            .select((
+                local_authorities::ods_code,
+                local_authorities::last_notification_sequence,
+            ))
+            .load(conn)?;
+        // The first sequence of each council's range.
+        let mut next: std::collections::HashMap<String, i64> = lasts
+            .into_iter()
+            .filter_map(|(code, last)| {
+                let count = wanted.get(code.as_str())?;
+                Some((code, last - count + 1))
+            })
+            .collect();
+        let mut rows = Vec::with_capacity(items.len());
+        let mut sequences = Vec::with_capacity(items.len());
+        for (ods_code, create_time, kind) in items {
+            // A council row that vanished mid-transaction cannot happen (the UPDATE locked it);
+            // fail the transaction rather than issue a sequence out of nothing.
+            let sequence = next.get_mut(ods_code.as_str()).ok_or_else(|| {
+                RegistryError::Internal("a notified council has no row".to_owned())
+            })?;
+            let notification = Notification {
+                sequence: u64::try_from(*sequence).unwrap_or_default(),
+                create_time: Some(timestamp(create_time)),
+                kind: Some(kind),
+            };
+            rows.push(NotificationRow {
+                local_authority: ods_code.to_string(),
+                sequence: *sequence,
+                create_time,
+                notification: notification.encode_to_vec(),
+            });
+            sequences.push(*sequence);
+            self.queued.push((ods_code, *sequence));
+            *sequence += 1;
+        }
+        for part in rows.chunks(dialect::INSERT_ROWS) {
+            dialect::insert_notifications(conn, part)?;
+        }
+        dialect::notify_all_on_commit(conn, &codes)?;
+        Ok(sequences)
+    }
+
     /// How many notifications are queued so far (a mark for `forget_after`).
     pub fn mark(&self) -> usize {
         self.queued.len()
