@@ -328,7 +328,9 @@ impl Metrics {
             ),
             disclosure_batch_size: meter
                 .u64_histogram("cpis_disclosure_batch_size")
-                .with_description("Disclosures committed together in one transaction (group commit).")
+                .with_description(
+                    "Disclosures committed together in one transaction (group commit).",
+                )
                 .with_boundaries(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0])
                 .build(),
             upload_records: counter(

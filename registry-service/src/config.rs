@@ -230,7 +230,6 @@ pub struct Config {
     #[command(flatten)]
     pub group_commit: crate::GroupCommit,
     // --- end group commit ---
-
     /// A verifier given directly (tests, the dev stack) instead of --jwks-file or --jwks-url
     /// (the lifetime rules above still apply to it).
     #[arg(skip)]

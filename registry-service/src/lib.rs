@@ -47,8 +47,8 @@ use cpis_proto::service_names;
 use tokio::net::TcpListener;
 use tracing::Instrument as _;
 
-pub use clock::Clock;
 pub use api::disclosure_queue::GroupCommit;
+pub use clock::Clock;
 pub use config::Config;
 pub use db::DatabaseUrl;
 pub use error::RegistryError;

@@ -11,7 +11,10 @@ use secrecy::ExposeSecret as _;
 
 use super::{
     DatabaseUrl, DbConnection,
-    models::{BatchRejectionRow, NewAccessEvent, NewChildRecord, NewHoldingPeriod, NotificationRow},
+    models::{
+        AccessEventRow, BatchRejectionRow, NewAccessEvent, NewChildRecord, NewHoldingPeriod,
+        NotificationRow,
+    },
     schema::{access_events, batch_rejections, child_records, holding_periods, notifications},
 };
 use crate::error::RegistryError;
@@ -152,6 +155,84 @@ pub(crate) fn plan_for_actual_values(conn: &mut DbConnection) -> Result<(), Regi
         pg.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan")?;
     }
     Ok(())
+}
+
+/// One row of `recent_access_rows`: the number it is of, and the event.
+#[derive(QueryableByName)]
+struct RecentRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    nhs_number: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    access_time: i64,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    accessor_key: String,
+    #[diesel(sql_type = diesel::sql_types::Binary)]
+    event: Vec<u8>,
+}
+
+/// PostgreSQL: the newest `limit` access events of mode `mode` of each of `numbers`, newest
+/// first within each number, in one statement (a lateral index scan per number). `None` on
+/// SQLite, which has no LATERAL and no round trip to save.
+pub(crate) fn recent_access_rows(
+    conn: &mut DbConnection,
+    numbers: &[&str],
+    mode: i32,
+    limit: i64,
+) -> Result<Option<Vec<(String, AccessEventRow)>>, RegistryError> {
+    let DbConnection::Pg(pg) = conn else {
+        return Ok(None);
+    };
+    let rows: Vec<RecentRow> = diesel::sql_query(
+        "SELECT n.nhs_number, e.id, e.access_time, e.accessor_key, e.event \
+         FROM unnest($1::text[]) AS n(nhs_number) CROSS JOIN LATERAL ( \
+           SELECT id, access_time, accessor_key, event FROM access_events \
+           WHERE access_events.nhs_number = n.nhs_number AND access_mode = $2 \
+           ORDER BY access_time DESC, id DESC LIMIT $3) AS e \
+         ORDER BY n.nhs_number, e.access_time DESC, e.id DESC",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(numbers)
+    .bind::<diesel::sql_types::Integer, _>(mode)
+    .bind::<diesel::sql_types::BigInt, _>(limit)
+    .load(pg)?;
+    Ok(Some(
+        rows.into_iter()
+            .map(|r| {
+                (
+                    r.nhs_number,
+                    AccessEventRow {
+                        id: r.id,
+                        access_time: r.access_time,
+                        accessor_key: r.accessor_key,
+                        event: r.event,
+                    },
+                )
+            })
+            .collect(),
+    ))
+}
+
+/// Inside a transaction: takes `count` more notification sequences of council `ods_code` (locking
+/// its row until commit) and returns the last of them, in one statement (UPDATE … RETURNING,
+/// which diesel's MultiConnection cannot express).
+pub(crate) fn take_sequences(
+    conn: &mut DbConnection,
+    ods_code: &str,
+    count: i64,
+) -> Result<i64, RegistryError> {
+    use super::schema::local_authorities::dsl::{
+        last_notification_sequence as last, local_authorities,
+    };
+    let update = || {
+        diesel::update(local_authorities.find(ods_code))
+            .set(last.eq(last + count))
+            .returning(last)
+    };
+    Ok(match conn {
+        DbConnection::Pg(c) => update().get_result(c)?,
+        DbConnection::Sqlite(c) => update().get_result(c)?,
+    })
 }
 
 /// Inside a transaction: tells other replicas, on commit, that council `ods_code` has new

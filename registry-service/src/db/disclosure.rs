@@ -14,8 +14,8 @@ use diesel::prelude::*;
 use super::{
     DbConnection,
     enumeration::Throttled,
-    models::{AccessEventRow, ChildRecordRow, decode},
-    schema::{access_events, child_records, holding_periods},
+    models::{AccessEventRow, ChildRecordRow, LocalAuthorityRow, decode},
+    schema::{access_events, child_records, holding_periods, local_authorities},
 };
 use crate::domain::access::{RECENT_SCAN, collapse};
 use crate::domain::contacts::Council;
@@ -65,37 +65,50 @@ pub(crate) struct Disclosure {
     pub access_id: String,
 }
 
-/// The records held on each of `numbers`, by number, in council order, with their row ids: one
-/// read for a whole batch. A corrupt plan block is reported and left out, and so is a record
-/// whose identity does not decode: one damaged row must not blind a lookup of another plan.
+/// A stored record, its local case id and row id, as a disclosure reads it.
+pub(super) type HeldRecord = (StoredRecord, Option<String>, i64);
+
+/// The records held on each of `numbers`, by number, in council order, with their row ids, and
+/// the councils holding them: one read (records joined to their councils) for a whole batch. A
+/// corrupt plan block is reported and left out, and so is a record whose identity does not
+/// decode: one damaged row must not blind a lookup of another plan.
 pub(super) fn records_on_all(
     conn: &mut DbConnection,
     numbers: &[String],
-) -> Result<HashMap<String, Vec<(StoredRecord, Option<String>, i64)>>, RegistryError> {
+) -> Result<(HashMap<String, Vec<HeldRecord>>, HashMap<String, Council>), RegistryError> {
     let mut by_number: HashMap<String, Vec<_>> = HashMap::new();
+    let mut councils = HashMap::new();
     if numbers.is_empty() {
-        return Ok(by_number);
+        return Ok((by_number, councils));
     }
-    let rows: Vec<ChildRecordRow> = if let [number] = numbers {
-        // One number (the unloaded path): a plain equality, one cached statement.
+    let held = || {
         child_records::table
+            .inner_join(local_authorities::table)
+            .select((ChildRecordRow::as_select(), LocalAuthorityRow::as_select()))
+    };
+    let rows: Vec<(ChildRecordRow, LocalAuthorityRow)> = if let [number] = numbers {
+        // One number (the unloaded path): a plain equality, one cached statement.
+        held()
             .filter(child_records::nhs_number.eq(number))
             .order(child_records::local_authority.asc())
-            .select(ChildRecordRow::as_select())
             .load(conn)?
     } else {
         // A prepared statement's generic plan can turn `= ANY($1)` into a table scan.
         super::dialect::plan_for_actual_values(conn)?;
-        child_records::table
+        held()
             .filter(child_records::nhs_number.eq_any(numbers))
             .order((
                 child_records::nhs_number.asc(),
                 child_records::local_authority.asc(),
             ))
-            .select(ChildRecordRow::as_select())
             .load(conn)?
     };
-    for row in rows {
+    for (row, council) in rows {
+        if !councils.contains_key(&council.ods_code)
+            && let Ok(council) = Council::try_from(council)
+        {
+            councils.insert(council.ods_code.to_string(), council);
+        }
         let (number, case_id, id) = (
             row.nhs_number.clone(),
             row.content.local_case_id.clone(),
@@ -108,7 +121,7 @@ pub(super) fn records_on_all(
                 .push((record, case_id, id));
         }
     }
-    Ok(by_number)
+    Ok((by_number, councils))
 }
 
 pub(super) fn new_access_id(now: i64) -> String {
@@ -145,11 +158,38 @@ pub(super) fn counting_statements<T>(
     (value, count.load(Ordering::Relaxed))
 }
 
-/// The recent accesses of `nhs_number` shown with a disclosure: newest first, collapsed.
+/// The recent accesses of each of `numbers` shown with a disclosure: newest first, collapsed.
 /// Scheduled silent reads are audited, never shown: the NHS CP-IS API says their details SHALL
 /// NOT be added to the access history (a sexual-assault-referral-centre read shown to the next
-/// clinician would itself be a disclosure).
-pub(super) fn recent_accesses(
+/// clinician would itself be a disclosure). On PostgreSQL one statement for all the numbers
+/// (`dialect::recent_access_rows`); on SQLite, embedded, one cached statement a number.
+pub(super) fn recent_accesses_all(
+    conn: &mut DbConnection,
+    numbers: &[&str],
+) -> Result<HashMap<String, Vec<AccessEvent>>, RegistryError> {
+    let mut by_number = HashMap::with_capacity(numbers.len());
+    if numbers.len() > 1
+        && let Some(rows) =
+            super::dialect::recent_access_rows(conn, numbers, HISTORY_MODE, RECENT_SCAN)?
+    {
+        let mut grouped: HashMap<String, Vec<AccessEventRow>> = HashMap::new();
+        for (number, row) in rows {
+            grouped.entry(number).or_default().push(row);
+        }
+        for number in numbers {
+            let rows = grouped.remove(*number).unwrap_or_default();
+            by_number.insert((*number).to_owned(), collapsed(&rows));
+        }
+        return Ok(by_number);
+    }
+    for number in numbers {
+        by_number.insert((*number).to_owned(), recent_accesses(conn, number)?);
+    }
+    Ok(by_number)
+}
+
+/// `recent_accesses_all` for one number.
+fn recent_accesses(
     conn: &mut DbConnection,
     nhs_number: &str,
 ) -> Result<Vec<AccessEvent>, RegistryError> {
@@ -160,14 +200,19 @@ pub(super) fn recent_accesses(
         .limit(RECENT_SCAN)
         .select(AccessEventRow::as_select())
         .load(conn)?;
-    Ok(collapse(
+    Ok(collapsed(&rows))
+}
+
+/// `rows` (newest first) collapsed and decoded.
+fn collapsed(rows: &[AccessEventRow]) -> Vec<AccessEvent> {
+    collapse(
         rows.iter()
             .map(|r| (r.accessor_key.as_str(), r.access_time)),
     )
     .into_iter()
     .filter_map(|i| rows.get(i))
     .filter_map(|row| decode(&row.event, "access_events", row.id).ok())
-    .collect())
+    .collect()
 }
 
 /// The one access mode that is part of an access history: unscheduled. Scheduled silent reads

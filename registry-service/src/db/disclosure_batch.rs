@@ -12,19 +12,18 @@ use std::time::Instant;
 use cpis_core::ods::OdsCode;
 use cpis_proto::cpis::common::v1::{AccessEvent, AccessMode};
 use cpis_proto::cpis::registry::v1::{AccessNotification, notification};
-use diesel::prelude::*;
+use diesel::Connection as _;
 use prost::Message as _;
 
 use super::disclosure::{
     Disclosure, DisclosureRequest, Outcome, conn_engine, counting_statements, new_access_id,
-    recent_accesses, records_on_all,
+    recent_accesses_all, records_on_all,
 };
 use super::{
     DbConnection, dialect,
     enumeration::{EarlierInBatch, check},
-    models::{LocalAuthorityRow, NewAccessEvent},
+    models::NewAccessEvent,
     outbox::Outbox,
-    schema::local_authorities,
 };
 use crate::domain::contacts::Council;
 use crate::domain::dates::timestamp;
@@ -83,25 +82,7 @@ fn disclose_all_once(
     let outcome = conn.transaction(|conn| {
         let mut answers: Vec<Option<Answer>> = requests.iter().map(|_| None).collect();
         let admitted = guard(conn, requests, &mut answers)?;
-        let admitted = read_visible(conn, requests, admitted)?;
-        let codes: Vec<&str> = admitted
-            .iter()
-            .flat_map(|a| a.visible.iter().map(|(ods, _, _)| ods.as_str()))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let councils: HashMap<String, Council> = if codes.is_empty() {
-            HashMap::new()
-        } else {
-            local_authorities::table
-                .filter(local_authorities::ods_code.eq_any(&codes))
-                .select(LocalAuthorityRow::as_select())
-                .load(conn)?
-                .into_iter()
-                .filter_map(|row| Council::try_from(row).ok())
-                .map(|council| (council.ods_code.to_string(), council))
-                .collect()
-        };
+        let (admitted, councils) = read_visible(conn, requests, admitted)?;
 
         // The honest deadline: a member whose answer could no longer reach its caller is
         // dropped here, before anything of it is written, and told so; the writes and the
@@ -113,7 +94,11 @@ fn disclose_all_once(
                 .is_none_or(|r| r.deadline.is_none_or(|deadline| now < deadline))
         });
         for member in late {
-            set(&mut answers, member.index, Err(RegistryError::DeadlineExceeded));
+            set(
+                &mut answers,
+                member.index,
+                Err(RegistryError::DeadlineExceeded),
+            );
         }
 
         let mut events = Vec::with_capacity(admitted.len());
@@ -147,8 +132,23 @@ fn disclose_all_once(
             dialect::insert_access_events(conn, part)?;
         }
 
-        // Recent accesses, read after this batch's events are in: each number's once.
-        let mut recent_by_number: HashMap<String, Vec<AccessEvent>> = HashMap::new();
+        // Recent accesses, read after this batch's events are in, for the numbers with
+        // something to disclose: each number's once.
+        let shown: Vec<String> = admitted
+            .iter()
+            .zip(&events)
+            .filter(|(member, _)| {
+                member
+                    .visible
+                    .iter()
+                    .any(|(ods, _, _)| councils.contains_key(ods.as_str()))
+            })
+            .map(|(_, event)| event.nhs_number.clone())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let shown: Vec<&str> = shown.iter().map(String::as_str).collect();
+        let recent_by_number = recent_accesses_all(conn, &shown)?;
         let mut disclosed = Vec::with_capacity(admitted.len());
         let mut notifications = Vec::new();
         for (member, event) in admitted.into_iter().zip(events) {
@@ -168,12 +168,11 @@ fn disclose_all_once(
             }
             let recent = if alerts.is_empty() {
                 Vec::new()
-            } else if let Some(recent) = recent_by_number.get(&event.nhs_number) {
-                recent.clone()
             } else {
-                let recent = recent_accesses(conn, &event.nhs_number)?;
-                recent_by_number.insert(event.nhs_number.clone(), recent.clone());
-                recent
+                recent_by_number
+                    .get(&event.nhs_number)
+                    .cloned()
+                    .unwrap_or_default()
             };
             let mut queued = 0;
             if request.mode == AccessMode::Unscheduled {
@@ -276,12 +275,13 @@ fn guard(
     Ok(admitted)
 }
 
-/// One read of the records of every admitted member's number, evaluated for each member's day.
+/// One read of the records of every admitted member's number and their councils, evaluated for
+/// each member's day.
 fn read_visible(
     conn: &mut DbConnection,
     requests: &[DisclosureRequest],
     admitted: Vec<usize>,
-) -> Result<Vec<Admitted>, RegistryError> {
+) -> Result<(Vec<Admitted>, HashMap<String, Council>), RegistryError> {
     let numbers: Vec<String> = admitted
         .iter()
         .filter_map(|&i| requests.get(i))
@@ -289,8 +289,8 @@ fn read_visible(
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    let records = records_on_all(conn, &numbers)?;
-    Ok(admitted
+    let (records, councils) = records_on_all(conn, &numbers)?;
+    let admitted = admitted
         .into_iter()
         .filter_map(|index| {
             let request = requests.get(index)?;
@@ -318,5 +318,6 @@ fn read_visible(
                 .collect();
             Some(Admitted { index, visible })
         })
-        .collect())
+        .collect();
+    Ok((admitted, councils))
 }

@@ -75,10 +75,10 @@ impl Outbox {
 
     /// Queues many notifications at once inside the caller's transaction (a group-committed
     /// batch of disclosures): each `(council, create time, kind)` gets the next sequence of its
-    /// council, in the order given. Each council's range is taken with one UPDATE, councils in
-    /// code order (the one lock order, so two batches cannot deadlock on each other), then one
-    /// read of the new last sequences, one multi-row INSERT and one NOTIFY per batch. Returns
-    /// the sequences in the order of `items`.
+    /// council, in the order given. Each council's range is taken with one UPDATE … RETURNING,
+    /// councils in code order (the one lock order, so two batches cannot deadlock on each
+    /// other), then one multi-row INSERT and one NOTIFY per batch. Returns the sequences in the
+    /// order of `items`.
     pub fn enqueue_all(
         &mut self,
         conn: &mut DbConnection,
@@ -88,40 +88,21 @@ impl Outbox {
             return Ok(Vec::new());
         }
         let _span = tracing::info_span!("outbox_enqueue").entered();
-        let mut wanted: std::collections::BTreeMap<String, i64> =
-            std::collections::BTreeMap::new();
+        let mut wanted: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
         for (ods_code, _, _) in &items {
             *wanted.entry(ods_code.to_string()).or_default() += 1;
         }
+        // The first sequence of each council's range.
+        let mut next = std::collections::HashMap::with_capacity(wanted.len());
         for (ods_code, count) in &wanted {
-            diesel::update(local_authorities::table.find(ods_code))
-                .set(
-                    local_authorities::last_notification_sequence
-                        .eq(local_authorities::last_notification_sequence + *count),
-                )
-                .execute(conn)?;
+            let last = dialect::take_sequences(conn, ods_code, *count)?;
+            next.insert(ods_code.clone(), last - count + 1);
         }
         let codes: Vec<&str> = wanted.keys().map(String::as_str).collect();
-        let lasts: Vec<(String, i64)> = local_authorities::table
-            .filter(local_authorities::ods_code.eq_any(&codes))
-            .select((
-                local_authorities::ods_code,
-                local_authorities::last_notification_sequence,
-            ))
-            .load(conn)?;
-        // The first sequence of each council's range.
-        let mut next: std::collections::HashMap<String, i64> = lasts
-            .into_iter()
-            .filter_map(|(code, last)| {
-                let count = wanted.get(code.as_str())?;
-                Some((code, last - count + 1))
-            })
-            .collect();
         let mut rows = Vec::with_capacity(items.len());
         let mut sequences = Vec::with_capacity(items.len());
         for (ods_code, create_time, kind) in items {
-            // A council row that vanished mid-transaction cannot happen (the UPDATE locked it);
-            // fail the transaction rather than issue a sequence out of nothing.
+            // Every council has its range (`take_sequences` fails on a council without a row).
             let sequence = next.get_mut(ods_code.as_str()).ok_or_else(|| {
                 RegistryError::Internal("a notified council has no row".to_owned())
             })?;
