@@ -267,7 +267,32 @@ pub async fn run(
             async move { db.read_and_insert(nhs).await.is_ok() }
         })
         .await;
+        let cpu_before = services.as_ref().map(|s| s.cpu());
+        let own_before = crate::processes::cpu_seconds(None);
+        let batches_before = match &services {
+            Some(s) => s.batches().await,
+            None => None,
+        };
         let lookups = flood(calls, concurrency).await;
+        if let (Some(services), Some((registry_before, lookup_before))) = (&services, cpu_before) {
+            // Where the CPU went, per lookup: each service, this process (the clients), and
+            // what is left of the machine's time (the database, and whatever else runs).
+            let (registry_after, lookup_after) = services.cpu();
+            let own = crate::processes::cpu_seconds(None) - own_before;
+            let per = |seconds: f64| seconds / calls as f64 * 1e6;
+            let batches = match (batches_before, services.batches().await) {
+                (Some((s0, c0)), Some((s1, c1))) if c1 > c0 => {
+                    format!("; {:.1} disclosures a commit", (s1 - s0) / (c1 - c0))
+                }
+                _ => String::new(),
+            };
+            println!(
+                "  CPU per lookup: registry {:.0} µs, lookup-service {:.0} µs, benchmark clients {:.0} µs{batches}",
+                per(registry_after - registry_before),
+                per(lookup_after - lookup_before),
+                per(own)
+            );
+        }
         println!(
             "lookup {engine} (enumeration guard {guard}{}): {calls} lookups, {concurrency} in flight: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, errors {}",
             if processes {

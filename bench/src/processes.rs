@@ -36,12 +36,35 @@ impl Memory {
     }
 }
 
+/// CPU time (user and system) process `pid` has used, in seconds (/proc/PID/stat, at the usual
+/// 100 ticks a second; zero where /proc is not there). `None`: this process.
+pub(crate) fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let path = pid.map_or_else(
+        || "/proc/self/stat".to_owned(),
+        |p| format!("/proc/{p}/stat"),
+    );
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // After the command name (which may hold spaces) in parentheses: utime and stime are the
+    // 12th and 13th fields.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// A registry and a lookup service running as child processes; both are killed on drop.
 pub(crate) struct Services {
     registry_process: Child,
     lookup_process: Child,
     /// The lookup service's gRPC port (plaintext, loopback).
     pub lookup: TestServer,
+    /// The registry's admin port (`/metrics`).
+    pub registry_admin: std::net::SocketAddr,
     /// Key sets and logs.
     _dir: tempfile::TempDir,
 }
@@ -92,7 +115,7 @@ impl Services {
             &serde_json::to_vec(stack.nhs_signer.jwks())?,
         )?;
         let pki = &stack.pki;
-        let (public, internal) = (free_port(), free_port());
+        let (public, internal, admin) = (free_port(), free_port(), free_port());
         // The benchmark opens up to 64 calls at once as one caller: no admission bound or rate
         // limit below that (production's defaults are per replica and far lower).
         let unlimited = "4294967295/s,burst=4294967295";
@@ -101,7 +124,7 @@ impl Services {
             .arg("serve")
             .env("CPIS_REGISTRY_LISTEN", format!("127.0.0.1:{public}"))
             .env("CPIS_INTERNAL_LISTEN", format!("127.0.0.1:{internal}"))
-            .env("CPIS_ADMIN_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .env("CPIS_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
             .env("CPIS_DATABASE_URL", &stack.db.url)
             .env("CPIS_JWKS_FILE", &council_keys)
             .env("CPIS_INTERNAL_TLS_CERT", &pki.server.cert)
@@ -153,6 +176,7 @@ impl Services {
             registry_process: registry,
             lookup_process: lookup,
             lookup: TestServer::attach(&format!("http://127.0.0.1:{port}")),
+            registry_admin: ([127, 0, 0, 1], admin).into(),
             _dir: dir,
         };
         cpis_testkit::server::until_serving(&format!("http://127.0.0.1:{public}"), "registry")
@@ -165,6 +189,34 @@ impl Services {
             .wait_serving("", Duration::from_secs(30))
             .await;
         Ok(services)
+    }
+
+    /// CPU seconds used so far by the registry and the lookup service.
+    pub fn cpu(&self) -> (f64, f64) {
+        (
+            cpu_seconds(Some(self.registry_process.id())),
+            cpu_seconds(Some(self.lookup_process.id())),
+        )
+    }
+
+    /// The registry's group commit so far: disclosures and batches (its batch-size histogram).
+    pub async fn batches(&self) -> Option<(f64, f64)> {
+        let page = cpis_testkit::metrics::admin_get(self.registry_admin, "/metrics").await;
+        // Prometheus text: `NAME{labels} VALUE` or `NAME VALUE`.
+        let value = |name: &str| {
+            page.body
+                .lines()
+                .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        // Not exported until the first batch.
+        (page.status == 200).then(|| {
+            (
+                value("cpis_disclosure_batch_size_sum").unwrap_or(0.0),
+                value("cpis_disclosure_batch_size_count").unwrap_or(0.0),
+            )
+        })
     }
 
     /// The registry's and the lookup service's memory now.

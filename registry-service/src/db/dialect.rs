@@ -213,6 +213,107 @@ pub(crate) fn recent_access_rows(
     ))
 }
 
+/// PostgreSQL: the enumeration guard's counts for every lookup of a batch in one statement (each
+/// lookup's the same as `enumeration::check` reads, by the same index scans). `None` on SQLite,
+/// where each lookup's own statement costs no round trip.
+pub(crate) fn guard_counts(
+    conn: &mut DbConnection,
+    questions: &[super::enumeration::GuardQuestion],
+) -> Result<Option<Vec<super::enumeration::GuardCounts>>, RegistryError> {
+    use crate::domain::enumeration::{DAY, HOUR};
+    use diesel::sql_types::{Array, BigInt, Nullable, Text};
+    let DbConnection::Pg(pg) = conn else {
+        return Ok(None);
+    };
+    let column = |f: fn(&super::enumeration::GuardQuestion) -> String| {
+        questions.iter().map(f).collect::<Vec<String>>()
+    };
+    let keys = |f: fn(&super::enumeration::GuardQuestion) -> Option<String>| {
+        questions.iter().map(f).collect::<Vec<Option<String>>>()
+    };
+    let ordinals: Vec<i64> = (0..questions.len())
+        .map(|i| i64::try_from(i).unwrap_or(i64::MAX))
+        .collect();
+    let nows: Vec<i64> = questions.iter().map(|q| q.now).collect();
+    let counts = diesel::sql_query(
+        "SELECT \
+           (SELECT max(t.throttled_until) FROM lookup_throttles t \
+            WHERE t.subject IN (m.key_a, m.key_o) AND t.throttled_until > m.now) AS in_force, \
+           (SELECT count(DISTINCT e.nhs_number) FROM access_events e \
+            WHERE e.accessor_key = m.accessor AND e.access_time > m.now - $8 \
+              AND e.nhs_number <> ALL(string_to_array(m.acc_excl, ','))) AS accessor_hour, \
+           (SELECT count(DISTINCT e.nhs_number) FROM access_events e \
+            WHERE e.accessor_key = m.accessor AND e.access_time > m.now - $9 \
+              AND e.nhs_number <> ALL(string_to_array(m.acc_excl, ','))) AS accessor_day, \
+           (SELECT count(DISTINCT e.nhs_number) FROM access_events e \
+            WHERE e.organisation_ods_code = m.ods AND e.access_time > m.now - $8 \
+              AND e.nhs_number <> ALL(string_to_array(m.org_excl, ','))) AS organisation_hour \
+         FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], \
+                     $7::text[], $10::text[]) \
+           AS m(i, accessor, ods, key_a, key_o, now, acc_excl, org_excl) \
+         ORDER BY m.i",
+    )
+    .bind::<Array<BigInt>, _>(&ordinals)
+    .bind::<Array<Text>, _>(column(|q| q.accessor_key.clone()))
+    .bind::<Array<Text>, _>(column(|q| q.ods_code.clone()))
+    .bind::<Array<Nullable<Text>>, _>(keys(|q| q.accessor_throttle.clone()))
+    .bind::<Array<Nullable<Text>>, _>(keys(|q| q.organisation_throttle.clone()))
+    .bind::<Array<BigInt>, _>(&nows)
+    .bind::<Array<Text>, _>(column(|q| q.accessor_excluded.clone()))
+    .bind::<BigInt, _>(HOUR)
+    .bind::<BigInt, _>(DAY)
+    .bind::<Array<Text>, _>(column(|q| q.organisation_excluded.clone()))
+    .load(pg)?;
+    Ok(Some(counts))
+}
+
+/// One council's new last sequence (`take_sequence_ranges`).
+#[derive(QueryableByName)]
+struct LastSequence {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    ods_code: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    last_notification_sequence: i64,
+}
+
+/// PostgreSQL, inside a transaction: takes `wanted` more notification sequences of each council
+/// (in code order, the one lock order) and returns each council's new last sequence, in two
+/// statements whatever the number of councils: the rows locked in code order
+/// (`ORDER BY … FOR UPDATE` locks as it returns them), then one UPDATE of them all. `None` on
+/// SQLite (one writer, no round trips): `take_sequences` per council there.
+pub(crate) fn take_sequence_ranges(
+    conn: &mut DbConnection,
+    wanted: &std::collections::BTreeMap<String, i64>,
+) -> Result<Option<std::collections::HashMap<String, i64>>, RegistryError> {
+    let DbConnection::Pg(pg) = conn else {
+        return Ok(None);
+    };
+    let codes: Vec<&str> = wanted.keys().map(String::as_str).collect();
+    let counts: Vec<i64> = wanted.values().copied().collect();
+    diesel::sql_query(
+        "SELECT ods_code FROM local_authorities WHERE ods_code = ANY($1) \
+         ORDER BY ods_code FOR UPDATE",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&codes)
+    .execute(pg)?;
+    let lasts: Vec<LastSequence> = diesel::sql_query(
+        "UPDATE local_authorities AS la \
+         SET last_notification_sequence = la.last_notification_sequence + v.n \
+         FROM unnest($1::text[], $2::bigint[]) AS v(ods_code, n) \
+         WHERE la.ods_code = v.ods_code \
+         RETURNING la.ods_code, la.last_notification_sequence",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(&codes)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(&counts)
+    .load(pg)?;
+    Ok(Some(
+        lasts
+            .into_iter()
+            .map(|l| (l.ods_code, l.last_notification_sequence))
+            .collect(),
+    ))
+}
+
 /// Inside a transaction: takes `count` more notification sequences of council `ods_code` (locking
 /// its row until commit) and returns the last of them, in one statement (UPDATE … RETURNING,
 /// which diesel's MultiConnection cannot express).

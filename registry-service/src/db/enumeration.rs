@@ -57,6 +57,97 @@ fn split_earlier(earlier: &[String], nhs: &str) -> (Vec<String>, Vec<String>) {
     (others, excluded)
 }
 
+/// What the guard reads for one lookup: the latest throttle in force on its subjects, and the
+/// distinct numbers already looked up in each window (earlier members of its batch and its own
+/// number left out).
+#[derive(Clone, Copy, Debug, Default, QueryableByName)]
+pub(crate) struct GuardCounts {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    pub in_force: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    pub accessor_hour: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    pub accessor_day: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    pub organisation_hour: Option<i64>,
+}
+
+/// One lookup as the set-based guard query (`dialect::guard_counts`) asks about it.
+#[derive(Clone, Debug)]
+pub(crate) struct GuardQuestion {
+    pub accessor_key: String,
+    pub ods_code: String,
+    /// The throttle keys of its enabled rules: the accessor's, the organisation's.
+    pub accessor_throttle: Option<String>,
+    pub organisation_throttle: Option<String>,
+    pub now: i64,
+    /// Numbers the counts leave out (its own and earlier members'), comma-separated.
+    pub accessor_excluded: String,
+    pub organisation_excluded: String,
+}
+
+impl GuardQuestion {
+    /// The question for a lookup of `nhs_number` by `accessor` after `earlier`.
+    pub fn new(
+        limits: &EnumerationLimits,
+        accessor: &ValidAccessor,
+        nhs_number: &NhsNumber,
+        now: i64,
+        earlier: EarlierInBatch<'_>,
+    ) -> Self {
+        let rules = limits.rules_for(accessor);
+        let nhs = nhs_number.to_string();
+        let key_of = |organisation: bool| {
+            rules
+                .iter()
+                .find(|r| matches!(r.counted, Counted::Organisation(_)) == organisation)
+                .map(Rule::throttle_key)
+        };
+        Self {
+            accessor_key: accessor.key(),
+            ods_code: accessor.ods_code().to_string(),
+            accessor_throttle: key_of(false),
+            organisation_throttle: key_of(true),
+            now,
+            accessor_excluded: split_earlier(earlier.accessor, &nhs).1.join(","),
+            organisation_excluded: split_earlier(earlier.organisation, &nhs).1.join(","),
+        }
+    }
+}
+
+/// True when `counts` (read with `earlier` and the lookup's own number left out) let the lookup
+/// through with nothing to write: no throttle in force and no threshold crossed. When false,
+/// `check` decides (and writes what a crossing writes).
+pub(crate) fn lets_through(
+    limits: &EnumerationLimits,
+    accessor: &ValidAccessor,
+    nhs_number: &NhsNumber,
+    counts: &GuardCounts,
+    earlier: EarlierInBatch<'_>,
+) -> bool {
+    let rules = limits.rules_for(accessor);
+    if rules.is_empty() {
+        return true;
+    }
+    if counts.in_force.is_some() {
+        return false;
+    }
+    let nhs = nhs_number.to_string();
+    let accessor_earlier = split_earlier(earlier.accessor, &nhs).0.len();
+    let organisation_earlier = split_earlier(earlier.organisation, &nhs).0.len();
+    rules.iter().all(|rule| {
+        let (stored, earlier) = match (&rule.counted, rule.window) {
+            (Counted::Organisation(_), _) => (counts.organisation_hour, organisation_earlier),
+            (Counted::Accessor(_), DAY) => (counts.accessor_day, accessor_earlier),
+            (Counted::Accessor(_), _) => (counts.accessor_hour, accessor_earlier),
+        };
+        let others = stored
+            .unwrap_or(0)
+            .saturating_add(i64::try_from(earlier).unwrap_or(i64::MAX));
+        others < i64::from(rule.threshold)
+    })
+}
+
 /// Inside the disclosure transaction, before anything is read or recorded: `Some` when this
 /// lookup of `nhs_number` by `accessor` at `now` must be refused, counting `earlier` lookups of
 /// the same transaction too. A lookup that crosses a threshold writes the throttle and its

@@ -92,10 +92,29 @@ impl Outbox {
         for (ods_code, _, _) in &items {
             *wanted.entry(ods_code.to_string()).or_default() += 1;
         }
+        // The last sequence of each council's range: for several councils on PostgreSQL in two
+        // statements, else one a council.
+        let lasts = match (wanted.len() > 1)
+            .then(|| dialect::take_sequence_ranges(conn, &wanted))
+            .transpose()?
+            .flatten()
+        {
+            Some(lasts) => lasts,
+            None => {
+                let mut lasts = std::collections::HashMap::with_capacity(wanted.len());
+                for (ods_code, count) in &wanted {
+                    let last = dialect::take_sequences(conn, ods_code, *count)?;
+                    lasts.insert(ods_code.clone(), last);
+                }
+                lasts
+            }
+        };
         // The first sequence of each council's range.
         let mut next = std::collections::HashMap::with_capacity(wanted.len());
         for (ods_code, count) in &wanted {
-            let last = dialect::take_sequences(conn, ods_code, *count)?;
+            let last = lasts.get(ods_code).ok_or_else(|| {
+                RegistryError::Internal("a notified council has no row".to_owned())
+            })?;
             next.insert(ods_code.clone(), last - count + 1);
         }
         let codes: Vec<&str> = wanted.keys().map(String::as_str).collect();
