@@ -268,8 +268,7 @@ pub async fn serve(
         },
         config.subscription_options(),
         draining_rx,
-        config.enumeration_limits(),
-        config.group_commit,
+        (config.enumeration_limits(), config.group_commit),
     ));
     let council_certificates = config
         .council_client_ca

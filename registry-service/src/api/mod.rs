@@ -72,10 +72,10 @@ impl Registry {
         upload: upload::UploadOptions,
         subscription: (SubscriptionOptions, Limits),
         shutdown: watch::Receiver<bool>,
-        enumeration: EnumerationLimits,
-        group_commit: disclosure_queue::GroupCommit,
+        disclosures: (EnumerationLimits, disclosure_queue::GroupCommit),
     ) -> Self {
         let (subscription, limits) = subscription;
+        let (enumeration, group_commit) = disclosures;
         Self {
             disclosures: disclosure_queue::DisclosureQueue::start(
                 db.clone(),

@@ -68,6 +68,9 @@ pub(crate) struct Disclosure {
 /// A stored record, its local case id and row id, as a disclosure reads it.
 pub(super) type HeldRecord = (StoredRecord, Option<String>, i64);
 
+/// The records held on each number, and the councils holding them, by code.
+pub(super) type Held = (HashMap<String, Vec<HeldRecord>>, HashMap<String, Council>);
+
 /// The records held on each of `numbers`, by number, in council order, with their row ids, and
 /// the councils holding them: one read (records joined to their councils) for a whole batch. A
 /// corrupt plan block is reported and left out, and so is a record whose identity does not
@@ -75,7 +78,7 @@ pub(super) type HeldRecord = (StoredRecord, Option<String>, i64);
 pub(super) fn records_on_all(
     conn: &mut DbConnection,
     numbers: &[String],
-) -> Result<(HashMap<String, Vec<HeldRecord>>, HashMap<String, Council>), RegistryError> {
+) -> Result<Held, RegistryError> {
     let mut by_number: HashMap<String, Vec<_>> = HashMap::new();
     let mut councils = HashMap::new();
     if numbers.is_empty() {

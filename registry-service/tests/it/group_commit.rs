@@ -110,7 +110,7 @@ async fn concurrent_lookups_share_commits_and_all_are_recorded(backend: Backend)
             let child = i % 24;
             let answer = disclose(
                 reg,
-                &channel,
+                channel,
                 format!("5550001{:05}", i % 40),
                 nhs(child),
                 mode,
@@ -229,7 +229,7 @@ async fn a_throttled_member_leaves_its_batch_disclosed(backend: Backend) {
     for child in 0..THRESHOLD as usize {
         disclose(
             &reg,
-            &channel,
+            channel,
             sweeper,
             nhs(child),
             AccessMode::Unscheduled,
@@ -243,7 +243,7 @@ async fn a_throttled_member_leaves_its_batch_disclosed(backend: Backend) {
     let others = (0..30).map(|i| {
         disclose(
             &reg,
-            &channel,
+            channel,
             format!("5550002{i:05}"),
             nhs(10 + i),
             AccessMode::Unscheduled,
@@ -253,7 +253,7 @@ async fn a_throttled_member_leaves_its_batch_disclosed(backend: Backend) {
     });
     let refused = disclose(
         &reg,
-        &channel,
+        channel,
         sweeper,
         nhs(5),
         AccessMode::Unscheduled,
@@ -293,7 +293,7 @@ async fn one_batch_counts_its_members_one_after_another(backend: Backend) {
     let sweep = (0..8).map(|child| {
         disclose(
             &reg,
-            &channel,
+            channel,
             "555000000901",
             nhs(child),
             AccessMode::Unscheduled,
@@ -333,7 +333,7 @@ async fn a_member_out_of_time_is_not_recorded_and_the_rest_are(backend: Backend)
             let id = format!("t-{i}");
             let answer = disclose(
                 reg,
-                &channel,
+                channel,
                 format!("5550003{i:05}"),
                 nhs(0),
                 AccessMode::Unscheduled,
@@ -395,7 +395,7 @@ async fn a_database_stopped_mid_flood_fails_whole_batches_honestly() {
                 let id = format!("f-{w}-{i}");
                 let answer = disclose(
                     reg,
-                    &channel,
+                    channel,
                     format!("5550004{w:05}"),
                     nhs(0),
                     AccessMode::Unscheduled,
