@@ -134,57 +134,67 @@ pub(crate) fn ed_clinician(stack: &Stack) -> anyhow::Result<MetadataValue<tonic:
     })))
 }
 
-/// Runs the scenario on one engine and prints the figures.
+/// One concurrency level's figures: the lookups and both floors at the same concurrency.
+pub(crate) struct Level {
+    pub concurrency: usize,
+    pub calls: usize,
+    pub lookups: Measured,
+    pub health: Measured,
+    pub database: Measured,
+}
+
+/// One engine's run: its levels and, when the services ran as processes, their memory after the
+/// last (highest) level.
+pub(crate) struct EngineRun {
+    pub engine: String,
+    pub levels: Vec<Level>,
+    pub memory: Option<(crate::processes::Memory, crate::processes::Memory)>,
+}
+
+/// Lookups at one concurrency level, alone: at most this many (one caller at a time is slow,
+/// and its median settles long before).
+const MOST_UNLOADED_CALLS: usize = 2_000;
+
+/// Runs the scenario on one engine at each of `levels` (in flight), prints each level's figures
+/// as it ends, and returns them.
 pub async fn run(
     backend: Backend,
     calls: usize,
-    concurrency: usize,
+    levels: &[usize],
     idle_subscribers: usize,
     enumeration_guard: bool,
-) -> anyhow::Result<()> {
-    let stack = Stack::builder(backend)
-        .registry(move |config| {
-            if !enumeration_guard {
-                config.enumeration_user_per_hour = 0;
-                config.enumeration_user_per_day = 0;
-                config.enumeration_system_per_hour = 0;
-                config.enumeration_system_per_day = 0;
-                config.enumeration_organisation_per_hour = 0;
-            }
-        })
-        .with_lookup()
-        .start()
-        .await
-        .context("database unavailable")?;
+    processes: bool,
+) -> anyhow::Result<EngineRun> {
+    let mut builder = Stack::builder(backend).registry(move |config| {
+        if !enumeration_guard {
+            config.enumeration_user_per_hour = 0;
+            config.enumeration_user_per_day = 0;
+            config.enumeration_system_per_hour = 0;
+            config.enumeration_system_per_day = 0;
+            config.enumeration_organisation_per_hour = 0;
+        }
+    });
+    if !processes {
+        builder = builder.with_lookup();
+    }
+    let mut stack = builder.start().await.context("database unavailable")?;
 
     let numbers = seed_children(&stack).await?;
-
-    // Transport floor: the same lookup server's health check, same concurrency and count.
-    let channel: Channel = stack.lookup_server().channel().await;
-    let health_channel = channel.clone();
-    let health = drive(calls, concurrency, move |_| {
-        let mut client = HealthClient::new(health_channel.clone());
-        async move {
-            client
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .is_ok()
-        }
-    })
-    .await;
-
-    // Database floor: a point read and an insert in one transaction, through a pool of the same
-    // kind and size as the registry's, beside the running registry.
-    let db = FloorPool::open(&stack.db.url, 16);
-    let floor_numbers = Arc::new(numbers.clone());
-    let database = drive(calls, concurrency, move |i| {
-        let db = db.clone();
-        let nhs = floor_numbers[i % floor_numbers.len()].clone();
-        async move { db.read_and_insert(nhs).await.is_ok() }
-    })
-    .await;
+    // As processes: the in-process registry has seeded the database; the release binaries
+    // take over from here.
+    let services = if processes {
+        stack
+            .stop_registry()
+            .await
+            .map_err(|e| anyhow::anyhow!("stop the seeding registry: {e}"))?;
+        Some(crate::processes::Services::start(&stack, enumeration_guard).await?)
+    } else {
+        None
+    };
+    let channel: Channel = match &services {
+        Some(services) => services.lookup.channel().await,
+        None => stack.lookup_server().channel().await,
+    };
 
     // The real thing: unscheduled lookups by ED clinicians, spread over the children.
     let clinicians: Vec<_> = (0..CLINICIANS)
@@ -198,8 +208,8 @@ pub async fn run(
         })
         .collect::<anyhow::Result<_>>()?;
     let clinicians: Arc<Vec<_>> = Arc::new(clinicians);
-    let lookup_numbers = Arc::new(numbers);
-    let flood = || {
+    let lookup_numbers = Arc::new(numbers.clone());
+    let flood = |calls: usize, concurrency: usize| {
         let (channel, clinicians, lookup_numbers) =
             (channel.clone(), clinicians.clone(), lookup_numbers.clone());
         drive(calls, concurrency, move |i| {
@@ -219,40 +229,125 @@ pub async fn run(
             }
         })
     };
-    let lookups = flood().await;
-
+    // Database floor: a point read and an insert in one transaction, through a pool of the same
+    // kind and size as the registry's, beside the running registry.
+    let db = FloorPool::open(&stack.db.url, 16);
     let engine = format!("{backend:?}").to_lowercase();
     let guard = if enumeration_guard { "on" } else { "off" };
-    println!(
-        "lookup {engine} (enumeration guard {guard}): {calls} lookups, {concurrency} concurrent: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, errors {}",
-        lookups.rate,
-        lookups.p50.as_secs_f64() * 1e3,
-        lookups.p99.as_secs_f64() * 1e3,
-        lookups.errors
-    );
-    println!(
-        "  floors: health check {:.0}/s (p50 {:.2} ms); {engine} read+insert transaction {:.0}/s (p50 {:.2} ms)",
-        health.rate,
-        health.p50.as_secs_f64() * 1e3,
-        database.rate,
-        database.p50.as_secs_f64() * 1e3
-    );
-    println!(
-        "  ratios: lookups/health {:.3}; lookups/database {:.2}",
-        lookups.rate / health.rate,
-        lookups.rate / database.rate
-    );
-    println!(
-        "{}",
-        serde_json::json!({
-            "scenario": "lookup", "engine": engine, "enumeration_guard": enumeration_guard, "calls": calls, "concurrency": concurrency,
-            "lookups_per_s": lookups.rate.round(), "p50_ms": lookups.p50.as_secs_f64() * 1e3, "p99_ms": lookups.p99.as_secs_f64() * 1e3,
-            "errors": lookups.errors, "health_per_s": health.rate.round(), "db_floor_per_s": database.rate.round(),
-            "ratio_health": lookups.rate / health.rate, "ratio_db": lookups.rate / database.rate
+    let mut run = EngineRun {
+        engine: engine.clone(),
+        levels: Vec::new(),
+        memory: None,
+    };
+    for &concurrency in levels {
+        let calls = if concurrency == 1 {
+            calls.min(MOST_UNLOADED_CALLS)
+        } else {
+            calls
+        }
+        .max(concurrency);
+        // Transport floor: the same lookup server's health check, same concurrency and count.
+        let health_channel = channel.clone();
+        let health = drive(calls, concurrency, move |_| {
+            let mut client = HealthClient::new(health_channel.clone());
+            async move {
+                client
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .is_ok()
+            }
         })
-    );
-    anyhow::ensure!(lookups.errors == 0, "{} lookups failed", lookups.errors);
+        .await;
+        let (pool, floor_numbers) = (db.clone(), Arc::new(numbers.clone()));
+        let database = drive(calls, concurrency, move |i| {
+            let db = pool.clone();
+            let nhs = floor_numbers[i % floor_numbers.len()].clone();
+            async move { db.read_and_insert(nhs).await.is_ok() }
+        })
+        .await;
+        let cpu_before = services.as_ref().map(|s| s.cpu());
+        let own_before = crate::processes::cpu_seconds(None);
+        let batches_before = match &services {
+            Some(s) => s.batches().await,
+            None => None,
+        };
+        let lookups = flood(calls, concurrency).await;
+        if let (Some(services), Some((registry_before, lookup_before))) = (&services, cpu_before) {
+            // Where the CPU went, per lookup: each service, this process (the clients), and
+            // what is left of the machine's time (the database, and whatever else runs).
+            let (registry_after, lookup_after) = services.cpu();
+            let own = crate::processes::cpu_seconds(None) - own_before;
+            let per = |seconds: f64| seconds / calls as f64 * 1e6;
+            let batches = match (batches_before, services.batches().await) {
+                (Some((s0, c0)), Some((s1, c1))) if c1 > c0 => {
+                    format!("; {:.1} disclosures a commit", (s1 - s0) / (c1 - c0))
+                }
+                _ => String::new(),
+            };
+            println!(
+                "  CPU per lookup: registry {:.0} µs, lookup-service {:.0} µs, benchmark clients {:.0} µs{batches}",
+                per(registry_after - registry_before),
+                per(lookup_after - lookup_before),
+                per(own)
+            );
+        }
+        println!(
+            "lookup {engine} (enumeration guard {guard}{}): {calls} lookups, {concurrency} in flight: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, errors {}",
+            if processes {
+                ", services as processes"
+            } else {
+                ""
+            },
+            lookups.rate,
+            lookups.p50.as_secs_f64() * 1e3,
+            lookups.p99.as_secs_f64() * 1e3,
+            lookups.errors
+        );
+        println!(
+            "  floors: health check {:.0}/s (p50 {:.2} ms); {engine} read+insert transaction {:.0}/s (p50 {:.2} ms)",
+            health.rate,
+            health.p50.as_secs_f64() * 1e3,
+            database.rate,
+            database.p50.as_secs_f64() * 1e3
+        );
+        println!(
+            "  ratios: lookups/health {:.3}; lookups/database {:.2}",
+            lookups.rate / health.rate,
+            lookups.rate / database.rate
+        );
+        let level = Level {
+            concurrency,
+            calls,
+            lookups,
+            health,
+            database,
+        };
+        println!("{}", level.json(&engine, enumeration_guard, processes));
+        anyhow::ensure!(
+            level.lookups.errors == 0,
+            "{} lookups failed",
+            level.lookups.errors
+        );
+        run.levels.push(level);
+    }
+    if let Some(services) = &services {
+        let (registry, lookup) = services.memory();
+        println!(
+            "  memory after the last level: registry peak {:.1} MB (now {:.1} MB); lookup-service peak {:.1} MB (now {:.1} MB)",
+            registry.peak_kib as f64 / 1024.0,
+            registry.resident_kib as f64 / 1024.0,
+            lookup.peak_kib as f64 / 1024.0,
+            lookup.resident_kib as f64 / 1024.0
+        );
+        run.memory = Some((registry, lookup));
+    }
+    let (Some(last), false) = (run.levels.last(), processes) else {
+        return Ok(run);
+    };
     if idle_subscribers > 0 {
+        let (calls, concurrency, first_rate) = (last.calls, last.concurrency, last.lookups.rate);
         // Idle subscribers: councils listening for their own notifications while the flood
         // touches none of their children (most of the 152 councils, most of the time). They are
         // spread over councils outside the flood (each within the per-council limit) on a few
@@ -280,17 +375,17 @@ pub async fn run(
         }
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
         let rss_after = resident_kib();
-        let beside = flood().await;
+        let beside = flood(calls, concurrency).await;
         drop(streams);
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        let after = flood().await;
-        let without = f64::midpoint(lookups.rate, after.rate);
+        let after = flood(calls, concurrency).await;
+        let without = f64::midpoint(first_rate, after.rate);
         println!(
             "  beside {idle_subscribers} idle subscribers: {:.0}/s, p99 {:.2} ms, errors {}; without them {:.0}/s before and {:.0}/s after; ratio {:.2}; process memory {:+.1} MB (server and client sides)",
             beside.rate,
             beside.p99.as_secs_f64() * 1e3,
             beside.errors,
-            lookups.rate,
+            first_rate,
             after.rate,
             beside.rate / without,
             (rss_after - rss_before) as f64 / 1024.0
@@ -299,13 +394,93 @@ pub async fn run(
             "{}",
             serde_json::json!({
                 "scenario": "lookup_beside_idle_subscribers", "engine": engine, "subscribers": idle_subscribers,
-                "lookups_per_s": beside.rate.round(), "without_before_per_s": lookups.rate.round(),
+                "lookups_per_s": beside.rate.round(), "without_before_per_s": first_rate.round(),
                 "without_after_per_s": after.rate.round(), "ratio": beside.rate / without,
                 "memory_mb": (rss_after - rss_before) as f64 / 1024.0, "errors": beside.errors + after.errors
             })
         );
     }
-    Ok(())
+    Ok(run)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+impl Level {
+    /// The level as one JSON line (the telemetry scenario reads `lookups_per_s`, `p50_ms` and
+    /// `p99_ms` back).
+    pub fn json(
+        &self,
+        engine: &str,
+        enumeration_guard: bool,
+        processes: bool,
+    ) -> serde_json::Value {
+        let (l, h, d) = (&self.lookups, &self.health, &self.database);
+        serde_json::json!({
+            "scenario": "lookup", "engine": engine, "enumeration_guard": enumeration_guard,
+            "processes": processes, "calls": self.calls, "concurrency": self.concurrency,
+            "lookups_per_s": l.rate.round(), "p50_ms": ms(l.p50), "p99_ms": ms(l.p99), "errors": l.errors,
+            "health_per_s": h.rate.round(), "health_p50_ms": ms(h.p50), "health_p99_ms": ms(h.p99),
+            "db_floor_per_s": d.rate.round(), "db_floor_p50_ms": ms(d.p50), "db_floor_p99_ms": ms(d.p99),
+            "ratio_health": l.rate / h.rate, "ratio_db": l.rate / d.rate
+        })
+    }
+}
+
+/// Prints every engine's levels as one table, with the memory of the services where measured.
+pub(crate) fn print_table(runs: &[EngineRun]) {
+    println!();
+    println!(
+        "| engine | in flight | lookups/s | p50 ms | p99 ms | health/s | read+insert floor/s | × health | × floor |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for run in runs {
+        for level in &run.levels {
+            let (l, h, d) = (&level.lookups, &level.health, &level.database);
+            println!(
+                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {:.3} | {:.2} |",
+                run.engine,
+                level.concurrency,
+                l.rate,
+                ms(l.p50),
+                ms(l.p99),
+                h.rate,
+                d.rate,
+                l.rate / h.rate,
+                l.rate / d.rate
+            );
+        }
+    }
+    for run in runs {
+        if let Some((registry, lookup)) = run.memory {
+            println!(
+                "{}: registry-service peak RSS {:.1} MB, lookup-service peak RSS {:.1} MB (VmHWM, after the last level)",
+                run.engine,
+                registry.peak_kib as f64 / 1024.0,
+                lookup.peak_kib as f64 / 1024.0
+            );
+        }
+    }
+}
+
+/// The whole run as JSON (`--json PATH`).
+pub(crate) fn runs_json(
+    runs: &[EngineRun],
+    enumeration_guard: bool,
+    processes: bool,
+) -> serde_json::Value {
+    serde_json::json!({
+        "scenario": "lookup",
+        "runs": runs.iter().map(|run| serde_json::json!({
+            "engine": run.engine,
+            "levels": run.levels.iter().map(|l| l.json(&run.engine, enumeration_guard, processes)).collect::<Vec<_>>(),
+            "memory": run.memory.map(|(registry, lookup)| serde_json::json!({
+                "registry_peak_kib": registry.peak_kib, "registry_resident_kib": registry.resident_kib,
+                "lookup_peak_kib": lookup.peak_kib, "lookup_resident_kib": lookup.resident_kib,
+            })),
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// The process's resident memory in KiB (0 where /proc is not there).

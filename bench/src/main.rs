@@ -10,6 +10,7 @@ mod lookup;
 mod notify;
 mod otlp_sink;
 mod overload;
+mod processes;
 mod telemetry;
 mod upload;
 
@@ -56,15 +57,24 @@ enum Scenario {
         #[arg(long, default_value_t = 500)]
         count: usize,
     },
-    /// Clinicians' lookups through the lookup service and the registry, against the same
-    /// server's health check and the engine's own read+insert transaction.
+    /// Clinicians' lookups through the lookup service and the registry at each concurrency,
+    /// against the same server's health check and the engine's own read+insert transaction at
+    /// the same concurrency; a table at the end, and JSON with --json.
     Lookup {
-        /// Lookups in total (bounded: the run stops after these).
+        /// Lookups per concurrency level (bounded: the run stops after these; one in flight
+        /// runs at most 2,000).
         #[arg(long, default_value_t = 20_000)]
         calls: usize,
-        /// Concurrent clients.
-        #[arg(long, default_value_t = 16)]
-        concurrency: usize,
+        /// Calls in flight, one level after another (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        concurrency: Vec<usize>,
+        /// Run the registry and the lookup service as separate processes (the binaries beside
+        /// this one: build them in the same profile) and report each one's memory.
+        #[arg(long)]
+        processes: bool,
+        /// Also write every figure as JSON to this file.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
         /// Engines.
         #[arg(long, value_enum, default_value_t = Backends::Both)]
         backend: Backends,
@@ -147,23 +157,35 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Lookup {
             calls,
             concurrency,
+            processes,
+            json,
             backend,
             idle_subscribers,
             enumeration_guard,
         } => {
             anyhow::ensure!(
-                concurrency > 0 && calls >= concurrency,
-                "need at least one call per client"
+                !concurrency.is_empty() && concurrency.iter().all(|&c| c > 0 && calls >= c),
+                "need at least one call per client at every level"
             );
+            let mut runs = Vec::new();
             for backend in engines(backend) {
-                lookup::run(
-                    backend,
-                    calls,
-                    concurrency,
-                    idle_subscribers,
-                    enumeration_guard,
-                )
-                .await?;
+                runs.push(
+                    lookup::run(
+                        backend,
+                        calls,
+                        &concurrency,
+                        idle_subscribers,
+                        enumeration_guard,
+                        processes,
+                    )
+                    .await?,
+                );
+            }
+            lookup::print_table(&runs);
+            if let Some(path) = json {
+                let figures = lookup::runs_json(&runs, enumeration_guard, processes);
+                std::fs::write(&path, serde_json::to_vec_pretty(&figures)?)?;
+                println!("figures written to {}", path.display());
             }
         }
         Scenario::Telemetry {

@@ -255,6 +255,8 @@ pub struct Metrics {
     pub db_pool_timeouts: Counter<u64>,
     /// `cpis_disclosure_transaction_duration_seconds{outcome="committed"|"failed"}`.
     pub disclosure_duration: Histogram<f64>,
+    /// `cpis_disclosure_batch_size`: disclosures committed together in one transaction.
+    pub disclosure_batch_size: Histogram<u64>,
     /// `cpis_upload_records_total{council, outcome="accepted"|"rejected"}`.
     pub upload_records: Counter<u64>,
     /// `cpis_notification_backlog{council}`: notifications issued and not yet acknowledged.
@@ -324,6 +326,13 @@ impl Metrics {
                 "cpis_disclosure_transaction_duration_seconds",
                 "Disclose-and-record transaction duration, by outcome.",
             ),
+            disclosure_batch_size: meter
+                .u64_histogram("cpis_disclosure_batch_size")
+                .with_description(
+                    "Disclosures committed together in one transaction (group commit).",
+                )
+                .with_boundaries(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0])
+                .build(),
             upload_records: counter(
                 "cpis_upload_records",
                 "Uploaded records, by council and outcome (accepted or rejected).",
@@ -453,6 +462,7 @@ mod tests {
         m.db_pool_wait.record(0.001, &[]);
         m.db_pool_timeouts.add(1, &[]);
         m.disclosure_duration.record(0.001, &[]);
+        m.disclosure_batch_size.record(1, &[]);
         m.upload_records.add(1, &council);
         m.notification_backlog.record(1, &council);
         m.notification_lag.record(1.0, &council);
@@ -476,6 +486,7 @@ mod tests {
             "cpis_db_pool_wait_seconds",
             "cpis_db_pool_timeouts_total",
             "cpis_disclosure_transaction_duration_seconds",
+            "cpis_disclosure_batch_size",
             "cpis_upload_records_total",
             "cpis_notification_backlog",
             "cpis_notification_lag_seconds",

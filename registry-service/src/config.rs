@@ -234,6 +234,11 @@ pub struct Config {
     #[arg(long, env = "CPIS_ENUMERATION_ORGANISATION_PER_HOUR", default_value_t = DEFAULT_LIMITS.organisation_per_hour)]
     pub enumeration_organisation_per_hour: u32,
 
+    // --- Group commit of disclosures (flags defined with `GroupCommit`). ---
+    /// Group commit of disclosures: batch size, wait and committers.
+    #[command(flatten)]
+    pub group_commit: crate::GroupCommit,
+    // --- end group commit ---
     /// A verifier given directly (tests, the dev stack) instead of --jwks-file or --jwks-url
     /// (the lifetime rules above still apply to it).
     #[arg(skip)]
@@ -332,6 +337,7 @@ impl Config {
             enumeration_system_per_hour: DEFAULT_LIMITS.system_per_hour,
             enumeration_system_per_day: DEFAULT_LIMITS.system_per_day,
             enumeration_organisation_per_hour: DEFAULT_LIMITS.organisation_per_hour,
+            group_commit: crate::GroupCommit::default(),
             verifier: Some(verifier),
             clock: Clock::system(),
         }

@@ -48,6 +48,7 @@ use cpis_proto::service_names;
 use tokio::net::TcpListener;
 use tracing::Instrument as _;
 
+pub use api::disclosure_queue::GroupCommit;
 pub use clock::Clock;
 pub use config::Config;
 pub use db::DatabaseUrl;
@@ -268,7 +269,7 @@ pub async fn serve(
         },
         config.subscription_options(),
         draining_rx,
-        config.enumeration_limits(),
+        (config.enumeration_limits(), config.group_commit),
     ));
     let council_certificates = config
         .council_client_ca

@@ -1,6 +1,7 @@
 //! `cpis.registry.v1.DisclosureService`, called only by the lookup service (its interceptor
 //! checks the service credential): one call that discloses the visible records for an NHS number
-//! and records the access in one transaction, unless the enumeration guard refuses it.
+//! and records the access in one transaction (shared with concurrent lookups: group commit, see
+//! `disclosure_queue`), unless the enumeration guard refuses it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,7 +15,7 @@ use tonic::{Request, Response, Status};
 
 use super::Registry;
 use super::convert::{council_to_wire, disclosed_plan, recent_access};
-use crate::db::disclosure::{DisclosureRequest, Outcome, disclose};
+use crate::db::disclosure::{DisclosureRequest, Outcome};
 use crate::db::enumeration::Throttled;
 use crate::error::RegistryError;
 
@@ -105,12 +106,7 @@ impl DisclosureService for DisclosureApi {
             limits: registry.enumeration,
         };
         let started = Instant::now();
-        let written = registry
-            .notifier
-            .write(&registry.db, now, move |conn, outbox| {
-                disclose(conn, &work, outbox)
-            })
-            .await;
+        let written = registry.disclosures.disclose(work).await;
         let outcome = if written.is_ok() {
             "committed"
         } else {

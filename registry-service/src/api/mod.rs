@@ -8,6 +8,7 @@ mod auth;
 pub(crate) mod convert;
 mod council;
 mod disclosure;
+pub(crate) mod disclosure_queue;
 mod notifications;
 pub(crate) mod operator;
 mod paging;
@@ -59,6 +60,8 @@ pub(crate) struct Registry {
     pub shutdown: watch::Receiver<bool>,
     /// The enumeration guard's thresholds.
     pub enumeration: EnumerationLimits,
+    /// Disclosures on their way to a group commit.
+    pub disclosures: disclosure_queue::DisclosureQueue,
 }
 
 impl Registry {
@@ -70,10 +73,16 @@ impl Registry {
         upload: upload::UploadOptions,
         subscription: (SubscriptionOptions, Limits),
         shutdown: watch::Receiver<bool>,
-        enumeration: EnumerationLimits,
+        disclosures: (EnumerationLimits, disclosure_queue::GroupCommit),
     ) -> Self {
         let (subscription, limits) = subscription;
+        let (enumeration, group_commit) = disclosures;
         Self {
+            disclosures: disclosure_queue::DisclosureQueue::start(
+                db.clone(),
+                notifier.clone(),
+                group_commit,
+            ),
             feeds: Feeds::new(
                 db.clone(),
                 notifier.clone(),

@@ -33,16 +33,133 @@ pub(crate) struct Throttled {
     pub raised: Vec<SecurityEvent>,
 }
 
+/// The NHS numbers that lookups earlier in the same group-committed transaction were let
+/// through with (their access events are written later, in one statement): by the same accessor,
+/// and by the same organisation. A check counts them as if each had been committed before it,
+/// so a batch decides exactly as the same lookups one after another would.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct EarlierInBatch<'a> {
+    /// Numbers earlier members with the same accessor key looked up.
+    pub accessor: &'a [String],
+    /// Numbers earlier members of the same organisation looked up.
+    pub organisation: &'a [String],
+}
+
+/// `earlier`'s numbers other than `nhs`, each once, and the list a count must leave out of the
+/// stored events (those numbers and `nhs`): the stored distinct numbers outside that list plus
+/// these are exactly the distinct numbers of the stored and earlier lookups, `nhs` left out.
+fn split_earlier(earlier: &[String], nhs: &str) -> (Vec<String>, Vec<String>) {
+    let mut others: Vec<String> = earlier.iter().filter(|n| *n != nhs).cloned().collect();
+    others.sort_unstable();
+    others.dedup();
+    let mut excluded = others.clone();
+    excluded.push(nhs.to_owned());
+    (others, excluded)
+}
+
+/// What the guard reads for one lookup: the latest throttle in force on its subjects, and the
+/// distinct numbers already looked up in each window (earlier members of its batch and its own
+/// number left out).
+#[derive(Clone, Copy, Debug, Default, QueryableByName)]
+pub(crate) struct GuardCounts {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    pub in_force: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    pub accessor_hour: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    pub accessor_day: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    pub organisation_hour: Option<i64>,
+}
+
+/// One lookup as the set-based guard query (`dialect::guard_counts`) asks about it.
+#[derive(Clone, Debug)]
+pub(crate) struct GuardQuestion {
+    pub accessor_key: String,
+    pub ods_code: String,
+    /// The throttle keys of its enabled rules: the accessor's, the organisation's.
+    pub accessor_throttle: Option<String>,
+    pub organisation_throttle: Option<String>,
+    pub now: i64,
+    /// Numbers the counts leave out (its own and earlier members'), comma-separated.
+    pub accessor_excluded: String,
+    pub organisation_excluded: String,
+}
+
+impl GuardQuestion {
+    /// The question for a lookup of `nhs_number` by `accessor` after `earlier`.
+    pub fn new(
+        limits: &EnumerationLimits,
+        accessor: &ValidAccessor,
+        nhs_number: &NhsNumber,
+        now: i64,
+        earlier: EarlierInBatch<'_>,
+    ) -> Self {
+        let rules = limits.rules_for(accessor);
+        let nhs = nhs_number.to_string();
+        let key_of = |organisation: bool| {
+            rules
+                .iter()
+                .find(|r| matches!(r.counted, Counted::Organisation(_)) == organisation)
+                .map(Rule::throttle_key)
+        };
+        Self {
+            accessor_key: accessor.key(),
+            ods_code: accessor.ods_code().to_string(),
+            accessor_throttle: key_of(false),
+            organisation_throttle: key_of(true),
+            now,
+            accessor_excluded: split_earlier(earlier.accessor, &nhs).1.join(","),
+            organisation_excluded: split_earlier(earlier.organisation, &nhs).1.join(","),
+        }
+    }
+}
+
+/// True when `counts` (read with `earlier` and the lookup's own number left out) let the lookup
+/// through with nothing to write: no throttle in force and no threshold crossed. When false,
+/// `check` decides (and writes what a crossing writes).
+pub(crate) fn lets_through(
+    limits: &EnumerationLimits,
+    accessor: &ValidAccessor,
+    nhs_number: &NhsNumber,
+    counts: &GuardCounts,
+    earlier: EarlierInBatch<'_>,
+) -> bool {
+    let rules = limits.rules_for(accessor);
+    if rules.is_empty() {
+        return true;
+    }
+    if counts.in_force.is_some() {
+        return false;
+    }
+    let nhs = nhs_number.to_string();
+    let accessor_earlier = split_earlier(earlier.accessor, &nhs).0.len();
+    let organisation_earlier = split_earlier(earlier.organisation, &nhs).0.len();
+    rules.iter().all(|rule| {
+        let (stored, earlier) = match (&rule.counted, rule.window) {
+            (Counted::Organisation(_), _) => (counts.organisation_hour, organisation_earlier),
+            (Counted::Accessor(_), DAY) => (counts.accessor_day, accessor_earlier),
+            (Counted::Accessor(_), _) => (counts.accessor_hour, accessor_earlier),
+        };
+        let others = stored
+            .unwrap_or(0)
+            .saturating_add(i64::try_from(earlier).unwrap_or(i64::MAX));
+        others < i64::from(rule.threshold)
+    })
+}
+
 /// Inside the disclosure transaction, before anything is read or recorded: `Some` when this
-/// lookup of `nhs_number` by `accessor` at `now` must be refused. A lookup that crosses a
-/// threshold writes the throttle and its security event (the caller commits them, and records
-/// no access); one that finds a throttle in force writes nothing.
+/// lookup of `nhs_number` by `accessor` at `now` must be refused, counting `earlier` lookups of
+/// the same transaction too. A lookup that crosses a threshold writes the throttle and its
+/// security event (the caller commits them, and records no access); one that finds a throttle
+/// in force writes nothing.
 pub(crate) fn check(
     conn: &mut DbConnection,
     limits: &EnumerationLimits,
     accessor: &ValidAccessor,
     nhs_number: &NhsNumber,
     now: i64,
+    earlier: EarlierInBatch<'_>,
 ) -> Result<Option<Throttled>, RegistryError> {
     let rules = limits.rules_for(accessor);
     if rules.is_empty() {
@@ -56,18 +173,20 @@ pub(crate) fn check(
     let nhs = nhs_number.to_string();
     let key = accessor.key();
     let ods = accessor.ods_code().to_string();
+    let (accessor_earlier, accessor_excluded) = split_earlier(earlier.accessor, &nhs);
+    let (organisation_earlier, organisation_excluded) = split_earlier(earlier.organisation, &nhs);
     let by_accessor = |window: i64| {
         access_events::table
             .filter(access_events::accessor_key.eq(key.clone()))
             .filter(access_events::access_time.gt(now.saturating_sub(window)))
-            .filter(access_events::nhs_number.ne(nhs.clone()))
+            .filter(access_events::nhs_number.ne_all(accessor_excluded.clone()))
             .select(count(access_events::nhs_number).aggregate_distinct())
             .single_value()
     };
     let by_organisation = access_events::table
         .filter(access_events::organisation_ods_code.eq(ods.clone()))
         .filter(access_events::access_time.gt(now.saturating_sub(HOUR)))
-        .filter(access_events::nhs_number.ne(nhs.clone()))
+        .filter(access_events::nhs_number.ne_all(organisation_excluded.clone()))
         .select(count(access_events::nhs_number).aggregate_distinct())
         .single_value();
     let in_force = lookup_throttles::table
@@ -103,16 +222,21 @@ pub(crate) fn check(
 
     let mut throttled: Option<Throttled> = None;
     for rule in &rules {
-        let others = match (&rule.counted, rule.window) {
-            (Counted::Organisation(_), _) => organisation_hour,
-            (Counted::Accessor(_), DAY) => accessor_day,
-            (Counted::Accessor(_), _) => accessor_hour,
-        }
-        .unwrap_or(0);
+        let (stored, earlier, excluded) = match (&rule.counted, rule.window) {
+            (Counted::Organisation(_), _) => (
+                organisation_hour,
+                &organisation_earlier,
+                &organisation_excluded,
+            ),
+            (Counted::Accessor(_), DAY) => (accessor_day, &accessor_earlier, &accessor_excluded),
+            (Counted::Accessor(_), _) => (accessor_hour, &accessor_earlier, &accessor_excluded),
+        };
+        let earlier_count = i64::try_from(earlier.len()).unwrap_or(i64::MAX);
+        let others = stored.unwrap_or(0).saturating_add(earlier_count);
         if others < i64::from(rule.threshold) {
             continue;
         }
-        let until = crossing_until(conn, rule, &nhs, now)?;
+        let until = crossing_until(conn, rule, excluded, earlier.len(), now)?;
         let raised = claim(conn, rule, accessor, until, now)?;
         let refusal = throttled.get_or_insert(Throttled {
             until,
@@ -128,10 +252,13 @@ pub(crate) fn check(
 
 /// Until when a subject crossing `rule` now is refused: when enough of its numbers have left the
 /// window. Read only on a crossing (rare), so reading each number's last time is affordable.
+/// The stored numbers outside `excluded`, and `earlier` more looked up in this transaction
+/// (at about `now`).
 fn crossing_until(
     conn: &mut DbConnection,
     rule: &Rule,
-    nhs: &str,
+    excluded: &[String],
+    earlier: usize,
     now: i64,
 ) -> Result<i64, RegistryError> {
     let since = now.saturating_sub(rule.window);
@@ -139,19 +266,20 @@ fn crossing_until(
         Counted::Accessor(key) => access_events::table
             .filter(access_events::accessor_key.eq(key))
             .filter(access_events::access_time.gt(since))
-            .filter(access_events::nhs_number.ne(nhs))
+            .filter(access_events::nhs_number.ne_all(excluded))
             .group_by(access_events::nhs_number)
             .select(max(access_events::access_time))
             .load(conn)?,
         Counted::Organisation(ods) => access_events::table
             .filter(access_events::organisation_ods_code.eq(ods))
             .filter(access_events::access_time.gt(since))
-            .filter(access_events::nhs_number.ne(nhs))
+            .filter(access_events::nhs_number.ne_all(excluded))
             .group_by(access_events::nhs_number)
             .select(max(access_events::access_time))
             .load(conn)?,
     };
-    let last_seen = last_seen.into_iter().flatten().collect();
+    let mut last_seen: Vec<i64> = last_seen.into_iter().flatten().collect();
+    last_seen.extend(std::iter::repeat_n(now, earlier));
     // At least a moment from now, so a refusal always says to wait.
     Ok(throttled_until(last_seen, rule.threshold, rule.window)
         .unwrap_or(now)

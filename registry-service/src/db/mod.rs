@@ -6,6 +6,7 @@ pub(crate) mod batches;
 pub(crate) mod bulk;
 pub(crate) mod dialect;
 pub(crate) mod disclosure;
+pub(crate) mod disclosure_batch;
 pub(crate) mod enumeration;
 pub(crate) mod holdings;
 pub(crate) mod keys;

@@ -73,6 +73,80 @@ impl Outbox {
         Ok(sequence)
     }
 
+    /// Queues many notifications at once inside the caller's transaction (a group-committed
+    /// batch of disclosures): each `(council, create time, kind)` gets the next sequence of its
+    /// council, in the order given. Each council's range is taken with one UPDATE … RETURNING,
+    /// councils in code order (the one lock order, so two batches cannot deadlock on each
+    /// other), then one multi-row INSERT and one NOTIFY per batch. Returns the sequences in the
+    /// order of `items`.
+    pub fn enqueue_all(
+        &mut self,
+        conn: &mut DbConnection,
+        items: Vec<(OdsCode, i64, notification::Kind)>,
+    ) -> Result<Vec<i64>, RegistryError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _span = tracing::info_span!("outbox_enqueue").entered();
+        let mut wanted: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+        for (ods_code, _, _) in &items {
+            *wanted.entry(ods_code.to_string()).or_default() += 1;
+        }
+        // The last sequence of each council's range: for several councils on PostgreSQL in two
+        // statements, else one a council.
+        let lasts = match (wanted.len() > 1)
+            .then(|| dialect::take_sequence_ranges(conn, &wanted))
+            .transpose()?
+            .flatten()
+        {
+            Some(lasts) => lasts,
+            None => {
+                let mut lasts = std::collections::HashMap::with_capacity(wanted.len());
+                for (ods_code, count) in &wanted {
+                    let last = dialect::take_sequences(conn, ods_code, *count)?;
+                    lasts.insert(ods_code.clone(), last);
+                }
+                lasts
+            }
+        };
+        // The first sequence of each council's range.
+        let mut next = std::collections::HashMap::with_capacity(wanted.len());
+        for (ods_code, count) in &wanted {
+            let last = lasts.get(ods_code).ok_or_else(|| {
+                RegistryError::Internal("a notified council has no row".to_owned())
+            })?;
+            next.insert(ods_code.clone(), last - count + 1);
+        }
+        let codes: Vec<&str> = wanted.keys().map(String::as_str).collect();
+        let mut rows = Vec::with_capacity(items.len());
+        let mut sequences = Vec::with_capacity(items.len());
+        for (ods_code, create_time, kind) in items {
+            // Every council has its range (`take_sequences` fails on a council without a row).
+            let sequence = next.get_mut(ods_code.as_str()).ok_or_else(|| {
+                RegistryError::Internal("a notified council has no row".to_owned())
+            })?;
+            let notification = Notification {
+                sequence: u64::try_from(*sequence).unwrap_or_default(),
+                create_time: Some(timestamp(create_time)),
+                kind: Some(kind),
+            };
+            rows.push(NotificationRow {
+                local_authority: ods_code.to_string(),
+                sequence: *sequence,
+                create_time,
+                notification: notification.encode_to_vec(),
+            });
+            sequences.push(*sequence);
+            self.queued.push((ods_code, *sequence));
+            *sequence += 1;
+        }
+        for part in rows.chunks(dialect::INSERT_ROWS) {
+            dialect::insert_notifications(conn, part)?;
+        }
+        dialect::notify_all_on_commit(conn, &codes)?;
+        Ok(sequences)
+    }
+
     /// How many notifications are queued so far (a mark for `forget_after`).
     pub fn mark(&self) -> usize {
         self.queued.len()

@@ -136,6 +136,10 @@ diesel::table! {
 
 diesel::allow_tables_to_appear_in_same_query!(access_events, holding_periods);
 
+// A disclosure reads each record with its council in one statement.
+diesel::joinable!(child_records -> local_authorities (local_authority));
+diesel::allow_tables_to_appear_in_same_query!(child_records, local_authorities);
+
 /// Every table, for the drift test.
 #[cfg(test)]
 pub(crate) const TABLES: &[&str] = &[

@@ -13,6 +13,7 @@ mod dates;
 mod deploy_manifests;
 mod edges;
 mod enumeration;
+mod group_commit;
 mod harness;
 mod keys;
 mod logs;
