@@ -110,24 +110,9 @@ impl OtlpSink {
         self.counts.metric_exports.load(Ordering::Relaxed)
     }
 
-    /// CPU time this process has used so far, in seconds (Linux /proc; 0 elsewhere): the
-    /// sink's, as the rest of the process only waits for the round's child.
+    /// CPU time this process has used so far, in seconds: the sink's, as the rest of the
+    /// process only waits for the round's child.
     pub fn cpu_seconds(&self) -> f64 {
-        let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-            return 0.0;
-        };
-        // Fields after the command name (which may hold spaces): utime is the 14th field of the
-        // line, stime the 15th, in clock ticks (100 a second on Linux).
-        let Some(rest) = stat.rsplit(')').next() else {
-            return 0.0;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        (ticks(11) + ticks(12)) / 100.0
+        crate::processes::cpu_seconds(None)
     }
 }
