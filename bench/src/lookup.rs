@@ -141,6 +141,9 @@ pub(crate) struct Level {
     pub lookups: Measured,
     pub health: Measured,
     pub database: Measured,
+    /// This process's CPU time per lookup during the lookups, in µs: the clients, and the
+    /// services and their telemetry too when they run in this process.
+    pub process_cpu_us: f64,
 }
 
 /// One engine's run: its levels and, when the services ran as processes, their memory after the
@@ -187,7 +190,7 @@ pub async fn run(
             .stop_registry()
             .await
             .map_err(|e| anyhow::anyhow!("stop the seeding registry: {e}"))?;
-        Some(crate::processes::Services::start(&stack, enumeration_guard).await?)
+        Some(crate::processes::Services::start(&stack, enumeration_guard, &[]).await?)
     } else {
         None
     };
@@ -274,6 +277,8 @@ pub async fn run(
             None => None,
         };
         let lookups = flood(calls, concurrency).await;
+        let process_cpu_us =
+            (crate::processes::cpu_seconds(None) - own_before) / calls as f64 * 1e6;
         if let (Some(services), Some((registry_before, lookup_before))) = (&services, cpu_before) {
             // Where the CPU went, per lookup: each service, this process (the clients), and
             // what is left of the machine's time (the database, and whatever else runs).
@@ -323,6 +328,7 @@ pub async fn run(
             lookups,
             health,
             database,
+            process_cpu_us,
         };
         println!("{}", level.json(&engine, enumeration_guard, processes));
         anyhow::ensure!(
@@ -408,8 +414,8 @@ fn ms(d: Duration) -> f64 {
 }
 
 impl Level {
-    /// The level as one JSON line (the telemetry scenario reads `lookups_per_s`, `p50_ms` and
-    /// `p99_ms` back).
+    /// The level as one JSON line (the telemetry scenario reads `lookups_per_s`, `p50_ms`,
+    /// `p99_ms` and `process_cpu_us_per_lookup` back).
     pub fn json(
         &self,
         engine: &str,
@@ -423,7 +429,8 @@ impl Level {
             "lookups_per_s": l.rate.round(), "p50_ms": ms(l.p50), "p99_ms": ms(l.p99), "errors": l.errors,
             "health_per_s": h.rate.round(), "health_p50_ms": ms(h.p50), "health_p99_ms": ms(h.p99),
             "db_floor_per_s": d.rate.round(), "db_floor_p50_ms": ms(d.p50), "db_floor_p99_ms": ms(d.p99),
-            "ratio_health": l.rate / h.rate, "ratio_db": l.rate / d.rate
+            "ratio_health": l.rate / h.rate, "ratio_db": l.rate / d.rate,
+            "process_cpu_us_per_lookup": self.process_cpu_us
         })
     }
 }

@@ -98,8 +98,8 @@ enum Scenario {
         /// Concurrent clients.
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
-        /// Pairs of rounds (export off, then on).
-        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=10))]
+        /// Pairs of rounds (export off and on, the order alternating).
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=20))]
         rounds: u64,
         /// Engines.
         #[arg(long, value_enum, default_value_t = Backends::Both)]
@@ -117,6 +117,13 @@ enum Scenario {
         /// The lookup service's --max-in-flight (default: its own default).
         #[arg(long)]
         max_in_flight: Option<u32>,
+        /// The lookup service's --min-in-flight (its adaptive bound; default: the fixed bound).
+        #[arg(long)]
+        min_in_flight: Option<u32>,
+        /// Run the services as the release binaries, each in its own process (build them
+        /// first), rather than inside this benchmark's process.
+        #[arg(long)]
+        processes: bool,
         /// Engines.
         #[arg(long, value_enum, default_value_t = Backends::Sqlite)]
         backend: Backends,
@@ -203,11 +210,20 @@ async fn main() -> anyhow::Result<()> {
             factor,
             seconds,
             max_in_flight,
+            min_in_flight,
+            processes,
             backend,
         } => {
             anyhow::ensure!(factor > 1.0, "--factor must be above 1");
             for backend in engines(backend) {
-                overload::run(backend, factor, seconds, max_in_flight).await?;
+                overload::run(
+                    backend,
+                    factor,
+                    seconds,
+                    (max_in_flight, min_in_flight),
+                    processes,
+                )
+                .await?;
             }
         }
     }

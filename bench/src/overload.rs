@@ -17,7 +17,7 @@ use cpis_proto::cpis::lookup::v1::{
 use cpis_testkit::{Stack, db::Backend};
 use tonic::{Request, metadata::MetadataValue, transport::Channel};
 
-use crate::lookup::{drive, ed_clinician, resident_kib, seed_children};
+use crate::lookup::{ed_clinician, resident_kib, seed_children};
 
 /// What became of one call of the flood.
 enum Outcome {
@@ -50,6 +50,66 @@ async fn lookup(
     }
 }
 
+/// A closed loop's figures: the served calls' rate and latency, and what else happened.
+struct ClosedLoop {
+    rate: f64,
+    p99: Duration,
+    refused: usize,
+    failed: usize,
+}
+
+/// `callers` callers each serving `calls / callers` lookups one after another; a caller refused
+/// OVERLOADED tries the same call again a millisecond later.
+async fn closed_loop<F, Fut>(calls: usize, callers: usize, lookup_one: F) -> ClosedLoop
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Outcome> + Send,
+{
+    let per_caller = calls / callers;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..callers {
+        let lookup_one = lookup_one.clone();
+        tasks.spawn(async move {
+            let (mut served, mut refused, mut failed) = (Vec::new(), 0, 0);
+            for i in 0..per_caller {
+                loop {
+                    match lookup_one(c * per_caller + i).await {
+                        Outcome::Served(latency) => served.push(latency),
+                        Outcome::Refused(_) => {
+                            refused += 1;
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                            continue;
+                        }
+                        Outcome::Failed => failed += 1,
+                    }
+                    break;
+                }
+            }
+            (served, refused, failed)
+        });
+    }
+    let (mut served, mut refused, mut failed) = (Vec::new(), 0, 0);
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((s, r, f)) => {
+                served.extend(s);
+                refused += r;
+                failed += f;
+            }
+            Err(_) => failed += per_caller,
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    served.sort_unstable();
+    ClosedLoop {
+        rate: served.len() as f64 / elapsed,
+        p99: percentile(&served, 0.99),
+        refused,
+        failed,
+    }
+}
+
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
     sorted
         .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
@@ -61,59 +121,84 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// Runs the scenario on one engine and prints the figures.
+/// Runs the scenario on one engine and prints the figures. `processes`: the services run as
+/// the release binaries in processes of their own (as in production: the flood's client does not
+/// share their runtime, so a refusal's latency is the server's, not this process's queue).
 pub async fn run(
     backend: Backend,
     factor: f64,
     seconds: u64,
-    max_in_flight: Option<u32>,
+    (max_in_flight, min_in_flight): (Option<u32>, Option<u32>),
+    processes: bool,
 ) -> anyhow::Result<()> {
     let limit = max_in_flight.unwrap_or(cpis_core::server::DEFAULT_MAX_IN_FLIGHT);
-    let stack = Stack::builder(backend)
+    let mut builder = Stack::builder(backend)
         // One clinician sweeps every child here: this measures admission, not the enumeration
         // guard (which would stop the sweep at its threshold).
         .registry(|config| {
             config.enumeration_user_per_hour = 0;
             config.enumeration_user_per_day = 0;
             config.enumeration_organisation_per_hour = 0;
-        })
-        .lookup(move |config| config.server.max_in_flight = limit)
-        .start()
-        .await
-        .context("database unavailable")?;
+        });
+    if !processes {
+        builder = builder.lookup(move |config| {
+            config.server.max_in_flight = limit;
+            config.min_in_flight = min_in_flight;
+        });
+    }
+    let mut stack = builder.start().await.context("database unavailable")?;
     let numbers = Arc::new(seed_children(&stack).await?);
     let token = ed_clinician(&stack)?;
+    let services = if processes {
+        stack
+            .stop_registry()
+            .await
+            .map_err(|e| anyhow::anyhow!("stop the seeding registry: {e}"))?;
+        let mut admission = vec![("CPIS_MAX_IN_FLIGHT", limit.to_string())];
+        admission.extend(min_in_flight.map(|floor| ("CPIS_MIN_IN_FLIGHT", floor.to_string())));
+        Some(crate::processes::Services::start(&stack, false, &admission).await?)
+    } else {
+        None
+    };
+    // The lookup service's resident memory, in KiB: its own process's, or this one's.
+    let lookup_rss = || match &services {
+        Some(services) => i64::try_from(services.memory().1.resident_kib).unwrap_or(i64::MAX),
+        None => resident_kib(),
+    };
     let mut channels = Vec::new();
     for _ in 0..8 {
-        channels.push(stack.lookup_server().channel().await);
+        channels.push(match &services {
+            Some(services) => services.lookup.channel().await,
+            None => stack.lookup_server().channel().await,
+        });
     }
     let channels = Arc::new(channels);
-    let op = {
+    let lookup_one = {
         let (channels, token, numbers) = (channels.clone(), token.clone(), numbers.clone());
         move |i: usize| {
             let channel = channels[i % channels.len()].clone();
             let nhs = numbers[i % numbers.len()].clone();
-            let token = token.clone();
-            async move { matches!(lookup(channel, token, nhs).await, Outcome::Served(_)) }
+            lookup(channel, token.clone(), nhs)
         }
     };
-    // Full load: as many callers as the service admits at once (its --max-in-flight), each
-    // calling again as soon as it is answered.
+    // Full load: as many callers as the service admits at most (its --max-in-flight), each
+    // calling again as soon as it is answered. An adaptive bound may admit fewer: a refused
+    // caller tries again a millisecond later, and the throughput is of the served.
     let callers = usize::try_from(limit).unwrap_or(16);
-    let unloaded = drive(500, 1, op.clone()).await;
-    let sustained = drive(callers * 250, callers, op.clone()).await;
+    let unloaded = closed_loop(500, 1, lookup_one.clone()).await;
+    let sustained = closed_loop(callers * 250, callers, lookup_one.clone()).await;
     anyhow::ensure!(
-        unloaded.errors == 0 && sustained.errors == 0,
-        "lookups failed before the flood ({} unloaded, {} sustained): raise --max-in-flight",
-        unloaded.errors,
-        sustained.errors
+        unloaded.failed == 0 && sustained.failed == 0,
+        "lookups failed before the flood ({} unloaded, {} sustained)",
+        unloaded.failed,
+        sustained.failed
     );
 
     // The flood: calls started on a fixed schedule at `factor` times the sustained rate,
     // whatever the answers (open loop: callers that do not wait for each other).
     let offered = sustained.rate * factor;
     let interval = Duration::from_secs_f64(1.0 / offered);
-    let rss_before = resident_kib();
+    let rss_before = lookup_rss();
     let started = Instant::now();
     let mut calls = tokio::task::JoinSet::new();
     let mut ticks = tokio::time::interval(interval);
@@ -126,7 +211,7 @@ pub async fn run(
         calls.spawn(lookup(channel, token.clone(), nhs));
         i += 1;
     }
-    let rss_peak = resident_kib();
+    let rss_peak = lookup_rss();
     let (mut served, mut refused, mut failed) = (Vec::new(), Vec::new(), 0_usize);
     while let Some(outcome) = calls.join_next().await {
         match outcome {
@@ -154,10 +239,16 @@ pub async fn run(
     refused.sort_unstable();
     let admitted_p99 = percentile(&served, 0.99);
     let engine = format!("{backend:?}").to_lowercase();
+    let mode = if processes { "processes" } else { "in-process" };
+    let bound = min_in_flight.map_or_else(
+        || format!("fixed bound {limit}"),
+        |floor| format!("adaptive bound {floor} to {limit}"),
+    );
     println!(
-        "overload {engine} (max in flight {limit}): sustained {:.0}/s ({callers} callers, p99 {:.2} ms); unloaded (1 caller) p99 {:.2} ms",
+        "overload {engine} ({mode}, {bound}): sustained {:.0}/s ({callers} callers, p99 {:.2} ms, {} refused and retried); unloaded (1 caller) p99 {:.2} ms",
         sustained.rate,
         ms(sustained.p99),
+        sustained.refused,
         ms(unloaded.p99)
     );
     println!(
@@ -178,7 +269,7 @@ pub async fn run(
     println!(
         "{}",
         serde_json::json!({
-            "scenario": "overload", "engine": engine, "max_in_flight": limit,
+            "scenario": "overload", "engine": engine, "processes": processes, "max_in_flight": limit, "min_in_flight": min_in_flight,
             "sustained_per_s": sustained.rate.round(), "unloaded_p99_ms": ms(unloaded.p99),
             "offered_per_s": (i as f64 / flood_secs).round(), "served_per_s": (served.len() as f64 / flood_secs).round(),
             "admitted_p99_ms": ms(admitted_p99), "full_load_p99_ms": ms(sustained.p99),

@@ -101,8 +101,13 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<PathBuf> {
 
 impl Services {
     /// Starts both on `stack`'s database, keys and certificates (its own registry stopped
-    /// already), each SERVING when this returns.
-    pub async fn start(stack: &Stack, enumeration_guard: bool) -> anyhow::Result<Self> {
+    /// already), each SERVING when this returns. `lookup_env`: settings of the lookup service
+    /// over the benchmark's own (the overload scenario gives it its production admission bound).
+    pub async fn start(
+        stack: &Stack,
+        enumeration_guard: bool,
+        lookup_env: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let council_keys = write(
             dir.path(),
@@ -155,7 +160,8 @@ impl Services {
             pki.client_tls(Some(&pki.lookup)),
         );
         let port = free_port();
-        let lookup = Command::new(sibling("lookup-service")?)
+        let mut lookup = Command::new(sibling("lookup-service")?);
+        lookup
             .arg("serve")
             .env("CPIS_LOOKUP_LISTEN", format!("127.0.0.1:{port}"))
             .env("CPIS_ADMIN_LISTEN", format!("127.0.0.1:{}", free_port()))
@@ -170,8 +176,8 @@ impl Services {
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
-            .spawn()
-            .context("start lookup-service")?;
+            .envs(lookup_env.iter().map(|(name, value)| (name, value)));
+        let lookup = lookup.spawn().context("start lookup-service")?;
         let services = Self {
             registry_process: registry,
             lookup_process: lookup,

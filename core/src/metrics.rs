@@ -268,6 +268,9 @@ pub struct Metrics {
     pub notification_subscribers: UpDownCounter<i64>,
     /// `cpis_calls_shed_total{rpc_service}`: calls refused OVERLOADED at --max-in-flight.
     pub calls_shed: Counter<u64>,
+    /// `cpis_admission_limit`: the bound on calls in progress now (the lookup service's moves
+    /// with latency when given --min-in-flight).
+    pub admission_limit: Gauge<u64>,
     /// `cpis_calls_rate_limited_total{limit}`: calls refused RATE_LIMITED, by limit name.
     pub calls_rate_limited: Counter<u64>,
     /// `cpis_security_events_total{kind}`: security events recorded, by kind.
@@ -356,6 +359,12 @@ impl Metrics {
                 "cpis_calls_shed",
                 "Calls refused OVERLOADED at the bound on calls in progress, by service.",
             ),
+            admission_limit: meter
+                .u64_gauge("cpis_admission_limit")
+                .with_description(
+                    "The bound on calls in progress now (adaptive with the lookup service's --min-in-flight).",
+                )
+                .build(),
             calls_rate_limited: counter(
                 "cpis_calls_rate_limited",
                 "Calls refused RATE_LIMITED, by limit.",
@@ -468,6 +477,7 @@ mod tests {
         m.notification_lag.record(1.0, &council);
         m.notification_subscribers.add(1, &council);
         m.calls_shed.add(1, &[]);
+        m.admission_limit.record(16, &[]);
         m.calls_rate_limited.add(1, &[]);
         m.security_events.add(1, &[]);
         m.lookups.add(1, &[]);
@@ -492,6 +502,7 @@ mod tests {
             "cpis_notification_lag_seconds",
             "cpis_notification_subscribers",
             "cpis_calls_shed_total",
+            "cpis_admission_limit",
             "cpis_calls_rate_limited_total",
             "cpis_security_events_total",
             "cpis_lookups_total",

@@ -78,6 +78,12 @@ pub struct ServerOptions {
     #[arg(long, env = "CPIS_CALL_TIMEOUT", default_value = "30s", value_parser = crate::config::duration_within("100ms", "1h"))]
     pub call_timeout: Duration,
 
+    /// `Some(floor)`: the bound on calls in progress adapts to their latency between `floor` and
+    /// --max-in-flight (see `crate::admission`; set by the service: the lookup service's
+    /// --min-in-flight). `None`: fixed at --max-in-flight.
+    #[arg(skip)]
+    pub adaptive_floor: Option<u32>,
+
     /// The calls (gRPC paths) of this service that are long-lived streams, exempt from
     /// --max-in-flight and --call-timeout (set by the service, not a flag).
     #[arg(skip)]
@@ -110,6 +116,7 @@ impl Default for ServerOptions {
             max_connection_age: None,
             readiness: None,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            adaptive_floor: None,
             call_timeout: Duration::from_secs(30),
             long_lived_calls: Vec::new(),
             idle_timeout: Duration::from_secs(300),
@@ -133,6 +140,9 @@ impl ServerOptions {
     pub fn admission_limits(&self) -> crate::admission::AdmissionLimits {
         crate::admission::AdmissionLimits {
             max_in_flight: usize::try_from(self.max_in_flight).unwrap_or(usize::MAX),
+            adaptive_floor: self
+                .adaptive_floor
+                .map(|f| usize::try_from(f).unwrap_or(usize::MAX)),
             default_timeout: self.call_timeout,
             retry_after: OVERLOAD_RETRY_AFTER,
             long_lived: self.long_lived_calls.clone().into(),

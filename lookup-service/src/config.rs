@@ -65,6 +65,14 @@ pub struct Config {
     #[arg(long, env = "CPIS_LOOKUP_RATE_PER_ORG", default_value = DEFAULT_RATE_PER_ORG)]
     pub lookup_rate_per_org: Rate,
 
+    /// Makes the bound on lookups in progress adaptive, down to this many: it then moves with
+    /// the lookups' latency between this and --max-in-flight, shrinking when lookups queue (for
+    /// the CPU, the registry or its commits) so that under a flood the admitted keep about twice
+    /// the unloaded latency, at the price of serving fewer at once. Unset: the bound is fixed at
+    /// --max-in-flight (the most throughput). `cpis-bench overload` measures both.
+    #[arg(long, env = "CPIS_MIN_IN_FLIGHT", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub min_in_flight: Option<u32>,
+
     /// JWKS file with the public keys (ES256/RS256) that sign NHS user and system tokens;
     /// re-read when it changes (checked every 2 s).
     #[arg(long, env = "CPIS_LOOKUP_JWKS_FILE")]
@@ -166,6 +174,7 @@ impl Config {
             registry_timeout: Duration::from_secs(2),
             lookup_rate_per_user: DEFAULT_RATE_PER_USER.parse().unwrap_or(Rate::UNLIMITED),
             lookup_rate_per_org: DEFAULT_RATE_PER_ORG.parse().unwrap_or(Rate::UNLIMITED),
+            min_in_flight: None,
             jwks_file: None,
             jwks_url: None,
             jwks_ca: None,
@@ -317,6 +326,20 @@ mod tests {
             vec!["B0170", "B0107"]
         );
         assert_eq!(config.registry_timeout, Duration::from_millis(750));
+    }
+
+    #[test]
+    fn the_bound_is_fixed_unless_given_a_floor_of_at_least_one() {
+        let config = Config::try_parse_from(["lookup"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.min_in_flight, None);
+        let config = Config::try_parse_from(["lookup", "--min-in-flight", "2"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.min_in_flight, Some(2));
+        let refused = Config::try_parse_from(["lookup", "--min-in-flight", "0"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(refused.contains("--min-in-flight"), "{refused}");
     }
 
     #[tokio::test]

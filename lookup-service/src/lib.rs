@@ -106,6 +106,11 @@ pub async fn serve(
     let readiness = cpis_core::admin::Readiness::default();
     let options = cpis_core::server::ServerOptions {
         readiness: Some(readiness.clone()),
+        // With --min-in-flight, the bound adapts to the lookups' latency (see
+        // `cpis_core::admission`), never above --max-in-flight.
+        adaptive_floor: config
+            .min_in_flight
+            .map(|floor| floor.min(config.server.max_in_flight)),
         ..config.server.clone()
     };
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
