@@ -73,7 +73,6 @@ fn request_id(metadata: &MetadataMap) -> Result<String, LookupError> {
 
 #[tonic::async_trait]
 impl LookupService for LookupApi {
-    #[tracing::instrument(skip_all, fields(rpc = "LookupChild"))]
     async fn lookup_child(
         &self,
         mut request: Request<LookupChildRequest>,

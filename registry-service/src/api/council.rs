@@ -49,7 +49,6 @@ impl CouncilApi {
 
 #[tonic::async_trait]
 impl CouncilService for CouncilApi {
-    #[tracing::instrument(skip_all, fields(rpc = "SetContactDetails"))]
     async fn set_contact_details(
         &self,
         request: Request<SetContactDetailsRequest>,
@@ -75,7 +74,6 @@ impl CouncilService for CouncilApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "GetContactDetails"))]
     async fn get_contact_details(
         &self,
         request: Request<GetContactDetailsRequest>,
@@ -90,7 +88,6 @@ impl CouncilService for CouncilApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "PutChildRecord"))]
     async fn put_child_record(
         &self,
         request: Request<PutChildRecordRequest>,
@@ -125,7 +122,6 @@ impl CouncilService for CouncilApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "GetChildRecord"))]
     async fn get_child_record(
         &self,
         request: Request<GetChildRecordRequest>,
@@ -142,7 +138,6 @@ impl CouncilService for CouncilApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "ListChildRecords"))]
     async fn list_child_records(
         &self,
         request: Request<ListChildRecordsRequest>,
@@ -189,7 +184,6 @@ impl CouncilService for CouncilApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "DeleteChildRecord"))]
     async fn delete_child_record(
         &self,
         request: Request<DeleteChildRecordRequest>,
@@ -217,7 +211,6 @@ impl CouncilService for CouncilApi {
         super::upload::upload_batch(&self.0, request).await
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "ListAccessEvents"))]
     async fn list_access_events(
         &self,
         request: Request<ListAccessEventsRequest>,

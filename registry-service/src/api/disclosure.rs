@@ -82,7 +82,6 @@ fn validate(
 
 #[tonic::async_trait]
 impl DisclosureService for DisclosureApi {
-    #[tracing::instrument(skip_all, fields(rpc = "Disclose"))]
     async fn disclose(
         &self,
         request: Request<DiscloseRequest>,

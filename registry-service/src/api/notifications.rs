@@ -18,7 +18,6 @@ type Stream = futures::stream::BoxStream<'static, Result<SubscribeNotificationsR
 
 /// `SubscribeNotifications`: replay after the cursor (the stored one unless the request names
 /// one), then live.
-#[tracing::instrument(skip_all, fields(rpc = "SubscribeNotifications"))]
 pub(super) async fn subscribe(
     registry: &Registry,
     request: Request<SubscribeNotificationsRequest>,
@@ -55,7 +54,6 @@ pub(super) async fn subscribe(
 }
 
 /// `AcknowledgeNotifications`: moves the council's cursor forward.
-#[tracing::instrument(skip_all, fields(rpc = "AcknowledgeNotifications"))]
 pub(super) async fn acknowledge(
     registry: &Registry,
     request: Request<AcknowledgeNotificationsRequest>,
@@ -73,7 +71,6 @@ pub(super) async fn acknowledge(
 }
 
 /// `ListNotifications`: a page of the council's notifications after a sequence.
-#[tracing::instrument(skip_all, fields(rpc = "ListNotifications"))]
 pub(super) async fn list(
     registry: &Registry,
     request: Request<ListNotificationsRequest>,

@@ -289,7 +289,6 @@ pub(crate) fn parse_csv(text: &str) -> Result<Vec<CsvLine>, FieldViolation> {
 
 #[tonic::async_trait]
 impl OperatorService for OperatorApi {
-    #[tracing::instrument(skip_all, fields(rpc = "ImportNhsNumberStatusChanges"))]
     async fn import_nhs_number_status_changes(
         &self,
         request: Request<Streaming<ImportNhsNumberStatusChangesRequest>>,
@@ -312,7 +311,6 @@ impl OperatorService for OperatorApi {
         Ok(Response::new(import.finish().await?))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "ListSecurityEvents"))]
     async fn list_security_events(
         &self,
         request: Request<ListSecurityEventsRequest>,

@@ -100,7 +100,6 @@ struct Batch {
 }
 
 /// Runs one `UploadBatch` call.
-#[tracing::instrument(skip_all, fields(rpc = "UploadBatch"))]
 pub(super) async fn upload_batch(
     registry: &Registry,
     request: Request<Streaming<UploadBatchRequest>>,

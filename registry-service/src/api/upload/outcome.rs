@@ -154,7 +154,6 @@ async fn stored_outcome(
 
 /// Runs one `GetBatch` call: the stored outcome with at most [`ANSWER_REJECTIONS`] rejections
 /// (batches stored before rejections were bounded carry all of theirs; they are cut here).
-#[tracing::instrument(skip_all, fields(rpc = "GetBatch"))]
 pub(in crate::api) async fn get_batch(
     registry: &Registry,
     request: Request<GetBatchRequest>,
@@ -171,7 +170,6 @@ pub(in crate::api) async fn get_batch(
 }
 
 /// Runs one `ListBatchRejections` call.
-#[tracing::instrument(skip_all, fields(rpc = "ListBatchRejections"))]
 pub(in crate::api) async fn list_rejections(
     registry: &Registry,
     request: Request<ListBatchRejectionsRequest>,
