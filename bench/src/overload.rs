@@ -235,6 +235,13 @@ pub async fn run(
             anyhow::bail!("not back to unloaded latency 30 s after the flood");
         }
     };
+    // Full load again: an adaptive bound must have grown back to serve it.
+    let after = closed_loop(callers * 100, callers, lookup_one.clone()).await;
+    anyhow::ensure!(
+        after.failed == 0,
+        "{} lookups failed after the flood",
+        after.failed
+    );
     served.sort_unstable();
     refused.sort_unstable();
     let admitted_p99 = percentile(&served, 0.99);
@@ -267,6 +274,11 @@ pub async fn run(
         ms(recovered)
     );
     println!(
+        "  full load after the flood: {:.0}/s ({:.2}x the sustained rate before it)",
+        after.rate,
+        after.rate / sustained.rate.max(1e-9)
+    );
+    println!(
         "{}",
         serde_json::json!({
             "scenario": "overload", "engine": engine, "processes": processes, "max_in_flight": limit, "min_in_flight": min_in_flight,
@@ -277,7 +289,8 @@ pub async fn run(
             "admitted_p99_to_unloaded": admitted_p99.as_secs_f64() / unloaded.p99.as_secs_f64().max(1e-9),
             "refused": refused.len(), "refused_p99_ms": ms(percentile(&refused, 0.99)),
             "failed": failed, "memory_mb": (rss_peak - rss_before) as f64 / 1024.0,
-            "recovery_ms": ms(recovered)
+            "recovery_ms": ms(recovered), "after_per_s": after.rate.round(),
+            "after_to_sustained": after.rate / sustained.rate.max(1e-9)
         })
     );
     anyhow::ensure!(failed == 0, "{failed} calls failed other than OVERLOADED");

@@ -11,7 +11,7 @@
 //! CPU time the process spends per lookup (services, clients and exporter: all in the child),
 //! which the disk does not move.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -67,11 +67,10 @@ pub async fn run(
                 .args(["--calls", &calls.to_string()])
                 .args(["--concurrency", &concurrency.to_string()])
                 // Log lines as the services write them by default (INFO: a line per call), the
-                // same in both rounds, thrown away as a log collector would take them. At
-                // `warn` the INFO spans would not be built at all with export off, and the
-                // difference would be building spans, not exporting them.
-                .env("RUST_LOG", "info")
-                .stderr(Stdio::null());
+                // same in both rounds, taken in as a log collector would (and shown if the round
+                // fails). At `warn` the INFO spans would not be built at all with export off,
+                // and the difference would be building spans, not exporting them.
+                .env("RUST_LOG", "info");
             for (name, _) in std::env::vars_os() {
                 if name.to_string_lossy().starts_with("OTEL_") {
                     command.env_remove(name);
@@ -87,11 +86,15 @@ pub async fn run(
             }
             let output = command.output().context("run a lookup round")?;
             let elapsed = started.elapsed().as_secs_f64();
-            anyhow::ensure!(
-                output.status.success(),
-                "lookup round failed: {}",
-                String::from_utf8_lossy(&output.stdout)
-            );
+            if !output.status.success() {
+                let logs = String::from_utf8_lossy(&output.stderr);
+                let last: Vec<&str> = logs.lines().rev().take(20).collect();
+                anyhow::bail!(
+                    "lookup round failed: {}\nits last log lines:\n{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    last.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
             let round: Round = String::from_utf8_lossy(&output.stdout)
                 .lines()
                 .find(|l| l.contains("\"scenario\":\"lookup\""))
