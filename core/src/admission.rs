@@ -66,7 +66,7 @@ struct Gate {
     in_flight: AtomicUsize,
     /// The limit now: `max_in_flight`, or the adaptive rule's latest answer within its bounds.
     limit: AtomicUsize,
-    /// The adaptive rule, fed each finished call's latency; `None`: a fixed limit.
+    /// The adaptive rule, fed the latency of each call answered OK; `None`: a fixed limit.
     adaptive: Option<Mutex<tower_acc::Vegas>>,
     floor: usize,
     ceiling: usize,
@@ -93,10 +93,10 @@ impl Gate {
                 tower_acc::Vegas::builder()
                     // Vegas' queue estimate: limit × (1 − lowest recent latency / latency),
                     // rounded up, so any latency above the lowest reads as at least 1. Grow at 1
-                    // or less, hold at 2 or 3, shrink beyond. The
-                    // crate's defaults (hold 3 to 6) left the admitted p99 at 3.4 to 3.8 times
-                    // the unloaded p99 under a flood, no better than the fixed bound; these keep
-                    // it near 2 (`cpis-bench overload --min-in-flight 2`).
+                    // or less, hold at 2 or 3, shrink beyond. The crate's defaults (hold 3 to 6)
+                    // left the admitted p99 at 3.4 to 3.8 times the unloaded p99 under a flood,
+                    // no better than the fixed bound; these brought it to 1.8 to 3.2 times
+                    // (`cpis-bench overload --min-in-flight 2`, README "Performance").
                     .threshold(|_| 1)
                     .alpha(|_| 2)
                     .beta(|_| 3)
