@@ -62,6 +62,7 @@ const ALWAYS_ADMITTED: &[&str] = &[
 ];
 
 /// The bound on calls in progress, shared by every connection of one server.
+#[derive(Debug)]
 struct Gate {
     in_flight: AtomicUsize,
     /// The limit now: `max_in_flight`, or the adaptive rule's latest answer within its bounds.
@@ -70,16 +71,6 @@ struct Gate {
     adaptive: Option<Mutex<tower_acc::Vegas>>,
     floor: usize,
     ceiling: usize,
-}
-
-impl std::fmt::Debug for Gate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gate")
-            .field("in_flight", &self.in_flight)
-            .field("limit", &self.limit)
-            .field("adaptive", &self.adaptive.is_some())
-            .finish_non_exhaustive()
-    }
 }
 
 impl Gate {
