@@ -180,18 +180,27 @@ where
         .with_threads(false)
         // Busy/idle time would read the clock at every poll of every span's future.
         .with_tracked_inactivity(false)
-        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-            // The services' spans are INFO; DEBUG and TRACE ones are libraries' detail.
-            let wanted = *meta.level() <= tracing::Level::INFO;
-            let log_only = meta.is_span() && LOG_ONLY_SPANS.contains(&meta.name());
-            // Spans only: log lines are exported as log lines (they carry the trace and span
-            // ids), not copied into every span as events.
-            let event = meta.is_event();
-            let transport = ["h2", "hyper", "tonic", "tower", "opentelemetry", "rustls"]
-                .iter()
-                .any(|t| meta.target().starts_with(t));
-            wanted && !event && !log_only && !transport
-        }))
+        // Activation makes a span the OpenTelemetry "current" context at every poll of its
+        // future (a clone and a thread-local push and pop each time). Nothing here reads that
+        // context: propagation and log lines read the span's own (`propagate`, `WithTraceIds`).
+        .with_context_activation(false)
+        .with_filter(
+            tracing_subscriber::filter::filter_fn(|meta| {
+                // The services' spans are INFO; DEBUG and TRACE ones are libraries' detail.
+                let wanted = *meta.level() <= tracing::Level::INFO;
+                let log_only = meta.is_span() && LOG_ONLY_SPANS.contains(&meta.name());
+                // Spans only: log lines are exported as log lines (they carry the trace and span
+                // ids), not copied into every span as events.
+                let event = meta.is_event();
+                let transport = ["h2", "hyper", "tonic", "tower", "opentelemetry", "rustls"]
+                    .iter()
+                    .any(|t| meta.target().starts_with(t));
+                wanted && !event && !log_only && !transport
+            })
+            // Nothing below INFO passes, so DEBUG and TRACE call sites need not ask (when the log
+            // lines' filter does not want them either).
+            .with_max_level_hint(tracing::Level::INFO),
+        )
 }
 
 /// Installs `subscriber` as the process's subscriber (unless one is already), remembering it so
