@@ -63,17 +63,25 @@ pub(crate) fn recent_access_rows(
     ))
 }
 
-/// PostgreSQL: the enumeration guard's counts for every lookup of a batch in one statement (each
-/// lookup's the same as `enumeration::check` reads, by the same index scans). `None` on SQLite,
-/// where each lookup's own statement costs no round trip.
+/// The enumeration guard's counts for every lookup of a batch (each lookup's the same as
+/// `enumeration::check` reads, by the same index scans). PostgreSQL: one statement for the
+/// batch. SQLite: one statement a lookup (no round trip to save), of one fixed shape so it is
+/// prepared once per connection (`check`'s lists of numbers make it new SQL every time).
 pub(crate) fn guard_counts(
     conn: &mut DbConnection,
     questions: &[crate::db::enumeration::GuardQuestion],
 ) -> Result<Option<Vec<crate::db::enumeration::GuardCounts>>, RegistryError> {
     use crate::domain::enumeration::{DAY, HOUR};
     use diesel::sql_types::{Array, BigInt, Nullable, Text};
-    let DbConnection::Pg(pg) = conn else {
-        return Ok(None);
+    let pg = match conn {
+        DbConnection::Pg(pg) => pg,
+        DbConnection::Sqlite(sqlite) => {
+            return questions
+                .iter()
+                .map(|question| sqlite_guard_counts(sqlite, question))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some);
+        }
     };
     let column = |f: fn(&crate::db::enumeration::GuardQuestion) -> String| {
         questions.iter().map(f).collect::<Vec<String>>()
@@ -115,6 +123,74 @@ pub(crate) fn guard_counts(
     .bind::<Array<Text>, _>(column(|q| q.organisation_excluded.clone()))
     .load(pg)?;
     Ok(Some(counts))
+}
+
+diesel::define_sql_function! {
+    /// SQLite's `instr(haystack, needle)`: where `needle` first starts in `haystack`, 0 if nowhere.
+    fn instr(haystack: diesel::sql_types::Text, needle: diesel::sql_types::Text) -> diesel::sql_types::Integer;
+}
+
+/// SQLite: one lookup's guard counts (`guard_counts`) in diesel's query builder, with no list
+/// of values in it, so diesel caches the prepared statement (a list makes new SQL each time, and
+/// parsing it took about 5 % of a loaded registry's CPU).
+fn sqlite_guard_counts(
+    conn: &mut diesel::sqlite::SqliteConnection,
+    question: &crate::db::enumeration::GuardQuestion,
+) -> Result<crate::db::enumeration::GuardCounts, RegistryError> {
+    use crate::db::schema::{access_events, lookup_throttles};
+    use crate::domain::enumeration::{DAY, HOUR};
+    use diesel::dsl::{count, max};
+    use diesel::sql_types::Text;
+    // A comma-separated list of numbers ",a,b," holds ",n," exactly when n is one of them:
+    // NHS numbers are ten digits (validated), never a comma.
+    let not_in = |list: &str| {
+        instr(
+            format!(",{list},"),
+            ",".into_sql::<Text>()
+                .concat(access_events::nhs_number)
+                .concat(","),
+        )
+        .eq(0)
+    };
+    let in_force = lookup_throttles::table
+        .filter(
+            lookup_throttles::subject
+                .nullable()
+                .eq(question.accessor_throttle.clone())
+                .or(lookup_throttles::subject
+                    .nullable()
+                    .eq(question.organisation_throttle.clone())),
+        )
+        .filter(lookup_throttles::throttled_until.gt(question.now))
+        .select(max(lookup_throttles::throttled_until))
+        .single_value();
+    let by_accessor = |window: i64| {
+        access_events::table
+            .filter(access_events::accessor_key.eq(question.accessor_key.clone()))
+            .filter(access_events::access_time.gt(question.now.saturating_sub(window)))
+            .filter(not_in(&question.accessor_excluded))
+            .select(count(access_events::nhs_number).aggregate_distinct())
+            .single_value()
+    };
+    let by_organisation = access_events::table
+        .filter(access_events::organisation_ods_code.eq(question.ods_code.clone()))
+        .filter(access_events::access_time.gt(question.now.saturating_sub(HOUR)))
+        .filter(not_in(&question.organisation_excluded))
+        .select(count(access_events::nhs_number).aggregate_distinct())
+        .single_value();
+    let (in_force, accessor_hour, accessor_day, organisation_hour) = diesel::select((
+        in_force,
+        by_accessor(HOUR),
+        by_accessor(DAY),
+        by_organisation,
+    ))
+    .get_result(conn)?;
+    Ok(crate::db::enumeration::GuardCounts {
+        in_force,
+        accessor_hour,
+        accessor_day,
+        organisation_hour,
+    })
 }
 
 /// One council's new last sequence (`take_sequence_ranges`).
@@ -184,4 +260,92 @@ pub(crate) fn take_sequences(
         DbConnection::Pg(c) => update().get_result(c)?,
         DbConnection::Sqlite(c) => update().get_result(c)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used, clippy::panic)] // tests: a failed expectation is a failed test
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use diesel::connection::InstrumentationEvent;
+
+    use super::*;
+    use crate::db::enumeration::GuardQuestion;
+
+    /// A lookup's guard question with `excluded` numbers left out of its counts.
+    fn question(excluded: &[&str]) -> GuardQuestion {
+        GuardQuestion {
+            accessor_key: "clinician:555000000001".into(),
+            ods_code: "RXX01".into(),
+            accessor_throttle: Some("accessor:clinician:555000000001".into()),
+            organisation_throttle: None,
+            now: 1_800_000_000,
+            accessor_excluded: excluded.join(","),
+            organisation_excluded: excluded.join(","),
+        }
+    }
+
+    /// The SQLite guard statement counts what `check` counts (the listed numbers left out) and
+    /// is prepared once per connection whatever the list's length (before, every lookup's
+    /// guard statement was new SQL, parsed again).
+    #[test]
+    fn sqlite_guard_counts_are_prepared_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = crate::db::DatabaseUrl::Sqlite(dir.path().join("guard.db"));
+        let mut conn = crate::db::dialect::connect(&url).expect("connect");
+        crate::db::dialect::run_migrations(&mut conn).expect("migrate");
+        // The clinician has looked up three children; the lists leave one, two, three out.
+        let (a, b, c) = ("9990000018", "9990000026", "9990000034");
+        let now = question(&[]).now;
+        let looked_up: Vec<crate::db::models::NewAccessEvent> = [a, b, c]
+            .iter()
+            .enumerate()
+            .map(|(i, nhs)| crate::db::models::NewAccessEvent {
+                access_id: format!("guard-test-{i}"),
+                nhs_number: (*nhs).to_owned(),
+                access_time: now - 60,
+                access_mode: 1,
+                accessor_key: question(&[]).accessor_key,
+                organisation_ods_code: question(&[]).ods_code,
+                care_setting: 1,
+                event: Vec::new(),
+            })
+            .collect();
+        crate::db::dialect::insert_access_events(&mut conn, &looked_up).expect("accesses");
+        let cached = Arc::new(AtomicUsize::new(0));
+        let counter = cached.clone();
+        let DbConnection::Sqlite(sqlite) = &mut conn else {
+            panic!("a SQLite URL gives a SQLite connection");
+        };
+        sqlite.set_instrumentation(move |event: InstrumentationEvent<'_>| {
+            if matches!(event, InstrumentationEvent::CacheQuery { .. }) {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let questions = [question(&[a]), question(&[a, b]), question(&[a, b, c])];
+        let counts = guard_counts(&mut conn, &questions)
+            .expect("counts")
+            .expect("SQLite counts too");
+        let distinct: Vec<_> = counts
+            .iter()
+            .map(|n| (n.accessor_hour, n.accessor_day, n.organisation_hour))
+            .collect();
+        assert_eq!(
+            distinct,
+            [
+                (Some(2), Some(2), Some(2)),
+                (Some(1), Some(1), Some(1)),
+                (Some(0), Some(0), Some(0))
+            ],
+            "each list's numbers left out, and only those"
+        );
+        assert!(counts.iter().all(|n| n.in_force.is_none()), "{counts:?}");
+        guard_counts(&mut conn, &questions).expect("counts again");
+        assert_eq!(
+            cached.load(Ordering::SeqCst),
+            1,
+            "six guard statements, one preparation"
+        );
+    }
 }
