@@ -289,7 +289,7 @@ fn guard(
                 question
             })
             .collect();
-        dialect::guard_counts(conn, &questions)?.map(Vec::into_iter)
+        Some(dialect::guard_counts(conn, &questions)?.into_iter())
     } else {
         None
     };

@@ -1,6 +1,7 @@
 //! Group commit's engine-specific statements: a whole batch's recent accesses and enumeration
-//! guard counts in one statement each on PostgreSQL (LATERAL), and each council's notification
-//! sequence range taken once per batch.
+//! guard counts in one statement each on PostgreSQL (LATERAL), the guard counts in one
+//! prepared-once statement a lookup on SQLite, and each council's notification sequence range
+//! taken once per batch.
 
 use diesel::prelude::*;
 
@@ -70,7 +71,7 @@ pub(crate) fn recent_access_rows(
 pub(crate) fn guard_counts(
     conn: &mut DbConnection,
     questions: &[crate::db::enumeration::GuardQuestion],
-) -> Result<Option<Vec<crate::db::enumeration::GuardCounts>>, RegistryError> {
+) -> Result<Vec<crate::db::enumeration::GuardCounts>, RegistryError> {
     use crate::domain::enumeration::{DAY, HOUR};
     use diesel::sql_types::{Array, BigInt, Nullable, Text};
     let pg = match conn {
@@ -79,8 +80,7 @@ pub(crate) fn guard_counts(
             return questions
                 .iter()
                 .map(|question| sqlite_guard_counts(sqlite, question))
-                .collect::<Result<Vec<_>, _>>()
-                .map(Some);
+                .collect();
         }
     };
     let column = |f: fn(&crate::db::enumeration::GuardQuestion) -> String| {
@@ -122,7 +122,7 @@ pub(crate) fn guard_counts(
     .bind::<BigInt, _>(DAY)
     .bind::<Array<Text>, _>(column(|q| q.organisation_excluded.clone()))
     .load(pg)?;
-    Ok(Some(counts))
+    Ok(counts)
 }
 
 diesel::define_sql_function! {
@@ -152,6 +152,10 @@ fn sqlite_guard_counts(
         )
         .eq(0)
     };
+    // No throttle key: no rule is on for this accessor, and `lets_through` reads nothing.
+    if question.accessor_throttle.is_none() && question.organisation_throttle.is_none() {
+        return Ok(crate::db::enumeration::GuardCounts::default());
+    }
     let in_force = lookup_throttles::table
         .filter(
             lookup_throttles::subject
@@ -276,42 +280,59 @@ mod tests {
     /// A lookup's guard question with `excluded` numbers left out of its counts.
     fn question(excluded: &[&str]) -> GuardQuestion {
         GuardQuestion {
-            accessor_key: "clinician:555000000001".into(),
+            accessor_key: "person:555000000001".into(),
             ods_code: "RXX01".into(),
-            accessor_throttle: Some("accessor:clinician:555000000001".into()),
-            organisation_throttle: None,
-            now: 1_800_000_000,
+            accessor_throttle: Some("person:555000000001".into()),
+            organisation_throttle: Some("organisation:RXX01".into()),
+            now: 1_800_000_000_000_000,
             accessor_excluded: excluded.join(","),
             organisation_excluded: excluded.join(","),
         }
     }
 
-    /// The SQLite guard statement counts what `check` counts (the listed numbers left out) and
-    /// is prepared once per connection whatever the list's length (before, every lookup's
-    /// guard statement was new SQL, parsed again).
+    /// The SQLite guard statement counts what `check` counts (each window, the listed numbers
+    /// left out, the latest throttle in force) and is prepared once per connection whatever the
+    /// list's length (before, every lookup's guard statement was new SQL, parsed again).
     #[test]
     fn sqlite_guard_counts_are_prepared_once() {
+        use crate::domain::enumeration::HOUR;
         let dir = tempfile::tempdir().expect("temp dir");
         let url = crate::db::DatabaseUrl::Sqlite(dir.path().join("guard.db"));
         let mut conn = crate::db::dialect::connect(&url).expect("connect");
         crate::db::dialect::run_migrations(&mut conn).expect("migrate");
-        // The clinician has looked up three children; the lists leave one, two, three out.
-        let (a, b, c) = ("9990000018", "9990000026", "9990000034");
-        let now = question(&[]).now;
-        let looked_up: Vec<crate::db::models::NewAccessEvent> = [a, b, c]
-            .iter()
-            .enumerate()
-            .map(|(i, nhs)| crate::db::models::NewAccessEvent {
+        // The clinician looked up a, b and c a minute ago and d two hours ago; a colleague in
+        // the same organisation looked up e a minute ago.
+        let (a, b, c, d, e) = (
+            "9990000018",
+            "9990000026",
+            "9990000034",
+            "9990000042",
+            "9990000050",
+        );
+        let asked = question(&[]);
+        let now = asked.now;
+        let looked_up: Vec<crate::db::models::NewAccessEvent> = [
+            (a, &asked.accessor_key, now - 60_000_000),
+            (b, &asked.accessor_key, now - 60_000_000),
+            (c, &asked.accessor_key, now - 60_000_000),
+            (d, &asked.accessor_key, now - 2 * HOUR),
+            (e, &"person:555000000002".to_owned(), now - 60_000_000),
+        ]
+        .iter()
+        .enumerate()
+        .map(
+            |(i, (nhs, accessor, at))| crate::db::models::NewAccessEvent {
                 access_id: format!("guard-test-{i}"),
                 nhs_number: (*nhs).to_owned(),
-                access_time: now - 60,
+                access_time: *at,
                 access_mode: 1,
-                accessor_key: question(&[]).accessor_key,
-                organisation_ods_code: question(&[]).ods_code,
+                accessor_key: (*accessor).clone(),
+                organisation_ods_code: asked.ods_code.clone(),
                 care_setting: 1,
                 event: Vec::new(),
-            })
-            .collect();
+            },
+        )
+        .collect();
         crate::db::dialect::insert_access_events(&mut conn, &looked_up).expect("accesses");
         let cached = Arc::new(AtomicUsize::new(0));
         let counter = cached.clone();
@@ -319,29 +340,55 @@ mod tests {
             panic!("a SQLite URL gives a SQLite connection");
         };
         sqlite.set_instrumentation(move |event: InstrumentationEvent<'_>| {
-            if matches!(event, InstrumentationEvent::CacheQuery { .. }) {
+            // Only the guard statement (the test's own inserts are cached too).
+            if matches!(event, InstrumentationEvent::CacheQuery { sql, .. } if sql.contains("instr(")) {
                 counter.fetch_add(1, Ordering::SeqCst);
             }
         });
         let questions = [question(&[a]), question(&[a, b]), question(&[a, b, c])];
-        let counts = guard_counts(&mut conn, &questions)
-            .expect("counts")
-            .expect("SQLite counts too");
+        let counts = guard_counts(&mut conn, &questions).expect("counts");
         let distinct: Vec<_> = counts
             .iter()
             .map(|n| (n.accessor_hour, n.accessor_day, n.organisation_hour))
             .collect();
+        // The hour leaves d out, the day keeps it; the organisation counts e too.
         assert_eq!(
             distinct,
             [
-                (Some(2), Some(2), Some(2)),
-                (Some(1), Some(1), Some(1)),
-                (Some(0), Some(0), Some(0))
+                (Some(2), Some(3), Some(3)),
+                (Some(1), Some(2), Some(2)),
+                (Some(0), Some(1), Some(1))
             ],
-            "each list's numbers left out, and only those"
+            "each window, each list's numbers left out, and only those"
         );
         assert!(counts.iter().all(|n| n.in_force.is_none()), "{counts:?}");
-        guard_counts(&mut conn, &questions).expect("counts again");
+
+        // A throttle in force on the clinician, an expired one on the organisation.
+        for (subject, until) in [
+            (asked.accessor_throttle.clone(), now + 100),
+            (asked.organisation_throttle.clone(), now - 1),
+        ] {
+            diesel::insert_into(crate::db::schema::lookup_throttles::table)
+                .values(crate::db::models::ThrottleRow {
+                    subject: subject.expect("a key"),
+                    throttled_until: until,
+                })
+                .execute(&mut conn)
+                .expect("throttle");
+        }
+        let again = guard_counts(&mut conn, &questions).expect("counts again");
+        assert!(
+            again.iter().all(|n| n.in_force == Some(now + 100)),
+            "the throttle in force, not the expired one: {again:?}"
+        );
+        // No rule on: nothing to count, nothing read.
+        let off = GuardQuestion {
+            accessor_throttle: None,
+            organisation_throttle: None,
+            ..question(&[a])
+        };
+        let none = guard_counts(&mut conn, &[off]).expect("counts");
+        assert!(none.iter().all(|n| n.accessor_day.is_none()), "{none:?}");
         assert_eq!(
             cached.load(Ordering::SeqCst),
             1,
