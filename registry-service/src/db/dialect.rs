@@ -22,7 +22,9 @@ use crate::error::RegistryError;
 mod batch;
 mod bulk;
 
-pub(crate) use batch::{guard_counts, recent_access_rows, take_sequence_ranges, take_sequences};
+pub(crate) use batch::{
+    counts_first_for_one, guard_counts, recent_access_rows, take_sequence_ranges, take_sequences,
+};
 pub(crate) use bulk::{insert_records, stored_records, update_records};
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");

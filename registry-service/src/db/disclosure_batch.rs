@@ -252,18 +252,18 @@ fn guard(
         .map(|(index, _)| index)
         .collect();
     // Every member's counts first (on PostgreSQL in one statement for the batch; on SQLite one
-    // prepared-once statement each, cheaper than `check`'s even for a batch of one), read as if
-    // each member before it is let through; they hold while that is so (nearly always). From
-    // the first member they do not let through (throttled, or a threshold crossed: rare), each
-    // member is checked alone. Nothing to count when no member's guard has a threshold on (all
-    // switched off for the accessor's kind): the counts would scan the accessor's whole window
-    // for nothing.
+    // prepared-once statement each, even for a batch of one: `dialect::counts_first_for_one`),
+    // read as if each member before it is let through; they hold while that is so (nearly
+    // always). From the first member they do not let through (throttled, or a threshold
+    // crossed: rare), each member is checked alone. Nothing to count when no member's guard has
+    // a threshold on (all switched off for the accessor's kind): the counts would scan the
+    // accessor's whole window for nothing.
     let counted = |&index: &usize| {
         requests
             .get(index)
             .is_some_and(|r| !r.limits.rules_for(&r.accessor).is_empty())
     };
-    let worth_counting = in_time.len() > 1 || matches!(conn, DbConnection::Sqlite(_));
+    let worth_counting = in_time.len() > 1 || dialect::counts_first_for_one(conn);
     let mut fast = if worth_counting && in_time.iter().any(counted) {
         let mut seen_by_accessor: HashMap<String, Vec<String>> = HashMap::new();
         let mut seen_by_organisation: HashMap<String, Vec<String>> = HashMap::new();
