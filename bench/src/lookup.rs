@@ -272,6 +272,7 @@ pub async fn run(
         .await;
         let cpu_before = services.as_ref().map(|s| s.cpu());
         let own_before = crate::processes::cpu_seconds(None);
+        let database_before = crate::floors::database_cpu_seconds(&stack.db.url).await?;
         let batches_before = match &services {
             Some(s) => s.batches().await,
             None => None,
@@ -284,7 +285,16 @@ pub async fn run(
             // what is left of the machine's time (the database, and whatever else runs).
             let (registry_after, lookup_after) = services.cpu();
             let own = crate::processes::cpu_seconds(None) - own_before;
+            let database =
+                crate::floors::database_cpu_seconds(&stack.db.url).await? - database_before;
             let per = |seconds: f64| seconds / calls as f64 * 1e6;
+            // PostgreSQL's backends run in processes of their own; SQLite's work is the
+            // registry's.
+            let database = if stack.db.url.starts_with("sqlite://") {
+                String::new()
+            } else {
+                format!(", PostgreSQL {:.0} µs", per(database))
+            };
             let batches = match (batches_before, services.batches().await) {
                 (Some((s0, c0)), Some((s1, c1))) if c1 > c0 => {
                     format!("; {:.1} disclosures a commit", (s1 - s0) / (c1 - c0))
@@ -292,7 +302,7 @@ pub async fn run(
                 _ => String::new(),
             };
             println!(
-                "  CPU per lookup: registry {:.0} µs, lookup-service {:.0} µs, benchmark clients {:.0} µs{batches}",
+                "  CPU per lookup: registry {:.0} µs, lookup-service {:.0} µs, benchmark clients {:.0} µs{database}{batches}",
                 per(registry_after - registry_before),
                 per(lookup_after - lookup_before),
                 per(own)
