@@ -53,6 +53,7 @@ async fn lookup(
 /// A closed loop's figures: the served calls' rate and latency, and what else happened.
 struct ClosedLoop {
     rate: f64,
+    served: usize,
     p99: Duration,
     refused: usize,
     failed: usize,
@@ -104,6 +105,7 @@ where
     served.sort_unstable();
     ClosedLoop {
         rate: served.len() as f64 / elapsed,
+        served: served.len(),
         p99: percentile(&served, 0.99),
         refused,
         failed,
@@ -185,8 +187,14 @@ pub async fn run(
     // calling again as soon as it is answered. An adaptive bound may admit fewer: a refused
     // caller tries again a millisecond later, and the throughput is of the served.
     let callers = usize::try_from(limit).unwrap_or(16);
+    // The lookup service's CPU seconds so far (processes only: in-process it is this one's).
+    let lookup_cpu = || services.as_ref().map(|s| s.cpu().1);
     let unloaded = closed_loop(500, 1, lookup_one.clone()).await;
+    let cpu_before_full = lookup_cpu();
     let sustained = closed_loop(callers * 250, callers, lookup_one.clone()).await;
+    let cpu_full = lookup_cpu()
+        .zip(cpu_before_full)
+        .map(|(after, before)| after - before);
     anyhow::ensure!(
         unloaded.failed == 0 && sustained.failed == 0,
         "lookups failed before the flood ({} unloaded, {} sustained)",
@@ -199,6 +207,7 @@ pub async fn run(
     let offered = sustained.rate * factor;
     let interval = Duration::from_secs_f64(1.0 / offered);
     let rss_before = lookup_rss();
+    let cpu_before_flood = lookup_cpu();
     let started = Instant::now();
     let mut calls = tokio::task::JoinSet::new();
     let mut ticks = tokio::time::interval(interval);
@@ -221,6 +230,9 @@ pub async fn run(
         }
     }
     let flood_ended = Instant::now();
+    let cpu_flood = lookup_cpu()
+        .zip(cpu_before_flood)
+        .map(|(after, before)| after - before);
     let flood_secs = flood_ended.duration_since(started).as_secs_f64();
     // Recovery: from the end of the flood until a lookup is served within twice the unloaded
     // p99 again.
@@ -273,6 +285,31 @@ pub async fn run(
         (rss_peak - rss_before) as f64 / 1024.0,
         ms(recovered)
     );
+    // What a refusal costs the lookup service: the flood's CPU less what its served calls cost
+    // at full load, over the refused. Only where nothing was refused at full load (a fixed
+    // bound): otherwise the full load's CPU is partly refusals too.
+    let per_call = |cpu: f64, calls: usize| cpu / calls.max(1) as f64 * 1e6;
+    let cpu_figures = match (cpu_full, cpu_flood) {
+        (Some(full), Some(flood)) => {
+            let flood_us = per_call(flood, served.len() + refused.len());
+            let refusal_us = (sustained.refused == 0).then(|| {
+                let served_us = per_call(full, sustained.served);
+                (
+                    served_us,
+                    (flood - served_us * 1e-6 * served.len() as f64) / refused.len().max(1) as f64
+                        * 1e6,
+                )
+            });
+            match refusal_us {
+                Some((served_us, refused_us)) => println!(
+                    "  lookup-service CPU: {served_us:.0} µs a call at full load; in the flood {flood_us:.0} µs a call, about {refused_us:.0} µs a refusal"
+                ),
+                None => println!("  lookup-service CPU: in the flood {flood_us:.0} µs a call"),
+            }
+            refusal_us
+        }
+        _ => None,
+    };
     println!(
         "  full load after the flood: {:.0}/s ({:.2}x the sustained rate before it)",
         after.rate,
@@ -290,7 +327,9 @@ pub async fn run(
             "refused": refused.len(), "refused_p99_ms": ms(percentile(&refused, 0.99)),
             "failed": failed, "memory_mb": (rss_peak - rss_before) as f64 / 1024.0,
             "recovery_ms": ms(recovered), "after_per_s": after.rate.round(),
-            "after_to_sustained": after.rate / sustained.rate.max(1e-9)
+            "after_to_sustained": after.rate / sustained.rate.max(1e-9),
+            "lookup_cpu_us_per_call_full_load": cpu_figures.map(|(served, _)| served),
+            "lookup_cpu_us_per_refusal": cpu_figures.map(|(_, refused)| refused)
         })
     );
     anyhow::ensure!(failed == 0, "{failed} calls failed other than OVERLOADED");
