@@ -310,6 +310,52 @@ mod tests {
         }
     }
 
+    /// PostgreSQL: each hand-written statement of a batch (recent accesses, the sequence
+    /// ranges' lock and update, NOTIFY) is prepared once per connection and reused. Before, all
+    /// were parsed again every batch; with `Prepared` alone, the two run for no rows (the lock,
+    /// NOTIFY) still were, as diesel's `execute` never caches a `sql_query`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_batch_statements_are_prepared_once() {
+        let Some(test_db) = cpis_testkit::db::TestDb::create(cpis_testkit::db::Backend::Postgres)
+        else {
+            return;
+        };
+        let url = crate::db::DatabaseUrl::parse(&test_db.url).expect("url");
+        let mut conn = crate::db::dialect::connect(&url).expect("connect");
+        crate::db::dialect::run_migrations(&mut conn).expect("migrate");
+        let markers = ["CROSS JOIN LATERAL", "FOR UPDATE", "+ v.n", "pg_notify"];
+        let cached: Arc<[AtomicUsize; 4]> = Arc::new(Default::default());
+        let counter = cached.clone();
+        let DbConnection::Pg(pg) = &mut conn else {
+            panic!("a PostgreSQL URL gives a PostgreSQL connection");
+        };
+        pg.set_instrumentation(move |event: InstrumentationEvent<'_>| {
+            if let InstrumentationEvent::CacheQuery { sql, .. } = event {
+                for (marker, count) in markers.iter().zip(counter.iter()) {
+                    if sql.contains(marker) {
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        });
+        for round in 0..3_i64 {
+            conn.transaction(|conn| {
+                let wanted = std::collections::BTreeMap::from([("RXX01".to_owned(), round + 1)]);
+                take_sequence_ranges(conn, &wanted)?;
+                recent_access_rows(conn, &["9990000018", "9990000026"], 1, 5)?;
+                crate::db::dialect::notify_all_on_commit(conn, &["RXX01"])?;
+                Ok::<_, RegistryError>(())
+            })
+            .expect("a batch's statements");
+        }
+        let prepared: Vec<usize> = cached.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+        assert_eq!(
+            prepared,
+            [1, 1, 1, 1],
+            "each of {markers:?} prepared once over three batches"
+        );
+    }
+
     cpis_testkit::both_backends!(guard_counts_are_right_and_prepared_once);
 
     /// The guard statement counts what `check` counts (each window, the listed numbers left
