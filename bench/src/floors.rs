@@ -300,7 +300,8 @@ struct Backend {
 }
 
 /// CPU seconds used so far by the PostgreSQL backends serving the database at `url` (the
-/// registry's pooled connections), on this machine; 0 for SQLite, which runs in-process.
+/// registry's pooled connections), on this machine; 0 for SQLite, which runs in-process, and for
+/// a PostgreSQL elsewhere. A backend that exits between two readings takes its seconds with it.
 pub async fn database_cpu_seconds(url: &str) -> anyhow::Result<f64> {
     if url.starts_with("sqlite://") {
         return Ok(0.0);
@@ -314,9 +315,16 @@ pub async fn database_cpu_seconds(url: &str) -> anyhow::Result<f64> {
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
         )
         .load(&mut conn)?;
+        // Only processes of this machine named postgres: a database elsewhere (another host, a
+        // container's namespace) reports pids that are not, or are someone else's, here.
         Ok(backends
             .iter()
-            .map(|b| cpu_seconds(&b.pid.to_string()))
+            .map(|b| b.pid.to_string())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|comm| comm.trim() == "postgres")
+            })
+            .map(|pid| cpu_seconds(&pid))
             .sum())
     })
     .await?

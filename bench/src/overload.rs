@@ -187,7 +187,8 @@ pub async fn run(
     // calling again as soon as it is answered. An adaptive bound may admit fewer: a refused
     // caller tries again a millisecond later, and the throughput is of the served.
     let callers = usize::try_from(limit).unwrap_or(16);
-    // The lookup service's CPU seconds so far (processes only: in-process it is this one's).
+    // The lookup service's CPU seconds so far (processes only; `None` in-process, where the
+    // service shares this process).
     let lookup_cpu = || services.as_ref().map(|s| s.cpu().1);
     let unloaded = closed_loop(500, 1, lookup_one.clone()).await;
     let cpu_before_full = lookup_cpu();
@@ -286,13 +287,14 @@ pub async fn run(
         ms(recovered)
     );
     // What a refusal costs the lookup service: the flood's CPU less what its served calls cost
-    // at full load, over the refused. Only where nothing was refused at full load (a fixed
-    // bound): otherwise the full load's CPU is partly refusals too.
+    // at full load, over the refused (an estimate: it takes a served call to cost the same in
+    // the flood). Only where nothing was refused at full load (a fixed bound), or the full
+    // load's CPU is partly refusals too, and something was refused in the flood.
     let per_call = |cpu: f64, calls: usize| cpu / calls.max(1) as f64 * 1e6;
     let cpu_figures = match (cpu_full, cpu_flood) {
         (Some(full), Some(flood)) => {
             let flood_us = per_call(flood, served.len() + refused.len());
-            let refusal_us = (sustained.refused == 0).then(|| {
+            let refusal_us = (sustained.refused == 0 && !refused.is_empty()).then(|| {
                 let served_us = per_call(full, sustained.served);
                 (
                     served_us,

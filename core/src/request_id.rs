@@ -39,21 +39,40 @@ impl RequestId {
     }
 
     /// A new id (32 hex digits) that no one outside can predict and that tells nothing of how
-    /// many calls came before it: a counter passed through SipHash under two keys drawn from
-    /// the operating system once per process. Every call without an id of its own gets one, so
-    /// it must be cheap: drawing 16 bytes from the OS and formatting each byte took about 2 % of
-    /// the lookup service's CPU (a system call and 16 allocations a call; a refused call pays
-    /// it too).
+    /// many calls came before it: SHA-256 of a 32-byte key drawn from the operating system once
+    /// per process and a counter, cut to 16 bytes. Every call without an id of its own gets
+    /// one, so it must be cheap: drawing 16 bytes from the OS and formatting each byte took
+    /// about 2 % of the lookup service's CPU (a system call and 16 allocations a call; a
+    /// refused call pays it too).
     pub fn generate() -> Self {
-        use std::hash::BuildHasher as _;
+        use sha2::Digest as _;
         use std::sync::atomic::{AtomicU64, Ordering};
-        static KEYS: std::sync::OnceLock<[std::hash::RandomState; 2]> = std::sync::OnceLock::new();
+        static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let keys =
-            KEYS.get_or_init(|| [std::hash::RandomState::new(), std::hash::RandomState::new()]);
+        let key = KEY.get_or_init(|| {
+            use rand_core::RngCore as _;
+            let mut key = [0_u8; 32];
+            if rand_core::OsRng.try_fill_bytes(&mut key).is_err() {
+                // No entropy (never seen in practice): the process's start time and id still
+                // keep its ids apart from other processes'.
+                let salt = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
+                key = sha2::Sha256::digest(salt.as_bytes()).into();
+            }
+            key
+        });
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let digest = sha2::Sha256::new()
+            .chain_update(key)
+            .chain_update(n.to_be_bytes())
+            .finalize();
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut id = String::with_capacity(32);
+        for byte in digest.iter().take(16) {
+            id.push(char::from(HEX[usize::from(byte >> 4)]));
+            id.push(char::from(HEX[usize::from(byte & 0x0f)]));
+        }
         Self {
-            id: format!("{:016x}{:016x}", keys[0].hash_one(n), keys[1].hash_one(n)),
+            id,
             from_caller: false,
         }
     }

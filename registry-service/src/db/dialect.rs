@@ -40,26 +40,31 @@ pub(crate) const INSERT_ROWS: usize = 500;
 /// (keyed by its SQL text and bind types), as it does the query builder's. `sql_query` on its
 /// own is never cached, so each batch parsed and planned its statements again: in PostgreSQL's
 /// statement log, parse and plan were 0.65 ms of the guard statement's 2.8 ms a batch (BENCHMARKS).
-/// Only for SQL text that never varies (a literal): each text is a prepared statement kept for
-/// the connection's life. Run it with `load` or with its own `execute` (below), which hand diesel
-/// the statement itself: diesel's `execute` takes a reference, whose `QueryFragment` asks the
-/// inner `sql_query` and so never caches.
+///
+/// - Only for SQL text that never varies (a literal): each text is a prepared statement kept for
+///   the connection's life.
+/// - After five runs PostgreSQL may keep a generic plan, blind to the bound values. Fit only for
+///   statements whose plan cannot depend on them: those that scan per row of `unnest($n)`
+///   through correlated subqueries (the values reach the scans at run time either way). Not for
+///   `= ANY($1)` over a table (see `plan_for_actual_values`).
+/// - Run it with `load` or with its own `execute` (below), which hand diesel the statement
+///   itself: diesel's `execute` takes a reference, whose `QueryFragment` asks the inner
+///   `sql_query`, and so never caches.
 pub(crate) struct Prepared<Q>(pub(crate) Q);
 
 impl<Q> Prepared<Q>
 where
     Self: diesel::query_builder::QueryFragment<diesel::pg::Pg> + diesel::query_builder::QueryId,
 {
-    /// Runs a statement whose rows, if any, are not wanted; the number of rows it returned.
-    /// (Shadows `RunQueryDsl::execute`, which would prepare it again every time.)
-    pub(crate) fn execute(self, conn: &mut PgConnection) -> QueryResult<usize> {
+    /// Runs a statement whose rows, if any, are not wanted. (Shadows `RunQueryDsl::execute`,
+    /// which would prepare it again every time; returns no count, as the rows it could count
+    /// are those returned, not those affected.)
+    pub(crate) fn execute(self, conn: &mut PgConnection) -> QueryResult<()> {
         use diesel::connection::{DefaultLoadingMode, LoadConnection};
-        let mut returned = 0;
         for row in LoadConnection::<DefaultLoadingMode>::load(conn, self)? {
             row?;
-            returned += 1;
         }
-        Ok(returned)
+        Ok(())
     }
 }
 
