@@ -44,7 +44,10 @@ EXCLUDED_KEYS = {
     "observedTimeUnixNano",
 }
 
-NHS_RE = re.compile(r"(?<!\d)999[ -]?\d{3}[ -]?\d{4}(?!\d)")
+# Not inside a longer run of hex digits: the random hex of a generated request or access id
+# ("...fa9991914870") holds a ten-digit run with a valid checksum about once in 400,000 ids,
+# which is an identifier's randomness, not a child (seen in CI).
+NHS_RE = re.compile(r"(?<![0-9A-Fa-f])999[ -]?\d{3}[ -]?\d{4}(?![0-9A-Fa-f])")
 # A bearer token (a JWT: base64url header, payload and signature): never in telemetry.
 TOKEN_RE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.")
 # Case ids the test sources write literally (councils' own references for a child).
@@ -289,6 +292,11 @@ def self_test(repo):
         # An invalid checksum and a number outside the test range are not test NHS numbers.
         if detector.kinds("9990000017 1234567881"):
             failures.append("matched a number that is not a test NHS number")
+        # Nor is a valid-looking run inside a generated id's hex; standing alone it is one.
+        if detector.kinds("8e9d1da5ea3167f47548fa9991914870 acc-66-9990000018e"):
+            failures.append("matched digits inside a hex identifier")
+        if not detector.kinds('"request_id":"9991914870"'):
+            failures.append("missed a test NHS number standing alone")
     if run_empty_fails(repo):
         failures.append("an empty directory passed")
     for failure in failures:
