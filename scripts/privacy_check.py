@@ -15,7 +15,8 @@ SDK makes), timestamps (the clock's), and metric values (numbers the code counts
 What the tests sent:
   - NHS numbers: every test NHS number is in the test range 999 000 0000-999 999 9999
     (cpis_core::nhs_number::test_range), so any valid-checksum number there is one, in any of its
-    forms (9990000018, 999 000 0018, 999-000-0018);
+    forms (9990000018, 999 000 0018, 999-000-0018), except inside a run of 16 or more hex digits:
+    the random ids the services generate (see HEX_ID_RE);
   - names and dates of birth: the literals the test sources give children (given_name,
     family_name, date_of_birth, and the date of birth passed to the fixtures' cpp(...)), read
     from the sources now; names shorter than 3 letters or not plain words are skipped (they
@@ -44,10 +45,13 @@ EXCLUDED_KEYS = {
     "observedTimeUnixNano",
 }
 
-# Not inside a longer run of hex digits: the random hex of a generated request or access id
-# ("...fa9991914870") holds a ten-digit run with a valid checksum about once in 400,000 ids,
-# which is an identifier's randomness, not a child (seen in CI).
-NHS_RE = re.compile(r"(?<![0-9A-Fa-f])999[ -]?\d{3}[ -]?\d{4}(?![0-9A-Fa-f])")
+NHS_RE = re.compile(r"(?<!\d)999[ -]?\d{3}[ -]?\d{4}(?!\d)")
+# The random ids the services make (request ids, 32 hex digits; access and security-event ids,
+# `acc-`/`sev-`, the clock in hex, then random hex; key ids; trace context): 16 or more hex digits
+# in a row, masked before NHS numbers are looked for. A generated id's hex holds a ten-digit run
+# with a valid checksum in the test range about once in 400,000 ids ("...fa9991914870", seen in
+# CI): an identifier's randomness, not a child. Anything shorter is searched as written.
+HEX_ID_RE = re.compile(r"(?:\b(?:acc|sev)-[0-9a-f]+-)?[0-9A-Fa-f]{16,}")
 # A bearer token (a JWT: base64url header, payload and signature): never in telemetry.
 TOKEN_RE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.")
 # Case ids the test sources write literally (councils' own references for a child).
@@ -134,7 +138,7 @@ class Detector:
 
     def kinds(self, text):
         found = []
-        if any(valid_nhs(re.sub(r"[ -]", "", m)) for m in NHS_RE.findall(text)):
+        if any(valid_nhs(re.sub(r"[ -]", "", m)) for m in NHS_RE.findall(HEX_ID_RE.sub("#", text))):
             found.append("NHS number")
         if self.names and self.names.search(text):
             found.append("child's name")
@@ -292,11 +296,17 @@ def self_test(repo):
         # An invalid checksum and a number outside the test range are not test NHS numbers.
         if detector.kinds("9990000017 1234567881"):
             failures.append("matched a number that is not a test NHS number")
-        # Nor is a valid-looking run inside a generated id's hex; standing alone it is one.
-        if detector.kinds("8e9d1da5ea3167f47548fa9991914870 acc-66-9990000018e"):
-            failures.append("matched digits inside a hex identifier")
-        if not detector.kinds('"request_id":"9991914870"'):
-            failures.append("missed a test NHS number standing alone")
+        # Nor is a valid-looking run inside a generated id's hex (a request id, an access id
+        # with one in its clock or its random part, a traceparent) ...
+        ids = ("8e9d1da5ea3167f47548fa9991914870 acc-9990000018-1a3605272159877009990000018e06f "
+               "sev-661307aa-9990000018fe06fe9 00-04bf92f3577b34da6a3ce9990000018f-00f067aa0ba902b7-01")
+        if detector.kinds(ids):
+            failures.append("matched digits inside a generated hex identifier")
+        # ... while one next to anything else, hex letters and escapes included, is found.
+        for text in ('"request_id":"9991914870"', "code9990000018", "%7C9990000018",
+                     "NhsNumber(9990000018)", "9990000018abc", "/Patient/999 000 0018"):
+            if not detector.kinds(text):
+                failures.append(f"missed a test NHS number in {text!r}")
     if run_empty_fails(repo):
         failures.append("an empty directory passed")
     for failure in failures:

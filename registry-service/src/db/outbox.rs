@@ -77,7 +77,8 @@ impl Outbox {
     /// batch of disclosures): each `(council, create time, kind)` gets the next sequence of its
     /// council, in the order given. Each council's range is taken with one UPDATE … RETURNING,
     /// councils in code order (the one lock order, so two batches cannot deadlock on each
-    /// other), then one multi-row INSERT and one NOTIFY per batch. Returns the sequences in the
+    /// other), then one multi-row INSERT (a prepared one a row on SQLite) and one NOTIFY per
+    /// batch. Returns the sequences in the
     /// order of `items`.
     pub fn enqueue_all(
         &mut self,

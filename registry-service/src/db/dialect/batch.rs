@@ -475,7 +475,8 @@ mod tests {
             },
         )
         .collect();
-        crate::db::dialect::insert_access_events(&mut conn, &looked_up).expect("accesses");
+        conn.transaction(|conn| crate::db::dialect::insert_access_events(conn, &looked_up))
+            .expect("accesses");
         let cached = Arc::new(AtomicUsize::new(0));
         let counter = cached.clone();
         // Only the guard statement (the test's own inserts are cached too): SQLite's alone
