@@ -65,12 +65,9 @@ impl RequestId {
             .chain_update(key)
             .chain_update(n.to_be_bytes())
             .finalize();
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut id = String::with_capacity(32);
-        for byte in digest.iter().take(16) {
-            id.push(char::from(HEX[usize::from(byte >> 4)]));
-            id.push(char::from(HEX[usize::from(byte & 0x0f)]));
-        }
+        // The digest's own hex (64 digits), cut to the first 16 bytes.
+        let mut id = format!("{digest:x}");
+        id.truncate(32);
         Self {
             id,
             from_caller: false,

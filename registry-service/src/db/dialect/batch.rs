@@ -428,14 +428,13 @@ mod tests {
     /// again: on SQLite because its lists of numbers made new text, on PostgreSQL because
     /// diesel never caches a `sql_query` (now `dialect::Prepared`).
     async fn guard_counts_are_right_and_prepared_once(backend: cpis_testkit::db::Backend) {
-        use crate::domain::enumeration::HOUR;
+        use crate::domain::enumeration::{DAY, HOUR};
         let Some(test_db) = cpis_testkit::db::TestDb::create(backend) else {
             return;
         };
         let url = crate::db::DatabaseUrl::parse(&test_db.url).expect("url");
         let mut conn = crate::db::dialect::connect(&url).expect("connect");
         crate::db::dialect::run_migrations(&mut conn).expect("migrate");
-        use crate::domain::enumeration::DAY;
         // The clinician looked up a, b and c a minute ago, a again half an hour ago, d two hours
         // ago and f a day and a minute ago; a colleague in the same organisation looked up e a
         // minute ago.
