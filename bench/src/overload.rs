@@ -19,6 +19,16 @@ use tonic::{Request, metadata::MetadataValue, transport::Channel};
 
 use crate::lookup::{ed_clinician, resident_kib, seed_children};
 
+/// CPU seconds (or cores) of the registry, the lookup service and the benchmark's client.
+#[derive(Clone, Copy)]
+struct Cores([f64; 3]);
+
+impl Cores {
+    fn map2(self, other: Self, f: impl Fn(f64, f64) -> f64) -> Self {
+        Self(std::array::from_fn(|i| f(self.0[i], other.0[i])))
+    }
+}
+
 /// What became of one call of the flood.
 enum Outcome {
     Served(Duration),
@@ -190,6 +200,14 @@ pub async fn run(
     // The lookup service's CPU seconds so far (processes only; `None` in-process, where the
     // service shares this process).
     let lookup_cpu = || services.as_ref().map(|s| s.cpu().1);
+    // The CPU seconds so far of the registry, the lookup service and this client (processes
+    // only): on a machine of two cores, the flood's own client competes with the services.
+    let all_cpu = || {
+        services.as_ref().map(|s| {
+            let (registry, lookup) = s.cpu();
+            Cores([registry, lookup, crate::processes::cpu_seconds(None)])
+        })
+    };
     let unloaded = closed_loop(500, 1, lookup_one.clone()).await;
     let cpu_before_full = lookup_cpu();
     let sustained = closed_loop(callers * 250, callers, lookup_one.clone()).await;
@@ -209,6 +227,7 @@ pub async fn run(
     let interval = Duration::from_secs_f64(1.0 / offered);
     let rss_before = lookup_rss();
     let cpu_before_flood = lookup_cpu();
+    let cores_before_flood = all_cpu();
     let started = Instant::now();
     let mut calls = tokio::task::JoinSet::new();
     let mut ticks = tokio::time::interval(interval);
@@ -235,6 +254,9 @@ pub async fn run(
         .zip(cpu_before_flood)
         .map(|(after, before)| after - before);
     let flood_secs = flood_ended.duration_since(started).as_secs_f64();
+    let cores_in_flood = all_cpu()
+        .zip(cores_before_flood)
+        .map(|(after, before)| after.map2(before, |a, b| (a - b) / flood_secs));
     // Recovery: from the end of the flood until a lookup is served within twice the unloaded
     // p99 again.
     let recovered = loop {
@@ -312,6 +334,11 @@ pub async fn run(
         }
         _ => None,
     };
+    if let Some(Cores([registry, lookup, client])) = cores_in_flood {
+        println!(
+            "  cores busy in the flood: lookup service {lookup:.2}, registry {registry:.2}, the flood's client {client:.2}"
+        );
+    }
     println!(
         "  full load after the flood: {:.0}/s ({:.2}x the sustained rate before it)",
         after.rate,

@@ -77,9 +77,8 @@ impl Outbox {
     /// batch of disclosures): each `(council, create time, kind)` gets the next sequence of its
     /// council, in the order given. Each council's range is taken with one UPDATE … RETURNING,
     /// councils in code order (the one lock order, so two batches cannot deadlock on each
-    /// other), then one multi-row INSERT (a prepared one a row on SQLite) and one NOTIFY per
-    /// batch. Returns the sequences in the
-    /// order of `items`.
+    /// other), then on PostgreSQL one statement inserts them all and NOTIFYs their councils (on
+    /// SQLite, one prepared statement a row). Returns the sequences in the order of `items`.
     pub fn enqueue_all(
         &mut self,
         conn: &mut DbConnection,
@@ -118,7 +117,6 @@ impl Outbox {
             })?;
             next.insert(ods_code.clone(), last - count + 1);
         }
-        let codes: Vec<&str> = wanted.keys().map(String::as_str).collect();
         let mut rows = Vec::with_capacity(items.len());
         let mut sequences = Vec::with_capacity(items.len());
         for (ods_code, create_time, kind) in items {
@@ -142,9 +140,8 @@ impl Outbox {
             *sequence += 1;
         }
         for part in rows.chunks(dialect::INSERT_ROWS) {
-            dialect::insert_notifications(conn, part)?;
+            dialect::queue_notifications(conn, part)?;
         }
-        dialect::notify_all_on_commit(conn, &codes)?;
         Ok(sequences)
     }
 
