@@ -358,7 +358,10 @@ pub async fn run(
             "recovery_ms": ms(recovered), "after_per_s": after.rate.round(),
             "after_to_sustained": after.rate / sustained.rate.max(1e-9),
             "lookup_cpu_us_per_call_full_load": cpu_figures.map(|(served, _)| served),
-            "lookup_cpu_us_per_refusal": cpu_figures.map(|(_, refused)| refused)
+            "lookup_cpu_us_per_refusal": cpu_figures.map(|(_, refused)| refused),
+            "cores_in_flood": cores_in_flood.map(|Cores([registry, lookup, client])| serde_json::json!({
+                "registry": registry, "lookup_service": lookup, "client": client
+            }))
         })
     );
     anyhow::ensure!(failed == 0, "{failed} calls failed other than OVERLOADED");
