@@ -45,7 +45,8 @@ pub(crate) const INSERT_ROWS: usize = 500;
 ///   the connection's life.
 /// - After five runs PostgreSQL may keep a generic plan, blind to the bound values. Fit only for
 ///   statements whose plan cannot depend on them: those that scan per row of `unnest($n)`
-///   through correlated subqueries (the values reach the scans at run time either way). Not for
+///   through correlated subqueries (the values reach the scans at run time either way), a
+///   primary-key probe, or an insert of `unnest`ed arrays. Not for
 ///   `= ANY($1)` over a table (see `plan_for_actual_values`).
 /// - Run it with `load` or with its own `execute` (below), which hand diesel the statement
 ///   itself: diesel's `execute` takes a reference, whose `QueryFragment` asks the inner
@@ -167,7 +168,7 @@ pub(crate) fn run_migrations(conn: &mut DbConnection) -> Result<Vec<String>, Reg
 /// One multi-row INSERT of `rows` into `table` inside the caller's transaction: diesel's
 /// MultiConnection cannot build multi-row inserts, so each backend's own connection runs it.
 /// (On SQLite diesel writes one multi-row statement only for a struct derived with
-/// `treat_none_as_default_value = false`; for others, see `insert_rows_apart_on_sqlite`.)
+/// `treat_none_as_default_value = false`; for others, see `insert_rows_apart`.)
 macro_rules! insert_rows {
     ($conn:expr, $table:path, $rows:expr) => {
         Ok(match $conn {
@@ -220,8 +221,9 @@ pub(crate) fn insert_batch_rejections(
 /// Inserts `rows` (at most `INSERT_ROWS`) of a disclosure batch's access events. PostgreSQL:
 /// one statement of fixed text whatever the number of rows (each column bound as an array and
 /// unnested, in order), so it is prepared once per connection: diesel's multi-row INSERT is
-/// new SQL for each number of rows and was parsed and planned again by every batch (about
-/// 0.1 ms of PostgreSQL's time each, by its statement log). SQLite: `insert_rows_apart`.
+/// new SQL for each number of rows and was parsed again by every batch (about 0.1 ms of
+/// PostgreSQL's time with its planning, by its statement log). Returns the rows given: on
+/// PostgreSQL one statement puts them all in or fails. SQLite: `insert_rows_apart`.
 pub(crate) fn insert_access_events(
     conn: &mut DbConnection,
     rows: &[NewAccessEvent],

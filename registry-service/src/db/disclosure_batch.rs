@@ -1,11 +1,13 @@
 //! Group commit: the disclose-and-record transaction of `db::disclosure` for a batch of lookups
 //! at once, with one commit (one fsync) for all of them. The enumeration guard decides member by
 //! member in arrival order, counting earlier members as committed; then set-based statements:
-//! one read of every number's records, one of their councils, one multi-row insert of the access
-//! events, each council's notification sequences taken once (`Outbox::enqueue_all`), one
-//! multi-row insert of the notifications (on SQLite, which has no round trips to save, one
-//! prepared statement a row: `dialect::insert_access_events`). A member refused by the guard, or whose deadline has
-//! passed by the time its access would be written, is answered alone; the others go on.
+//! one read of every number's records, one of their councils, one insert of the access events
+//! (`dialect::insert_access_events`), each council's notification sequences taken once
+//! (`Outbox::enqueue_all`), one insert of the notifications (`dialect::queue_notifications`,
+//! which on PostgreSQL also NOTIFYs their councils). On PostgreSQL each insert is one prepared
+//! statement of the rows as arrays; on SQLite, which has no round trips to save, one prepared
+//! statement a row. A member refused by the guard, or whose deadline has passed by the time its
+//! access would be written, is answered alone; the others go on.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;

@@ -1,5 +1,6 @@
 //! The PostgreSQL half of live wake-ups: a thread LISTENs on the notification channel and turns
-//! each NOTIFY (sent by `db::dialect::notify_on_commit`, delivered only on commit) into a local
+//! each NOTIFY (sent by `db::dialect::notify_on_commit` and `queue_notifications`, delivered only
+//! on commit) into a local
 //! wake-up, reconnecting with backoff when the connection drops.
 
 use std::sync::Arc;
