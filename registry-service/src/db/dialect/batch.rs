@@ -323,6 +323,18 @@ mod tests {
     use super::*;
     use crate::db::enumeration::GuardQuestion;
 
+    /// A new database of `backend` with the registry's schema and a connection to it, or `None`
+    /// where that engine is not available to the tests.
+    fn migrated(
+        backend: cpis_testkit::db::Backend,
+    ) -> Option<(cpis_testkit::db::TestDb, DbConnection)> {
+        let test_db = cpis_testkit::db::TestDb::create(backend)?;
+        let url = crate::db::DatabaseUrl::parse(&test_db.url).expect("url");
+        let mut conn = crate::db::dialect::connect(&url).expect("connect");
+        crate::db::dialect::run_migrations(&mut conn).expect("migrate");
+        Some((test_db, conn))
+    }
+
     /// A lookup's guard question with `excluded` numbers left out of its counts.
     fn question(excluded: &[&str]) -> GuardQuestion {
         GuardQuestion {
@@ -346,13 +358,9 @@ mod tests {
     async fn postgres_batch_statements_are_prepared_once() {
         use crate::db::models::{NewAccessEvent, NotificationRow};
         use crate::db::schema::{access_events, local_authorities, notifications};
-        let Some(test_db) = cpis_testkit::db::TestDb::create(cpis_testkit::db::Backend::Postgres)
-        else {
+        let Some((test_db, mut conn)) = migrated(cpis_testkit::db::Backend::Postgres) else {
             return;
         };
-        let url = crate::db::DatabaseUrl::parse(&test_db.url).expect("url");
-        let mut conn = crate::db::dialect::connect(&url).expect("connect");
-        crate::db::dialect::run_migrations(&mut conn).expect("migrate");
         let mut listener = PgConnection::establish(&test_db.url).expect("listener");
         diesel::sql_query(format!("LISTEN {}", crate::db::dialect::NOTIFY_CHANNEL))
             .execute(&mut listener)
@@ -517,13 +525,9 @@ mod tests {
             #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
             line: String,
         }
-        let Some(test_db) = cpis_testkit::db::TestDb::create(cpis_testkit::db::Backend::Postgres)
-        else {
+        let Some((_test_db, mut conn)) = migrated(cpis_testkit::db::Backend::Postgres) else {
             return;
         };
-        let url = crate::db::DatabaseUrl::parse(&test_db.url).expect("url");
-        let mut conn = crate::db::dialect::connect(&url).expect("connect");
-        crate::db::dialect::run_migrations(&mut conn).expect("migrate");
         let DbConnection::Pg(pg) = &mut conn else {
             panic!("a PostgreSQL URL gives a PostgreSQL connection");
         };
@@ -640,12 +644,9 @@ mod tests {
     /// diesel never caches a `sql_query` (now `dialect::Prepared`).
     async fn guard_counts_are_right_and_prepared_once(backend: cpis_testkit::db::Backend) {
         use crate::domain::enumeration::{DAY, HOUR};
-        let Some(test_db) = cpis_testkit::db::TestDb::create(backend) else {
+        let Some((_test_db, mut conn)) = migrated(backend) else {
             return;
         };
-        let url = crate::db::DatabaseUrl::parse(&test_db.url).expect("url");
-        let mut conn = crate::db::dialect::connect(&url).expect("connect");
-        crate::db::dialect::run_migrations(&mut conn).expect("migrate");
         // The clinician looked up a, b and c a minute ago, a again half an hour ago, d two hours
         // ago and f a day and a minute ago; a colleague in the same organisation looked up e a
         // minute ago.
