@@ -24,8 +24,19 @@ use crate::lookup::{ed_clinician, resident_kib, seed_children};
 struct Cores([f64; 3]);
 
 impl Cores {
-    fn map2(self, other: Self, f: impl Fn(f64, f64) -> f64) -> Self {
-        Self(std::array::from_fn(|i| f(self.0[i], other.0[i])))
+    /// CPU seconds used between the reading `before` and this one.
+    fn since(self, before: Self) -> Self {
+        Self(std::array::from_fn(|i| self.0[i] - before.0[i]))
+    }
+
+    /// CPU seconds over `seconds` of wall time: the cores each kept busy.
+    fn over(self, seconds: f64) -> Self {
+        Self(self.0.map(|cpu| cpu / seconds))
+    }
+
+    /// The lookup service's.
+    fn lookup(self) -> f64 {
+        self.0[1]
     }
 }
 
@@ -197,11 +208,9 @@ pub async fn run(
     // calling again as soon as it is answered. An adaptive bound may admit fewer: a refused
     // caller tries again a millisecond later, and the throughput is of the served.
     let callers = usize::try_from(limit).unwrap_or(16);
-    // The lookup service's CPU seconds so far (processes only; `None` in-process, where the
-    // service shares this process).
-    let lookup_cpu = || services.as_ref().map(|s| s.cpu().1);
     // The CPU seconds so far of the registry, the lookup service and this client (processes
-    // only): on a machine of two cores, the flood's own client competes with the services.
+    // only; `None` in-process, where the services share this process): on a machine of two
+    // cores, the flood's own client competes with the services.
     let all_cpu = || {
         services.as_ref().map(|s| {
             let (registry, lookup) = s.cpu();
@@ -209,11 +218,12 @@ pub async fn run(
         })
     };
     let unloaded = closed_loop(500, 1, lookup_one.clone()).await;
-    let cpu_before_full = lookup_cpu();
+    let cpu_before_full = all_cpu();
     let sustained = closed_loop(callers * 250, callers, lookup_one.clone()).await;
-    let cpu_full = lookup_cpu()
+    // The lookup service's CPU seconds at full load.
+    let cpu_full = all_cpu()
         .zip(cpu_before_full)
-        .map(|(after, before)| after - before);
+        .map(|(after, before)| after.since(before).lookup());
     anyhow::ensure!(
         unloaded.failed == 0 && sustained.failed == 0,
         "lookups failed before the flood ({} unloaded, {} sustained)",
@@ -226,8 +236,7 @@ pub async fn run(
     let offered = sustained.rate * factor;
     let interval = Duration::from_secs_f64(1.0 / offered);
     let rss_before = lookup_rss();
-    let cpu_before_flood = lookup_cpu();
-    let cores_before_flood = all_cpu();
+    let cpu_before_flood = all_cpu();
     let started = Instant::now();
     let mut calls = tokio::task::JoinSet::new();
     let mut ticks = tokio::time::interval(interval);
@@ -250,13 +259,13 @@ pub async fn run(
         }
     }
     let flood_ended = Instant::now();
-    let cpu_flood = lookup_cpu()
+    let cpu_in_flood = all_cpu()
         .zip(cpu_before_flood)
-        .map(|(after, before)| after - before);
+        .map(|(after, before)| after.since(before));
     let flood_secs = flood_ended.duration_since(started).as_secs_f64();
-    let cores_in_flood = all_cpu()
-        .zip(cores_before_flood)
-        .map(|(after, before)| after.map2(before, |a, b| (a - b) / flood_secs));
+    // The lookup service's CPU seconds in the flood, and each process's cores.
+    let cpu_flood = cpu_in_flood.map(Cores::lookup);
+    let cores_in_flood = cpu_in_flood.map(|cpu| cpu.over(flood_secs));
     // Recovery: from the end of the flood until a lookup is served within twice the unloaded
     // p99 again.
     let recovered = loop {

@@ -279,18 +279,21 @@ pub(crate) fn queue_notifications(
         }
     };
     let whole = |f: fn(&NotificationRow) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
+    let councils: Vec<&str> = rows.iter().map(|r| r.local_authority.as_str()).collect();
+    let bodies: Vec<&[u8]> = rows.iter().map(|r| r.notification.as_slice()).collect();
     Prepared(
         diesel::sql_query(
             "WITH queued AS ( \
                INSERT INTO notifications (local_authority, sequence, create_time, notification) \
                SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bytea[]) \
                RETURNING local_authority) \
-             SELECT pg_notify($5, code) FROM (SELECT DISTINCT local_authority FROM queued) AS c(code)",
+             SELECT pg_notify($5, code) \
+             FROM (SELECT DISTINCT local_authority FROM queued) AS c(code)",
         )
-        .bind::<Array<Text>, _>(rows.iter().map(|r| r.local_authority.as_str()).collect::<Vec<&str>>())
+        .bind::<Array<Text>, _>(councils)
         .bind::<Array<BigInt>, _>(whole(|r| r.sequence))
         .bind::<Array<BigInt>, _>(whole(|r| r.create_time))
-        .bind::<Array<Binary>, _>(rows.iter().map(|r| r.notification.as_slice()).collect::<Vec<&[u8]>>())
+        .bind::<Array<Binary>, _>(bodies)
         .bind::<Text, _>(NOTIFY_CHANNEL),
     )
     .execute(pg)?;
