@@ -1,21 +1,23 @@
 //! SQL for the enumeration guard, run first in every disclosure's transaction: is the caller (or
 //! its organisation) throttled, and would this lookup take a count of distinct NHS numbers in a
-//! sliding window past its threshold? The counts are over `access_events`, which every replica
-//! of every lookup service writes through, so they hold for the whole deployment; each count is
-//! a range scan of one index (key, time, NHS number). Crossing a threshold claims the subject's
+//! sliding window past its threshold? The counts are over `enumeration_last_seen`, each
+//! subject's latest access of each number, which a trigger keeps from `access_events` (every
+//! replica of every lookup service writes through it), so they hold for the whole deployment;
+//! each count is a range scan of one index (subject, last seen, NHS number) that reads no more
+//! rows than the window's distinct numbers, however often they were looked up. Crossing a threshold claims the subject's
 //! row in `lookup_throttles` (only one racing transaction can) and writes one security event.
 //! Also the operators' listing of security events.
 
 use cpis_core::{accessor::ValidAccessor, nhs_number::NhsNumber};
 use cpis_proto::cpis::registry::v1::{SecurityEvent, SecurityEventKind};
-use diesel::dsl::{count, max};
+use diesel::dsl::{count_star, max};
 use diesel::prelude::*;
 use prost::Message as _;
 
 use super::{
     DbConnection,
     models::{SecurityEventRow, ThrottleRow, decode},
-    schema::{access_events, lookup_throttles, security_events},
+    schema::{enumeration_last_seen, lookup_throttles, security_events},
 };
 use crate::domain::dates::timestamp;
 use crate::domain::enumeration::{Counted, DAY, EnumerationLimits, HOUR, Rule, throttled_until};
@@ -176,18 +178,18 @@ pub(crate) fn check(
     let (accessor_earlier, accessor_excluded) = split_earlier(earlier.accessor, &nhs);
     let (organisation_earlier, organisation_excluded) = split_earlier(earlier.organisation, &nhs);
     let by_accessor = |window: i64| {
-        access_events::table
-            .filter(access_events::accessor_key.eq(key.clone()))
-            .filter(access_events::access_time.gt(now.saturating_sub(window)))
-            .filter(access_events::nhs_number.ne_all(accessor_excluded.clone()))
-            .select(count(access_events::nhs_number).aggregate_distinct())
+        enumeration_last_seen::table
+            .filter(enumeration_last_seen::subject.eq(key.clone()))
+            .filter(enumeration_last_seen::last_seen.gt(now.saturating_sub(window)))
+            .filter(enumeration_last_seen::nhs_number.ne_all(accessor_excluded.clone()))
+            .select(count_star())
             .single_value()
     };
-    let by_organisation = access_events::table
-        .filter(access_events::organisation_ods_code.eq(ods.clone()))
-        .filter(access_events::access_time.gt(now.saturating_sub(HOUR)))
-        .filter(access_events::nhs_number.ne_all(organisation_excluded.clone()))
-        .select(count(access_events::nhs_number).aggregate_distinct())
+    let by_organisation = enumeration_last_seen::table
+        .filter(enumeration_last_seen::subject.eq(format!("organisation:{ods}")))
+        .filter(enumeration_last_seen::last_seen.gt(now.saturating_sub(HOUR)))
+        .filter(enumeration_last_seen::nhs_number.ne_all(organisation_excluded.clone()))
+        .select(count_star())
         .single_value();
     let in_force = lookup_throttles::table
         .filter(lookup_throttles::subject.eq_any(keys.clone()))
@@ -262,23 +264,12 @@ fn crossing_until(
     now: i64,
 ) -> Result<i64, RegistryError> {
     let since = now.saturating_sub(rule.window);
-    let last_seen: Vec<Option<i64>> = match &rule.counted {
-        Counted::Accessor(key) => access_events::table
-            .filter(access_events::accessor_key.eq(key))
-            .filter(access_events::access_time.gt(since))
-            .filter(access_events::nhs_number.ne_all(excluded))
-            .group_by(access_events::nhs_number)
-            .select(max(access_events::access_time))
-            .load(conn)?,
-        Counted::Organisation(ods) => access_events::table
-            .filter(access_events::organisation_ods_code.eq(ods))
-            .filter(access_events::access_time.gt(since))
-            .filter(access_events::nhs_number.ne_all(excluded))
-            .group_by(access_events::nhs_number)
-            .select(max(access_events::access_time))
-            .load(conn)?,
-    };
-    let mut last_seen: Vec<i64> = last_seen.into_iter().flatten().collect();
+    let mut last_seen: Vec<i64> = enumeration_last_seen::table
+        .filter(enumeration_last_seen::subject.eq(rule.throttle_key()))
+        .filter(enumeration_last_seen::last_seen.gt(since))
+        .filter(enumeration_last_seen::nhs_number.ne_all(excluded))
+        .select(enumeration_last_seen::last_seen)
+        .load(conn)?;
     last_seen.extend(std::iter::repeat_n(now, earlier));
     // At least a moment from now, so a refusal always says to wait.
     Ok(throttled_until(last_seen, rule.threshold, rule.window)

@@ -127,6 +127,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// The enumeration guard's distinct numbers: each subject's latest access of each number
+    /// (kept by a trigger on `access_events`).
+    enumeration_last_seen (subject, nhs_number) {
+        subject -> Text,
+        nhs_number -> Text,
+        last_seen -> BigInt,
+    }
+}
+
+diesel::table! {
     security_events (id) {
         id -> BigInt,
         event_time -> BigInt,
@@ -155,4 +165,5 @@ pub(crate) const TABLES: &[&str] = &[
     "holding_periods",
     "lookup_throttles",
     "security_events",
+    "enumeration_last_seen",
 ];

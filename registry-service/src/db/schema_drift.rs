@@ -61,7 +61,8 @@ fn declared() -> BTreeMap<String, Vec<String>> {
         upload_claims,
         batch_rejections,
         lookup_throttles,
-        security_events
+        security_events,
+        enumeration_last_seen
     );
     assert_eq!(map.keys().cloned().collect::<Vec<_>>(), {
         let mut t: Vec<String> = schema::TABLES.iter().map(|s| (*s).to_owned()).collect();

@@ -66,8 +66,10 @@ pub(crate) fn recent_access_rows(
     ))
 }
 
-/// PostgreSQL: the enumeration guard's counts for every member of a batch (`guard_counts`).
-/// The clinician's hour and day come from one scan of the day (the hour is its tail), so
+/// PostgreSQL: the enumeration guard's counts for every member of a batch (`guard_counts`),
+/// over `enumeration_last_seen` (a row a distinct number, so a count reads no more rows than
+/// the window's distinct children). The clinician's hour and day come from one scan of the
+/// day (the hour is its tail), so
 /// a member costs two index scans, not three. Prepared once per connection: its text never
 /// varies, only its arrays. Each member's lists of numbers left out are split into arrays
 /// once, in `x`; `OFFSET 0` keeps PostgreSQL from folding `x` into the scans, where the split
@@ -77,9 +79,9 @@ const GUARD_COUNTS: &str = "SELECT \
        (SELECT max(t.throttled_until) FROM lookup_throttles t \
         WHERE t.subject IN (m.key_a, m.key_o) AND t.throttled_until > m.now) AS in_force, \
        a.accessor_hour, a.accessor_day, \
-       (SELECT count(DISTINCT e.nhs_number) FROM access_events e \
-        WHERE e.organisation_ods_code = m.ods AND e.access_time > m.now - $8 \
-          AND e.nhs_number <> ALL(x.org_excl)) AS organisation_hour \
+       (SELECT count(*) FROM enumeration_last_seen s \
+        WHERE s.subject = 'organisation:' || m.ods AND s.last_seen > m.now - $8 \
+          AND s.nhs_number <> ALL(x.org_excl)) AS organisation_hour \
      FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], \
                  $7::text[], $10::text[]) \
        AS m(i, accessor, ods, key_a, key_o, now, acc_excl, org_excl) \
@@ -87,12 +89,11 @@ const GUARD_COUNTS: &str = "SELECT \
        SELECT string_to_array(m.acc_excl, ',') AS acc_excl, \
               string_to_array(m.org_excl, ',') AS org_excl OFFSET 0) AS x \
      CROSS JOIN LATERAL ( \
-       SELECT count(DISTINCT e.nhs_number) FILTER (WHERE e.access_time > m.now - $8) \
-                AS accessor_hour, \
-              count(DISTINCT e.nhs_number) AS accessor_day \
-       FROM access_events e \
-       WHERE e.accessor_key = m.accessor AND e.access_time > m.now - $9 \
-         AND e.nhs_number <> ALL(x.acc_excl)) AS a \
+       SELECT count(*) FILTER (WHERE s.last_seen > m.now - $8) AS accessor_hour, \
+              count(*) AS accessor_day \
+       FROM enumeration_last_seen s \
+       WHERE s.subject = m.accessor AND s.last_seen > m.now - $9 \
+         AND s.nhs_number <> ALL(x.acc_excl)) AS a \
      ORDER BY m.i";
 
 /// The enumeration guard's counts for every lookup of a batch (each lookup's the same as
@@ -103,8 +104,6 @@ pub(crate) fn guard_counts(
     conn: &mut DbConnection,
     questions: &[crate::db::enumeration::GuardQuestion],
 ) -> Result<Vec<crate::db::enumeration::GuardCounts>, RegistryError> {
-    use crate::domain::enumeration::{DAY, HOUR};
-    use diesel::sql_types::{Array, BigInt, Nullable, Text};
     let pg = match conn {
         DbConnection::Pg(pg) => pg,
         DbConnection::Sqlite(sqlite) => {
@@ -114,6 +113,19 @@ pub(crate) fn guard_counts(
                 .collect();
         }
     };
+    let counts = crate::db::dialect::Prepared(bind_guard(GUARD_COUNTS, questions)).load(pg)?;
+    Ok(counts)
+}
+
+/// `sql` (`GUARD_COUNTS`, or in tests a statement around it) with `questions` bound as its
+/// arrays, a member an element.
+fn bind_guard(
+    sql: impl Into<String>,
+    questions: &[crate::db::enumeration::GuardQuestion],
+) -> diesel::query_builder::BoxedSqlQuery<'static, diesel::pg::Pg, diesel::query_builder::SqlQuery>
+{
+    use crate::domain::enumeration::{DAY, HOUR};
+    use diesel::sql_types::{Array, BigInt, Nullable, Text};
     let column = |f: fn(&crate::db::enumeration::GuardQuestion) -> String| {
         questions.iter().map(f).collect::<Vec<String>>()
     };
@@ -124,21 +136,18 @@ pub(crate) fn guard_counts(
         .map(|i| i64::try_from(i).unwrap_or(i64::MAX))
         .collect();
     let nows: Vec<i64> = questions.iter().map(|q| q.now).collect();
-    let counts = crate::db::dialect::Prepared(
-        diesel::sql_query(GUARD_COUNTS)
-            .bind::<Array<BigInt>, _>(&ordinals)
-            .bind::<Array<Text>, _>(column(|q| q.accessor_key.clone()))
-            .bind::<Array<Text>, _>(column(|q| q.ods_code.clone()))
-            .bind::<Array<Nullable<Text>>, _>(keys(|q| q.accessor_throttle.clone()))
-            .bind::<Array<Nullable<Text>>, _>(keys(|q| q.organisation_throttle.clone()))
-            .bind::<Array<BigInt>, _>(&nows)
-            .bind::<Array<Text>, _>(column(|q| q.accessor_excluded.clone()))
-            .bind::<BigInt, _>(HOUR)
-            .bind::<BigInt, _>(DAY)
-            .bind::<Array<Text>, _>(column(|q| q.organisation_excluded.clone())),
-    )
-    .load(pg)?;
-    Ok(counts)
+    diesel::sql_query(sql)
+        .into_boxed()
+        .bind::<Array<BigInt>, _>(ordinals)
+        .bind::<Array<Text>, _>(column(|q| q.accessor_key.clone()))
+        .bind::<Array<Text>, _>(column(|q| q.ods_code.clone()))
+        .bind::<Array<Nullable<Text>>, _>(keys(|q| q.accessor_throttle.clone()))
+        .bind::<Array<Nullable<Text>>, _>(keys(|q| q.organisation_throttle.clone()))
+        .bind::<Array<BigInt>, _>(nows)
+        .bind::<Array<Text>, _>(column(|q| q.accessor_excluded.clone()))
+        .bind::<BigInt, _>(HOUR)
+        .bind::<BigInt, _>(DAY)
+        .bind::<Array<Text>, _>(column(|q| q.organisation_excluded.clone()))
 }
 
 /// Whether a batch of one lookup should read its guard counts first (`guard_counts`) rather
@@ -162,9 +171,9 @@ fn sqlite_guard_counts(
     conn: &mut diesel::sqlite::SqliteConnection,
     question: &crate::db::enumeration::GuardQuestion,
 ) -> Result<crate::db::enumeration::GuardCounts, RegistryError> {
-    use crate::db::schema::{access_events, lookup_throttles};
+    use crate::db::schema::{enumeration_last_seen, lookup_throttles};
     use crate::domain::enumeration::{DAY, HOUR};
-    use diesel::dsl::{count, max};
+    use diesel::dsl::{count_star, max};
     use diesel::sql_types::Text;
     // No throttle key: no rule is on for this accessor, and `lets_through` reads nothing.
     if question.accessor_throttle.is_none() && question.organisation_throttle.is_none() {
@@ -176,7 +185,7 @@ fn sqlite_guard_counts(
         instr(
             format!(",{list},"),
             ",".into_sql::<Text>()
-                .concat(access_events::nhs_number)
+                .concat(enumeration_last_seen::nhs_number)
                 .concat(","),
         )
         .eq(0)
@@ -194,18 +203,18 @@ fn sqlite_guard_counts(
         .select(max(lookup_throttles::throttled_until))
         .single_value();
     let by_accessor = |window: i64| {
-        access_events::table
-            .filter(access_events::accessor_key.eq(question.accessor_key.clone()))
-            .filter(access_events::access_time.gt(question.now.saturating_sub(window)))
+        enumeration_last_seen::table
+            .filter(enumeration_last_seen::subject.eq(question.accessor_key.clone()))
+            .filter(enumeration_last_seen::last_seen.gt(question.now.saturating_sub(window)))
             .filter(not_in(&question.accessor_excluded))
-            .select(count(access_events::nhs_number).aggregate_distinct())
+            .select(count_star())
             .single_value()
     };
-    let by_organisation = access_events::table
-        .filter(access_events::organisation_ods_code.eq(question.ods_code.clone()))
-        .filter(access_events::access_time.gt(question.now.saturating_sub(HOUR)))
+    let by_organisation = enumeration_last_seen::table
+        .filter(enumeration_last_seen::subject.eq(format!("organisation:{}", question.ods_code)))
+        .filter(enumeration_last_seen::last_seen.gt(question.now.saturating_sub(HOUR)))
         .filter(not_in(&question.organisation_excluded))
-        .select(count(access_events::nhs_number).aggregate_distinct())
+        .select(count_star())
         .single_value();
     let (in_force, accessor_hour, accessor_day, organisation_hour) = diesel::select((
         in_force,
@@ -783,5 +792,167 @@ mod tests {
             1,
             "every guard statement (twelve on SQLite, two on PostgreSQL) from one preparation"
         );
+    }
+
+    cpis_testkit::both_backends!(guard_reads_each_number_once);
+
+    /// The guard's counts read each subject's numbers once, however often each was looked
+    /// up. Before, they read every access in the window, so one clinician re-opening the same
+    /// child all day made every count of theirs and of their organisation dearer (a benchmark's
+    /// hour held four lookups a child). The trigger keeps each subject's latest access, never
+    /// moved back by an older one written later; the counts agree with what was looked up.
+    async fn guard_reads_each_number_once(backend: cpis_testkit::db::Backend) {
+        use crate::db::schema::enumeration_last_seen;
+        use crate::domain::enumeration::HOUR;
+        let Some((_test_db, mut conn)) = migrated(backend) else {
+            return;
+        };
+        let asked = question(&[]);
+        let (now, key) = (asked.now, asked.accessor_key.clone());
+        let colleague = "person:555000000002".to_owned();
+        let minute = 60_000_000;
+        let (a, b, c) = ("9990000018", "9990000026", "9990000034");
+        let event =
+            |i: i64, nhs: &str, accessor: &str, at: i64| crate::db::models::NewAccessEvent {
+                access_id: format!("seen-test-{i}"),
+                nhs_number: nhs.to_owned(),
+                access_time: at,
+                access_mode: 1,
+                accessor_key: accessor.to_owned(),
+                organisation_ods_code: asked.ods_code.clone(),
+                care_setting: 1,
+                event: Vec::new(),
+            };
+        // a a minute ago; b 200 times in the last 20 minutes; the colleague c 5 minutes ago;
+        // then, in a statement of its own, a two hours ago (older, written later).
+        let mut rows = vec![event(0, a, &key, now - minute)];
+        rows.extend((1..=200).map(|i| event(i, b, &key, now - 20 * minute + i * 1_000)));
+        rows.push(event(201, c, &colleague, now - 5 * minute));
+        let older = [event(202, a, &key, now - 2 * HOUR)];
+        for part in [&rows[..], &older[..]] {
+            conn.transaction(|conn| crate::db::dialect::insert_access_events(conn, part))
+                .expect("accesses");
+        }
+        let seen: Vec<(String, String, i64)> = enumeration_last_seen::table
+            .order((
+                enumeration_last_seen::subject,
+                enumeration_last_seen::nhs_number,
+            ))
+            .load(&mut conn)
+            .expect("last seen");
+        let row = |subject: &str, nhs: &str, at: i64| (subject.to_owned(), nhs.to_owned(), at);
+        assert_eq!(
+            seen,
+            [
+                row("organisation:RXX01", a, now - minute),
+                row("organisation:RXX01", b, now - 20 * minute + 200_000),
+                row("organisation:RXX01", c, now - 5 * minute),
+                row(&key, a, now - minute),
+                row(&key, b, now - 20 * minute + 200_000),
+                row(&colleague, c, now - 5 * minute),
+            ],
+            "each subject's numbers once, each at its latest access"
+        );
+        let questions = [question(&[]), question(&[b])];
+        let counts: Vec<_> = guard_counts(&mut conn, &questions)
+            .expect("counts")
+            .iter()
+            .map(|n| (n.accessor_hour, n.accessor_day, n.organisation_hour))
+            .collect();
+        assert_eq!(
+            counts,
+            [(Some(2), Some(2), Some(3)), (Some(1), Some(1), Some(2))],
+            "distinct numbers, each list's left out"
+        );
+
+        // What the counts read: about the window's distinct numbers, not its 202 accesses.
+        match &mut conn {
+            DbConnection::Pg(pg) => {
+                #[derive(QueryableByName)]
+                struct PlanLine {
+                    #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+                    line: String,
+                }
+                let plan: Vec<PlanLine> = bind_guard(
+                    format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {GUARD_COUNTS}"),
+                    &questions,
+                )
+                .load(pg)
+                .expect("the guard statement's plan");
+                let plan: Vec<String> = plan.into_iter().map(|p| p.line).collect();
+                // Each scan's rows (returned and filtered out), over all its loops.
+                let figure = |line: &str, label: &str| -> Option<u64> {
+                    let rest = &line[line.find(label)? + label.len()..];
+                    rest.split(|ch: char| !ch.is_ascii_digit())
+                        .next()?
+                        .parse()
+                        .ok()
+                };
+                let mut read = 0;
+                let mut scans = 0;
+                for (i, line) in plan.iter().enumerate() {
+                    if !line.contains(" Scan ")
+                        || !(line.contains("access") || line.contains("enumeration"))
+                    {
+                        continue;
+                    }
+                    scans += 1;
+                    let loops = figure(line, "loops=").unwrap_or(1);
+                    let removed = plan
+                        .iter()
+                        .skip(i + 1)
+                        .take_while(|l| !l.contains("->"))
+                        .find_map(|l| figure(l, "Rows Removed by Filter: "))
+                        .unwrap_or(0);
+                    read += (figure(line, "rows=").unwrap_or(0) + removed) * loops;
+                }
+                assert!(scans >= 2, "the counts' scans: {plan:#?}");
+                assert!(
+                    read <= 12,
+                    "{read} rows read for 5 distinct numbers: {plan:#?}"
+                );
+            }
+            DbConnection::Sqlite(sqlite) => {
+                #[derive(QueryableByName)]
+                struct PlanRow {
+                    #[diesel(sql_type = diesel::sql_types::Text)]
+                    detail: String,
+                }
+                let statement = Arc::new(std::sync::Mutex::new(String::new()));
+                let captured = statement.clone();
+                sqlite.set_instrumentation(move |event: InstrumentationEvent<'_>| {
+                    if let InstrumentationEvent::StartQuery { query, .. } = event {
+                        let sql = query.to_string();
+                        if sql.contains("instr(")
+                            && let Ok(mut statement) = captured.lock()
+                        {
+                            *statement = sql;
+                        }
+                    }
+                });
+                guard_counts(&mut conn, &questions[..1]).expect("counts");
+                let sql = statement.lock().expect("captured").clone();
+                let sql = sql
+                    .split(" -- binds:")
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let plan: Vec<String> = diesel::sql_query(format!("EXPLAIN QUERY PLAN {sql}"))
+                    .load::<PlanRow>(&mut conn)
+                    .expect("the guard statement's plan")
+                    .into_iter()
+                    .map(|p| p.detail)
+                    .collect();
+                let searches: Vec<&String> = plan.iter().filter(|d| d.contains("SEARCH")).collect();
+                assert!(
+                    searches.len() >= 3
+                        && searches
+                            .iter()
+                            .filter(|d| !d.contains("lookup_throttles"))
+                            .all(|d| d.contains("enumeration_last_seen_window")),
+                    "each count a search of the last-seen index: {plan:#?}"
+                );
+            }
+        }
     }
 }

@@ -1,0 +1,42 @@
+-- The enumeration guard counts distinct NHS numbers per subject in a sliding window. Counted over
+-- access_events, each count read every access in the window: its cost grew with how often a
+-- caller looked children up, not with how many children, so one clinician re-opening the same
+-- child all day (within the rate limits) made every lookup of their organisation dearer. This
+-- table keeps one row per (subject, number) with the latest access: a count reads at most as
+-- many rows as distinct children in the window, and a threshold bounds those.
+--
+-- A trigger on access_events keeps it, so every path that records an access (and a previous
+-- binary beside this one in a rolling upgrade) keeps it true. Expand-only: a new table and
+-- trigger; access_events' guard indexes stay for a previous binary.
+CREATE TABLE enumeration_last_seen (
+    -- An access_events accessor_key ("person:…", "system:…") or "organisation:<ODS code>",
+    -- as lookup_throttles' subject.
+    subject TEXT NOT NULL,
+    nhs_number TEXT NOT NULL,
+    -- The subject's latest access of the number (microseconds since the epoch).
+    last_seen BIGINT NOT NULL,
+    PRIMARY KEY (subject, nhs_number)
+) WITHOUT ROWID;
+-- A window's count is a range scan of this index alone (the number is its last column).
+CREATE INDEX enumeration_last_seen_window ON enumeration_last_seen (subject, last_seen, nhs_number);
+
+-- Each recorded access moves its accessor's and its organisation's row forward, never back.
+CREATE TRIGGER access_events_note_last_seen AFTER INSERT ON access_events
+BEGIN
+    INSERT INTO enumeration_last_seen (subject, nhs_number, last_seen)
+    VALUES (NEW.accessor_key, NEW.nhs_number, NEW.access_time),
+           ('organisation:' || NEW.organisation_ods_code, NEW.nhs_number, NEW.access_time)
+    ON CONFLICT (subject, nhs_number) DO UPDATE SET last_seen = excluded.last_seen
+        WHERE excluded.last_seen > enumeration_last_seen.last_seen;
+END;
+
+-- What the guard's longest window (a day) holds already.
+INSERT INTO enumeration_last_seen (subject, nhs_number, last_seen)
+SELECT subject, nhs_number, max(access_time)
+FROM (
+    SELECT accessor_key AS subject, nhs_number, access_time FROM access_events
+    UNION ALL
+    SELECT 'organisation:' || organisation_ods_code, nhs_number, access_time FROM access_events
+)
+WHERE access_time > CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER) - 86400000000
+GROUP BY subject, nhs_number;
