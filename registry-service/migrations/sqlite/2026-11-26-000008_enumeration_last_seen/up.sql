@@ -5,9 +5,10 @@
 -- table keeps one row per (subject, number) with the latest access: a count reads at most as
 -- many rows as distinct children in the window, and a threshold bounds those.
 --
--- A trigger on access_events keeps it, so every path that records an access (and a previous
--- binary beside this one in a rolling upgrade) keeps it true. Expand-only: a new table and
--- trigger; access_events' guard indexes stay for a previous binary.
+-- A trigger on access_events keeps it, so every path that records an access keeps it true.
+-- access_events' two guard indexes go: nothing reads them now, and on SQLite one registry
+-- process owns the file, so no previous binary runs beside this one (PostgreSQL keeps them for
+-- a rolling upgrade). Each recorded access then writes as many index entries as before.
 CREATE TABLE enumeration_last_seen (
     -- An access_events accessor_key ("person:…", "system:…") or "organisation:<ODS code>",
     -- as lookup_throttles' subject.
@@ -29,6 +30,9 @@ BEGIN
     ON CONFLICT (subject, nhs_number) DO UPDATE SET last_seen = excluded.last_seen
         WHERE excluded.last_seen > enumeration_last_seen.last_seen;
 END;
+
+DROP INDEX access_events_accessor_time;
+DROP INDEX access_events_organisation_time;
 
 -- What the guard's longest window (a day) holds already.
 INSERT INTO enumeration_last_seen (subject, nhs_number, last_seen)
