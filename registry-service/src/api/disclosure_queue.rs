@@ -16,6 +16,13 @@ use crate::db::disclosure_batch::{Answer, disclose_all};
 use crate::error::RegistryError;
 use crate::notify::Notifier;
 
+/// The most disclosures one batch may hold (`--disclosure-batch-max`). A batch's access events
+/// then go in one insert statement (`dialect::INSERT_ROWS` rows at most), whose trigger takes
+/// the batch's rows of `enumeration_last_seen` in one key order; chunks of several statements
+/// would take them out of that order and could deadlock with a batch committing beside it.
+const BATCH_MAX_LIMIT: u16 = 500;
+const _: () = assert!(BATCH_MAX_LIMIT as usize <= crate::db::dialect::INSERT_ROWS);
+
 /// Group commit of disclosures: how many lookups share one transaction (one commit, one fsync)
 /// and how long a batch may wait to fill. The defaults suit two cores: two committers (one
 /// gathers and runs its statements while the other waits for its fsync), up to 64 lookups a
@@ -23,7 +30,7 @@ use crate::notify::Notifier;
 #[derive(Clone, Copy, Debug, clap::Args)]
 pub struct GroupCommit {
     /// Most disclosures committed together in one transaction (1: each alone).
-    #[arg(long = "disclosure-batch-max", env = "CPIS_DISCLOSURE_BATCH_MAX", default_value_t = 64, value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..=500), usize::from))]
+    #[arg(long = "disclosure-batch-max", env = "CPIS_DISCLOSURE_BATCH_MAX", default_value_t = 64, value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..=i64::from(BATCH_MAX_LIMIT)), usize::from))]
     pub max: usize,
     /// How long a batch waits for more disclosures, only while another batch is committing
     /// (0s: take only what is already waiting).

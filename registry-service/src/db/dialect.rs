@@ -165,6 +165,46 @@ pub(crate) fn run_migrations(conn: &mut DbConnection) -> Result<Vec<String>, Reg
     applied.map_err(|e| RegistryError::Migration(e.to_string()))
 }
 
+/// Tests: runs the pending migrations before the first whose name holds `marker` (all of them
+/// with `None`), then that one too when `including`; the names of those run.
+#[cfg(test)]
+pub(crate) fn run_migrations_until(
+    conn: &mut DbConnection,
+    marker: &str,
+    including: bool,
+) -> Result<Vec<String>, RegistryError> {
+    fn run<DB: diesel::backend::Backend, C: MigrationHarness<DB>>(
+        conn: &mut C,
+        // A const each time: `EmbeddedMigrations` is neither `Copy` nor `Clone`.
+        source: fn() -> EmbeddedMigrations,
+        marker: &str,
+        including: bool,
+    ) -> diesel::migration::Result<Vec<String>> {
+        let mut ran = Vec::new();
+        loop {
+            let pending = conn.pending_migrations(source())?;
+            let Some(next) = pending.first() else {
+                return Ok(ran);
+            };
+            let name = next.name().to_string();
+            let is_marked = name.contains(marker);
+            if is_marked && !including {
+                return Ok(ran);
+            }
+            conn.run_migration(next.as_ref())?;
+            ran.push(name);
+            if is_marked {
+                return Ok(ran);
+            }
+        }
+    }
+    match conn {
+        DbConnection::Pg(c) => run(c, || POSTGRES_MIGRATIONS, marker, including),
+        DbConnection::Sqlite(c) => run(c, || SQLITE_MIGRATIONS, marker, including),
+    }
+    .map_err(|e| RegistryError::Migration(e.to_string()))
+}
+
 /// One multi-row INSERT of `rows` into `table` inside the caller's transaction: diesel's
 /// MultiConnection cannot build multi-row inserts, so each backend's own connection runs it.
 /// (On SQLite diesel writes one multi-row statement only for a struct derived with

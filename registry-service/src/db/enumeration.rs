@@ -4,8 +4,9 @@
 //! subject's latest access of each number, which a trigger keeps from `access_events` (every
 //! replica of every lookup service writes through it), so they hold for the whole deployment;
 //! each count is a range scan of one index (subject, last seen, NHS number) that reads no more
-//! rows than the window's distinct numbers, however often they were looked up. Crossing a threshold claims the subject's
-//! row in `lookup_throttles` (only one racing transaction can) and writes one security event.
+//! rows than the window's distinct numbers, however often they were looked up. Crossing a
+//! threshold claims the subject's row in `lookup_throttles` (only one racing transaction can)
+//! and writes one security event.
 //! Also the operators' listing of security events.
 
 use cpis_core::{accessor::ValidAccessor, nhs_number::NhsNumber};

@@ -39,7 +39,8 @@ impl EnumerationLimits {
     };
 }
 
-/// Which column of `access_events` a rule counts by.
+/// What a rule counts by: the subject of its rows in `enumeration_last_seen` (and of its
+/// throttle, `Rule::throttle_key`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Counted {
     /// The accessor key (`person:<uid>` or `system:<id>:<uid>`), as access events record it.

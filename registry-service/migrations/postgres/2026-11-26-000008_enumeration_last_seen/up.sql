@@ -7,7 +7,9 @@
 --
 -- A trigger on access_events keeps it, so every path that records an access (and a previous
 -- binary beside this one in a rolling upgrade) keeps it true. Expand-only: a new table, function
--- and trigger; access_events' guard indexes stay for a previous binary.
+-- and trigger; access_events' guard indexes stay for a previous binary. Creating the trigger
+-- locks access_events against inserts until this migration commits, so this one does nothing
+-- else; the next fills the table with the last day's accesses without that lock.
 CREATE TABLE enumeration_last_seen (
     -- An access_events accessor_key ("person:…", "system:…") or "organisation:<ODS code>",
     -- as lookup_throttles' subject.
@@ -41,14 +43,3 @@ $$;
 CREATE TRIGGER access_events_note_last_seen AFTER INSERT ON access_events
     REFERENCING NEW TABLE AS new_events
     FOR EACH STATEMENT EXECUTE FUNCTION enumeration_note_last_seen();
-
--- What the guard's longest window (a day) holds already.
-INSERT INTO enumeration_last_seen (subject, nhs_number, last_seen)
-SELECT seen.subject, seen.nhs_number, max(seen.access_time)
-FROM (
-    SELECT accessor_key AS subject, nhs_number, access_time FROM access_events
-    UNION ALL
-    SELECT 'organisation:' || organisation_ods_code, nhs_number, access_time FROM access_events
-) AS seen
-WHERE seen.access_time > (extract(epoch FROM now()) * 1000000)::bigint - 86400000000
-GROUP BY seen.subject, seen.nhs_number;

@@ -8,7 +8,9 @@
 -- A trigger on access_events keeps it, so every path that records an access keeps it true.
 -- access_events' two guard indexes go: nothing reads them now, and on SQLite one registry
 -- process owns the file, so no previous binary runs beside this one (PostgreSQL keeps them for
--- a rolling upgrade). Each recorded access then writes as many index entries as before.
+-- a rolling upgrade; going back to a previous binary here runs down.sql, which makes them
+-- again). Each recorded access now writes the trigger's two rows and their window index
+-- entries instead of those two indexes' entries. The next migration fills the table.
 CREATE TABLE enumeration_last_seen (
     -- An access_events accessor_key ("person:…", "system:…") or "organisation:<ODS code>",
     -- as lookup_throttles' subject.
@@ -33,14 +35,3 @@ END;
 
 DROP INDEX access_events_accessor_time;
 DROP INDEX access_events_organisation_time;
-
--- What the guard's longest window (a day) holds already.
-INSERT INTO enumeration_last_seen (subject, nhs_number, last_seen)
-SELECT subject, nhs_number, max(access_time)
-FROM (
-    SELECT accessor_key AS subject, nhs_number, access_time FROM access_events
-    UNION ALL
-    SELECT 'organisation:' || organisation_ods_code, nhs_number, access_time FROM access_events
-)
-WHERE access_time > CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER) - 86400000000
-GROUP BY subject, nhs_number;
