@@ -357,6 +357,37 @@ mod tests {
         }
     }
 
+    /// Every row of `enumeration_last_seen`, in key order.
+    fn last_seen(conn: &mut DbConnection) -> Vec<(String, String, i64)> {
+        use crate::db::schema::enumeration_last_seen;
+        enumeration_last_seen::table
+            .order((
+                enumeration_last_seen::subject,
+                enumeration_last_seen::nhs_number,
+            ))
+            .load(conn)
+            .expect("last seen")
+    }
+
+    /// A row of `enumeration_last_seen`, as `last_seen` reads it.
+    fn seen_row(subject: &str, nhs: &str, at: i64) -> (String, String, i64) {
+        (subject.to_owned(), nhs.to_owned(), at)
+    }
+
+    /// An access of `nhs` by `accessor` of organisation RXX01 at `at`; `i` keeps its id apart.
+    fn access(i: i64, nhs: &str, accessor: &str, at: i64) -> crate::db::models::NewAccessEvent {
+        crate::db::models::NewAccessEvent {
+            access_id: format!("access-{i}"),
+            nhs_number: nhs.to_owned(),
+            access_time: at,
+            access_mode: 1,
+            accessor_key: accessor.to_owned(),
+            organisation_ods_code: "RXX01".to_owned(),
+            care_setting: 1,
+            event: Vec::new(),
+        }
+    }
+
     /// PostgreSQL: each hand-written statement of a batch (recent accesses, the sequence
     /// ranges' lock and update, a lone council's sequence update, the access events' insert and
     /// the notifications' insert with its NOTIFY) is prepared once per connection and reused,
@@ -802,7 +833,6 @@ mod tests {
     /// hour held four lookups a child). The trigger keeps each subject's latest access, never
     /// moved back by an older one written later; the counts agree with what was looked up.
     async fn guard_reads_each_number_once(backend: cpis_testkit::db::Backend) {
-        use crate::db::schema::enumeration_last_seen;
         use crate::domain::enumeration::HOUR;
         let Some((_test_db, mut conn)) = migrated(backend) else {
             return;
@@ -812,44 +842,26 @@ mod tests {
         let colleague = "person:555000000002".to_owned();
         let minute = 60_000_000;
         let (a, b, c) = ("9990000018", "9990000026", "9990000034");
-        let event =
-            |i: i64, nhs: &str, accessor: &str, at: i64| crate::db::models::NewAccessEvent {
-                access_id: format!("seen-test-{i}"),
-                nhs_number: nhs.to_owned(),
-                access_time: at,
-                access_mode: 1,
-                accessor_key: accessor.to_owned(),
-                organisation_ods_code: asked.ods_code.clone(),
-                care_setting: 1,
-                event: Vec::new(),
-            };
         // a a minute ago; b 200 times in the last 20 minutes; the colleague c 5 minutes ago;
         // then, in a statement of its own, a two hours ago (older, written later).
-        let mut rows = vec![event(0, a, &key, now - minute)];
-        rows.extend((1..=200).map(|i| event(i, b, &key, now - 20 * minute + i * 1_000)));
-        rows.push(event(201, c, &colleague, now - 5 * minute));
-        let older = [event(202, a, &key, now - 2 * HOUR)];
+        let mut rows = vec![access(0, a, &key, now - minute)];
+        rows.extend((1..=200).map(|i| access(i, b, &key, now - 20 * minute + i * 1_000)));
+        rows.push(access(201, c, &colleague, now - 5 * minute));
+        let older = [access(202, a, &key, now - 2 * HOUR)];
         for part in [&rows[..], &older[..]] {
             conn.transaction(|conn| crate::db::dialect::insert_access_events(conn, part))
                 .expect("accesses");
         }
-        let seen: Vec<(String, String, i64)> = enumeration_last_seen::table
-            .order((
-                enumeration_last_seen::subject,
-                enumeration_last_seen::nhs_number,
-            ))
-            .load(&mut conn)
-            .expect("last seen");
-        let row = |subject: &str, nhs: &str, at: i64| (subject.to_owned(), nhs.to_owned(), at);
+        let seen = last_seen(&mut conn);
         assert_eq!(
             seen,
             [
-                row("organisation:RXX01", a, now - minute),
-                row("organisation:RXX01", b, now - 20 * minute + 200_000),
-                row("organisation:RXX01", c, now - 5 * minute),
-                row(&key, a, now - minute),
-                row(&key, b, now - 20 * minute + 200_000),
-                row(&colleague, c, now - 5 * minute),
+                seen_row("organisation:RXX01", a, now - minute),
+                seen_row("organisation:RXX01", b, now - 20 * minute + 200_000),
+                seen_row("organisation:RXX01", c, now - 5 * minute),
+                seen_row(&key, a, now - minute),
+                seen_row(&key, b, now - 20 * minute + 200_000),
+                seen_row(&colleague, c, now - 5 * minute),
             ],
             "each subject's numbers once, each at its latest access"
         );
@@ -967,7 +979,6 @@ mod tests {
     /// later access the trigger recorded as it is. Times are the real clock's: the migration
     /// reads the database's.
     async fn the_backfill_fills_a_day_and_moves_no_row_back(backend: cpis_testkit::db::Backend) {
-        use crate::db::schema::enumeration_last_seen;
         let Some(test_db) = cpis_testkit::db::TestDb::create(backend) else {
             return;
         };
@@ -982,16 +993,8 @@ mod tests {
         )
         .expect("microseconds fit");
         let (a, b, c) = ("9990000018", "9990000026", "9990000034");
-        let event = |i: usize, nhs: &str, at: i64| crate::db::models::NewAccessEvent {
-            access_id: format!("backfill-test-{i}"),
-            nhs_number: nhs.to_owned(),
-            access_time: at,
-            access_mode: 1,
-            accessor_key: "person:555000000001".to_owned(),
-            organisation_ods_code: "RXX01".to_owned(),
-            care_setting: 1,
-            event: Vec::new(),
-        };
+        let key = "person:555000000001";
+        let event = |i: i64, nhs: &str, at: i64| access(i, nhs, key, at);
         let record = |conn: &mut DbConnection, rows: &[crate::db::models::NewAccessEvent]| {
             conn.transaction(|conn| crate::db::dialect::insert_access_events(conn, rows))
                 .expect("accesses");
@@ -1012,21 +1015,14 @@ mod tests {
         assert_eq!(ran.len(), 1, "{ran:?}");
         record(&mut conn, &[event(3, a, now - hour)]);
         crate::db::dialect::run_migrations(&mut conn).expect("the rest");
-        let seen: Vec<(String, String, i64)> = enumeration_last_seen::table
-            .order((
-                enumeration_last_seen::subject,
-                enumeration_last_seen::nhs_number,
-            ))
-            .load(&mut conn)
-            .expect("last seen");
-        let row = |subject: &str, nhs: &str, at: i64| (subject.to_owned(), nhs.to_owned(), at);
+        let seen = last_seen(&mut conn);
         assert_eq!(
             seen,
             [
-                row("organisation:RXX01", a, now - hour),
-                row("organisation:RXX01", b, now - 49 * hour / 2),
-                row("person:555000000001", a, now - hour),
-                row("person:555000000001", b, now - 49 * hour / 2),
+                seen_row("organisation:RXX01", a, now - hour),
+                seen_row("organisation:RXX01", b, now - 49 * hour / 2),
+                seen_row(key, a, now - hour),
+                seen_row(key, b, now - 49 * hour / 2),
             ],
             "the last day's numbers (and the margin's), each at its latest access; nothing older"
         );
