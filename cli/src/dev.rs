@@ -187,9 +187,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
         )?,
         nhs111: nhs_signer.mint(&tokens::system(&SystemArgs::default()), week)?,
     };
-    if let Some(path) = &args.ready_file {
-        write_ready_file(path, &registry_url, &lookup_url, ca, &dev_tokens)?;
-    }
     print_guide(
         data_dir,
         &Addresses {
@@ -205,6 +202,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<u8> {
         },
         &dev_tokens,
     );
+    // The ready file last, once the guide is out: whoever waits for it (a test, a script) may
+    // read the guide at once.
+    std::io::Write::flush(&mut std::io::stdout()).context("printing the guide")?;
+    if let Some(path) = &args.ready_file {
+        write_ready_file(path, &registry_url, &lookup_url, ca, &dev_tokens)?;
+    }
 
     let signal = async {
         cpis_core::shutdown::signal().await;
