@@ -165,8 +165,8 @@ pub(crate) fn run_migrations(conn: &mut DbConnection) -> Result<Vec<String>, Reg
     applied.map_err(|e| RegistryError::Migration(e.to_string()))
 }
 
-/// Tests: runs the pending migrations before the first whose name holds `marker` (all of them
-/// with `None`), then that one too when `including`; the names of those run.
+/// Tests: runs the pending migrations before the first whose name holds `marker`, then that
+/// one too when `including`; the names of those run.
 #[cfg(test)]
 pub(crate) fn run_migrations_until(
     conn: &mut DbConnection,

@@ -21,7 +21,9 @@ use super::{
     schema::{enumeration_last_seen, lookup_throttles, security_events},
 };
 use crate::domain::dates::timestamp;
-use crate::domain::enumeration::{Counted, DAY, EnumerationLimits, HOUR, Rule, throttled_until};
+use crate::domain::enumeration::{
+    Counted, DAY, EnumerationLimits, HOUR, Rule, organisation_subject, throttled_until,
+};
 use crate::error::RegistryError;
 
 /// Why a disclosure was refused: the caller or its organisation is throttled.
@@ -187,7 +189,7 @@ pub(crate) fn check(
             .single_value()
     };
     let by_organisation = enumeration_last_seen::table
-        .filter(enumeration_last_seen::subject.eq(format!("organisation:{ods}")))
+        .filter(enumeration_last_seen::subject.eq(organisation_subject(&ods)))
         .filter(enumeration_last_seen::last_seen.gt(now.saturating_sub(HOUR)))
         .filter(enumeration_last_seen::nhs_number.ne_all(organisation_excluded.clone()))
         .select(count_star())
@@ -212,7 +214,7 @@ pub(crate) fn check(
     if let Some(until) = in_force {
         // Throttled already: nothing to write. Whether it is the organisation's (rare path).
         let organisation: i64 = lookup_throttles::table
-            .filter(lookup_throttles::subject.eq(format!("organisation:{ods}")))
+            .filter(lookup_throttles::subject.eq(organisation_subject(&ods)))
             .filter(lookup_throttles::throttled_until.gt(now))
             .count()
             .get_result(conn)?;

@@ -62,13 +62,20 @@ pub(crate) struct Rule {
     pub window: i64,
 }
 
+/// An organisation's subject in `lookup_throttles` and `enumeration_last_seen` (migration
+/// 000008's trigger writes the same, `'organisation:' || organisation_ods_code`); the prefix
+/// keeps it apart from accessor keys.
+pub(crate) fn organisation_subject(ods: &str) -> String {
+    format!("organisation:{ods}")
+}
+
 impl Rule {
     /// The subject's key in `lookup_throttles`: the accessor key for a user or a system,
     /// `organisation:<ODS code>` for an organisation (the prefixes keep them apart).
     pub fn throttle_key(&self) -> String {
         match &self.counted {
             Counted::Accessor(key) => key.clone(),
-            Counted::Organisation(ods) => format!("organisation:{ods}"),
+            Counted::Organisation(ods) => organisation_subject(ods),
         }
     }
 }

@@ -211,7 +211,9 @@ fn sqlite_guard_counts(
             .single_value()
     };
     let by_organisation = enumeration_last_seen::table
-        .filter(enumeration_last_seen::subject.eq(format!("organisation:{}", question.ods_code)))
+        .filter(enumeration_last_seen::subject.eq(
+            crate::domain::enumeration::organisation_subject(&question.ods_code),
+        ))
         .filter(enumeration_last_seen::last_seen.gt(question.now.saturating_sub(HOUR)))
         .filter(not_in(&question.organisation_excluded))
         .select(count_star())
@@ -367,6 +369,12 @@ mod tests {
             ))
             .load(conn)
             .expect("last seen")
+    }
+
+    /// Records `rows` in a transaction of their own (one insert statement).
+    fn record(conn: &mut DbConnection, rows: &[crate::db::models::NewAccessEvent]) {
+        conn.transaction(|conn| crate::db::dialect::insert_access_events(conn, rows))
+            .expect("accesses");
     }
 
     /// A row of `enumeration_last_seen`, as `last_seen` reads it.
@@ -848,10 +856,8 @@ mod tests {
         rows.extend((1..=200).map(|i| access(i, b, &key, now - 20 * minute + i * 1_000)));
         rows.push(access(201, c, &colleague, now - 5 * minute));
         let older = [access(202, a, &key, now - 2 * HOUR)];
-        for part in [&rows[..], &older[..]] {
-            conn.transaction(|conn| crate::db::dialect::insert_access_events(conn, part))
-                .expect("accesses");
-        }
+        record(&mut conn, &rows);
+        record(&mut conn, &older);
         let seen = last_seen(&mut conn);
         assert_eq!(
             seen,
@@ -985,20 +991,10 @@ mod tests {
         let url = crate::db::DatabaseUrl::parse(&test_db.url).expect("url");
         let mut conn = crate::db::dialect::connect(&url).expect("connect");
         let hour = crate::domain::enumeration::HOUR;
-        let now = i64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("after 1970")
-                .as_micros(),
-        )
-        .expect("microseconds fit");
+        let now = crate::clock::Clock::system().now_micros();
         let (a, b, c) = ("9990000018", "9990000026", "9990000034");
         let key = "person:555000000001";
         let event = |i: i64, nhs: &str, at: i64| access(i, nhs, key, at);
-        let record = |conn: &mut DbConnection, rows: &[crate::db::models::NewAccessEvent]| {
-            conn.transaction(|conn| crate::db::dialect::insert_access_events(conn, rows))
-                .expect("accesses");
-        };
         // Before the trigger: a two hours ago, b 24½ hours ago, c 26 hours ago.
         crate::db::dialect::run_migrations_until(&mut conn, "000008", false).expect("to 000007");
         record(
