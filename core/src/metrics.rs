@@ -277,6 +277,9 @@ pub struct Metrics {
     pub security_events: Counter<u64>,
     /// `cpis_lookups_total{setting, outcome="alert"|"no_alert"|"refused"}`: lookups answered.
     pub lookups: Counter<u64>,
+    /// `cpis_enumeration_rows_pruned_total`: rows of the enumeration guard's last-seen table
+    /// deleted once no window could count them.
+    pub enumeration_rows_pruned: Counter<u64>,
     // Read at collection time from the watched pools; held so their callbacks stay registered.
     _pool_connections: ObservableGauge<u64>,
     _pool_max: ObservableGauge<u64>,
@@ -373,6 +376,10 @@ impl Metrics {
             lookups: counter(
                 "cpis_lookups",
                 "Lookups answered, by care setting and outcome (alert, no_alert, refused).",
+            ),
+            enumeration_rows_pruned: counter(
+                "cpis_enumeration_rows_pruned",
+                "Rows of the enumeration guard's last-seen table deleted once no window counts them.",
             ),
             _pool_connections: meter
                 .u64_observable_gauge("cpis_db_pool_connections")
@@ -481,6 +488,7 @@ mod tests {
         m.calls_rate_limited.add(1, &[]);
         m.security_events.add(1, &[]);
         m.lookups.add(1, &[]);
+        m.enumeration_rows_pruned.add(1, &[]);
         let families: Vec<String> = telemetry
             .registry
             .gather()
@@ -506,6 +514,7 @@ mod tests {
             "cpis_calls_rate_limited_total",
             "cpis_security_events_total",
             "cpis_lookups_total",
+            "cpis_enumeration_rows_pruned_total",
         ] {
             assert!(
                 families.iter().any(|f| f == name),

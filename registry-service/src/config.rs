@@ -234,6 +234,12 @@ pub struct Config {
     #[arg(long, env = "CPIS_ENUMERATION_ORGANISATION_PER_HOUR", default_value_t = DEFAULT_LIMITS.organisation_per_hour)]
     pub enumeration_organisation_per_hour: u32,
 
+    /// How often the enumeration guard's table of who last looked up which child
+    /// (`enumeration_last_seen`) loses the rows no window can count any more (older than a day
+    /// and an hour). Each pass deletes in chunks of its own short transactions.
+    #[arg(long, env = "CPIS_ENUMERATION_PRUNE_INTERVAL", default_value = "10m", value_parser = cpis_core::config::duration_within("100ms", "1d"))]
+    pub enumeration_prune_interval: Duration,
+
     // --- Group commit of disclosures (flags defined with `GroupCommit`). ---
     /// Group commit of disclosures: batch size, wait and committers.
     #[command(flatten)]
@@ -337,6 +343,7 @@ impl Config {
             enumeration_system_per_hour: DEFAULT_LIMITS.system_per_hour,
             enumeration_system_per_day: DEFAULT_LIMITS.system_per_day,
             enumeration_organisation_per_hour: DEFAULT_LIMITS.organisation_per_hour,
+            enumeration_prune_interval: Duration::from_secs(600),
             group_commit: crate::GroupCommit::default(),
             verifier: Some(verifier),
             clock: Clock::system(),

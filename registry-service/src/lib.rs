@@ -24,6 +24,8 @@
 //!   write (the outbox insert inside the transaction, the wake-up after commit); one feed per
 //!   council (`notify::feeds`) reads the outbox for all its subscribers (`notify::subscription`);
 //!   the PostgreSQL LISTEN/NOTIFY transport is `notify::pg_listener`.
+//! - `upkeep`: work in the background; it prunes the enumeration guard's table of the rows no
+//!   window counts any more.
 //!
 //! Validated types shared with the lookup service (`NhsNumber`, `OdsCode`, `ValidAccessor`) come
 //! from `cpis_core`, so both services refuse the same input with the same words.
@@ -39,6 +41,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod notify;
+mod upkeep;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -255,6 +258,12 @@ pub async fn serve(
         db.clone(),
         config.clock.clone(),
         config.notification_backlog_refresh,
+    );
+    // Rows of the enumeration guard's table that no window counts any more go.
+    let _upkeep = upkeep::start(
+        db.clone(),
+        config.clock.clone(),
+        config.enumeration_prune_interval,
     );
     // Other replicas' commits wake this replica's subscribers too.
     let _listener = notifier.listen(&config.effective_database_url());

@@ -366,3 +366,58 @@ pub(crate) fn notify_on_commit(
     }
     Ok(())
 }
+
+/// A row's key in `enumeration_last_seen`, as a prune returns it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, QueryableByName)]
+pub(crate) struct LastSeenKey {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub subject: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub nhs_number: String,
+}
+
+/// One chunk of a prune of `enumeration_last_seen`: deletes, in key order, up to `limit` rows
+/// last seen before `before` whose key comes after `after`, in a statement (a transaction) of
+/// its own, and returns their keys; the next chunk starts after the greatest of them, so a pass
+/// reads each row once. PostgreSQL locks the rows it deletes with `SKIP LOCKED`: a row a
+/// disclosure is moving forward at that moment is left for the next pass, so a prune never
+/// waits for a disclosure (nor can deadlock with one) and a disclosure waits at most for one
+/// chunk. SQLite has one writer, so a chunk simply takes its turn.
+pub(crate) fn delete_last_seen_before(
+    conn: &mut DbConnection,
+    before: i64,
+    after: &LastSeenKey,
+    limit: i64,
+) -> Result<Vec<LastSeenKey>, RegistryError> {
+    use diesel::sql_types::{BigInt, Text};
+    let keys = match conn {
+        DbConnection::Pg(pg) => diesel::sql_query(
+            "DELETE FROM enumeration_last_seen AS s \
+             USING (SELECT subject, nhs_number FROM enumeration_last_seen \
+                    WHERE (subject, nhs_number) > ($1, $2) AND last_seen < $3 \
+                    ORDER BY subject, nhs_number LIMIT $4 \
+                    FOR UPDATE SKIP LOCKED) AS old \
+             WHERE s.subject = old.subject AND s.nhs_number = old.nhs_number \
+             RETURNING s.subject, s.nhs_number",
+        )
+        .bind::<Text, _>(&after.subject)
+        .bind::<Text, _>(&after.nhs_number)
+        .bind::<BigInt, _>(before)
+        .bind::<BigInt, _>(limit)
+        .load(pg)?,
+        DbConnection::Sqlite(sqlite) => diesel::sql_query(
+            "DELETE FROM enumeration_last_seen \
+             WHERE (subject, nhs_number) IN ( \
+                 SELECT subject, nhs_number FROM enumeration_last_seen \
+                 WHERE (subject, nhs_number) > (?, ?) AND last_seen < ? \
+                 ORDER BY subject, nhs_number LIMIT ?) \
+             RETURNING subject, nhs_number",
+        )
+        .bind::<Text, _>(&after.subject)
+        .bind::<Text, _>(&after.nhs_number)
+        .bind::<BigInt, _>(before)
+        .bind::<BigInt, _>(limit)
+        .load(sqlite)?,
+    };
+    Ok(keys)
+}

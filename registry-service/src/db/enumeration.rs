@@ -7,7 +7,7 @@
 //! rows than the window's distinct numbers, however often they were looked up. Crossing a
 //! threshold claims the subject's row in `lookup_throttles` (only one racing transaction can)
 //! and writes one security event.
-//! Also the operators' listing of security events.
+//! Also the operators' listing of security events, and the pruning of rows no window counts.
 
 use cpis_core::{accessor::ValidAccessor, nhs_number::NhsNumber};
 use cpis_proto::cpis::registry::v1::{SecurityEvent, SecurityEventKind};
@@ -22,7 +22,8 @@ use super::{
 };
 use crate::domain::dates::timestamp;
 use crate::domain::enumeration::{
-    Counted, DAY, EnumerationLimits, HOUR, Rule, organisation_subject, throttled_until,
+    Counted, DAY, EnumerationLimits, HOUR, LAST_SEEN_KEPT, Rule, organisation_subject,
+    throttled_until,
 };
 use crate::error::RegistryError;
 
@@ -356,4 +357,32 @@ pub(crate) fn list_security_events(
         .into_iter()
         .map(|row| (row.id, decode(&row.event, "security_events", row.id).ok()))
         .collect())
+}
+
+/// Rows one chunk of a prune deletes at most: a chunk is one short transaction, so a
+/// disclosure waits at most for one chunk (SQLite's single writer) or not at all (PostgreSQL).
+pub(crate) const PRUNE_CHUNK: i64 = 1_000;
+
+/// One chunk of the prune at `now` (see `dialect::delete_last_seen_before`): deletes rows of
+/// `enumeration_last_seen` that no window can count any more (older than `LAST_SEEN_KEPT`) with
+/// keys after `after`. Returns how many, and the key the next chunk starts after, or `None`
+/// when the pass has reached the end of the table.
+pub(crate) fn prune_chunk(
+    conn: &mut DbConnection,
+    now: i64,
+    after: &super::dialect::LastSeenKey,
+) -> Result<(usize, Option<super::dialect::LastSeenKey>), RegistryError> {
+    let deleted = super::dialect::delete_last_seen_before(
+        conn,
+        now.saturating_sub(LAST_SEEN_KEPT),
+        after,
+        PRUNE_CHUNK,
+    )?;
+    let count = deleted.len();
+    let next = if i64::try_from(count).unwrap_or(i64::MAX) < PRUNE_CHUNK {
+        None
+    } else {
+        deleted.into_iter().max()
+    };
+    Ok((count, next))
 }

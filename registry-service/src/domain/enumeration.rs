@@ -10,6 +10,11 @@ use cpis_proto::cpis::registry::v1::ThrottledSubject;
 pub(crate) const HOUR: i64 = 3_600_000_000;
 /// Microseconds in a day.
 pub(crate) const DAY: i64 = 24 * HOUR;
+/// How long a row of `enumeration_last_seen` is kept after its subject last looked the child
+/// up: the longest window (a day), plus an hour for a registry whose clock runs behind another
+/// replica's (the same margin as the table's backfill, migration 000009). Older rows are never
+/// counted, so pruning them changes no decision.
+pub(crate) const LAST_SEEN_KEPT: i64 = DAY + HOUR;
 
 /// The thresholds, as configured: most distinct NHS numbers per window; 0 switches a threshold
 /// off.

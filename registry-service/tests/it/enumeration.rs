@@ -1,7 +1,8 @@
 //! The enumeration guard at the registry, where every replica's disclosures meet: a caller at
 //! its threshold whose lookups race through two registries on one PostgreSQL database (on
 //! SQLite, which serves one node, through one registry) is refused every time, nothing of the
-//! race is recorded, and the crossing is exactly one security event.
+//! race is recorded, and the crossing is exactly one security event. And the guard's table of
+//! who last looked up which child loses, in the background, what no window counts any more.
 
 use cpis_core::status::{reason_of, retry_delay};
 use cpis_proto::cpis::common::v1::{AccessMode, ErrorReason};
@@ -12,9 +13,12 @@ use cpis_testkit::{TestServer, both_backends, db::Backend};
 use registry_service::Clock;
 use tonic::Code;
 
+use std::time::{Duration, Instant};
+
 use crate::harness::{ed_clinician, nhs, stack};
 
 both_backends!(racing_replicas_raise_one_event);
+both_backends!(what_no_window_counts_is_pruned_in_the_background);
 
 const THRESHOLD: u32 = 3;
 
@@ -88,4 +92,52 @@ async fn racing_replicas_raise_one_event(backend: Backend) {
         .into_inner();
     assert_eq!(listed.security_events.len(), 1);
     assert!(listed.next_page_token.is_empty());
+}
+
+/// The registry's upkeep deletes on its own the rows of `enumeration_last_seen` looked up more
+/// than a day and an hour ago (the longest window, and the README's margin for clock skew), so
+/// the table neither grows for ever nor keeps which staff looked up which child past any use;
+/// what a window still counts stays, and so does the audit record of every access. Before,
+/// nothing deleted them.
+async fn what_no_window_counts_is_pruned_in_the_background(backend: Backend) {
+    const START: i64 = 1_780_000_000_000_000;
+    const KEPT_MICROS: i64 = 25 * 3_600 * 1_000_000;
+    let clock = Clock::fixed(START);
+    let Some(stack) = stack(backend)
+        .clock(clock.clone())
+        .registry(|config| config.enumeration_prune_interval = Duration::from_millis(100))
+        .start()
+        .await
+    else {
+        return;
+    };
+    let rows = |nhs: Option<String>| {
+        let only = nhs.map_or_else(String::new, |n| format!(" WHERE nhs_number = '{n}'"));
+        stack.db.count(&format!(
+            "SELECT COUNT(*) AS n FROM enumeration_last_seen{only}"
+        ))
+    };
+    for i in 0..3 {
+        disclose(&stack.internal, nhs(i)).await.expect("disclosed");
+    }
+    // The clinician's row and their organisation's, for each child.
+    assert_eq!(rows(None), 6);
+    // A day, an hour and a second later, one more child.
+    clock.set(START + KEPT_MICROS + 1_000_000);
+    disclose(&stack.internal, nhs(3)).await.expect("disclosed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rows(None) != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "not pruned within 10 s: {} rows",
+            rows(None)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rows(Some(nhs(3))), 2, "the recent child's rows are kept");
+    assert_eq!(
+        stack.db.count("SELECT COUNT(*) AS n FROM access_events"),
+        4,
+        "every access is still recorded"
+    );
 }

@@ -332,7 +332,9 @@ mod tests {
     use diesel::connection::InstrumentationEvent;
 
     use super::*;
+    use crate::db::dialect::{INSERT_ROWS, LastSeenKey};
     use crate::db::enumeration::GuardQuestion;
+    use diesel::connection::SimpleConnection as _;
 
     /// A new database of `backend` with the registry's schema and a connection to it, or `None`
     /// where that engine is not available to the tests.
@@ -1022,5 +1024,132 @@ mod tests {
             ],
             "the last day's numbers (and the margin's), each at its latest access; nothing older"
         );
+    }
+
+    /// Every pass of the prune at `now`, chunk by chunk as the upkeep task runs it: the rows
+    /// each chunk deleted and the key it handed on.
+    fn prune_pass(conn: &mut DbConnection, now: i64) -> Vec<(usize, Option<LastSeenKey>)> {
+        let mut chunks = Vec::new();
+        let mut after = LastSeenKey::default();
+        loop {
+            let (deleted, next) =
+                crate::db::enumeration::prune_chunk(conn, now, &after).expect("prune");
+            chunks.push((deleted, next.clone()));
+            match next {
+                Some(key) => after = key,
+                None => return chunks,
+            }
+        }
+    }
+
+    cpis_testkit::both_backends!(a_prune_deletes_in_chunks_what_no_window_counts);
+
+    /// The upkeep's prune deletes, in chunks of its own transactions that go on in key order
+    /// from where the last stopped, the rows of `enumeration_last_seen` last seen longer ago than
+    /// a day and an hour, and nothing else: not a row at exactly that age, not a recent one, and
+    /// never an access event (the audit record). Before, nothing deleted them.
+    async fn a_prune_deletes_in_chunks_what_no_window_counts(backend: cpis_testkit::db::Backend) {
+        use crate::db::enumeration::PRUNE_CHUNK;
+        use crate::domain::enumeration::{HOUR, LAST_SEEN_KEPT};
+        let Some((_test_db, mut conn)) = migrated(backend) else {
+            return;
+        };
+        let now = question(&[]).now;
+        let key = "person:555000000001";
+        // 1,200 children looked up a moment too long ago: 2,400 rows with the organisation's.
+        let old: Vec<_> = (0..1_200)
+            .map(|i| access(i, &format!("9{i:09}"), key, now - LAST_SEEN_KEPT - 1))
+            .collect();
+        for rows in old.chunks(INSERT_ROWS) {
+            record(&mut conn, rows);
+        }
+        let (edge, recent) = ("9990000018", "9990000026");
+        record(
+            &mut conn,
+            &[
+                access(2_000, edge, key, now - LAST_SEEN_KEPT),
+                access(2_001, recent, key, now - HOUR),
+            ],
+        );
+        let chunks = prune_pass(&mut conn, now);
+        let sizes: Vec<usize> = chunks.iter().map(|(deleted, _)| *deleted).collect();
+        let chunk = usize::try_from(PRUNE_CHUNK).expect("chunk");
+        assert_eq!(sizes, [chunk, chunk, 2_400 - 2 * chunk], "{chunks:?}");
+        let handed_on: Vec<&LastSeenKey> = chunks.iter().filter_map(|(_, k)| k.as_ref()).collect();
+        assert!(
+            handed_on.windows(2).all(|pair| pair[0] < pair[1]),
+            "each chunk goes on after the last: {handed_on:?}"
+        );
+        assert_eq!(
+            last_seen(&mut conn),
+            [
+                seen_row("organisation:RXX01", edge, now - LAST_SEEN_KEPT),
+                seen_row("organisation:RXX01", recent, now - HOUR),
+                seen_row(key, edge, now - LAST_SEEN_KEPT),
+                seen_row(key, recent, now - HOUR),
+            ],
+            "what a window can still count is kept"
+        );
+        let events: i64 = crate::db::schema::access_events::table
+            .count()
+            .get_result(&mut conn)
+            .expect("count");
+        assert_eq!(events, 1_202, "the audit record is untouched");
+        assert_eq!(
+            prune_pass(&mut conn, now),
+            [(0, None)],
+            "a second pass finds nothing"
+        );
+    }
+
+    /// PostgreSQL: a prune never waits for a disclosure. A row another transaction holds (as
+    /// a disclosure's trigger holds the rows it moves forward until its commit) is skipped, the
+    /// rest of the pass goes on, and the next pass deletes it once it is free. Waiting, the pass
+    /// would hit this connection's statement timeout and fail the test.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_postgres_prune_skips_a_row_a_disclosure_holds() {
+        use crate::domain::enumeration::LAST_SEEN_KEPT;
+        let Some((test_db, mut conn)) = migrated(cpis_testkit::db::Backend::Postgres) else {
+            return;
+        };
+        let url = crate::db::DatabaseUrl::parse(&test_db.url).expect("url");
+        let mut holder = crate::db::dialect::connect(&url).expect("second connection");
+        let now = question(&[]).now;
+        let key = "person:555000000001";
+        let (held, free) = ("9990000018", "9990000026");
+        let long_ago = now - LAST_SEEN_KEPT - 1;
+        record(
+            &mut conn,
+            &[
+                access(0, held, key, long_ago),
+                access(1, free, key, long_ago),
+            ],
+        );
+        conn.batch_execute("SET statement_timeout = '5s'")
+            .expect("timeout");
+        holder
+            .transaction(|holder| {
+                diesel::sql_query(
+                    "SELECT 1 FROM enumeration_last_seen \
+                     WHERE subject = $1 AND nhs_number = $2 FOR UPDATE",
+                )
+                .bind::<diesel::sql_types::Text, _>(key)
+                .bind::<diesel::sql_types::Text, _>(held)
+                .execute(holder)?;
+                assert_eq!(
+                    prune_pass(&mut conn, now),
+                    [(3, None)],
+                    "all but the held row, without waiting for it"
+                );
+                assert_eq!(last_seen(&mut conn), [seen_row(key, held, long_ago)]);
+                diesel::QueryResult::Ok(())
+            })
+            .expect("holder");
+        assert_eq!(
+            prune_pass(&mut conn, now),
+            [(1, None)],
+            "freed, it goes next time"
+        );
+        assert!(last_seen(&mut conn).is_empty());
     }
 }
