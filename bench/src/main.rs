@@ -114,9 +114,11 @@ enum Scenario {
         /// How long the flood lasts, in seconds (bounded).
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
         seconds: u64,
-        /// The lookup service's --max-in-flight (default: its own default).
-        #[arg(long)]
-        max_in_flight: Option<u32>,
+        /// The lookup service's --max-in-flight (default: its own default). Several, comma
+        /// separated (`2,4,8,16`), run the scenario once each and end with a table of what each
+        /// bound trades: throughput against the admitted calls' latency.
+        #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=4096))]
+        max_in_flight: Vec<u32>,
         /// The lookup service's --min-in-flight (its adaptive bound; default: the fixed bound).
         #[arg(long)]
         min_in_flight: Option<u32>,
@@ -215,15 +217,22 @@ async fn main() -> anyhow::Result<()> {
             backend,
         } => {
             anyhow::ensure!(factor > 1.0, "--factor must be above 1");
+            let bounds: Vec<Option<u32>> = if max_in_flight.is_empty() {
+                vec![None]
+            } else {
+                max_in_flight.into_iter().map(Some).collect()
+            };
+            let mut runs = Vec::new();
             for backend in engines(backend) {
-                overload::run(
-                    backend,
-                    factor,
-                    seconds,
-                    (max_in_flight, min_in_flight),
-                    processes,
-                )
-                .await?;
+                for &bound in &bounds {
+                    runs.push(
+                        overload::run(backend, factor, seconds, (bound, min_in_flight), processes)
+                            .await?,
+                    );
+                }
+            }
+            if runs.len() > 1 {
+                overload::print_trade_off(&runs);
             }
         }
     }

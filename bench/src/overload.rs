@@ -40,6 +40,9 @@ impl Cores {
     }
 }
 
+/// Lookups of the one caller whose latency is the unloaded latency.
+const UNLOADED_CALLS: usize = 2_000;
+
 /// What became of one call of the flood.
 enum Outcome {
     Served(Duration),
@@ -144,6 +147,43 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// One run's figures, for the table of several bounds (`print_trade_off`).
+pub struct Run {
+    engine: String,
+    bound: String,
+    sustained: f64,
+    served_in_flood: f64,
+    unloaded_p99: Duration,
+    full_load_p99: Duration,
+    admitted_p99: Duration,
+    refused_p99: Duration,
+}
+
+/// What each bound trades, one row a run: the throughput it sustains and serves in the flood,
+/// against its admitted calls' p99 over the unloaded and the full-load p99.
+pub fn print_trade_off(runs: &[Run]) {
+    println!(
+        "| engine | bound | sustained /s | served in the flood /s | unloaded p99 | full-load p99 | admitted p99 (× unloaded, × full load) | refused p99 |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for run in runs {
+        let ratio = |d: Duration, of: Duration| d.as_secs_f64() / of.as_secs_f64().max(1e-9);
+        println!(
+            "| {} | {} | {:.0} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms ({:.2}×, {:.2}×) | {:.2} ms |",
+            run.engine,
+            run.bound,
+            run.sustained,
+            run.served_in_flood,
+            ms(run.unloaded_p99),
+            ms(run.full_load_p99),
+            ms(run.admitted_p99),
+            ratio(run.admitted_p99, run.unloaded_p99),
+            ratio(run.admitted_p99, run.full_load_p99),
+            ms(run.refused_p99),
+        );
+    }
+}
+
 /// Runs the scenario on one engine and prints the figures. `processes`: the services run as
 /// the release binaries in processes of their own (as in production: the flood's client does not
 /// share their runtime, so a refusal's latency is the server's, not this process's queue).
@@ -153,7 +193,7 @@ pub async fn run(
     seconds: u64,
     (max_in_flight, min_in_flight): (Option<u32>, Option<u32>),
     processes: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Run> {
     let limit = max_in_flight.unwrap_or(cpis_core::server::DEFAULT_MAX_IN_FLIGHT);
     let mut builder = Stack::builder(backend)
         // One clinician sweeps every child here: this measures admission, not the enumeration
@@ -217,7 +257,9 @@ pub async fn run(
             Cores([registry, lookup, crate::processes::cpu_seconds(None)])
         })
     };
-    let unloaded = closed_loop(500, 1, lookup_one.clone()).await;
+    // 2,000 calls, so the p99 is the 20th slowest: with 500 (the 5th) it moved between runs
+    // by up to twice, and every ratio below is over it.
+    let unloaded = closed_loop(UNLOADED_CALLS, 1, lookup_one.clone()).await;
     let cpu_before_full = all_cpu();
     let sustained = closed_loop(callers * 250, callers, lookup_one.clone()).await;
     // The lookup service's CPU seconds at full load.
@@ -374,5 +416,14 @@ pub async fn run(
         })
     );
     anyhow::ensure!(failed == 0, "{failed} calls failed other than OVERLOADED");
-    Ok(())
+    Ok(Run {
+        engine,
+        bound,
+        sustained: sustained.rate,
+        served_in_flood: served.len() as f64 / flood_secs,
+        unloaded_p99: unloaded.p99,
+        full_load_p99: sustained.p99,
+        admitted_p99,
+        refused_p99: percentile(&refused, 0.99),
+    })
 }
