@@ -2,9 +2,10 @@
 //! of who last looked up which child (`enumeration_last_seen`) loses the rows no window can
 //! count any more. They change no decision, but kept they would grow the table for ever and
 //! keep, past any use, a record of which staff looked up which child (the audit record of
-//! every access stays in `access_events`). A pass deletes in chunks, each its own short
-//! transaction (`db::enumeration::prune_chunk`); every replica may run it, since a chunk takes
-//! only rows nobody else is deleting or moving forward.
+//! every access stays in `access_events`). A pass goes through the table in key order, in
+//! chunks of a bounded number of rows, each its own short transaction
+//! (`db::enumeration::prune_chunk`); every replica may run it, since a chunk takes only rows
+//! nobody else is deleting or moving forward.
 
 use std::time::Duration;
 
@@ -13,18 +14,41 @@ use cpis_core::metrics::metrics;
 use crate::clock::Clock;
 use crate::db::{Database, dialect::LastSeenKey, enumeration::prune_chunk};
 
-/// A chunk that takes longer than this is given up on (a hung database); the next pass
-/// tries again.
+/// The wait for a chunk is given up after this (a hung database) and the next pass tries
+/// again. The blocking work itself cannot be cancelled from here: on PostgreSQL the chunk's own
+/// statement timeout (5 s) ends it first; on SQLite a chunk reads a bounded number of rows.
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Prunes every `interval` until the returned handle is dropped.
+/// Gives disclosures the database between two chunks of a pass (SQLite's one writer; the
+/// pool's connections): a pass of a large table takes longer, never a lookup.
+const BETWEEN_CHUNKS: Duration = Duration::from_millis(10);
+
+/// The first pass comes at most this long after start-up: a registry restarted more often than
+/// the interval (a crash loop, frequent deploys) still prunes.
+const FIRST_PASS_WITHIN: Duration = Duration::from_secs(60);
+
+/// Prunes every `interval` (the first time within a minute of start-up) until the returned
+/// handle is dropped. Each wait is stretched or shrunk by up to a tenth, so replicas started
+/// together drift apart rather than prune the same rows in lockstep.
 pub(crate) fn start(db: Database, clock: Clock, interval: Duration) -> UpkeepGuard {
     UpkeepGuard(tokio::spawn(async move {
+        let mut wait = interval.min(FIRST_PASS_WITHIN);
         loop {
-            tokio::time::sleep(interval).await;
+            tokio::time::sleep(jittered(wait)).await;
             prune_pass(&db, &clock).await;
+            wait = interval;
         }
     }))
+}
+
+/// `wait` give or take up to a tenth, from the system clock's nanoseconds: spreading replicas
+/// apart needs no better randomness.
+fn jittered(wait: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    // 0.9 to 1.1.
+    wait.mul_f64(0.9 + f64::from(nanos % 1_000) / 5_000.0)
 }
 
 /// One pass over the table at the clock's `now`; returns the rows deleted.
@@ -58,8 +82,7 @@ async fn prune_pass(db: &Database, clock: &Clock) -> usize {
             Some(key) => after = key,
             None => break,
         }
-        // Between chunks, disclosures have the database (SQLite's one writer) to themselves.
-        tokio::task::yield_now().await;
+        tokio::time::sleep(BETWEEN_CHUNKS).await;
     }
     if pruned > 0 {
         tracing::info!(rows = pruned, "enumeration_last_seen pruned");

@@ -367,8 +367,8 @@ pub(crate) fn notify_on_commit(
     Ok(())
 }
 
-/// A row's key in `enumeration_last_seen`, as a prune returns it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, QueryableByName)]
+/// A row's key in `enumeration_last_seen`: where a prune's chunk ends and the next begins.
+#[derive(Clone, Default, PartialEq, Eq, QueryableByName)]
 pub(crate) struct LastSeenKey {
     #[diesel(sql_type = diesel::sql_types::Text)]
     pub subject: String,
@@ -376,48 +376,105 @@ pub(crate) struct LastSeenKey {
     pub nhs_number: String,
 }
 
-/// One chunk of a prune of `enumeration_last_seen`: deletes, in key order, up to `limit` rows
-/// last seen before `before` whose key comes after `after`, in a statement (a transaction) of
-/// its own, and returns their keys; the next chunk starts after the greatest of them, so a pass
-/// reads each row once. PostgreSQL locks the rows it deletes with `SKIP LOCKED`: a row a
-/// disclosure is moving forward at that moment is left for the next pass, so a prune never
-/// waits for a disclosure (nor can deadlock with one) and a disclosure waits at most for one
-/// chunk. SQLite has one writer, so a chunk simply takes its turn.
+/// Leaves the NHS number out: Debug output ends up in logs and panics (as `NhsNumber`'s).
+impl std::fmt::Debug for LastSeenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LastSeenKey")
+            .field("subject", &self.subject)
+            .field("nhs_number", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The longest one chunk of a prune may run on PostgreSQL before it is cancelled (its rows
+/// stay for the next pass): well under the 10 s a disclosure waits for a row lock.
+const PRUNE_STATEMENT_TIMEOUT: &str = "SET LOCAL statement_timeout = '5s'";
+
+/// The key `$3` rows after (`$1`, `$2`): where a prune's chunk of `$3 + 1` rows ends.
+pub(crate) const PRUNE_CHUNK_END: &str = "SELECT subject, nhs_number FROM enumeration_last_seen \
+     WHERE (subject, nhs_number) > ($1, $2) \
+     ORDER BY subject, nhs_number LIMIT 1 OFFSET $3";
+
+/// SQLite: a chunk's delete, of the rows among the next `span` keys last seen before the cutoff.
+pub(crate) const SQLITE_PRUNE_CHUNK: &str = "DELETE FROM enumeration_last_seen \
+     WHERE (subject, nhs_number) IN ( \
+         SELECT subject, nhs_number FROM enumeration_last_seen \
+         WHERE (subject, nhs_number) > (?, ?) \
+         ORDER BY subject, nhs_number LIMIT ?) \
+       AND last_seen < ?";
+
+/// One chunk of a prune of `enumeration_last_seen`: of the `span` rows that come after `after`
+/// in key order, deletes those last seen more than `kept` before `now`, and returns how many
+/// and the chunk's last key (where the next chunk starts), or `None` for the chunk that reached
+/// the end of the table. A chunk reads at most `span` rows however few it deletes, and the
+/// database orders the keys (its collation, not Rust's), so a pass reads each row once.
+///
+/// PostgreSQL: in a transaction of its own with a statement timeout; the rows it deletes are
+/// locked `SKIP LOCKED`, so a row a disclosure is moving forward at that moment is left for the
+/// next pass: a prune never waits for a disclosure, nor can deadlock with one. They are found
+/// by a range of the primary key and deleted by their row ids (a TID scan): joined back on the
+/// key instead, the planner chose a hash join over a sequential scan of the whole table. The cutoff is
+/// also held to the database's own clock less `kept`, so a registry whose clock runs ahead
+/// cannot delete rows another replica still counts. SQLite: one statement; one process owns
+/// the file, so there is one clock, and one writer, so a chunk simply takes its turn.
 pub(crate) fn delete_last_seen_before(
     conn: &mut DbConnection,
-    before: i64,
+    (now, kept): (i64, i64),
     after: &LastSeenKey,
-    limit: i64,
-) -> Result<Vec<LastSeenKey>, RegistryError> {
+    span: i64,
+) -> Result<(usize, Option<LastSeenKey>), RegistryError> {
     use diesel::sql_types::{BigInt, Text};
-    let keys = match conn {
-        DbConnection::Pg(pg) => diesel::sql_query(
-            "DELETE FROM enumeration_last_seen AS s \
-             USING (SELECT subject, nhs_number FROM enumeration_last_seen \
-                    WHERE (subject, nhs_number) > ($1, $2) AND last_seen < $3 \
-                    ORDER BY subject, nhs_number LIMIT $4 \
-                    FOR UPDATE SKIP LOCKED) AS old \
-             WHERE s.subject = old.subject AND s.nhs_number = old.nhs_number \
-             RETURNING s.subject, s.nhs_number",
-        )
-        .bind::<Text, _>(&after.subject)
-        .bind::<Text, _>(&after.nhs_number)
-        .bind::<BigInt, _>(before)
-        .bind::<BigInt, _>(limit)
-        .load(pg)?,
-        DbConnection::Sqlite(sqlite) => diesel::sql_query(
-            "DELETE FROM enumeration_last_seen \
-             WHERE (subject, nhs_number) IN ( \
-                 SELECT subject, nhs_number FROM enumeration_last_seen \
-                 WHERE (subject, nhs_number) > (?, ?) AND last_seen < ? \
-                 ORDER BY subject, nhs_number LIMIT ?) \
-             RETURNING subject, nhs_number",
-        )
-        .bind::<Text, _>(&after.subject)
-        .bind::<Text, _>(&after.nhs_number)
-        .bind::<BigInt, _>(before)
-        .bind::<BigInt, _>(limit)
-        .load(sqlite)?,
+    let before = now.saturating_sub(kept);
+    // The chunk's last key: the span-th after `after`.
+    let end: Option<LastSeenKey> = {
+        let sql = PRUNE_CHUNK_END;
+        let offset = span.saturating_sub(1).max(0);
+        let rows: Vec<LastSeenKey> = match conn {
+            DbConnection::Pg(pg) => diesel::sql_query(sql)
+                .bind::<Text, _>(&after.subject)
+                .bind::<Text, _>(&after.nhs_number)
+                .bind::<BigInt, _>(offset)
+                .load(pg)?,
+            DbConnection::Sqlite(sqlite) => diesel::sql_query(sql.replace('$', "?"))
+                .bind::<Text, _>(&after.subject)
+                .bind::<Text, _>(&after.nhs_number)
+                .bind::<BigInt, _>(offset)
+                .load(sqlite)?,
+        };
+        rows.into_iter().next()
     };
-    Ok(keys)
+    let (end_subject, end_number) = end
+        .as_ref()
+        .map_or((None, None), |k| (Some(&k.subject), Some(&k.nhs_number)));
+    let deleted = match conn {
+        DbConnection::Pg(pg) => pg.transaction(|pg| {
+            pg.batch_execute(PRUNE_STATEMENT_TIMEOUT)?;
+            diesel::sql_query(
+                "DELETE FROM enumeration_last_seen WHERE ctid = ANY(ARRAY( \
+                     SELECT ctid FROM enumeration_last_seen \
+                     WHERE (subject, nhs_number) > ($1, $2) \
+                       AND ($3::text IS NULL OR (subject, nhs_number) <= ($3, $4)) \
+                       AND last_seen < LEAST($5, \
+                           (extract(epoch FROM clock_timestamp()) * 1000000)::bigint - $6) \
+                     FOR UPDATE SKIP LOCKED))",
+            )
+            .bind::<Text, _>(&after.subject)
+            .bind::<Text, _>(&after.nhs_number)
+            .bind::<diesel::sql_types::Nullable<Text>, _>(end_subject)
+            .bind::<diesel::sql_types::Nullable<Text>, _>(end_number)
+            .bind::<BigInt, _>(before)
+            .bind::<BigInt, _>(kept)
+            .execute(pg)
+        })?,
+        // The same span, as the `span` keys after `after`: written as a range up to the
+        // chunk's end instead, SQLite searched the window index by subject alone and read every
+        // row of the chunk's subjects, however many.
+        DbConnection::Sqlite(sqlite) => diesel::sql_query(SQLITE_PRUNE_CHUNK)
+            .bind::<Text, _>(&after.subject)
+            .bind::<Text, _>(&after.nhs_number)
+            .bind::<BigInt, _>(span)
+            .bind::<BigInt, _>(before)
+            .execute(sqlite)?,
+    };
+    Ok((deleted, end))
 }

@@ -17,6 +17,7 @@ use prost::Message as _;
 
 use super::{
     DbConnection,
+    dialect::LastSeenKey,
     models::{SecurityEventRow, ThrottleRow, decode},
     schema::{enumeration_last_seen, lookup_throttles, security_events},
 };
@@ -359,30 +360,19 @@ pub(crate) fn list_security_events(
         .collect())
 }
 
-/// Rows one chunk of a prune deletes at most: a chunk is one short transaction, so a
-/// disclosure waits at most for one chunk (SQLite's single writer) or not at all (PostgreSQL).
-pub(crate) const PRUNE_CHUNK: i64 = 1_000;
+/// Rows one chunk of a prune spans, in key order (it deletes those of them no window counts):
+/// a chunk is one short statement, so a disclosure waits at most for one chunk (SQLite's single
+/// writer) or not at all (PostgreSQL), however few old rows the table holds.
+pub(crate) const PRUNE_SPAN: i64 = 1_000;
 
-/// One chunk of the prune at `now` (see `dialect::delete_last_seen_before`): deletes rows of
-/// `enumeration_last_seen` that no window can count any more (older than `LAST_SEEN_KEPT`) with
-/// keys after `after`. Returns how many, and the key the next chunk starts after, or `None`
-/// when the pass has reached the end of the table.
+/// One chunk of the prune at `now` (see `dialect::delete_last_seen_before`): of the next
+/// `PRUNE_SPAN` rows after `after`, deletes those of `enumeration_last_seen` that no window can
+/// count any more (older than `LAST_SEEN_KEPT`). Returns how many, and the key the next chunk
+/// starts after, or `None` when the pass has reached the end of the table.
 pub(crate) fn prune_chunk(
     conn: &mut DbConnection,
     now: i64,
-    after: &super::dialect::LastSeenKey,
-) -> Result<(usize, Option<super::dialect::LastSeenKey>), RegistryError> {
-    let deleted = super::dialect::delete_last_seen_before(
-        conn,
-        now.saturating_sub(LAST_SEEN_KEPT),
-        after,
-        PRUNE_CHUNK,
-    )?;
-    let count = deleted.len();
-    let next = if i64::try_from(count).unwrap_or(i64::MAX) < PRUNE_CHUNK {
-        None
-    } else {
-        deleted.into_iter().max()
-    };
-    Ok((count, next))
+    after: &LastSeenKey,
+) -> Result<(usize, Option<LastSeenKey>), RegistryError> {
+    super::dialect::delete_last_seen_before(conn, (now, LAST_SEEN_KEPT), after, PRUNE_SPAN)
 }

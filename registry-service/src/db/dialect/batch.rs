@@ -1026,12 +1026,12 @@ mod tests {
         );
     }
 
-    /// Every pass of the prune at `now`, chunk by chunk as the upkeep task runs it: the rows
-    /// each chunk deleted and the key it handed on.
+    /// Every chunk of one pass of the prune at `now`, as the upkeep task runs them: the rows
+    /// each deleted and the key it handed on. A pass that never ends fails the test.
     fn prune_pass(conn: &mut DbConnection, now: i64) -> Vec<(usize, Option<LastSeenKey>)> {
         let mut chunks = Vec::new();
         let mut after = LastSeenKey::default();
-        loop {
+        for _ in 0..100 {
             let (deleted, next) =
                 crate::db::enumeration::prune_chunk(conn, now, &after).expect("prune");
             chunks.push((deleted, next.clone()));
@@ -1040,72 +1040,86 @@ mod tests {
                 None => return chunks,
             }
         }
+        panic!("a pass of more than 100 chunks: {chunks:?}");
+    }
+
+    /// `n` children looked up by `key` at `at`, as accesses numbered from `first`, recorded
+    /// `INSERT_ROWS` at a time.
+    fn record_many(conn: &mut DbConnection, first: i64, n: i64, key: &str, at: i64) {
+        let rows: Vec<_> = (first..first + n)
+            .map(|i| access(i, &format!("9{i:09}"), key, at))
+            .collect();
+        for chunk in rows.chunks(INSERT_ROWS) {
+            record(conn, chunk);
+        }
+    }
+
+    fn access_events(conn: &mut DbConnection) -> i64 {
+        crate::db::schema::access_events::table
+            .count()
+            .get_result(conn)
+            .expect("count")
     }
 
     cpis_testkit::both_backends!(a_prune_deletes_in_chunks_what_no_window_counts);
 
-    /// The upkeep's prune deletes, in chunks of its own transactions that go on in key order
-    /// from where the last stopped, the rows of `enumeration_last_seen` last seen longer ago than
+    /// The upkeep's prune deletes the rows of `enumeration_last_seen` last seen longer ago than
     /// a day and an hour, and nothing else: not a row at exactly that age, not a recent one, and
-    /// never an access event (the audit record). Before, nothing deleted them.
+    /// never an access event (the audit record). It goes through the table in key order in
+    /// chunks that each span `PRUNE_SPAN` rows, however few of them it deletes, so a chunk's
+    /// cost is bounded: 2,404 children (4,808 rows, with the organisation's) take 5 chunks.
+    /// Before, nothing deleted them.
     async fn a_prune_deletes_in_chunks_what_no_window_counts(backend: cpis_testkit::db::Backend) {
-        use crate::db::enumeration::PRUNE_CHUNK;
+        use crate::db::enumeration::PRUNE_SPAN;
         use crate::domain::enumeration::{HOUR, LAST_SEEN_KEPT};
         let Some((_test_db, mut conn)) = migrated(backend) else {
             return;
         };
-        let now = question(&[]).now;
+        // The system clock: PostgreSQL also holds the cutoff to its own clock.
+        let now = crate::clock::Clock::system().now_micros();
         let key = "person:555000000001";
-        // 1,200 children looked up a moment too long ago: 2,400 rows with the organisation's.
-        let old: Vec<_> = (0..1_200)
-            .map(|i| access(i, &format!("9{i:09}"), key, now - LAST_SEEN_KEPT - 1))
-            .collect();
-        for rows in old.chunks(INSERT_ROWS) {
-            record(&mut conn, rows);
-        }
-        let (edge, recent) = ("9990000018", "9990000026");
-        record(
-            &mut conn,
-            &[
-                access(2_000, edge, key, now - LAST_SEEN_KEPT),
-                access(2_001, recent, key, now - HOUR),
-            ],
-        );
+        // 1,200 children looked up a moment too long ago, 1,200 an hour ago (the first chunks
+        // hold both), then 3 children too long ago and one at exactly the age kept.
+        record_many(&mut conn, 0, 1_200, key, now - LAST_SEEN_KEPT - 1);
+        record_many(&mut conn, 1_200, 1_200, key, now - HOUR);
+        record_many(&mut conn, 2_400, 3, key, now - LAST_SEEN_KEPT - 1);
+        let edge = "9999999999";
+        record(&mut conn, &[access(9_999, edge, key, now - LAST_SEEN_KEPT)]);
         let chunks = prune_pass(&mut conn, now);
-        let sizes: Vec<usize> = chunks.iter().map(|(deleted, _)| *deleted).collect();
-        let chunk = usize::try_from(PRUNE_CHUNK).expect("chunk");
-        assert_eq!(sizes, [chunk, chunk, 2_400 - 2 * chunk], "{chunks:?}");
-        let handed_on: Vec<&LastSeenKey> = chunks.iter().filter_map(|(_, k)| k.as_ref()).collect();
-        assert!(
-            handed_on.windows(2).all(|pair| pair[0] < pair[1]),
-            "each chunk goes on after the last: {handed_on:?}"
-        );
+        let deleted: usize = chunks.iter().map(|(n, _)| *n).sum();
+        assert_eq!(deleted, 2 * 1_203, "{chunks:?}");
+        let span = usize::try_from(PRUNE_SPAN).expect("span");
+        assert_eq!(chunks.len(), (2 * 2_404_usize).div_ceil(span), "{chunks:?}");
+        let seen = last_seen(&mut conn);
         assert_eq!(
-            last_seen(&mut conn),
-            [
-                seen_row("organisation:RXX01", edge, now - LAST_SEEN_KEPT),
-                seen_row("organisation:RXX01", recent, now - HOUR),
-                seen_row(key, edge, now - LAST_SEEN_KEPT),
-                seen_row(key, recent, now - HOUR),
-            ],
+            seen.len(),
+            2 * 1_201,
             "what a window can still count is kept"
         );
-        let events: i64 = crate::db::schema::access_events::table
-            .count()
-            .get_result(&mut conn)
-            .expect("count");
-        assert_eq!(events, 1_202, "the audit record is untouched");
+        assert!(
+            seen.iter().all(|(_, _, at)| *at >= now - LAST_SEEN_KEPT),
+            "nothing older is left"
+        );
+        assert!(seen.contains(&seen_row(key, edge, now - LAST_SEEN_KEPT)));
         assert_eq!(
-            prune_pass(&mut conn, now),
-            [(0, None)],
+            access_events(&mut conn),
+            2_404,
+            "the audit record is untouched"
+        );
+        assert_eq!(
+            prune_pass(&mut conn, now)
+                .iter()
+                .map(|(n, _)| n)
+                .sum::<usize>(),
+            0,
             "a second pass finds nothing"
         );
     }
 
-    /// PostgreSQL: a prune never waits for a disclosure. A row another transaction holds (as
-    /// a disclosure's trigger holds the rows it moves forward until its commit) is skipped, the
-    /// rest of the pass goes on, and the next pass deletes it once it is free. Waiting, the pass
-    /// would hit this connection's statement timeout and fail the test.
+    /// PostgreSQL: a prune never waits for a disclosure. A row a disclosure's trigger holds
+    /// (moved forward in a transaction not yet committed) is skipped, the rest of the pass goes
+    /// on, and once the disclosure commits the row is recent and stays. Waiting, the pass would
+    /// hit this connection's statement timeout and fail the test.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_postgres_prune_skips_a_row_a_disclosure_holds() {
         use crate::domain::enumeration::LAST_SEEN_KEPT;
@@ -1113,8 +1127,8 @@ mod tests {
             return;
         };
         let url = crate::db::DatabaseUrl::parse(&test_db.url).expect("url");
-        let mut holder = crate::db::dialect::connect(&url).expect("second connection");
-        let now = question(&[]).now;
+        let mut disclosure = crate::db::dialect::connect(&url).expect("second connection");
+        let now = crate::clock::Clock::system().now_micros();
         let key = "person:555000000001";
         let (held, free) = ("9990000018", "9990000026");
         let long_ago = now - LAST_SEEN_KEPT - 1;
@@ -1127,29 +1141,91 @@ mod tests {
         );
         conn.batch_execute("SET statement_timeout = '5s'")
             .expect("timeout");
-        holder
-            .transaction(|holder| {
-                diesel::sql_query(
-                    "SELECT 1 FROM enumeration_last_seen \
-                     WHERE subject = $1 AND nhs_number = $2 FOR UPDATE",
-                )
-                .bind::<diesel::sql_types::Text, _>(key)
-                .bind::<diesel::sql_types::Text, _>(held)
-                .execute(holder)?;
+        disclosure
+            .transaction(|disclosure| {
+                // The same child looked up again, not yet committed: the trigger holds its rows.
+                crate::db::dialect::insert_access_events(disclosure, &[access(2, held, key, now)])
+                    .map_err(|e| diesel::result::Error::QueryBuilderError(e.to_string().into()))?;
                 assert_eq!(
                     prune_pass(&mut conn, now),
-                    [(3, None)],
-                    "all but the held row, without waiting for it"
+                    [(2, None)],
+                    "the free child's two rows, without waiting for the held ones"
                 );
-                assert_eq!(last_seen(&mut conn), [seen_row(key, held, long_ago)]);
                 diesel::QueryResult::Ok(())
             })
-            .expect("holder");
+            .expect("disclosure");
         assert_eq!(
-            prune_pass(&mut conn, now),
-            [(1, None)],
-            "freed, it goes next time"
+            last_seen(&mut conn),
+            [
+                seen_row("organisation:RXX01", held, now),
+                seen_row(key, held, now)
+            ],
+            "the held rows, moved forward by the disclosure, stay"
         );
-        assert!(last_seen(&mut conn).is_empty());
+        assert_eq!(prune_pass(&mut conn, now), [(0, None)]);
+    }
+
+    /// PostgreSQL: a registry whose clock runs ahead (here by ten days) cannot prune rows the
+    /// database's own clock says a window may still count: another replica may be counting
+    /// them. The cutoff is the earlier of the two.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_postgres_prune_holds_to_the_database_clock() {
+        use crate::domain::enumeration::{DAY, HOUR};
+        let Some((_test_db, mut conn)) = migrated(cpis_testkit::db::Backend::Postgres) else {
+            return;
+        };
+        let now = crate::clock::Clock::system().now_micros();
+        let key = "person:555000000001";
+        record(&mut conn, &[access(0, "9990000018", key, now - HOUR)]);
+        let chunks = prune_pass(&mut conn, now + 10 * DAY);
+        assert_eq!(
+            chunks,
+            [(0, None)],
+            "nothing is old by the database's clock"
+        );
+        assert_eq!(last_seen(&mut conn).len(), 2);
+    }
+
+    /// SQLite: a prune's two statements read the chunk's rows through the primary key, from
+    /// where the last chunk stopped, so a chunk reads at most its span. Written as a range of
+    /// keys instead, the delete searched the window index by subject alone and read every row
+    /// of the chunk's subjects (an organisation's can be many thousands).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sqlite_prune_reads_through_the_primary_key() {
+        #[derive(QueryableByName)]
+        struct PlanRow {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            detail: String,
+        }
+        let Some((_test_db, mut conn)) = migrated(cpis_testkit::db::Backend::Sqlite) else {
+            return;
+        };
+        let now = crate::clock::Clock::system().now_micros();
+        record_many(&mut conn, 0, 600, "person:555000000001", now);
+        conn.batch_execute("ANALYZE").expect("analyze");
+        let DbConnection::Sqlite(sqlite) = &mut conn else {
+            panic!("a SQLite connection");
+        };
+        for sql in [
+            crate::db::dialect::PRUNE_CHUNK_END.replace('$', "?"),
+            crate::db::dialect::SQLITE_PRUNE_CHUNK.to_owned(),
+        ] {
+            let plan: Vec<String> = diesel::sql_query(format!("EXPLAIN QUERY PLAN {sql}"))
+                .load::<PlanRow>(sqlite)
+                .expect("plan")
+                .into_iter()
+                .map(|p| p.detail)
+                .collect();
+            assert!(
+                plan.iter()
+                    .any(|d| d.contains("PRIMARY KEY ((subject,nhs_number)>(?,?))")),
+                "a range of the primary key: {plan:#?}"
+            );
+            assert!(
+                plan.iter()
+                    .all(|d| !d.contains("enumeration_last_seen_window") && !d.starts_with("SCAN")),
+                "no other index, no scan: {plan:#?}"
+            );
+        }
     }
 }
