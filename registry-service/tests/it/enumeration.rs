@@ -4,6 +4,8 @@
 //! race is recorded, and the crossing is exactly one security event. And the guard's table of
 //! who last looked up which child loses, in the background, what no window counts any more.
 
+use std::time::{Duration, Instant};
+
 use cpis_core::status::{reason_of, retry_delay};
 use cpis_proto::cpis::common::v1::{AccessMode, ErrorReason};
 use cpis_proto::cpis::registry::v1::{
@@ -12,8 +14,6 @@ use cpis_proto::cpis::registry::v1::{
 use cpis_testkit::{TestServer, both_backends, db::Backend};
 use registry_service::Clock;
 use tonic::Code;
-
-use std::time::{Duration, Instant};
 
 use crate::harness::{ed_clinician, nhs, stack};
 

@@ -330,11 +330,11 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use diesel::connection::InstrumentationEvent;
+    use diesel::connection::SimpleConnection as _;
 
     use super::*;
     use crate::db::dialect::{INSERT_ROWS, LastSeenKey};
     use crate::db::enumeration::GuardQuestion;
-    use diesel::connection::SimpleConnection as _;
 
     /// A new database of `backend` with the registry's schema and a connection to it, or `None`
     /// where that engine is not available to the tests.
