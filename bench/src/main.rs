@@ -222,17 +222,27 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 max_in_flight.into_iter().map(Some).collect()
             };
-            let mut runs = Vec::new();
+            // A run that fails (a call failed other than OVERLOADED) does not stop the sweep:
+            // the table shows the others, and the first failure is the command's error.
+            let (mut runs, mut failed) = (Vec::new(), None);
             for backend in engines(backend) {
                 for &bound in &bounds {
-                    runs.push(
-                        overload::run(backend, factor, seconds, (bound, min_in_flight), processes)
-                            .await?,
-                    );
+                    match overload::run(backend, factor, seconds, (bound, min_in_flight), processes)
+                        .await
+                    {
+                        Ok(run) => runs.push(run),
+                        Err(error) => {
+                            eprintln!("overload {backend:?}, bound {bound:?}: {error:#}");
+                            failed.get_or_insert(error);
+                        }
+                    }
                 }
             }
             if runs.len() > 1 {
                 overload::print_trade_off(&runs);
+            }
+            if let Some(error) = failed {
+                return Err(error);
             }
         }
     }

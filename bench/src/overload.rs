@@ -160,24 +160,38 @@ pub struct Run {
 }
 
 /// What each bound trades, one row a run: the throughput it sustains and serves in the flood,
-/// against its admitted calls' p99 over the unloaded and the full-load p99.
+/// against its admitted calls' p99 over the unloaded p99 (its own run's, and the median of the
+/// engine's runs in this sweep: one run's unloaded p99 moves by up to half from run to run, and
+/// every ratio moves with it) and over the full-load p99.
 pub fn print_trade_off(runs: &[Run]) {
+    let median_unloaded = |engine: &str| {
+        let mut p99s: Vec<Duration> = runs
+            .iter()
+            .filter(|r| r.engine == engine)
+            .map(|r| r.unloaded_p99)
+            .collect();
+        p99s.sort_unstable();
+        p99s.get(p99s.len() / 2).copied().unwrap_or_default()
+    };
     println!(
-        "| engine | bound | sustained /s | served in the flood /s | unloaded p99 | full-load p99 | admitted p99 (× unloaded, × full load) | refused p99 |"
+        "| engine | bound | full load /s | served in the flood /s | unloaded p99 (run, engine's median) | full-load p99 | admitted p99 (× run's unloaded, × median unloaded, × full load) | refused p99 |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     for run in runs {
         let ratio = |d: Duration, of: Duration| d.as_secs_f64() / of.as_secs_f64().max(1e-9);
+        let median = median_unloaded(&run.engine);
         println!(
-            "| {} | {} | {:.0} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms ({:.2}×, {:.2}×) | {:.2} ms |",
+            "| {} | {} | {:.0} | {:.0} | {:.2} ms, {:.2} ms | {:.2} ms | {:.2} ms ({:.2}×, {:.2}×, {:.2}×) | {:.2} ms |",
             run.engine,
             run.bound,
             run.sustained,
             run.served_in_flood,
             ms(run.unloaded_p99),
+            ms(median),
             ms(run.full_load_p99),
             ms(run.admitted_p99),
             ratio(run.admitted_p99, run.unloaded_p99),
+            ratio(run.admitted_p99, median),
             ratio(run.admitted_p99, run.full_load_p99),
             ms(run.refused_p99),
         );
@@ -333,7 +347,8 @@ pub async fn run(
     let admitted_p99 = percentile(&served, 0.99);
     let engine = format!("{backend:?}").to_lowercase();
     let mode = if processes { "processes" } else { "in-process" };
-    let bound = min_in_flight.map_or_else(
+    // A floor at or above the ceiling leaves the service a fixed bound.
+    let bound = min_in_flight.filter(|&floor| floor < limit).map_or_else(
         || format!("fixed bound {limit}"),
         |floor| format!("adaptive bound {floor} to {limit}"),
     );

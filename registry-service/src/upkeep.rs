@@ -27,28 +27,28 @@ const BETWEEN_CHUNKS: Duration = Duration::from_millis(10);
 /// the interval (a crash loop, frequent deploys) still prunes.
 const FIRST_PASS_WITHIN: Duration = Duration::from_secs(60);
 
-/// Prunes every `interval` (the first time within a minute of start-up) until the returned
-/// handle is dropped. Each wait is stretched or shrunk by up to a tenth, so replicas started
-/// together drift apart rather than prune the same rows in lockstep.
+/// Prunes every `interval` until the returned handle is dropped; the first time after half to
+/// all of `interval` or a minute, whichever is shorter. Each later wait is stretched or shrunk
+/// by up to a tenth, so replicas started together drift apart rather than prune the same rows
+/// in lockstep.
 pub(crate) fn start(db: Database, clock: Clock, interval: Duration) -> UpkeepGuard {
     UpkeepGuard(tokio::spawn(async move {
-        let mut wait = interval.min(FIRST_PASS_WITHIN);
+        let first = interval.min(FIRST_PASS_WITHIN);
+        tokio::time::sleep(first.mul_f64(0.5 + 0.5 * spread())).await;
         loop {
-            tokio::time::sleep(jittered(wait)).await;
             prune_pass(&db, &clock).await;
-            wait = interval;
+            tokio::time::sleep(interval.mul_f64(0.9 + 0.2 * spread())).await;
         }
     }))
 }
 
-/// `wait` give or take up to a tenth, from the system clock's nanoseconds: spreading replicas
-/// apart needs no better randomness.
-fn jittered(wait: Duration) -> Duration {
+/// A number from 0 to 1, from the system clock's nanoseconds: spreading replicas apart needs
+/// no better randomness.
+fn spread() -> f64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    // 0.9 to 1.1.
-    wait.mul_f64(0.9 + f64::from(nanos % 1_000) / 5_000.0)
+    f64::from(nanos) / 1e9
 }
 
 /// One pass over the table at the clock's `now`; returns the rows deleted.

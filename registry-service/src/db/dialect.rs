@@ -395,6 +395,19 @@ pub(crate) const PRUNE_CHUNK_END: &str = "SELECT subject, nhs_number FROM enumer
      WHERE (subject, nhs_number) > ($1, $2) \
      ORDER BY subject, nhs_number LIMIT 1 OFFSET $3";
 
+/// PostgreSQL: a chunk's delete, of the rows after (`$1`, `$2`) last seen before the earlier of
+/// `$3` and the database's clock less `$4`, up to its end key where it has one; by row id, the
+/// rows locked `SKIP LOCKED`. Joined back on the key instead of by row id, the planner chose a
+/// hash join over a sequential scan of the whole table.
+pub(crate) const PG_PRUNE_CHUNK_FROM: &str = "DELETE FROM enumeration_last_seen \
+     WHERE ctid = ANY(ARRAY(SELECT ctid FROM enumeration_last_seen \
+         WHERE (subject, nhs_number) > ($1, $2) \
+           AND last_seen < LEAST($3, \
+               (extract(epoch FROM statement_timestamp()) * 1000000)::bigint - $4)";
+
+/// The end of `PG_PRUNE_CHUNK_FROM`.
+pub(crate) const PG_PRUNE_CHUNK_LOCK: &str = "FOR UPDATE SKIP LOCKED))";
+
 /// SQLite: a chunk's delete, of the rows among the next `span` keys last seen before the cutoff.
 pub(crate) const SQLITE_PRUNE_CHUNK: &str = "DELETE FROM enumeration_last_seen \
      WHERE (subject, nhs_number) IN ( \
@@ -412,8 +425,7 @@ pub(crate) const SQLITE_PRUNE_CHUNK: &str = "DELETE FROM enumeration_last_seen \
 /// PostgreSQL: in a transaction of its own with a statement timeout; the rows it deletes are
 /// locked `SKIP LOCKED`, so a row a disclosure is moving forward at that moment is left for the
 /// next pass: a prune never waits for a disclosure, nor can deadlock with one. They are found
-/// by a range of the primary key and deleted by their row ids (a TID scan): joined back on the
-/// key instead, the planner chose a hash join over a sequential scan of the whole table. The cutoff is
+/// by an index range bounded by the chunk's keys and deleted by their row ids (a TID scan). The cutoff is
 /// also held to the database's own clock less `kept`, so a registry whose clock runs ahead
 /// cannot delete rows another replica still counts. SQLite: one statement; one process owns
 /// the file, so there is one clock, and one writer, so a chunk simply takes its turn.
@@ -443,32 +455,35 @@ pub(crate) fn delete_last_seen_before(
         };
         rows.into_iter().next()
     };
-    let (end_subject, end_number) = end
-        .as_ref()
-        .map_or((None, None), |k| (Some(&k.subject), Some(&k.nhs_number)));
     let deleted = match conn {
         DbConnection::Pg(pg) => pg.transaction(|pg| {
             pg.batch_execute(PRUNE_STATEMENT_TIMEOUT)?;
-            diesel::sql_query(
-                "DELETE FROM enumeration_last_seen WHERE ctid = ANY(ARRAY( \
-                     SELECT ctid FROM enumeration_last_seen \
-                     WHERE (subject, nhs_number) > ($1, $2) \
-                       AND ($3::text IS NULL OR (subject, nhs_number) <= ($3, $4)) \
-                       AND last_seen < LEAST($5, \
-                           (extract(epoch FROM clock_timestamp()) * 1000000)::bigint - $6) \
-                     FOR UPDATE SKIP LOCKED))",
-            )
-            .bind::<Text, _>(&after.subject)
-            .bind::<Text, _>(&after.nhs_number)
-            .bind::<diesel::sql_types::Nullable<Text>, _>(end_subject)
-            .bind::<diesel::sql_types::Nullable<Text>, _>(end_number)
-            .bind::<BigInt, _>(before)
-            .bind::<BigInt, _>(kept)
-            .execute(pg)
+            // Two texts rather than one with `$3 IS NULL OR …`: a plan kept for any value
+            // would lose the upper bound and scan to the end of the table every chunk.
+            let query = match &end {
+                Some(end) => diesel::sql_query(format!(
+                    "{PG_PRUNE_CHUNK_FROM} AND (subject, nhs_number) <= ($5, $6) {PG_PRUNE_CHUNK_LOCK}"
+                ))
+                .into_boxed()
+                .bind::<Text, _>(after.subject.clone())
+                .bind::<Text, _>(after.nhs_number.clone())
+                .bind::<BigInt, _>(before)
+                .bind::<BigInt, _>(kept)
+                .bind::<Text, _>(end.subject.clone())
+                .bind::<Text, _>(end.nhs_number.clone()),
+                None => diesel::sql_query(format!("{PG_PRUNE_CHUNK_FROM} {PG_PRUNE_CHUNK_LOCK}"))
+                    .into_boxed()
+                    .bind::<Text, _>(after.subject.clone())
+                    .bind::<Text, _>(after.nhs_number.clone())
+                    .bind::<BigInt, _>(before)
+                    .bind::<BigInt, _>(kept),
+            };
+            query.execute(pg)
         })?,
         // The same span, as the `span` keys after `after`: written as a range up to the
         // chunk's end instead, SQLite searched the window index by subject alone and read every
-        // row of the chunk's subjects, however many.
+        // row of the chunk's subjects, however many. The two statements see the same rows: the
+        // pool's one SQLite connection runs nothing between them.
         DbConnection::Sqlite(sqlite) => diesel::sql_query(SQLITE_PRUNE_CHUNK)
             .bind::<Text, _>(&after.subject)
             .bind::<Text, _>(&after.nhs_number)

@@ -1228,4 +1228,58 @@ mod tests {
             );
         }
     }
+
+    /// PostgreSQL: a chunk's delete reads an index range bounded at both ends by the chunk's
+    /// keys (of the primary key, or, where few rows are old, of the window index by subject and
+    /// age) and deletes by row id; never a sequential scan of the table. (Joined back on the
+    /// key, the planner chose a hash join over a sequential scan of the whole table; with one
+    /// text for both kinds of chunk, a kept plan could lose the upper bound.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_postgres_prune_reads_a_bounded_range_and_deletes_by_row_id() {
+        use crate::db::dialect::{PG_PRUNE_CHUNK_FROM, PG_PRUNE_CHUNK_LOCK};
+        use diesel::sql_types::{BigInt, Text};
+        #[derive(QueryableByName)]
+        struct PlanLine {
+            #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
+            line: String,
+        }
+        let Some((_test_db, mut conn)) = migrated(cpis_testkit::db::Backend::Postgres) else {
+            return;
+        };
+        let now = crate::clock::Clock::system().now_micros();
+        record_many(&mut conn, 0, 2_500, "person:555000000001", now);
+        conn.batch_execute("ANALYZE enumeration_last_seen")
+            .expect("analyze");
+        let DbConnection::Pg(pg) = &mut conn else {
+            panic!("a PostgreSQL connection");
+        };
+        let plan: Vec<String> = diesel::sql_query(format!(
+            "EXPLAIN {PG_PRUNE_CHUNK_FROM} AND (subject, nhs_number) <= ($5, $6) {PG_PRUNE_CHUNK_LOCK}"
+        ))
+        .bind::<Text, _>("organisation:RXX01")
+        .bind::<Text, _>("9000000100")
+        .bind::<BigInt, _>(now)
+        .bind::<BigInt, _>(crate::domain::enumeration::LAST_SEEN_KEPT)
+        .bind::<Text, _>("organisation:RXX01")
+        .bind::<Text, _>("9000001100")
+        .load::<PlanLine>(pg)
+        .expect("plan")
+        .into_iter()
+        .map(|p| p.line)
+        .collect();
+        assert!(
+            plan.iter().any(|l| l.contains("Tid Scan")),
+            "deleted by row id: {plan:#?}"
+        );
+        assert!(
+            plan.iter().any(|l| l.contains("Index Cond")
+                && l.contains("ROW(subject, nhs_number) >")
+                && l.contains("ROW(subject, nhs_number) <=")),
+            "a range bounded at both ends: {plan:#?}"
+        );
+        assert!(
+            plan.iter().all(|l| !l.contains("Seq Scan")),
+            "no table scanned whole: {plan:#?}"
+        );
+    }
 }
