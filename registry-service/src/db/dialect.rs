@@ -422,13 +422,13 @@ pub(crate) const SQLITE_PRUNE_CHUNK: &str = "DELETE FROM enumeration_last_seen \
 /// the end of the table. A chunk reads at most `span` rows however few it deletes, and the
 /// database orders the keys (its collation, not Rust's), so a pass reads each row once.
 ///
-/// PostgreSQL: in a transaction of its own with a statement timeout; the rows it deletes are
-/// locked `SKIP LOCKED`, so a row a disclosure is moving forward at that moment is left for the
-/// next pass: a prune never waits for a disclosure, nor can deadlock with one. They are found
-/// by an index range bounded by the chunk's keys and deleted by their row ids (a TID scan). The cutoff is
-/// also held to the database's own clock less `kept`, so a registry whose clock runs ahead
-/// cannot delete rows another replica still counts. SQLite: one statement; one process owns
-/// the file, so there is one clock, and one writer, so a chunk simply takes its turn.
+/// PostgreSQL: the delete in a transaction of its own with a statement timeout; the rows it
+/// deletes are locked `SKIP LOCKED`, so a row a disclosure is moving forward at that moment is
+/// left for the next pass: a prune never waits for a disclosure, nor can deadlock with one.
+/// They are found by an index range bounded by the chunk's keys and deleted by their row ids (a
+/// TID scan). The cutoff is also held to the database's own clock less `kept`, so a registry
+/// whose clock runs ahead cannot delete rows another replica still counts. SQLite: one process
+/// owns the file, so there is one clock, and one writer, so a chunk simply takes its turn.
 pub(crate) fn delete_last_seen_before(
     conn: &mut DbConnection,
     (now, kept): (i64, i64),
