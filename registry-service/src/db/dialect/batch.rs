@@ -348,6 +348,20 @@ mod tests {
         Some((test_db, conn))
     }
 
+    /// A line of PostgreSQL's `EXPLAIN`.
+    #[derive(QueryableByName)]
+    struct PlanLine {
+        #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+        line: String,
+    }
+
+    /// A row of SQLite's `EXPLAIN QUERY PLAN` (its description).
+    #[derive(QueryableByName)]
+    struct PlanRow {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        detail: String,
+    }
+
     /// A lookup's guard question with `excluded` numbers left out of its counts.
     fn question(excluded: &[&str]) -> GuardQuestion {
         GuardQuestion {
@@ -570,11 +584,6 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres_guard_splits_each_list_once() {
         use diesel::sql_types::{Array, BigInt, Nullable, Text};
-        #[derive(QueryableByName)]
-        struct PlanLine {
-            #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
-            line: String,
-        }
         let Some((_test_db, mut conn)) = migrated(cpis_testkit::db::Backend::Postgres) else {
             return;
         };
@@ -888,11 +897,6 @@ mod tests {
         // What the counts read: about the window's distinct numbers, not its 202 accesses.
         match &mut conn {
             DbConnection::Pg(pg) => {
-                #[derive(QueryableByName)]
-                struct PlanLine {
-                    #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
-                    line: String,
-                }
                 let plan: Vec<PlanLine> = bind_guard(
                     format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {GUARD_COUNTS}"),
                     &questions,
@@ -931,11 +935,6 @@ mod tests {
                 assert!(read <= 12, "{read} rows read for 3 children: {plan:#?}");
             }
             DbConnection::Sqlite(sqlite) => {
-                #[derive(QueryableByName)]
-                struct PlanRow {
-                    #[diesel(sql_type = diesel::sql_types::Text)]
-                    detail: String,
-                }
                 let statement = Arc::new(std::sync::Mutex::new(String::new()));
                 let captured = statement.clone();
                 sqlite.set_instrumentation(move |event: InstrumentationEvent<'_>| {
@@ -1192,11 +1191,6 @@ mod tests {
     /// of the chunk's subjects (an organisation's can be many thousands).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_sqlite_prune_reads_through_the_primary_key() {
-        #[derive(QueryableByName)]
-        struct PlanRow {
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            detail: String,
-        }
         let Some((_test_db, mut conn)) = migrated(cpis_testkit::db::Backend::Sqlite) else {
             return;
         };
@@ -1238,11 +1232,6 @@ mod tests {
     async fn a_postgres_prune_reads_a_bounded_range_and_deletes_by_row_id() {
         use crate::db::dialect::{PG_PRUNE_CHUNK_FROM, PG_PRUNE_CHUNK_LOCK};
         use diesel::sql_types::{BigInt, Text};
-        #[derive(QueryableByName)]
-        struct PlanLine {
-            #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
-            line: String,
-        }
         let Some((_test_db, mut conn)) = migrated(cpis_testkit::db::Backend::Postgres) else {
             return;
         };
