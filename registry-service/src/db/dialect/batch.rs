@@ -1053,6 +1053,20 @@ mod tests {
         }
     }
 
+    /// A migrated database holding `children` children looked up just now, its statistics
+    /// gathered, for a test of what the planner does with a prune's statements.
+    fn analysed(
+        backend: cpis_testkit::db::Backend,
+        children: i64,
+    ) -> Option<(cpis_testkit::db::TestDb, DbConnection)> {
+        let (test_db, mut conn) = migrated(backend)?;
+        let now = crate::clock::Clock::system().now_micros();
+        record_many(&mut conn, 0, children, "person:555000000001", now);
+        conn.batch_execute("ANALYZE enumeration_last_seen")
+            .expect("analyze");
+        Some((test_db, conn))
+    }
+
     fn access_events(conn: &mut DbConnection) -> i64 {
         crate::db::schema::access_events::table
             .count()
@@ -1191,12 +1205,9 @@ mod tests {
     /// of the chunk's subjects (an organisation's can be many thousands).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_sqlite_prune_reads_through_the_primary_key() {
-        let Some((_test_db, mut conn)) = migrated(cpis_testkit::db::Backend::Sqlite) else {
+        let Some((_test_db, mut conn)) = analysed(cpis_testkit::db::Backend::Sqlite, 600) else {
             return;
         };
-        let now = crate::clock::Clock::system().now_micros();
-        record_many(&mut conn, 0, 600, "person:555000000001", now);
-        conn.batch_execute("ANALYZE").expect("analyze");
         let DbConnection::Sqlite(sqlite) = &mut conn else {
             panic!("a SQLite connection");
         };
@@ -1232,13 +1243,11 @@ mod tests {
     async fn a_postgres_prune_reads_a_bounded_range_and_deletes_by_row_id() {
         use crate::db::dialect::{PG_PRUNE_CHUNK_FROM, PG_PRUNE_CHUNK_LOCK};
         use diesel::sql_types::{BigInt, Text};
-        let Some((_test_db, mut conn)) = migrated(cpis_testkit::db::Backend::Postgres) else {
+        let Some((_test_db, mut conn)) = analysed(cpis_testkit::db::Backend::Postgres, 2_500)
+        else {
             return;
         };
         let now = crate::clock::Clock::system().now_micros();
-        record_many(&mut conn, 0, 2_500, "person:555000000001", now);
-        conn.batch_execute("ANALYZE enumeration_last_seen")
-            .expect("analyze");
         let DbConnection::Pg(pg) = &mut conn else {
             panic!("a PostgreSQL connection");
         };
